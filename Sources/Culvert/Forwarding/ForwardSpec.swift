@@ -1,0 +1,66 @@
+import CulvertCore
+
+/// A local forward, `-L [BIND:]PORT:HOST:HOSTPORT`: connections accepted on BIND:PORT become streams to
+/// HOST:HOSTPORT on the server's side.
+public struct ForwardSpec: Hashable, Sendable, CustomStringConvertible {
+    /// Local address to listen on (default 127.0.0.1).
+    public var bindHost: String
+    /// Local port (0 picks a free one).
+    public var bindPort: Int
+    public var target: TargetAddress
+
+    public init(bindHost: String = "127.0.0.1", bindPort: Int, target: TargetAddress) {
+        self.bindHost = bindHost
+        self.bindPort = bindPort
+        self.target = target
+    }
+
+    /// Parses `[BIND:]PORT:HOST:HOSTPORT`; IPv6 addresses go in brackets.
+    public init(parsing text: String) throws(ForwardingError) {
+        guard let fields = HostPortParser.fields(text) else {
+            throw .invalidForward(text, "unclosed '[' in an IPv6 address")
+        }
+        let bind: String
+        let rest: ArraySlice<String>
+        switch fields.count {
+        case 3:
+            bind = "127.0.0.1"
+            rest = fields[...]
+        case 4:
+            bind = fields[0]
+            rest = fields[1...]
+            guard !bind.isEmpty else { throw .invalidForward(text, "BIND is empty") }
+        default:
+            throw .invalidForward(text, "expected [BIND:]PORT:HOST:HOSTPORT, got \(fields.count) fields")
+        }
+        let values = Array(rest)
+        guard let port = Int(values[0]), (0...65535).contains(port) else {
+            throw .invalidForward(text, "PORT '\(values[0])' must be a number from 0 to 65535")
+        }
+        guard !values[1].isEmpty else { throw .invalidForward(text, "HOST is empty") }
+        guard let hostPort = Int(values[2]), (1...65535).contains(hostPort) else {
+            throw .invalidForward(text, "HOSTPORT '\(values[2])' must be a number from 1 to 65535")
+        }
+        self.init(bindHost: bind, bindPort: port, target: TargetAddress(host: values[1], port: hostPort))
+    }
+
+    public var description: String {
+        let bind = self.bindHost.contains(":") ? "[\(self.bindHost)]" : self.bindHost
+        return "\(bind):\(self.bindPort) -> \(self.target)"
+    }
+}
+
+/// Errors in forwarding settings and listeners; each says which part is wrong.
+public enum ForwardingError: Error, Hashable, Sendable, CustomStringConvertible {
+    case invalidForward(String, String)
+    case invalidAllow(String, String)
+    case bindFailed(address: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .invalidForward(let text, let reason): "bad -L '\(text)': \(reason)"
+        case .invalidAllow(let text, let reason): "bad --allow '\(text)': \(reason)"
+        case .bindFailed(let address, let reason): "cannot listen on \(address): \(reason)"
+        }
+    }
+}

@@ -1,0 +1,41 @@
+import CulvertCore
+import NIOCore
+
+/// Settings of one tunnel session, the same for client and server unless noted.
+public struct SessionConfiguration: Sendable {
+    /// The shared token; nil when authentication is off.
+    public var token: String?
+    /// Server only: whether a client must prove it holds the token (false with `--no-auth`).
+    public var authenticationRequired: Bool
+    public var mux: MuxConfiguration
+    /// A ping is sent after this long without inbound traffic (below common proxies' 30–60 s idle timeouts).
+    public var keepaliveInterval: TimeAmount
+    /// The transport is declared dead when a ping's pong takes longer than this.
+    public var keepaliveTimeout: TimeAmount
+    /// The handshake must finish within this time.
+    public var handshakeTimeout: TimeAmount
+    /// Received frames are acknowledged at most this long after they arrive.
+    public var ackDelay: TimeAmount
+    /// Pending outbound frames are sent as one transport message once they reach this size.
+    public var maximumBatchSize: Int
+
+    public init(
+        token: String?,
+        authenticationRequired: Bool = true,
+        mux: MuxConfiguration = MuxConfiguration(),
+        keepaliveInterval: TimeAmount = .seconds(25),
+        keepaliveTimeout: TimeAmount = .seconds(10),
+        handshakeTimeout: TimeAmount = .seconds(10),
+        ackDelay: TimeAmount = .milliseconds(20),
+        maximumBatchSize: Int = 512 * 1024
+    ) {
+        self.token = token
+        self.authenticationRequired = authenticationRequired
+        self.mux = mux
+        self.keepaliveInterval = keepaliveInterval
+        self.keepaliveTimeout = keepaliveTimeout
+        self.handshakeTimeout = handshakeTimeout
+        self.ackDelay = ackDelay
+        self.maximumBatchSize = maximumBatchSize
+    }
+}

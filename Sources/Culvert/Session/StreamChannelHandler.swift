@@ -1,0 +1,47 @@
+import CulvertCore
+import NIOCore
+
+/// Sits on each local (client) or target (server) socket and reports what happens on it to the session.
+///
+/// The socket runs with auto-read off: the session calls `read()` only while the stream has credit, so a stream
+/// whose peer does not read simply stops being read here, without affecting other streams.
+final class StreamChannelHandler: ChannelInboundHandler, @unchecked Sendable {
+    // @unchecked: used only on the session's event loop.
+    typealias InboundIn = ByteBuffer
+
+    private weak var session: TunnelSession?
+    var streamID: StreamID?
+    private var failed = false
+
+    init(session: TunnelSession, streamID: StreamID?) {
+        self.session = session
+        self.streamID = streamID
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard let id = self.streamID else { return }
+        self.session?.localRead(id, self.unwrapInboundIn(data))
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        guard let id = self.streamID else { return }
+        self.session?.localReadComplete(id)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event, let id = self.streamID {
+            self.session?.localInputClosed(id)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let id = self.streamID { self.session?.localClosed(id, afterError: self.failed) }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.failed = true
+        context.close(promise: nil)
+    }
+}

@@ -1,0 +1,27 @@
+import CulvertCore
+import NIOCore
+
+/// The driver's record of one stream's local socket: what is waiting to be framed, what is waiting to be
+/// written, and how the socket is to be half-closed.
+final class StreamEndpoint: @unchecked Sendable {
+    // @unchecked: used only on the session's event loop.
+    let id: StreamID
+    let channel: any Channel
+    let target: TargetAddress
+    /// Bytes read from the socket that have no credit yet.
+    var pendingSend: ByteBuffer?
+    /// The socket reached EOF; FIN goes out once `pendingSend` is empty.
+    var finPending = false
+    /// Writes to the socket not completed yet.
+    var outstandingWrites = 0
+    /// The peer sent FIN: shut the socket's output once every write completed.
+    var shutdownOutputWhenDrained = false
+    /// Written to but not flushed.
+    var needsFlush = false
+
+    init(id: StreamID, channel: any Channel, target: TargetAddress) {
+        self.id = id
+        self.channel = channel
+        self.target = target
+    }
+}

@@ -1,0 +1,576 @@
+import CulvertCore
+import CulvertTransport
+import Logging
+import NIOCore
+
+/// One tunnel session: drives the handshake, multiplexer, sequencer and keepalive state machines over a
+/// ``TransportConnection``, and moves bytes between the streams' local sockets and the transport.
+///
+/// A session and all its stream sockets live on one event loop, so the data path takes no locks and makes no
+/// thread hops. Every method must be called on ``eventLoop``.
+public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendable {
+    // @unchecked: all mutable state is confined to `eventLoop`.
+
+    public enum Role: Sendable {
+        case client
+        case server
+    }
+
+    /// Server side: asked to connect a peer-opened stream to its target. Answer with
+    /// ``targetConnected(_:channel:)`` or ``targetFailed(_:reason:message:)``.
+    typealias TargetOpener = (TunnelSession, StreamID, TargetAddress) -> Void
+
+    public let role: Role
+    public let eventLoop: any EventLoop
+    public let configuration: SessionConfiguration
+    private(set) var logger: Logger
+
+    private var transport: (any TransportConnection)?
+    private var handshake: HandshakeStateMachine
+    private var mux: MuxStateMachine?
+    private var sequencer = ReliableSequencer()
+    private var keepalive: KeepaliveStateMachine
+    private var decoder: NIOSingleStepByteToMessageProcessor<FrameDecoder>
+    private let encoder = FrameEncoder()
+    private var outbound: ByteBuffer
+    private var flushScheduled = false
+    private var endpoints: [StreamID: StreamEndpoint] = [:]
+    private var unflushedEndpoints: [StreamEndpoint] = []
+    private var ackTimer: Scheduled<Void>?
+    private var handshakeTimer: Scheduled<Void>?
+    private var keepaliveTask: RepeatedTask?
+    private var goingAway = false
+    private var isEnded = false
+    private let establishedPromise: EventLoopPromise<HandshakeStateMachine.Outcome>
+    private let endedPromise: EventLoopPromise<SessionError>
+
+    var targetOpener: TargetOpener?
+    /// The session's counters so far.
+    public private(set) var statistics = SessionStatistics()
+    /// The session id, once established (hex).
+    public private(set) var sessionIDString = ""
+
+    /// Succeeds when the handshake completes; fails with ``SessionError`` when it does not.
+    public var established: EventLoopFuture<HandshakeStateMachine.Outcome> { self.establishedPromise.futureResult }
+    /// Succeeds, with the reason, when the session has ended.
+    public var ended: EventLoopFuture<SessionError> { self.endedPromise.futureResult }
+    /// The transport that carries the session.
+    public var transportKind: TransportKind? { self.transport?.kind }
+    /// Streams currently open.
+    public var streamCount: Int { self.endpoints.count }
+
+    init(role: Role, transport: any TransportConnection, configuration: SessionConfiguration, logger: Logger) {
+        self.role = role
+        self.eventLoop = transport.eventLoop
+        self.configuration = configuration
+        self.logger = logger
+        self.transport = transport
+        let handshakeRole: HandshakeStateMachine.Role =
+            switch role {
+            case .client: .client(token: configuration.token)
+            case .server: .server(token: configuration.token, authenticationRequired: configuration.authenticationRequired)
+            }
+        self.handshake = HandshakeStateMachine(
+            role: handshakeRole,
+            capabilities: [],
+            maximumDataPayload: UInt32(configuration.mux.maximumDataPayload)
+        )
+        self.keepalive = KeepaliveStateMachine(
+            interval: configuration.keepaliveInterval,
+            timeout: configuration.keepaliveTimeout,
+            now: .now()
+        )
+        self.decoder = NIOSingleStepByteToMessageProcessor(
+            FrameDecoder(maximumPayloadLength: max(configuration.mux.maximumDataPayload, 4096)),
+            maximumBufferSize: configuration.mux.maximumDataPayload + 64 * 1024
+        )
+        self.outbound = ByteBufferAllocator().buffer(capacity: 64 * 1024)
+        self.establishedPromise = transport.eventLoop.makePromise()
+        self.endedPromise = transport.eventLoop.makePromise()
+    }
+
+    /// Starts the handshake (the client sends HELLO) and the timers.
+    func start() {
+        self.eventLoop.preconditionInEventLoop()
+        guard let transport = self.transport else { return }
+        transport.start(delegate: self)
+        if case .client = self.role {
+            self.enqueue(self.handshake.start())
+            self.flushNow()
+        }
+        let timeout = self.configuration.handshakeTimeout
+        self.handshakeTimer = self.eventLoop.scheduleTask(in: timeout) { [self] in
+            guard !self.handshake.isEstablished else { return }
+            self.end(.handshakeTimedOut(seconds: timeout.seconds))
+        }
+        let shortest = min(self.configuration.keepaliveInterval, self.configuration.keepaliveTimeout)
+        let tick = TimeAmount.nanoseconds(max(100_000_000, shortest.nanoseconds / 4))
+        self.keepaliveTask = self.eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { [self] _ in
+            self.keepaliveTick()
+        }
+    }
+
+    // MARK: Streams opened by this side (client forwarding)
+
+    /// Opens a stream to `target` for an accepted local connection. Returns false (and the caller closes the
+    /// connection) when the session cannot take a stream now.
+    func openStream(channel: any Channel, handler: StreamChannelHandler, target: TargetAddress) -> Bool {
+        self.eventLoop.preconditionInEventLoop()
+        guard !self.isEnded, !self.goingAway, var mux = self.mux else {
+            self.logger.warning("refusing local connection for \(target): the tunnel session is not accepting streams")
+            return false
+        }
+        let opened: (StreamID, Frame)
+        do {
+            opened = try mux.openStream(to: target)
+        } catch {
+            self.mux = mux
+            self.logger.warning("refusing local connection for \(target): \(error)")
+            return false
+        }
+        self.mux = mux
+        let (id, frame) = opened
+        handler.streamID = id
+        self.endpoints[id] = StreamEndpoint(id: id, channel: channel, target: target)
+        self.statistics.streamsOpened += 1
+        self.logger.debug("stream \(id): opening to \(target)")
+        self.enqueue(frame)
+        return true
+    }
+
+    // MARK: Streams opened by the peer (server forwarding)
+
+    /// The target of stream `id` is connected on `channel` (which must be on this session's loop).
+    func targetConnected(_ id: StreamID, channel: any Channel, target: TargetAddress) {
+        self.eventLoop.preconditionInEventLoop()
+        guard !self.isEnded, let frame = self.mux?.acceptSucceeded(id) else {
+            // The stream was reset (or the session ended) while connecting.
+            channel.close(promise: nil)
+            return
+        }
+        let endpoint = StreamEndpoint(id: id, channel: channel, target: target)
+        self.endpoints[id] = endpoint
+        self.statistics.streamsOpened += 1
+        self.logger.debug("stream \(id): connected to \(target)")
+        self.enqueue(frame)
+        self.readIfAllowed(endpoint)
+    }
+
+    /// The target of stream `id` could not be reached.
+    func targetFailed(_ id: StreamID, reason: OpenFailReason, message: String) {
+        self.eventLoop.preconditionInEventLoop()
+        guard !self.isEnded, let frame = self.mux?.acceptFailed(id, reason: reason, message: message) else { return }
+        self.statistics.streamsRefused += 1
+        self.enqueue(frame)
+    }
+
+    // MARK: Events from stream sockets
+
+    func localRead(_ id: StreamID, _ buffer: ByteBuffer) {
+        guard let endpoint = self.endpoints[id] else { return }
+        if endpoint.pendingSend == nil {
+            endpoint.pendingSend = buffer
+        } else {
+            var incoming = buffer
+            endpoint.pendingSend!.writeBuffer(&incoming)
+        }
+        self.pump(endpoint)
+    }
+
+    func localReadComplete(_ id: StreamID) {
+        guard let endpoint = self.endpoints[id] else { return }
+        self.readIfAllowed(endpoint)
+    }
+
+    func localInputClosed(_ id: StreamID) {
+        guard let endpoint = self.endpoints[id] else { return }
+        endpoint.finPending = true
+        if endpoint.pendingSend == nil { self.sendFin(endpoint) }
+    }
+
+    /// The socket closed. A clean EOF after this side shut the socket's output closes the channel without an
+    /// `inputClosed` event, so that case is a FIN; anything else before the stream finished is an abort.
+    func localClosed(_ id: StreamID, afterError: Bool) {
+        guard let endpoint = self.endpoints[id] else { return }
+        if !afterError && endpoint.shutdownOutputWhenDrained && endpoint.outstandingWrites == 0 {
+            self.localInputClosed(id)
+            return
+        }
+        self.endpoints.removeValue(forKey: id)
+        if let frame = self.mux?.localReset(id, code: .cancelled, message: "the local connection closed") {
+            self.logger.debug("stream \(id): local connection closed before the stream finished; resetting")
+            self.statistics.streamsReset += 1
+            self.enqueue(frame)
+        }
+    }
+
+    // MARK: Shutdown
+
+    /// Ends the session gracefully: GOAWAY, no new streams, open streams finish; after `gracePeriod` whatever is
+    /// left is closed.
+    public func shutdown(gracePeriod: TimeAmount) -> EventLoopFuture<SessionError> {
+        self.eventLoop.execute { [self] in
+            guard !self.isEnded else { return }
+            guard self.mux != nil else {
+                self.end(.shutdown)
+                return
+            }
+            if !self.goingAway {
+                self.goingAway = true
+                self.mux?.beginGoingAway()
+                self.enqueue(.goAway(code: .normal, message: "shutting down"))
+                self.flushNow()
+            }
+            self.endIfDrained()
+            self.eventLoop.scheduleTask(in: gracePeriod) { [self] in self.end(.shutdown) }
+        }
+        return self.ended
+    }
+
+    /// Ends the session at once.
+    public func close(_ reason: SessionError = .shutdown) {
+        self.eventLoop.execute { [self] in self.end(reason) }
+    }
+
+    // MARK: TransportConnectionDelegate
+
+    public func transport(_ transport: any TransportConnection, didReceive message: ByteBuffer) {
+        guard !self.isEnded else { return }
+        self.keepalive.receivedAnything(now: .now())
+        do {
+            try self.decoder.process(buffer: message) { frame in
+                if !self.isEnded { self.handle(frame) }
+            }
+        } catch let error as FrameDecodingError {
+            self.protocolFailure(error.goAwayCode, error.description)
+        } catch {
+            self.protocolFailure(.protocolError, "\(error)")
+        }
+    }
+
+    public func transportDidReadComplete(_ transport: any TransportConnection) {
+        guard !self.isEnded else { return }
+        for endpoint in self.unflushedEndpoints where endpoint.needsFlush {
+            endpoint.needsFlush = false
+            endpoint.channel.flush()
+        }
+        self.unflushedEndpoints.removeAll(keepingCapacity: true)
+        if self.sequencer.ackDueNow {
+            self.scheduleFlush()
+        } else if self.sequencer.hasUnacknowledged && self.ackTimer == nil {
+            self.ackTimer = self.eventLoop.scheduleTask(in: self.configuration.ackDelay) { [self] in
+                self.ackTimer = nil
+                if self.sequencer.hasUnacknowledged { self.flushNow() }
+            }
+        }
+    }
+
+    public func transportWritabilityChanged(_ transport: any TransportConnection) {
+        if transport.isWritable { self.resumeReads() }
+    }
+
+    public func transportDidClose(_ transport: any TransportConnection, error: (any Error)?) {
+        let reason = error.map { "\($0)" } ?? "closed by the peer or a proxy in between"
+        self.end(.transportClosed(reason))
+    }
+
+    // MARK: Frame handling
+
+    private func handle(_ frame: Frame) {
+        guard self.mux != nil else {
+            self.handleHandshake(frame)
+            return
+        }
+        if frame.type.isReliable {
+            self.sequencer.recordReceived(byteCount: frame.wireSize)
+            self.handleStreamFrame(frame)
+            return
+        }
+        switch frame {
+        case .ack(let received):
+            do {
+                try self.sequencer.receiveAck(received)
+            } catch {
+                self.protocolFailure(.protocolError, error.description)
+                return
+            }
+            if self.sequencer.replayBytes < self.configuration.mux.sessionMemoryLimit / 2 { self.resumeReads() }
+        case .ping(let value):
+            self.enqueue(.pong(value))
+        case .pong(let value):
+            self.keepalive.receivedPong(value, now: .now())
+        case .goAway(let code, let message):
+            if code == .normal {
+                self.logger.info("peer is shutting down: open streams finish, new ones are refused")
+                self.goingAway = true
+                self.mux?.beginGoingAway()
+                self.endIfDrained()
+            } else {
+                self.logger.error("peer ended the session: \(code): \(message)")
+                self.end(.peerWentAway(code, message))
+            }
+        default:
+            self.protocolFailure(.protocolError, "\(frame.type) frame after the handshake")
+        }
+    }
+
+    private func handleHandshake(_ frame: Frame) {
+        switch self.handshake.receive(frame) {
+        case .send(let reply):
+            self.enqueue(reply)
+            self.flushNow()
+        case .established(let outcome, let reply):
+            if let reply { self.enqueue(reply) }
+            self.handshakeTimer?.cancel()
+            self.mux = MuxStateMachine(
+                role: self.role == .client ? .client : .server,
+                configuration: self.configuration.mux,
+                peerMaximumDataPayload: Int(outcome.peerMaximumDataPayload)
+            )
+            self.sessionIDString = outcome.sessionID.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+            self.logger[metadataKey: "session"] = "\(self.sessionIDString.prefix(8))"
+            self.flushNow()
+            self.establishedPromise.succeed(outcome)
+        case .fail(let error, let reply):
+            if let reply {
+                self.enqueue(reply)
+                self.flushNow()
+            }
+            self.end(.handshake(error))
+        }
+    }
+
+    private func handleStreamFrame(_ frame: Frame) {
+        guard var mux = self.mux else { return }
+        let action = mux.receive(frame)
+        self.mux = mux
+        switch action {
+        case .openRequested(let id, let target):
+            guard let opener = self.targetOpener else {
+                self.targetFailed(id, reason: .other, message: "this side does not open targets")
+                return
+            }
+            opener(self, id, target)
+        case .opened(let id):
+            if let endpoint = self.endpoints[id] {
+                self.logger.debug("stream \(id): open to \(endpoint.target)")
+                self.readIfAllowed(endpoint)
+            }
+        case .openFailed(let id, let reason, let message):
+            self.statistics.streamsRefused += 1
+            if let endpoint = self.endpoints.removeValue(forKey: id) {
+                self.logger.warning("server refused target \(endpoint.target): \(reason): \(message)")
+                endpoint.channel.close(promise: nil)
+            }
+        case .deliver(let id, let flags, let payload):
+            guard flags.isEmpty else {
+                self.resetStream(id, .protocolError, "compressed DATA without negotiated compression")
+                return
+            }
+            self.deliver(id, payload)
+        case .creditAvailable(let id):
+            if let endpoint = self.endpoints[id] {
+                self.pump(endpoint)
+                self.readIfAllowed(endpoint)
+            }
+        case .remoteFinished(let id, let complete):
+            guard let endpoint = self.endpoints[id] else { return }
+            if complete {
+                self.finishEndpoint(endpoint)
+            } else {
+                endpoint.shutdownOutputWhenDrained = true
+                if endpoint.outstandingWrites == 0 { endpoint.channel.close(mode: .output, promise: nil) }
+            }
+        case .reset(let id, let code, let message):
+            self.statistics.streamsReset += 1
+            if let endpoint = self.endpoints.removeValue(forKey: id) {
+                self.logger.debug("stream \(id) to \(endpoint.target) reset by peer: \(code) \(message)")
+                endpoint.channel.close(promise: nil)
+            }
+        case .reply(let reply, let closeStream, let reason):
+            self.logger.warning("\(reason)")
+            self.enqueue(reply)
+            if let id = closeStream, let endpoint = self.endpoints.removeValue(forKey: id) {
+                self.statistics.streamsReset += 1
+                endpoint.channel.close(promise: nil)
+            }
+        case .ignore(let reason):
+            self.logger.trace("\(reason)")
+        case .sessionError(let code, let message):
+            self.protocolFailure(code, message)
+        }
+    }
+
+    private func deliver(_ id: StreamID, _ payload: ByteBuffer) {
+        guard let endpoint = self.endpoints[id] else { return }
+        let count = payload.readableBytes
+        self.statistics.bytesReceived += count
+        endpoint.outstandingWrites += 1
+        if !endpoint.needsFlush {
+            endpoint.needsFlush = true
+            self.unflushedEndpoints.append(endpoint)
+        }
+        endpoint.channel.write(payload).whenComplete { [self] result in
+            self.writeCompleted(endpoint, bytes: count, success: (try? result.get()) != nil)
+        }
+    }
+
+    private func writeCompleted(_ endpoint: StreamEndpoint, bytes: Int, success: Bool) {
+        endpoint.outstandingWrites -= 1
+        guard success, self.endpoints[endpoint.id] === endpoint, var mux = self.mux else { return }
+        let (frames, complete) = mux.consumed(endpoint.id, bytes: bytes)
+        self.mux = mux
+        for frame in frames { self.enqueue(frame) }
+        if complete {
+            self.finishEndpoint(endpoint)
+        } else if endpoint.outstandingWrites == 0 && endpoint.shutdownOutputWhenDrained {
+            endpoint.channel.close(mode: .output, promise: nil)
+        }
+    }
+
+    private func resetStream(_ id: StreamID, _ code: ResetCode, _ message: String) {
+        self.logger.warning("stream \(id): \(message)")
+        if let frame = self.mux?.localReset(id, code: code, message: message) { self.enqueue(frame) }
+        if let endpoint = self.endpoints.removeValue(forKey: id) {
+            self.statistics.streamsReset += 1
+            endpoint.channel.close(promise: nil)
+        }
+    }
+
+    /// Both directions finished and everything was written: close the socket and forget the stream.
+    private func finishEndpoint(_ endpoint: StreamEndpoint) {
+        self.endpoints.removeValue(forKey: endpoint.id)
+        self.logger.debug("stream \(endpoint.id) to \(endpoint.target) finished")
+        endpoint.channel.close(promise: nil)
+        self.endIfDrained()
+    }
+
+    // MARK: Sending stream data
+
+    /// Frames as much of the endpoint's pending bytes as its credit allows; sends FIN once they are all out.
+    private func pump(_ endpoint: StreamEndpoint) {
+        guard var mux = self.mux else { return }
+        while var pending = endpoint.pendingSend {
+            let sendable = mux.sendableBytes(endpoint.id)
+            guard sendable > 0 else { break }
+            let slice = pending.readSlice(length: min(sendable, pending.readableBytes))!
+            self.statistics.bytesSent += slice.readableBytes
+            let frame = mux.sendData(endpoint.id, payload: slice)
+            endpoint.pendingSend = pending.readableBytes > 0 ? pending : nil
+            self.mux = mux
+            self.enqueue(frame)
+        }
+        self.mux = mux
+        if endpoint.finPending && endpoint.pendingSend == nil { self.sendFin(endpoint) }
+    }
+
+    private func sendFin(_ endpoint: StreamEndpoint) {
+        endpoint.finPending = false
+        guard let (frame, complete) = self.mux?.localFinished(endpoint.id) else { return }
+        self.enqueue(frame)
+        if complete { self.finishEndpoint(endpoint) }
+    }
+
+    private func canRead(_ endpoint: StreamEndpoint) -> Bool {
+        guard let mux = self.mux, let transport = self.transport else { return false }
+        return endpoint.pendingSend == nil && !endpoint.finPending && mux.sendableBytes(endpoint.id) > 0
+            && transport.isWritable && self.sequencer.replayBytes < self.configuration.mux.sessionMemoryLimit
+    }
+
+    private func readIfAllowed(_ endpoint: StreamEndpoint) {
+        if self.canRead(endpoint) { endpoint.channel.read() }
+    }
+
+    private func resumeReads() {
+        for endpoint in self.endpoints.values { self.readIfAllowed(endpoint) }
+    }
+
+    // MARK: Output
+
+    private func enqueue(_ frame: Frame) {
+        let start = self.outbound.writerIndex
+        self.encoder.encode(frame, into: &self.outbound)
+        if frame.type.isReliable {
+            self.sequencer.recordSent(self.outbound.getSlice(at: start, length: self.outbound.writerIndex - start)!)
+        }
+        if self.outbound.readableBytes >= self.configuration.maximumBatchSize {
+            self.flushNow()
+        } else {
+            self.scheduleFlush()
+        }
+    }
+
+    private func scheduleFlush() {
+        guard !self.flushScheduled else { return }
+        self.flushScheduled = true
+        self.eventLoop.execute { [self] in self.flushNow() }
+    }
+
+    private func flushNow() {
+        self.flushScheduled = false
+        if self.mux != nil && self.sequencer.hasUnacknowledged && !self.isEnded {
+            self.encoder.encode(self.sequencer.makeAck(), into: &self.outbound)
+            self.ackTimer?.cancel()
+            self.ackTimer = nil
+        }
+        guard self.outbound.readableBytes > 0, let transport = self.transport else { return }
+        transport.send(self.outbound)
+        self.statistics.transportMessagesSent += 1
+        self.outbound = ByteBufferAllocator().buffer(capacity: 64 * 1024)
+    }
+
+    // MARK: Ending
+
+    private func keepaliveTick() {
+        guard !self.isEnded else { return }
+        switch self.keepalive.tick(now: .now()) {
+        case .none:
+            break
+        case .sendPing(let id):
+            guard self.mux != nil else { return }
+            self.enqueue(.ping(id))
+            self.flushNow()
+        case .declareDead(let silentFor):
+            self.logger.error("no keepalive answer; declaring the tunnel connection dead")
+            self.end(.keepaliveTimeout(seconds: silentFor.seconds))
+        }
+    }
+
+    private func protocolFailure(_ code: GoAwayCode, _ message: String) {
+        guard !self.isEnded else { return }
+        self.logger.error("protocol error: \(message); ending the session")
+        self.outbound.clear()
+        self.encoder.encode(.goAway(code: code, message: message), into: &self.outbound)
+        self.flushNow()
+        self.end(.protocolViolation(code, message))
+    }
+
+    private func endIfDrained() {
+        if self.goingAway && self.endpoints.isEmpty && !self.isEnded {
+            self.flushNow()
+            self.end(.shutdown)
+        }
+    }
+
+    private func end(_ reason: SessionError) {
+        guard !self.isEnded else { return }
+        self.isEnded = true
+        self.handshakeTimer?.cancel()
+        self.ackTimer?.cancel()
+        self.keepaliveTask?.cancel()
+        for endpoint in self.endpoints.values { endpoint.channel.close(promise: nil) }
+        self.endpoints.removeAll()
+        self.transport?.close()
+        self.transport = nil
+        self.establishedPromise.fail(reason)
+        self.endedPromise.succeed(reason)
+    }
+}
+
+extension Frame {
+    /// Encoded size in bytes (exact for DATA, close enough for the rest, which only feeds ACK pacing).
+    var wireSize: Int {
+        if case .data(_, _, let payload) = self { return FrameEncoder.headerLength + payload.readableBytes }
+        return FrameEncoder.headerLength + 16
+    }
+}

@@ -1,0 +1,132 @@
+import CulvertCore
+import CulvertTransport
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// The server end of the tunnel: accepts transport connections, runs a session on each, and connects the streams
+/// that clients open to their targets, within the allowlist.
+public final class TunnelServer: Sendable {
+    public struct Configuration: Sendable {
+        public var listenHost: String
+        public var listenPort: Int
+        public var pathPrefix: String
+        public var session: SessionConfiguration
+        public var allowlist: Allowlist
+        public var targetConnectTimeout: TimeAmount
+
+        public init(
+            listenHost: String,
+            listenPort: Int,
+            pathPrefix: String = ServerEndpoint.defaultPathPrefix,
+            session: SessionConfiguration,
+            allowlist: Allowlist,
+            targetConnectTimeout: TimeAmount = .seconds(10)
+        ) {
+            self.listenHost = listenHost
+            self.listenPort = listenPort
+            self.pathPrefix = pathPrefix
+            self.session = session
+            self.allowlist = allowlist
+            self.targetConnectTimeout = targetConnectTimeout
+        }
+    }
+
+    private let transportServer: TransportServer
+    private let sessions: NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>
+    private let logger: Logger
+
+    /// The bound address (useful when listening on port 0).
+    public var localAddress: SocketAddress? { self.transportServer.localAddress }
+    /// TCP connections the listener has accepted.
+    public var acceptedConnections: Int { self.transportServer.acceptedConnections }
+    /// Sessions currently running.
+    public var activeSessions: Int { self.sessions.withLockedValue { $0.count } }
+
+    private init(transportServer: TransportServer, sessions: NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>,
+                 logger: Logger) {
+        self.transportServer = transportServer
+        self.sessions = sessions
+        self.logger = logger
+    }
+
+    /// Binds the listener and starts serving.
+    public static func start(
+        configuration: Configuration,
+        group: any EventLoopGroup,
+        logger: Logger
+    ) async throws -> TunnelServer {
+        let sessions = NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>([:])
+        let connector = TargetConnector(
+            allowlist: configuration.allowlist,
+            connectTimeout: configuration.targetConnectTimeout
+        )
+        let transportConfiguration = TransportServer.Configuration(
+            host: configuration.listenHost,
+            port: configuration.listenPort,
+            pathPrefix: configuration.pathPrefix
+        )
+        let listenAddress = "\(configuration.listenHost):\(configuration.listenPort)"
+        let transportServer: TransportServer
+        do {
+            transportServer = try await TransportServer.bind(
+                configuration: transportConfiguration,
+                group: group,
+                logger: logger
+            ) { connection in
+                var sessionLogger = logger
+                sessionLogger[metadataKey: "peer"] = "\(connection.peerDescription)"
+                let session = TunnelSession(
+                    role: .server,
+                    transport: connection,
+                    configuration: configuration.session,
+                    logger: sessionLogger
+                )
+                session.targetOpener = { session, id, target in connector.open(session: session, id: id, target: target) }
+                let key = ObjectIdentifier(session)
+                sessions.withLockedValue { $0[key] = session }
+                session.start()
+                session.established.whenSuccess { _ in
+                    session.logger.info("session established over \(connection.kind)")
+                }
+                session.ended.whenSuccess { reason in
+                    sessions.withLockedValue { _ = $0.removeValue(forKey: key) }
+                    let stats = session.statistics
+                    session.logger.info(
+                        "session ended: \(reason) (sent \(stats.bytesSent) B, received \(stats.bytesReceived) B, \(stats.streamsOpened) streams)"
+                    )
+                }
+            }.get()
+        } catch {
+            throw ForwardingError.bindFailed(address: listenAddress, reason: describeBindError(error))
+        }
+        return TunnelServer(transportServer: transportServer, sessions: sessions, logger: logger)
+    }
+
+    /// Stops accepting connections, sends GOAWAY to every session, lets open streams finish for up to
+    /// `gracePeriod`, then closes what is left.
+    public func shutdown(gracePeriod: TimeAmount = .seconds(5)) async {
+        try? await self.transportServer.close().get()
+        let sessions = self.sessions.withLockedValue { Array($0.values) }
+        for session in sessions {
+            _ = try? await session.shutdown(gracePeriod: gracePeriod).get()
+        }
+    }
+}
+
+/// One phrase for why a listener could not bind.
+func describeBindError(_ error: any Error) -> String {
+    if let ioError = error as? IOError {
+        switch ioError.errnoCode {
+        case 98: return "address already in use (another process listens there; pick another port)"
+        case 13: return "permission denied (ports below 1024 need root)"
+        case 99: return "address not available on this machine"
+        default: return "\(ioError)"
+        }
+    }
+    if let socketError = error as? SocketAddressError {
+        return "cannot resolve the address (\(socketError))"
+    }
+    return "\(error)"
+}

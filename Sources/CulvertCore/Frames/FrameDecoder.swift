@@ -1,0 +1,160 @@
+import NIOCore
+
+/// Reads frames from a byte stream; the inverse of ``FrameEncoder``.
+///
+/// It never buffers more than one frame header plus ``maximumPayloadLength`` bytes: a header that announces a
+/// longer payload fails at once with ``FrameDecodingError/payloadTooLarge(length:maximum:)`` instead of waiting for
+/// the bytes.
+public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
+    public typealias InboundOut = Frame
+
+    /// The longest payload accepted, in bytes.
+    public var maximumPayloadLength: Int
+
+    public init(maximumPayloadLength: Int) {
+        self.maximumPayloadLength = maximumPayloadLength
+    }
+
+    public mutating func decode(buffer: inout ByteBuffer) throws -> Frame? {
+        guard buffer.readableBytes >= FrameEncoder.headerLength else { return nil }
+        let start = buffer.readerIndex
+        let rawType = buffer.getInteger(at: start, as: UInt8.self)!
+        let flags = buffer.getInteger(at: start + 1, as: UInt8.self)!
+        let streamID = buffer.getInteger(at: start + 2, as: UInt32.self)!
+        let length = Int(buffer.getInteger(at: start + 6, as: UInt32.self)!)
+
+        guard let type = FrameType(rawValue: rawType) else {
+            throw FrameDecodingError.unknownFrameType(rawType)
+        }
+        guard length <= self.maximumPayloadLength else {
+            throw FrameDecodingError.payloadTooLarge(length: length, maximum: self.maximumPayloadLength)
+        }
+        guard buffer.readableBytes >= FrameEncoder.headerLength + length else { return nil }
+
+        buffer.moveReaderIndex(forwardBy: FrameEncoder.headerLength)
+        var payload = buffer.readSlice(length: length)!
+        return try Self.parse(type: type, flags: flags, streamID: streamID, payload: &payload)
+    }
+
+    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> Frame? {
+        try self.decode(buffer: &buffer)
+    }
+
+    // swiftlint:disable:next cyclomatic_complexity function_body_length
+    static func parse(type: FrameType, flags: UInt8, streamID: StreamID, payload: inout ByteBuffer) throws -> Frame {
+        func malformed(_ reason: String) -> FrameDecodingError { .malformedPayload(type, reason) }
+        func requireLength(_ expected: Int) throws {
+            guard payload.readableBytes == expected else {
+                throw malformed("payload is \(payload.readableBytes) bytes, expected \(expected)")
+            }
+        }
+        if type.isReliable {
+            guard streamID != 0 else { throw malformed("stream id 0 is reserved for the session") }
+        } else {
+            guard streamID == 0 else { throw malformed("session frame carries stream id \(streamID)") }
+        }
+        if type != .data && flags != 0 {
+            throw malformed("flags 0x\(String(flags, radix: 16)) are not defined for this type")
+        }
+
+        switch type {
+        case .hello:
+            guard payload.readableBytes >= 1 + 4 + 32 + 4 + 1 else { throw malformed("payload too short") }
+            let version = payload.readInteger(as: UInt8.self)!
+            let capabilities = Capabilities(rawValue: payload.readInteger(as: UInt32.self)!)
+            let nonce = payload.readBytes(length: 32)!
+            let maximumDataPayload = payload.readInteger(as: UInt32.self)!
+            let resumeLength = Int(payload.readInteger(as: UInt8.self)!)
+            guard payload.readableBytes == resumeLength else { throw malformed("resume id length mismatch") }
+            let resume = payload.readBytes(length: resumeLength)!
+            return .hello(
+                Hello(
+                    version: version,
+                    capabilities: capabilities,
+                    nonce: nonce,
+                    maximumDataPayload: maximumDataPayload,
+                    resumeSessionID: resume
+                )
+            )
+        case .challenge:
+            try requireLength(1 + 4 + 32 + 4)
+            return .challenge(
+                Challenge(
+                    version: payload.readInteger()!,
+                    capabilities: Capabilities(rawValue: payload.readInteger()!),
+                    nonce: payload.readBytes(length: 32)!,
+                    maximumDataPayload: payload.readInteger()!
+                )
+            )
+        case .auth:
+            try requireLength(32 + 8)
+            return .auth(Auth(proof: payload.readBytes(length: 32)!, received: payload.readInteger()!))
+        case .welcome:
+            try requireLength(32 + 16 + 4 + 8)
+            return .welcome(
+                Welcome(
+                    proof: payload.readBytes(length: 32)!,
+                    sessionID: payload.readBytes(length: 16)!,
+                    capabilities: Capabilities(rawValue: payload.readInteger()!),
+                    received: payload.readInteger()!
+                )
+            )
+        case .open:
+            guard payload.readableBytes >= 4 + 2 + 1 else { throw malformed("payload too short") }
+            let window = payload.readInteger(as: UInt32.self)!
+            let port = Int(payload.readInteger(as: UInt16.self)!)
+            guard payload.readableBytes <= 255 else { throw malformed("host longer than 255 bytes") }
+            guard let host = payload.readString(length: payload.readableBytes), !host.isEmpty,
+                host.utf8.allSatisfy({ $0 > 0x20 && $0 != 0x7F })
+            else {
+                throw malformed("host is not printable UTF-8")
+            }
+            return .open(streamID: streamID, initialWindow: window, target: TargetAddress(host: host, port: port))
+        case .openOK:
+            try requireLength(4)
+            return .openOK(streamID: streamID, initialWindow: payload.readInteger()!)
+        case .openFail:
+            guard payload.readableBytes >= 2 else { throw malformed("payload too short") }
+            let reason = OpenFailReason(rawValue: payload.readInteger()!)
+            return .openFail(streamID: streamID, reason: reason, message: try Self.readMessage(&payload, type))
+        case .data:
+            let dataFlags = DataFlags(rawValue: flags)
+            guard DataFlags.compressed.isSuperset(of: dataFlags) else {
+                throw malformed("unknown DATA flags 0x\(String(flags, radix: 16))")
+            }
+            return .data(streamID: streamID, flags: dataFlags, payload: payload)
+        case .window:
+            try requireLength(4)
+            let increment = payload.readInteger(as: UInt32.self)!
+            guard increment > 0 else { throw malformed("window increment of 0") }
+            return .window(streamID: streamID, increment: increment)
+        case .fin:
+            try requireLength(0)
+            return .fin(streamID: streamID)
+        case .rst:
+            guard payload.readableBytes >= 2 else { throw malformed("payload too short") }
+            let code = ResetCode(rawValue: payload.readInteger()!)
+            return .rst(streamID: streamID, code: code, message: try Self.readMessage(&payload, type))
+        case .ping:
+            try requireLength(8)
+            return .ping(payload.readInteger()!)
+        case .pong:
+            try requireLength(8)
+            return .pong(payload.readInteger()!)
+        case .ack:
+            try requireLength(8)
+            return .ack(received: payload.readInteger()!)
+        case .goAway:
+            guard payload.readableBytes >= 2 else { throw malformed("payload too short") }
+            let code = GoAwayCode(rawValue: payload.readInteger()!)
+            return .goAway(code: code, message: try Self.readMessage(&payload, type))
+        }
+    }
+
+    private static func readMessage(_ payload: inout ByteBuffer, _ type: FrameType) throws -> String {
+        guard payload.readableBytes <= FrameEncoder.maximumMessageLength else {
+            throw FrameDecodingError.malformedPayload(type, "message longer than \(FrameEncoder.maximumMessageLength)")
+        }
+        return String(decoding: payload.readBytes(length: payload.readableBytes)!, as: UTF8.self)
+    }
+}

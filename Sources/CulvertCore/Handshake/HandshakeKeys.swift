@@ -1,0 +1,69 @@
+import Crypto
+
+/// The HMAC-SHA256 computations of the handshake.
+///
+/// The token never crosses the wire: each side proves it holds the token by a MAC over the transcript (HELLO and
+/// CHALLENGE payloads, which carry a fresh nonce from each side), so a recorded proof is useless in a later
+/// handshake. The session key, derived the same way, proves ownership of a session when it is resumed.
+public struct HandshakeKeys: Sendable {
+    private let key: SymmetricKey
+
+    /// - Parameter token: the shared secret; `nil` (authentication off) uses an empty key.
+    public init(token: String?) {
+        self.key = SymmetricKey(data: Array((token ?? "").utf8))
+    }
+
+    /// The client's proof over the transcript.
+    public func clientProof(transcript: [UInt8]) -> [UInt8] {
+        Self.mac(self.key, label: "culvert v1 client proof", transcript)
+    }
+
+    /// The server's proof over the transcript and the session id it assigns.
+    public func serverProof(transcript: [UInt8], sessionID: [UInt8]) -> [UInt8] {
+        Self.mac(self.key, label: "culvert v1 server proof", transcript + sessionID)
+    }
+
+    /// The key that later proves ownership of the session.
+    public func sessionKey(transcript: [UInt8]) -> [UInt8] {
+        Self.mac(self.key, label: "culvert v1 session key", transcript)
+    }
+
+    /// Compares a received proof with the expected one in constant time.
+    public static func proofsMatch(_ received: [UInt8], _ expected: [UInt8]) -> Bool {
+        guard received.count == expected.count else { return false }
+        var difference: UInt8 = 0
+        for index in received.indices {
+            difference |= received[index] ^ expected[index]
+        }
+        return difference == 0
+    }
+
+    /// The transcript that both proofs cover: the exact HELLO and CHALLENGE payload fields, in order.
+    public static func transcript(hello: Hello, challenge: Challenge) -> [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.append(hello.version)
+        bytes.append(contentsOf: hello.capabilities.rawValue.bigEndianBytes)
+        bytes.append(contentsOf: hello.nonce)
+        bytes.append(contentsOf: hello.maximumDataPayload.bigEndianBytes)
+        bytes.append(UInt8(hello.resumeSessionID.count))
+        bytes.append(contentsOf: hello.resumeSessionID)
+        bytes.append(challenge.version)
+        bytes.append(contentsOf: challenge.capabilities.rawValue.bigEndianBytes)
+        bytes.append(contentsOf: challenge.nonce)
+        bytes.append(contentsOf: challenge.maximumDataPayload.bigEndianBytes)
+        return bytes
+    }
+
+    private static func mac(_ key: SymmetricKey, label: String, _ data: [UInt8]) -> [UInt8] {
+        var hmac = HMAC<SHA256>(key: key)
+        hmac.update(data: Array(label.utf8))
+        hmac.update(data: data)
+        return Array(hmac.finalize())
+    }
+}
+
+extension FixedWidthInteger {
+    var bigEndianBytes: [UInt8] {
+        withUnsafeBytes(of: self.bigEndian) { Array($0) }
+    }
+}

@@ -1,0 +1,365 @@
+import NIOCore
+
+/// The stream multiplexer as a pure state machine: stream table, half-close, and per-stream credit flow control
+/// bounded by a session-wide memory limit.
+///
+/// Receive side: every stream has a window (initially ``MuxConfiguration/initialStreamWindow``). Credit is
+/// returned with WINDOW once half of the window has been consumed by the local reader. A stream whose reader keeps
+/// up (nothing left unconsumed when credit is returned) doubles its window up to
+/// ``MuxConfiguration/maximumStreamWindow``. Granted-but-unused credit plus unconsumed bytes, summed over all
+/// streams, never exceeds ``MuxConfiguration/sessionMemoryLimit``: when it would, the stream is marked starved and
+/// gets its credit as soon as memory is released. A reader that stops reading therefore stops only its own stream.
+public struct MuxStateMachine: Sendable {
+    public enum Role: Sendable {
+        /// Opens odd stream ids.
+        case client
+        /// Opens even stream ids.
+        case server
+    }
+
+    public let configuration: MuxConfiguration
+    private let role: Role
+    private var streams: [StreamID: StreamState] = [:]
+    private var nextLocalStreamID: StreamID
+    private var highestPeerStreamID: StreamID = 0
+    private var committedReceiveMemory = 0
+    private var starvedStreams: [StreamID] = []
+    private var goingAway = false
+    /// The largest DATA payload the peer accepts.
+    public var peerMaximumDataPayload: Int
+
+    public init(role: Role, configuration: MuxConfiguration, peerMaximumDataPayload: Int) {
+        self.role = role
+        self.configuration = configuration
+        self.nextLocalStreamID = role == .client ? 1 : 2
+        self.peerMaximumDataPayload = peerMaximumDataPayload
+    }
+
+    /// Streams currently in the table.
+    public var streamCount: Int { self.streams.count }
+    /// Receive memory committed across all streams (granted credit plus unconsumed bytes).
+    public var committedMemory: Int { self.committedReceiveMemory }
+
+    /// Whether `id` is a live stream.
+    public func contains(_ id: StreamID) -> Bool { self.streams[id] != nil }
+
+    // MARK: Local events
+
+    /// Opens a new stream to `target`; returns its id and the OPEN frame to send.
+    public mutating func openStream(to target: TargetAddress) throws(MuxError) -> (StreamID, Frame) {
+        guard !self.goingAway else { throw .goingAway }
+        guard self.streams.count < self.configuration.maximumStreams else {
+            throw .tooManyStreams(self.configuration.maximumStreams)
+        }
+        let id = self.nextLocalStreamID
+        guard id < StreamID.max - 1 else { throw .streamIDsExhausted }
+        self.nextLocalStreamID += 2
+        let grant = self.initialGrant()
+        self.streams[id] = StreamState(
+            phase: .opening,
+            sendCredit: 0,
+            windowTarget: self.configuration.initialStreamWindow,
+            peerCredit: grant
+        )
+        self.committedReceiveMemory += grant
+        if grant < self.configuration.initialStreamWindow { self.starvedStreams.append(id) }
+        return (id, .open(streamID: id, initialWindow: UInt32(grant), target: target))
+    }
+
+    /// The target of a peer-opened stream is connected: the OPEN_OK to send.
+    public mutating func acceptSucceeded(_ id: StreamID) -> Frame? {
+        guard var stream = self.streams[id], stream.phase == .accepting else { return nil }
+        let grant = self.initialGrant()
+        stream.phase = .open
+        stream.peerCredit = grant
+        self.committedReceiveMemory += grant
+        self.streams[id] = stream
+        if grant < self.configuration.initialStreamWindow { self.starvedStreams.append(id) }
+        return .openOK(streamID: id, initialWindow: UInt32(grant))
+    }
+
+    /// The target of a peer-opened stream could not be reached: the OPEN_FAIL to send.
+    public mutating func acceptFailed(_ id: StreamID, reason: OpenFailReason, message: String) -> Frame? {
+        guard let stream = self.streams[id], stream.phase == .accepting else { return nil }
+        self.remove(id)
+        return .openFail(streamID: id, reason: reason, message: message)
+    }
+
+    /// How many bytes of `id` may be sent now in one DATA frame (0 when out of credit or finished).
+    public func sendableBytes(_ id: StreamID) -> Int {
+        guard let stream = self.streams[id], stream.phase == .open, !stream.localFinished else { return 0 }
+        return max(0, min(stream.sendCredit, self.peerMaximumDataPayload, self.configuration.maximumDataPayload))
+    }
+
+    /// Takes credit for a DATA frame of `payload` bytes and returns the frame.
+    public mutating func sendData(_ id: StreamID, payload: ByteBuffer, flags: DataFlags = []) -> Frame {
+        self.streams[id]!.sendCredit -= payload.readableBytes
+        precondition(self.streams[id]!.sendCredit >= 0, "sent past the stream's credit")
+        return .data(streamID: id, flags: flags, payload: payload)
+    }
+
+    /// Takes credit for `count` payload bytes without building a frame (for payloads transformed after the
+    /// credit check, such as compressed data, whose credit is counted in uncompressed bytes).
+    public mutating func takeCredit(_ id: StreamID, count: Int) {
+        self.streams[id]?.sendCredit -= count
+    }
+
+    /// The local side finished sending: the FIN to send, and whether the stream is now complete and gone.
+    public mutating func localFinished(_ id: StreamID) -> (frame: Frame, streamComplete: Bool)? {
+        guard var stream = self.streams[id], !stream.localFinished, stream.phase == .open else { return nil }
+        stream.localFinished = true
+        self.streams[id] = stream
+        let complete = stream.isComplete
+        if complete { self.remove(id) }
+        return (.fin(streamID: id), complete)
+    }
+
+    /// The local side aborted: the RST to send (nil if the stream is already gone).
+    public mutating func localReset(_ id: StreamID, code: ResetCode, message: String) -> Frame? {
+        guard self.streams[id] != nil else { return nil }
+        self.remove(id)
+        return .rst(streamID: id, code: code, message: message)
+    }
+
+    /// The local side consumed `bytes` of delivered data. Returns WINDOW frames to send (for this stream, and
+    /// for starved streams that released memory lets through) and whether this stream is now complete and gone.
+    public mutating func consumed(_ id: StreamID, bytes: Int) -> (frames: [Frame], streamComplete: Bool) {
+        var frames: [Frame] = []
+        var complete = false
+        if var stream = self.streams[id] {
+            stream.unconsumed -= bytes
+            stream.consumedSinceUpdate += bytes
+            self.committedReceiveMemory -= bytes
+            self.streams[id] = stream
+            if stream.isComplete {
+                self.remove(id)
+                complete = true
+            } else if stream.consumedSinceUpdate >= stream.windowTarget / 2, let frame = self.grantCredit(id) {
+                frames.append(frame)
+            }
+        }
+        frames += self.feedStarvedStreams()
+        return (frames, complete)
+    }
+
+    /// Stops accepting peer-opened streams (after GOAWAY).
+    public mutating func beginGoingAway() {
+        self.goingAway = true
+    }
+
+    /// Every live stream id.
+    public var streamIDs: [StreamID] { Array(self.streams.keys) }
+
+    // MARK: Received frames
+
+    /// Handles one received stream frame (OPEN … RST).
+    public mutating func receive(_ frame: Frame) -> MuxInboundAction {
+        let id = frame.streamID
+        if case .open(_, let window, let target) = frame {
+            return self.receiveOpen(id, window: window, target: target)
+        }
+        guard var stream = self.streams[id] else {
+            return self.unknownStream(frame)
+        }
+        switch frame {
+        case .openOK(_, let window):
+            guard stream.phase == .opening else {
+                return self.resetStream(id, .protocolError, "OPEN_OK for a stream that is not opening")
+            }
+            stream.phase = .open
+            stream.sendCredit = Int(window)
+            self.streams[id] = stream
+            return .opened(id)
+
+        case .openFail(_, let reason, let message):
+            guard stream.phase == .opening else {
+                return self.resetStream(id, .protocolError, "OPEN_FAIL for a stream that is not opening")
+            }
+            self.remove(id)
+            return .openFailed(id, reason, message)
+
+        case .data(_, let flags, let payload):
+            guard stream.phase == .open, !stream.remoteFinished else {
+                return self.resetStream(id, .protocolError, "DATA on a stream that is not open for receiving")
+            }
+            guard payload.readableBytes <= stream.peerCredit else {
+                return self.resetStream(
+                    id,
+                    .flowControlError,
+                    "peer sent \(payload.readableBytes) bytes with \(stream.peerCredit) bytes of credit"
+                )
+            }
+            stream.peerCredit -= payload.readableBytes
+            stream.unconsumed += payload.readableBytes
+            self.streams[id] = stream
+            return .deliver(id, flags, payload)
+
+        case .window(_, let increment):
+            let newCredit = stream.sendCredit + Int(increment)
+            guard newCredit <= Int(Int32.max) else {
+                return self.resetStream(id, .flowControlError, "window update overflows the credit")
+            }
+            stream.sendCredit = newCredit
+            self.streams[id] = stream
+            return .creditAvailable(id)
+
+        case .fin:
+            guard stream.phase == .open, !stream.remoteFinished else {
+                return self.resetStream(id, .protocolError, "FIN on a stream that is not open for receiving")
+            }
+            stream.remoteFinished = true
+            // No more data will come: the unused credit is memory the session gets back.
+            self.committedReceiveMemory -= stream.peerCredit
+            stream.peerCredit = 0
+            self.streams[id] = stream
+            let complete = stream.isComplete
+            if complete { self.remove(id) }
+            return .remoteFinished(id, streamComplete: complete)
+
+        case .rst(_, let code, let message):
+            self.remove(id)
+            return .reset(id, code, message)
+
+        default:
+            return .sessionError(.protocolError, "\(frame.type) is not a stream frame")
+        }
+    }
+
+    // MARK: Internals
+
+    private mutating func receiveOpen(_ id: StreamID, window: UInt32, target: TargetAddress) -> MuxInboundAction {
+        let peerOpensOdd = self.role == .server
+        guard (id % 2 == 1) == peerOpensOdd else {
+            return .sessionError(.protocolError, "peer opened stream \(id), which is in this side's id space")
+        }
+        guard id > self.highestPeerStreamID else {
+            return .sessionError(.protocolError, "peer reused or lowered stream id \(id)")
+        }
+        self.highestPeerStreamID = id
+        if self.goingAway {
+            return .reply(.openFail(streamID: id, reason: .goingAway, message: "shutting down"), closeStream: nil,
+                          reason: "refused stream \(id) to \(target): shutting down")
+        }
+        guard self.streams.count < self.configuration.maximumStreams else {
+            let message = "the session already has \(self.configuration.maximumStreams) streams"
+            return .reply(.openFail(streamID: id, reason: .tooManyStreams, message: message), closeStream: nil,
+                          reason: "refused stream \(id) to \(target): \(message)")
+        }
+        guard Int(window) <= Int(Int32.max) else {
+            return .sessionError(.protocolError, "initial window \(window) is larger than 2^31-1")
+        }
+        self.streams[id] = StreamState(
+            phase: .accepting,
+            sendCredit: Int(window),
+            windowTarget: self.configuration.initialStreamWindow,
+            peerCredit: 0
+        )
+        return .openRequested(id, target)
+    }
+
+    private func isLocalID(_ id: StreamID) -> Bool {
+        (id % 2 == 1) == (self.role == .client)
+    }
+
+    /// A frame for a stream not in the table: in flight after the stream ended (ignored), or for a stream that
+    /// never existed (answered with RST).
+    private func unknownStream(_ frame: Frame) -> MuxInboundAction {
+        let id = frame.streamID
+        let existed = self.isLocalID(id) ? id < self.nextLocalStreamID : id <= self.highestPeerStreamID
+        if existed {
+            return .ignore(reason: "\(frame.type) for stream \(id), which has ended")
+        }
+        if case .rst = frame {
+            return .ignore(reason: "RST for stream \(id), which never existed")
+        }
+        return .reply(
+            .rst(streamID: id, code: .unknownStream, message: "stream \(id) does not exist"),
+            closeStream: nil,
+            reason: "\(frame.type) for stream \(id), which does not exist"
+        )
+    }
+
+    private mutating func resetStream(_ id: StreamID, _ code: ResetCode, _ message: String) -> MuxInboundAction {
+        self.remove(id)
+        return .reply(.rst(streamID: id, code: code, message: message), closeStream: id, reason: message)
+    }
+
+    private mutating func remove(_ id: StreamID) {
+        guard let stream = self.streams.removeValue(forKey: id) else { return }
+        self.committedReceiveMemory -= stream.committedMemory
+        if let index = self.starvedStreams.firstIndex(of: id) {
+            self.starvedStreams.remove(at: index)
+        }
+    }
+
+    private var availableMemory: Int {
+        max(0, self.configuration.sessionMemoryLimit - self.committedReceiveMemory)
+    }
+
+    private func initialGrant() -> Int {
+        min(self.configuration.initialStreamWindow, self.availableMemory)
+    }
+
+    /// Returns credit to the peer for `id`, growing the window when its reader keeps up; nil when nothing can be
+    /// granted (memory exhausted: the stream is then starved until memory is released).
+    private mutating func grantCredit(_ id: StreamID) -> Frame? {
+        guard var stream = self.streams[id], stream.phase == .open, !stream.remoteFinished else { return nil }
+        let limit = self.configuration.sessionMemoryLimit
+        if stream.unconsumed == 0, stream.peerCredit < stream.windowTarget / 2,
+            stream.windowTarget < self.configuration.maximumStreamWindow, self.starvedStreams.isEmpty
+        {
+            let grown = min(stream.windowTarget * 2, self.configuration.maximumStreamWindow)
+            // Growth may use at most half the session's memory, keeping room for other streams' windows.
+            if self.committedReceiveMemory + (grown - stream.windowTarget) <= limit / 2 {
+                stream.windowTarget = grown
+            }
+        }
+        let wanted = stream.windowTarget - stream.committedMemory
+        let increment = min(wanted, self.availableMemory)
+        guard increment > 0 else {
+            self.streams[id] = stream
+            if wanted > 0, !self.starvedStreams.contains(id) { self.starvedStreams.append(id) }
+            return nil
+        }
+        stream.peerCredit += increment
+        stream.consumedSinceUpdate = 0
+        self.committedReceiveMemory += increment
+        self.streams[id] = stream
+        if increment == wanted {
+            if let index = self.starvedStreams.firstIndex(of: id) { self.starvedStreams.remove(at: index) }
+        } else if !self.starvedStreams.contains(id) {
+            self.starvedStreams.append(id)
+        }
+        return .window(streamID: id, increment: UInt32(increment))
+    }
+
+    private mutating func feedStarvedStreams() -> [Frame] {
+        guard !self.starvedStreams.isEmpty, self.availableMemory > 0 else { return [] }
+        let waiting = self.starvedStreams
+        self.starvedStreams = []
+        var frames: [Frame] = []
+        for id in waiting {
+            if self.availableMemory == 0 {
+                self.starvedStreams.append(id)
+            } else if let frame = self.grantCredit(id) {
+                frames.append(frame)
+            }
+        }
+        return frames
+    }
+}
+
+/// Why a stream could not be opened locally.
+public enum MuxError: Error, Hashable, Sendable, CustomStringConvertible {
+    case goingAway
+    case tooManyStreams(Int)
+    case streamIDsExhausted
+
+    public var description: String {
+        switch self {
+        case .goingAway: "the session is shutting down"
+        case .tooManyStreams(let limit): "the session already has \(limit) streams open"
+        case .streamIDsExhausted: "the session has used up its stream ids"
+        }
+    }
+}

@@ -1,0 +1,92 @@
+import Crypto
+import NIOCore
+import NIOPosix
+
+/// Pushes bytes through a TCP connection to an echo target and reads them back, hashing both directions.
+public enum TransferClient {
+    /// What one transfer moved.
+    public struct Result: Sendable {
+        public var bytesSent: Int
+        public var bytesReceived: Int
+        public var sentDigest: String
+        public var receivedDigest: String
+        /// Seconds from connect to the last byte back.
+        public var seconds: Double
+
+        public var digestsMatch: Bool { self.bytesSent == self.bytesReceived && self.sentDigest == self.receivedDigest }
+    }
+
+    /// Sends `byteCount` pattern bytes to `host:port`, half-closes, and reads until the echo's EOF.
+    public static func echoTransfer(
+        host: String,
+        port: Int,
+        byteCount: Int,
+        seed: UInt64 = 1,
+        chunkSize: Int = 64 * 1024,
+        group: any EventLoopGroup
+    ) async throws -> Result {
+        let start = ContinuousClock.now
+        let channel = try await ClientBootstrap(group: group)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .connect(host: host, port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(
+                        wrappingChannelSynchronously: channel,
+                        configuration: .init(isOutboundHalfClosureEnabled: true)
+                    )
+                }
+            }
+        return try await channel.executeThenClose { inbound, outbound in
+            try await withThrowingTaskGroup(of: (Int, String).self) { tasks in
+                tasks.addTask {
+                    var generator = PatternGenerator(seed: seed)
+                    var hasher = SHA256()
+                    var remaining = byteCount
+                    while remaining > 0 {
+                        let bytes = generator.next(min(chunkSize, remaining))
+                        hasher.update(data: bytes)
+                        try await outbound.write(ByteBuffer(bytes: bytes))
+                        remaining -= bytes.count
+                    }
+                    outbound.finish()
+                    return (byteCount, hex(hasher.finalize()))
+                }
+                tasks.addTask {
+                    var hasher = SHA256()
+                    var received = 0
+                    for try await buffer in inbound {
+                        buffer.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
+                        received += buffer.readableBytes
+                    }
+                    return (-received - 1, hex(hasher.finalize()))
+                }
+                var sent = (0, "")
+                var received = (0, "")
+                for try await outcome in tasks {
+                    if outcome.0 >= 0 { sent = outcome } else { received = (-outcome.0 - 1, outcome.1) }
+                }
+                let seconds = (ContinuousClock.now - start).seconds
+                return Result(
+                    bytesSent: sent.0,
+                    bytesReceived: received.0,
+                    sentDigest: sent.1,
+                    receivedDigest: received.1,
+                    seconds: seconds
+                )
+            }
+        }
+    }
+
+    static func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {
+        digest.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+    }
+}
+
+extension Duration {
+    /// The duration in seconds as a Double.
+    public var seconds: Double {
+        let (seconds, attoseconds) = self.components
+        return Double(seconds) + Double(attoseconds) / 1e18
+    }
+}

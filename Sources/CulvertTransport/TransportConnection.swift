@@ -1,0 +1,33 @@
+import NIOCore
+
+/// One established transport connection: it moves opaque byte messages, in order, between client and server.
+///
+/// The session above it treats the messages as one byte stream, so a transport may split or join messages as
+/// suits it. Implementations are confined to ``eventLoop``: every method must be called on it, and every delegate
+/// callback arrives on it.
+public protocol TransportConnection: AnyObject, Sendable {
+    /// The loop this connection lives on.
+    var eventLoop: any EventLoop { get }
+    /// Which transport carries it.
+    var kind: TransportKind { get }
+    /// The far end, for logs.
+    var peerDescription: String { get }
+    /// False while the transport's send buffer is full; the session stops producing until it turns true.
+    var isWritable: Bool { get }
+    /// Starts delivering inbound messages to `delegate` (messages that arrived before are delivered first).
+    func start(delegate: any TransportConnectionDelegate)
+    /// Sends one message and flushes it.
+    func send(_ message: ByteBuffer)
+    /// Closes the connection; the delegate then gets ``TransportConnectionDelegate/transportDidClose(_:error:)``.
+    func close()
+}
+
+/// Receives what a ``TransportConnection`` reports, on its event loop.
+public protocol TransportConnectionDelegate: AnyObject {
+    func transport(_ transport: any TransportConnection, didReceive message: ByteBuffer)
+    /// A batch of messages has been delivered: a good moment to flush what they caused.
+    func transportDidReadComplete(_ transport: any TransportConnection)
+    func transportWritabilityChanged(_ transport: any TransportConnection)
+    /// The connection is gone; `error` says why if it was not a clean close.
+    func transportDidClose(_ transport: any TransportConnection, error: (any Error)?)
+}

@@ -1,0 +1,98 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOWebSocket
+
+/// The server side of every transport: one HTTP/1.1 listener that routes requests under a path prefix to the
+/// transport they belong to, and hands each established connection to `onConnection`.
+public final class TransportServer: Sendable {
+    public struct Configuration: Sendable {
+        public var host: String
+        public var port: Int
+        /// Requests outside this prefix get 404, so the port can sit behind a reverse proxy beside other sites.
+        public var pathPrefix: String
+        /// Largest transport message accepted, in bytes.
+        public var maximumMessageSize: Int
+
+        public init(host: String, port: Int, pathPrefix: String = ServerEndpoint.defaultPathPrefix,
+                    maximumMessageSize: Int = 16 * 1024 * 1024) {
+            self.host = host
+            self.port = port
+            self.pathPrefix = pathPrefix
+            self.maximumMessageSize = maximumMessageSize
+        }
+    }
+
+    private let channel: any Channel
+    private let connectionCounter: NIOLockedValueBox<Int>
+
+    /// The address the listener is bound to (useful with port 0).
+    public var localAddress: SocketAddress? { self.channel.localAddress }
+
+    /// TCP connections accepted so far.
+    public var acceptedConnections: Int { self.connectionCounter.withLockedValue { $0 } }
+
+    private init(channel: any Channel, connectionCounter: NIOLockedValueBox<Int>) {
+        self.channel = channel
+        self.connectionCounter = connectionCounter
+    }
+
+    /// Binds the listener.
+    /// - Parameter onConnection: called on the connection's event loop for every established transport connection.
+    public static func bind(
+        configuration: Configuration,
+        group: any EventLoopGroup,
+        logger: Logger,
+        onConnection: @escaping @Sendable (any TransportConnection) -> Void
+    ) -> EventLoopFuture<TransportServer> {
+        let counter = NIOLockedValueBox(0)
+        let prefix = configuration.pathPrefix
+        return ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { channel in
+                counter.withLockedValue { $0 += 1 }
+                return channel.eventLoop.makeCompletedFuture {
+                    let upgrader = NIOWebSocketServerUpgrader(
+                        maxFrameSize: configuration.maximumMessageSize,
+                        automaticErrorHandling: true,
+                        shouldUpgrade: { channel, head in
+                            let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+                            guard path == prefix + "/ws" else { return channel.eventLoop.makeSucceededFuture(nil) }
+                            var headers = HTTPHeaders()
+                            headers.add(name: "Cache-Control", value: "no-store")
+                            headers.add(name: "Server", value: "culvert/\(CulvertVersion.string)")
+                            return channel.eventLoop.makeSucceededFuture(headers)
+                        },
+                        upgradePipelineHandler: { channel, _ in
+                            channel.eventLoop.makeCompletedFuture {
+                                let pipeline = channel.pipeline.syncOperations
+                                if let router = try? pipeline.handler(type: HTTPEndpointRouter.self) {
+                                    pipeline.removeHandler(router, promise: nil)
+                                }
+                                let connection = ChannelTransportConnection(kind: .websocket, channel: channel)
+                                try pipeline.addHandlers([WebSocketMessageHandler(isClient: false), connection])
+                                onConnection(connection)
+                            }
+                        }
+                    )
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+                        withServerUpgrade: (upgraders: [upgrader], completionHandler: { _ in }),
+                        withErrorHandling: true
+                    )
+                    try channel.pipeline.syncOperations.addHandler(HTTPEndpointRouter(pathPrefix: prefix))
+                }
+            }
+            .bind(host: configuration.host, port: configuration.port)
+            .map { TransportServer(channel: $0, connectionCounter: counter) }
+    }
+
+    /// Stops accepting connections (established ones are left to their sessions).
+    public func close() -> EventLoopFuture<Void> {
+        self.channel.close()
+    }
+}

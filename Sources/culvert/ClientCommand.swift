@@ -1,0 +1,106 @@
+import ArgumentParser
+import Culvert
+import CulvertTransport
+import Logging
+import NIOPosix
+
+/// The `--transport` values: one transport, or `auto`.
+enum TransportChoice: String, ExpressibleByArgument, CaseIterable {
+    case auto, websocket, connect, chunked, polling
+
+    static var helpText: String {
+        "auto (the best that works; default) | "
+            + TransportKind.allCases.map { "\($0.rawValue): \($0.summary)" }.joined(separator: " | ")
+    }
+}
+
+/// `culvert client`: forwards local ports through the tunnel.
+struct ClientCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "client",
+        abstract: "Forward local ports through the tunnel to targets on the server's side."
+    )
+
+    @Argument(help: "The server's URL, e.g. http://tunnel.example.com:8080 (path defaults to /culvert).")
+    var serverURL: String
+
+    @Option(name: .customShort("L"), help: "Forward [BIND:]PORT:HOST:HOSTPORT (BIND defaults to 127.0.0.1). Repeatable.")
+    var forwards: [String] = []
+
+    @OptionGroup var tokenOptions: TokenOptions
+
+    @Option(help: ArgumentHelp(TransportChoice.helpText))
+    var transport: TransportChoice = .auto
+
+    @Option(help: "Extra request header NAME:VALUE on every tunnel request. Repeatable.")
+    var header: [String] = []
+
+    @Option(help: "Seconds allowed to connect and complete the handshake.")
+    var connectTimeout: Double = 10
+
+    @Option(help: "Seconds to let open streams finish on shutdown.")
+    var shutdownGrace: Double = 5
+
+    @OptionGroup var loggingOptions: LoggingOptions
+
+    func run() async throws {
+        let logger = try self.loggingOptions.makeLogger(label: "culvert.client")
+        let server: ServerEndpoint
+        do { server = try ServerEndpoint(url: self.serverURL) } catch { throw ValidationError(error.description) }
+        var forwards: [ForwardSpec] = []
+        for text in self.forwards {
+            do { forwards.append(try ForwardSpec(parsing: text)) } catch { throw ValidationError(error.description) }
+        }
+        if forwards.isEmpty { logger.warning("no -L forwards given: the tunnel will carry nothing") }
+        var headers: [(String, String)] = []
+        for text in self.header {
+            guard let colon = text.firstIndex(of: ":"), colon != text.startIndex else {
+                throw ValidationError("--header '\(text)' must be NAME:VALUE")
+            }
+            headers.append((String(text[..<colon]), String(text[text.index(after: colon)...]).trimmingSpaces()))
+        }
+        let kind: TransportKind
+        switch self.transport {
+        case .auto:
+            // Only one transport is available in this build, so auto has nothing to choose between.
+            kind = .websocket
+        case .websocket, .connect, .chunked, .polling:
+            kind = TransportKind(rawValue: self.transport.rawValue)!
+            guard kind.isAvailable else {
+                fail("the \(kind) transport is not available in this build yet; use --transport websocket or auto", exitCode: 2)
+            }
+        }
+        let configuration = TunnelClient.Configuration(
+            server: server,
+            transport: kind,
+            transportOptions: TransportOptions(
+                extraHeaders: headers,
+                connectTimeout: .milliseconds(Int64(self.connectTimeout * 1000))
+            ),
+            session: SessionConfiguration(token: try self.tokenOptions.resolve()),
+            forwards: forwards
+        )
+        let client: TunnelClient
+        do {
+            client = try await TunnelClient.connect(configuration: configuration,
+                                                    group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+        } catch let error as SessionError where error.isAuthenticationFailure {
+            fail("\(error) (check --token on both sides)")
+        } catch {
+            fail("\(error)")
+        }
+        switch await SignalWaiter.waitForSignal(orEndOf: client.ended) {
+        case .signal(let signal):
+            logger.info("signal \(signal): shutting down")
+            await client.shutdown(gracePeriod: .milliseconds(Int64(self.shutdownGrace * 1000)))
+        case .ended(let reason):
+            fail("tunnel lost: \(reason)")
+        }
+    }
+}
+
+extension String {
+    func trimmingSpaces() -> String {
+        String(self.drop(while: { $0 == " " }).reversed().drop(while: { $0 == " " }).reversed())
+    }
+}

@@ -1,0 +1,93 @@
+import ArgumentParser
+import Culvert
+import CulvertTransport
+import Logging
+import NIOPosix
+
+/// `culvert server`: accepts tunnels and connects their streams to allowed targets.
+struct ServerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "server",
+        abstract: "Accept tunnels and connect their streams to allowed targets."
+    )
+
+    @Option(help: "Address to listen on, HOST:PORT (e.g. 0.0.0.0:8080).")
+    var listen: String
+
+    @OptionGroup var tokenOptions: TokenOptions
+
+    @Flag(help: "Run without authentication: anyone who reaches the port can use the tunnel.")
+    var noAuth = false
+
+    @Option(help: "Allow streams to HOST:PORT (host may be *, port may be * or A-B). Repeatable.")
+    var allow: [String] = []
+
+    @Flag(help: "Allow streams to any target (dangerous on a server others can reach).")
+    var allowAny = false
+
+    @Option(help: "Path prefix of the tunnel endpoints.")
+    var path: String = "/culvert"
+
+    @Option(help: "Seconds to let open streams finish on shutdown.")
+    var shutdownGrace: Double = 5
+
+    @OptionGroup var loggingOptions: LoggingOptions
+
+    func run() async throws {
+        let logger = try self.loggingOptions.makeLogger(label: "culvert.server")
+        guard let (host, portText) = splitHostPort(self.listen), let port = Int(portText), (0...65535).contains(port) else {
+            throw ValidationError("--listen '\(self.listen)' must be HOST:PORT, e.g. 127.0.0.1:8080")
+        }
+        let token = try self.tokenOptions.resolve()
+        if token == nil && !self.noAuth {
+            fail("the server needs a token: pass --token, --token-file or set CULVERT_TOKEN (or --no-auth to accept anyone)",
+                 exitCode: 2)
+        }
+        var entries: [Allowlist.Entry] = []
+        for text in self.allow {
+            do { entries.append(try Allowlist.Entry(parsing: text)) } catch { throw ValidationError(error.description) }
+        }
+        if entries.isEmpty && !self.allowAny {
+            logger.warning("no --allow entries and no --allow-any: every stream will be refused")
+        }
+        if self.allowAny { logger.warning("--allow-any: clients may reach any host and port this server can reach") }
+        let prefix = normalizedPathPrefix(self.path)
+        let configuration = TunnelServer.Configuration(
+            listenHost: host,
+            listenPort: port,
+            pathPrefix: prefix,
+            session: SessionConfiguration(token: token, authenticationRequired: !self.noAuth),
+            allowlist: Allowlist(entries: entries, allowsAny: self.allowAny)
+        )
+        let server: TunnelServer
+        do {
+            server = try await TunnelServer.start(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton,
+                                                  logger: logger)
+        } catch {
+            fail("\(error)")
+        }
+        logger.info("culvert server listening on \(server.localAddress.map { "\($0)" } ?? self.listen), path \(prefix)")
+        let signal = await SignalWaiter.wait()
+        logger.info("signal \(signal): shutting down (open streams get \(self.shutdownGrace) s to finish)")
+        await server.shutdown(gracePeriod: .milliseconds(Int64(self.shutdownGrace * 1000)))
+    }
+}
+
+/// `host:port` with an optional bracketed IPv6 host.
+func splitHostPort(_ text: String) -> (String, String)? {
+    if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+        let host = String(text[text.index(after: text.startIndex)..<close])
+        let rest = text[text.index(after: close)...]
+        guard rest.hasPrefix(":") else { return nil }
+        return (host, String(rest.dropFirst()))
+    }
+    guard let colon = text.lastIndex(of: ":") else { return nil }
+    let host = String(text[..<colon])
+    return (host.isEmpty ? "0.0.0.0" : host, String(text[text.index(after: colon)...]))
+}
+
+func normalizedPathPrefix(_ path: String) -> String {
+    var prefix = path.hasPrefix("/") ? path : "/" + path
+    while prefix.hasSuffix("/") && prefix.count > 1 { prefix.removeLast() }
+    return prefix == "/" ? "" : prefix
+}
