@@ -305,7 +305,7 @@ public struct MuxStateMachine: Sendable {
     private mutating func grantCredit(_ id: StreamID) -> Frame? {
         guard var stream = self.streams[id], stream.phase == .open, !stream.remoteFinished else { return nil }
         let limit = self.configuration.sessionMemoryLimit
-        if stream.unconsumed == 0, stream.peerCredit < stream.windowTarget / 2,
+        if stream.unconsumed == 0, stream.peerCredit <= stream.windowTarget / 2,
             stream.windowTarget < self.configuration.maximumStreamWindow, self.starvedStreams.isEmpty
         {
             let grown = min(stream.windowTarget * 2, self.configuration.maximumStreamWindow)
