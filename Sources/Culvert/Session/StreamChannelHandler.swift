@@ -5,9 +5,10 @@ import NIOCore
 ///
 /// The socket runs with auto-read off: the session calls `read()` only while the stream has credit, so a stream
 /// whose peer does not read simply stops being read here, without affecting other streams.
-final class StreamChannelHandler: ChannelInboundHandler, @unchecked Sendable {
+final class StreamChannelHandler: ChannelDuplexHandler, @unchecked Sendable {
     // @unchecked: used only on the session's event loop.
     typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
 
     private weak var session: TunnelSession?
     var streamID: StreamID?
@@ -33,6 +34,13 @@ final class StreamChannelHandler: ChannelInboundHandler, @unchecked Sendable {
             self.session?.localInputClosed(id)
         }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    /// Lets a read through only while the stream may take more bytes, whoever asked for it: auto-read is off,
+    /// but this gate keeps a stream that has no credit (or is still opening) from buffering anything.
+    func read(context: ChannelHandlerContext) {
+        guard let id = self.streamID, let session = self.session, session.mayReadLocally(id) else { return }
+        context.read()
     }
 
     func channelInactive(context: ChannelHandlerContext) {

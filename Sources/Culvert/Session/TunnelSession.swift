@@ -167,6 +167,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     // MARK: Events from stream sockets
 
     func localRead(_ id: StreamID, _ buffer: ByteBuffer) {
+        self.logger.trace("stream \(id): read \(buffer.readableBytes) bytes locally")
         guard let endpoint = self.endpoints[id] else { return }
         if endpoint.pendingSend == nil {
             endpoint.pendingSend = buffer
@@ -183,6 +184,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     }
 
     func localInputClosed(_ id: StreamID) {
+        self.logger.trace("stream \(id): local EOF")
         guard let endpoint = self.endpoints[id] else { return }
         endpoint.finPending = true
         if endpoint.pendingSend == nil { self.sendFin(endpoint) }
@@ -354,6 +356,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         case .opened(let id):
             if let endpoint = self.endpoints[id] {
                 self.logger.debug("stream \(id): open to \(endpoint.target)")
+                self.pump(endpoint)
                 self.readIfAllowed(endpoint)
             }
         case .openFailed(let id, let reason, let message):
@@ -374,6 +377,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
                 self.readIfAllowed(endpoint)
             }
         case .remoteFinished(let id, let complete):
+            self.logger.trace("stream \(id): FIN received, complete: \(complete)")
             guard let endpoint = self.endpoints[id] else { return }
             if complete {
                 self.finishEndpoint(endpoint)
@@ -402,6 +406,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     }
 
     private func deliver(_ id: StreamID, _ payload: ByteBuffer) {
+        self.logger.trace("stream \(id): delivering \(payload.readableBytes) bytes")
         guard let endpoint = self.endpoints[id] else { return }
         let count = payload.readableBytes
         self.statistics.bytesReceived += count
@@ -475,6 +480,12 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         guard let mux = self.mux, let transport = self.transport else { return false }
         return endpoint.pendingSend == nil && !endpoint.finPending && mux.sendableBytes(endpoint.id) > 0
             && transport.isWritable && self.sequencer.replayBytes < self.configuration.mux.sessionMemoryLimit
+    }
+
+    /// Whether stream `id` may read its local socket now (asked by the stream's handler for every read).
+    func mayReadLocally(_ id: StreamID) -> Bool {
+        guard let endpoint = self.endpoints[id] else { return false }
+        return self.canRead(endpoint)
     }
 
     private func readIfAllowed(_ endpoint: StreamEndpoint) {

@@ -1,0 +1,65 @@
+import Culvert
+import Foundation
+import CulvertTools
+import CulvertTransport
+import Logging
+import NIOCore
+import NIOPosix
+
+/// A server and a client on loopback, with the client's forwards given as targets.
+struct TunnelHarness {
+    let server: TunnelServer
+    let client: TunnelClient
+    var serverPort: Int { self.server.localAddress!.port! }
+    func localPort(_ index: Int = 0) -> Int { self.client.listenerAddresses[index].port! }
+
+    static let group = MultiThreadedEventLoopGroup.singleton
+
+    static var logger: Logger {
+        var logger = Logger(label: "culvert.test", factory: { label in StreamLogHandler.standardError(label: label) })
+        // CULVERT_TEST_LOG=debug shows what the tunnel does while a test runs.
+        logger.logLevel = ProcessInfo.processInfo.environment["CULVERT_TEST_LOG"].flatMap { Logger.Level(rawValue: $0) } ?? .critical
+        return logger
+    }
+
+    static func startServer(token: String? = "test-token", allow: [String]) async throws -> TunnelServer {
+        try await TunnelServer.start(
+            configuration: .init(
+                listenHost: "127.0.0.1",
+                listenPort: 0,
+                session: SessionConfiguration(token: token, authenticationRequired: token != nil),
+                allowlist: Allowlist(entries: try allow.map { try Allowlist.Entry(parsing: $0) })
+            ),
+            group: Self.group,
+            logger: Self.logger
+        )
+    }
+
+    static func connectClient(
+        serverPort: Int,
+        token: String? = "test-token",
+        targets: [Int],
+        path: String = "/culvert"
+    ) async throws -> TunnelClient {
+        try await TunnelClient.connect(
+            configuration: .init(
+                server: ServerEndpoint(host: "127.0.0.1", port: serverPort, pathPrefix: path),
+                session: SessionConfiguration(token: token),
+                forwards: targets.map { ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: $0)) }
+            ),
+            group: Self.group,
+            logger: Self.logger
+        )
+    }
+
+    static func start(targets: [Int]) async throws -> TunnelHarness {
+        let server = try await Self.startServer(allow: targets.map { "127.0.0.1:\($0)" })
+        let client = try await Self.connectClient(serverPort: server.localAddress!.port!, targets: targets)
+        return TunnelHarness(server: server, client: client)
+    }
+
+    func stop() async {
+        await self.client.shutdown(gracePeriod: .milliseconds(200))
+        await self.server.shutdown(gracePeriod: .milliseconds(200))
+    }
+}
