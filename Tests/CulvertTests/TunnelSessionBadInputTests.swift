@@ -1,0 +1,92 @@
+@testable import Culvert
+import CulvertCore
+import CulvertTransport
+import Logging
+import NIOCore
+import Testing
+
+/// A server session fed bad input by a scripted client: each case ends the stream or the session with the right
+/// code, never a crash.
+@Suite struct TunnelSessionBadInputTests {
+    /// A server session past the handshake (token "t"), and the scripted transport that plays the client.
+    func establishedServerSession() throws -> (TunnelSession, ScriptedTransport) {
+        let transport = ScriptedTransport()
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let session = TunnelSession(role: .server, transport: transport,
+                                    configuration: SessionConfiguration(token: "t"), logger: logger)
+        session.start()
+        var client = HandshakeStateMachine(role: .client(token: "t"), capabilities: [], maximumDataPayload: 32768)
+        transport.inject(client.start())
+        guard let challenge = transport.takeSent().first, case .challenge = challenge,
+            case .send(let auth) = client.receive(challenge)
+        else {
+            throw HarnessError("no challenge")
+        }
+        transport.inject(auth)
+        guard case .welcome = transport.takeSent().first else { throw HarnessError("no welcome") }
+        return (session, transport)
+    }
+
+    /// An unknown frame type ends the session with GOAWAY(protocolError).
+    @Test func unknownFrameTypeEndsTheSessionWithGoAway() throws {
+        let (session, transport) = try self.establishedServerSession()
+        transport.inject(ByteBuffer(bytes: [0x7F, 0, 0, 0, 0, 0, 0, 0, 0, 0]))
+        #expect(transport.takeSent().contains { if case .goAway(.protocolError, _) = $0 { true } else { false } })
+        #expect(transport.closed)
+        guard case .protocolViolation(.protocolError, _)? = try? session.ended.wait() else {
+            Issue.record("session did not end with a protocol violation"); return
+        }
+    }
+
+    /// A frame longer than the maximum ends the session with GOAWAY(frameTooLarge) without buffering it.
+    @Test func oversizedFrameEndsTheSessionWithGoAway() throws {
+        let (_, transport) = try self.establishedServerSession()
+        transport.inject(ByteBuffer(bytes: [0x13, 0, 0, 0, 0, 1, 0x7F, 0, 0, 0]))
+        #expect(transport.takeSent().contains { if case .goAway(.frameTooLarge, _) = $0 { true } else { false } })
+        #expect(transport.closed)
+    }
+
+    /// DATA for a stream that never existed gets RST(unknownStream); the session goes on.
+    @Test func dataForAnUnknownStreamIsReset() throws {
+        let (_, transport) = try self.establishedServerSession()
+        transport.inject(.data(streamID: 41, flags: [], payload: ByteBuffer(string: "x")))
+        #expect(transport.takeSent().contains { if case .rst(41, .unknownStream, _) = $0 { true } else { false } })
+        #expect(!transport.closed)
+        transport.inject(.ping(5))
+        #expect(transport.takeSent().contains(.pong(5)))
+    }
+
+    /// An OPEN for a target outside the (empty) allowlist gets OPEN_FAIL(notAllowed) from a server without an
+    /// opener; the session goes on.
+    @Test func openWithoutAnOpenerIsRefused() throws {
+        let (_, transport) = try self.establishedServerSession()
+        transport.inject(.open(streamID: 1, initialWindow: 65536, target: .init(host: "127.0.0.1", port: 9)))
+        #expect(transport.takeSent().contains { if case .openFail(1, _, _) = $0 { true } else { false } })
+        #expect(!transport.closed)
+    }
+
+    /// A wrong token ends the handshake with GOAWAY(authenticationFailed) and closes the transport.
+    @Test func wrongTokenGetsGoAway() throws {
+        let transport = ScriptedTransport()
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let session = TunnelSession(role: .server, transport: transport,
+                                    configuration: SessionConfiguration(token: "right"), logger: logger)
+        session.start()
+        var client = HandshakeStateMachine(role: .client(token: "wrong"), capabilities: [], maximumDataPayload: 32768)
+        transport.inject(client.start())
+        guard let challenge = transport.takeSent().first, case .send(let auth) = client.receive(challenge) else {
+            Issue.record("no challenge"); return
+        }
+        transport.inject(auth)
+        #expect(transport.takeSent().contains { if case .goAway(.authenticationFailed, _) = $0 { true } else { false } })
+        #expect(transport.closed)
+    }
+}
+
+struct HarnessError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
