@@ -8,6 +8,6 @@ struct CulvertCommand: AsyncParsableCommand {
         commandName: "culvert",
         abstract: "Carry TCP connections through HTTP proxies and firewalls.",
         version: CulvertVersion.string,
-        subcommands: [ServerCommand.self, ClientCommand.self, DemoCommand.self]
+        subcommands: [ServerCommand.self, ClientCommand.self, DemoCommand.self, BenchCommand.self]
     )
 }

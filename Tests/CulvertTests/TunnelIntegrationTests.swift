@@ -50,6 +50,18 @@ import Testing
         for echo in echoes { try await echo.close() }
     }
 
+    /// 200 concurrent streams doing one-byte round trips all keep going: no stream's ping is lost or stuck.
+    @Test func twoHundredConcurrentPingPongStreamsAllComplete() async throws {
+        let echo = try await EchoServer.start(group: self.group)
+        let harness = try await TunnelHarness.start(targets: [echo.port])
+        let rate = try await LoadGenerator.concurrentRoundTrips(
+            port: harness.localPort(), streams: 200, seconds: 1, group: self.group
+        )
+        #expect(rate > 0)
+        await harness.stop()
+        try await echo.close()
+    }
+
     /// A client that half-closes still receives the reply the target sends after seeing the FIN.
     @Test func halfCloseStillDeliversTheReply() async throws {
         let digest = try await DigestServer.start(group: self.group)

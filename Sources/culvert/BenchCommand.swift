@@ -1,0 +1,164 @@
+import ArgumentParser
+import CulvertTools
+import CulvertTransport
+import Foundation
+import NIOCore
+import NIOPosix
+
+/// `culvert bench`: measures the tunnel against the direct path and a socat relay in the same run.
+struct BenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Measure throughput, latency and concurrency through the tunnel, next to direct and socat paths.",
+        discussion: """
+            Starts the targets in this process, and `culvert server`, `culvert client` and socat (Debian package \
+            socat) as separate processes on loopback. Build with `swift build -c release` first: a debug build's \
+            figures mean nothing.
+            """
+    )
+
+    @Option(help: "Transport to measure.")
+    var transport: TransportChoice = .websocket
+
+    @Option(help: "MiB per throughput measurement.")
+    var mib: Int = 256
+
+    @Option(help: "Round trips in the ping-pong latency measurement.")
+    var pings: Int = 5000
+
+    @Option(help: "Concurrent streams in the round-trip measurement.")
+    var streams: Int = 200
+
+    @Option(help: "Seconds of the concurrent round-trip measurement.")
+    var seconds: Double = 3
+
+    @Option(help: "Times each measurement is repeated; the best run counts.")
+    var repeats: Int = 3
+
+    func run() async throws {
+        let kind: TransportKind = self.transport == .auto ? .websocket : TransportKind(rawValue: self.transport.rawValue)!
+        guard kind.isAvailable else { fail("the \(kind) transport is not available in this build yet", exitCode: 2) }
+        guard let socat = findExecutable("socat") else {
+            fail("socat is not installed: run `apt-get install -y socat` (the benchmark compares against it)")
+        }
+        let group = MultiThreadedEventLoopGroup.singleton
+        let targets = try await LoadTargets.start(group: group)
+        let echo = try await EchoServer.start(group: group)
+        let targetPorts = [targets.sinkPort, targets.sourcePort, echo.port]
+
+        var processes: [ChildProcess] = []
+        defer { for process in processes.reversed() { process.stop() } }
+
+        // socat relays, one per target.
+        var socatPorts: [Int] = []
+        for port in targetPorts {
+            let listen = try freePort()
+            processes.append(try ChildProcess.spawn(socat, ["TCP-LISTEN:\(listen),bind=127.0.0.1,fork,reuseaddr,nodelay",
+                                                "TCP:127.0.0.1:\(port),nodelay"]))
+            socatPorts.append(listen)
+        }
+        // The tunnel: server and client processes of this same binary.
+        let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        let serverPort = try freePort()
+        let token = UUID().uuidString
+        var serverArguments = ["server", "--listen", "127.0.0.1:\(serverPort)", "--token", token, "--log-level", "error"]
+        for port in targetPorts { serverArguments += ["--allow", "127.0.0.1:\(port)"] }
+        processes.append(try ChildProcess.spawn(me, serverArguments))
+        try await waitForPort(serverPort)
+        var tunnelPorts: [Int] = []
+        var clientArguments = ["client", "http://127.0.0.1:\(serverPort)", "--token", token, "--transport", kind.rawValue,
+                               "--log-level", "error"]
+        for port in targetPorts {
+            let local = try freePort()
+            tunnelPorts.append(local)
+            clientArguments += ["-L", "127.0.0.1:\(local):127.0.0.1:\(port)"]
+        }
+        processes.append(try ChildProcess.spawn(me, clientArguments))
+        for port in socatPorts + tunnelPorts { try await waitForPort(port) }
+
+        let paths: [(String, [Int])] = [("direct", targetPorts), ("socat", socatPorts), ("culvert", tunnelPorts)]
+        let bytes = self.mib * 1024 * 1024
+        var table: [String: [String: Double]] = [:]
+        for (name, ports) in paths {
+            var row: [String: Double] = [:]
+            progress("\(name): upload")
+            row["upload"] = try await self.best { Double(bytes) / 1_048_576 / (try await LoadGenerator.upload(port: ports[0], byteCount: bytes, group: group)) }
+            progress("\(name): download")
+            row["download"] = try await self.best { Double(bytes) / 1_048_576 / (try await LoadGenerator.download(port: ports[1], byteCount: bytes, group: group)) }
+            progress("\(name): ping-pong")
+            let samples = try await LoadGenerator.pingPong(port: ports[2], count: self.pings, group: group).sorted()
+            row["p50"] = samples[samples.count / 2] * 1e6
+            row["p99"] = samples[min(samples.count - 1, samples.count * 99 / 100)] * 1e6
+            progress("\(name): \(self.streams) streams")
+            row["rtps"] = try await self.best {
+                try await LoadGenerator.concurrentRoundTrips(port: ports[2], streams: self.streams, seconds: self.seconds, group: group)
+            }
+            table[name] = row
+        }
+
+        print("culvert bench: transport \(kind), loopback, \(ProcessInfo.processInfo.activeProcessorCount) cores, best of \(self.repeats)")
+        print(pad("", 34) + pad("direct", 12) + pad("socat", 12) + pad("culvert", 12) + "culvert/socat")
+        let rows: [(String, String, Bool)] = [
+            ("upload", "single stream up, MiB/s", true),
+            ("download", "single stream down, MiB/s", true),
+            ("p50", "1-byte ping-pong p50, µs", false),
+            ("p99", "1-byte ping-pong p99, µs", false),
+            ("rtps", "\(self.streams) streams, round trips/s", true),
+        ]
+        for (key, label, _) in rows {
+            let direct = table["direct"]![key]!, socatValue = table["socat"]![key]!, tunnel = table["culvert"]![key]!
+            print(pad(label, 34) + pad(format(direct), 12) + pad(format(socatValue), 12) + pad(format(tunnel), 12)
+                  + String(format: "%.2f×", tunnel / socatValue))
+        }
+        await targets.close()
+        try? await echo.close()
+    }
+
+    /// Runs a measurement `repeats` times and keeps the highest value.
+    private func best(_ measure: () async throws -> Double) async throws -> Double {
+        var best = 0.0
+        for _ in 0..<max(1, self.repeats) { best = max(best, try await measure()) }
+        return best
+    }
+}
+
+/// One line of progress on standard error, so that a stuck measurement shows where it is.
+private func progress(_ text: String) {
+    FileHandle.standardError.write(Data("culvert bench: \(text)\n".utf8))
+}
+
+private func pad(_ text: String, _ width: Int) -> String {
+    text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
+}
+
+private func format(_ value: Double) -> String {
+    value >= 100 ? String(format: "%.0f", value) : String(format: "%.1f", value)
+}
+
+private func findExecutable(_ name: String) -> String? {
+    let paths = (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":")
+    return paths.map { "\($0)/\(name)" }.first { FileManager.default.isExecutableFile(atPath: $0) }
+}
+
+/// A free loopback port (bound, then released).
+private func freePort() throws -> Int {
+    let channel = try ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).wait()
+    let port = channel.localAddress!.port!
+    try channel.close().wait()
+    return port
+}
+
+/// Waits until something accepts connections on `port` (up to 15 s).
+private func waitForPort(_ port: Int) async throws {
+    let deadline = ContinuousClock.now + .seconds(15)
+    while ContinuousClock.now < deadline {
+        if let channel = try? await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(host: "127.0.0.1", port: port).get()
+        {
+            try? await channel.close()
+            return
+        }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    fail("nothing listens on 127.0.0.1:\(port) after 15 s: a benchmark process did not start")
+}
