@@ -57,28 +57,10 @@ public final class TransportServer: Sendable {
             .childChannelInitializer { channel in
                 counter.withLockedValue { $0 += 1 }
                 return channel.eventLoop.makeCompletedFuture {
-                    let upgrader = NIOWebSocketServerUpgrader(
-                        maxFrameSize: configuration.maximumMessageSize,
-                        automaticErrorHandling: true,
-                        shouldUpgrade: { channel, head in
-                            let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
-                            guard path == prefix + "/ws" else { return channel.eventLoop.makeSucceededFuture(nil) }
-                            var headers = HTTPHeaders()
-                            headers.add(name: "Cache-Control", value: "no-store")
-                            headers.add(name: "Server", value: "culvert/\(CulvertVersion.string)")
-                            return channel.eventLoop.makeSucceededFuture(headers)
-                        },
-                        upgradePipelineHandler: { channel, _ in
-                            channel.eventLoop.makeCompletedFuture {
-                                let pipeline = channel.pipeline.syncOperations
-                                if let router = try? pipeline.handler(type: HTTPEndpointRouter.self) {
-                                    pipeline.removeHandler(router, promise: nil)
-                                }
-                                let connection = ChannelTransportConnection(kind: .websocket, channel: channel)
-                                try pipeline.addHandlers([WebSocketMessageHandler(isClient: false), connection])
-                                onConnection(connection)
-                            }
-                        }
+                    let upgrader = WebSocketServerUpgrader(
+                        path: prefix + "/ws",
+                        maximumFrameSize: configuration.maximumMessageSize,
+                        onConnection: onConnection
                     )
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(
                         withServerUpgrade: (upgraders: [upgrader], completionHandler: { _ in }),

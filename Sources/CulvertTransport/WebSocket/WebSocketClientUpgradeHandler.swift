@@ -1,4 +1,3 @@
-import Crypto
 import NIOCore
 import NIOHTTP1
 import NIOWebSocket
@@ -102,7 +101,7 @@ final class WebSocketClientUpgradeHandler: ChannelInboundHandler, RemovableChann
             self.fail(context: context, .handshakeFailed(.websocket, "101 response without 'Upgrade: websocket'"))
             return
         }
-        let expectedAccept = Self.acceptValue(forKey: self.requestKey)
+        let expectedAccept = WebSocketAccept.value(forKey: self.requestKey)
         guard head.headers.first(name: "Sec-WebSocket-Accept") == expectedAccept else {
             self.fail(context: context, .handshakeFailed(.websocket, "Sec-WebSocket-Accept does not match the key"))
             return
@@ -113,7 +112,6 @@ final class WebSocketClientUpgradeHandler: ChannelInboundHandler, RemovableChann
         do {
             pipeline.removeHandler(context: context, promise: nil)
             try pipeline.addHandlers([
-                WebSocketFrameEncoder(),
                 ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: self.options.maximumMessageSize)),
                 WebSocketMessageHandler(isClient: true),
                 connection,
@@ -134,11 +132,5 @@ final class WebSocketClientUpgradeHandler: ChannelInboundHandler, RemovableChann
         self.done = true
         self.upgradePromise.fail(error)
         context.close(promise: nil)
-    }
-
-    /// `base64(SHA-1(key + GUID))`, RFC 6455 section 4.2.2.
-    static func acceptValue(forKey key: String) -> String {
-        let digest = Insecure.SHA1.hash(data: Array((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").utf8))
-        return Base64.encode(Array(digest))
     }
 }

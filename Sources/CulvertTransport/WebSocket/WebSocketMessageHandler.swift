@@ -6,12 +6,13 @@ import NIOWebSocket
 /// Binary data frames and their continuations are passed up as they arrive (the session above reads a byte
 /// stream, so fragments need no reassembly and cost no buffer). Pings are answered, a close is echoed and ends the
 /// connection, and text frames or (on a server) unmasked frames end it with the RFC's close codes. A client masks
-/// every frame it sends with a fresh key.
+/// every frame it sends with a fresh key. Outbound frames are encoded here by ``WebSocketFrameWriter`` (so the
+/// pipeline has no `WebSocketFrameEncoder`), which masks eight bytes at a time.
 public final class WebSocketMessageHandler: ChannelDuplexHandler {
     public typealias InboundIn = WebSocketFrame
     public typealias InboundOut = ByteBuffer
     public typealias OutboundIn = ByteBuffer
-    public typealias OutboundOut = WebSocketFrame
+    public typealias OutboundOut = ByteBuffer
 
     private let isClient: Bool
     private var inFragmentedMessage = false
@@ -43,9 +44,8 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
             self.inFragmentedMessage = !frame.fin
             self.forwardPayload(of: frame, context: context)
         case .ping:
-            var pong = WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)
-            if self.isClient { pong.maskKey = .random() }
-            context.writeAndFlush(self.wrapOutboundOut(pong), promise: nil)
+            self.writeFrame(context: context, opcode: .pong, payload: Self.unmasked(frame), promise: nil)
+            context.flush()
         case .pong:
             break
         case .connectionClose:
@@ -57,11 +57,23 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
         }
     }
 
+    /// Frame decoding errors (oversized, malformed frames) end the connection with the matching close code.
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let error = error as? NIOWebSocketError, !self.closeSent {
+            let code: WebSocketErrorCode = error == .multiByteControlFrameLength || error == .fragmentedControlFrame
+                ? .protocolError : .messageTooLarge
+            context.fireErrorCaught(TransportError.protocolViolation("WebSocket: \(error)"))
+            self.closeSent = true
+            var data = context.channel.allocator.buffer(capacity: 2)
+            data.write(webSocketErrorCode: code)
+            self.writeFrameThenClose(context: context, opcode: .connectionClose, payload: data)
+            return
+        }
+        context.fireErrorCaught(error)
+    }
+
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let message = self.unwrapOutboundIn(data)
-        var frame = WebSocketFrame(fin: true, opcode: .binary, data: message)
-        if self.isClient { frame.maskKey = .random() }
-        context.write(self.wrapOutboundOut(frame), promise: promise)
+        self.writeFrame(context: context, opcode: .binary, payload: self.unwrapOutboundIn(data), promise: promise)
     }
 
     public func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
@@ -73,15 +85,16 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
         self.closeSent = true
         var data = context.channel.allocator.buffer(capacity: 2)
         data.write(webSocketErrorCode: .normalClosure)
-        var frame = WebSocketFrame(fin: true, opcode: .connectionClose, data: data)
-        if self.isClient { frame.maskKey = .random() }
-        context.writeAndFlush(self.wrapOutboundOut(frame)).assumeIsolated().whenComplete { _ in
+        let written = context.eventLoop.makePromise(of: Void.self)
+        self.writeFrame(context: context, opcode: .connectionClose, payload: data, promise: written)
+        context.flush()
+        written.futureResult.assumeIsolated().whenComplete { _ in
             context.close(mode: .all, promise: promise)
         }
     }
 
     private func forwardPayload(of frame: WebSocketFrame, context: ChannelHandlerContext) {
-        let payload = frame.unmaskedData
+        let payload = Self.unmasked(frame)
         if payload.readableBytes > 0 {
             context.fireChannelRead(self.wrapInboundOut(payload))
         }
@@ -93,11 +106,7 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
             return
         }
         self.closeSent = true
-        var echo = WebSocketFrame(fin: true, opcode: .connectionClose, data: frame.unmaskedData)
-        if self.isClient { echo.maskKey = .random() }
-        context.writeAndFlush(self.wrapOutboundOut(echo)).assumeIsolated().whenComplete { _ in
-            context.close(promise: nil)
-        }
+        self.writeFrameThenClose(context: context, opcode: .connectionClose, payload: Self.unmasked(frame))
     }
 
     private func closeWithError(context: ChannelHandlerContext, code: WebSocketErrorCode, reason: String) {
@@ -109,10 +118,44 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
         self.closeSent = true
         var data = context.channel.allocator.buffer(capacity: 2)
         data.write(webSocketErrorCode: code)
-        var frame = WebSocketFrame(fin: true, opcode: .connectionClose, data: data)
-        if self.isClient { frame.maskKey = .random() }
-        context.writeAndFlush(self.wrapOutboundOut(frame)).assumeIsolated().whenComplete { _ in
+        self.writeFrameThenClose(context: context, opcode: .connectionClose, payload: data)
+    }
+
+    private func writeFrameThenClose(context: ChannelHandlerContext, opcode: WebSocketOpcode, payload: ByteBuffer) {
+        let written = context.eventLoop.makePromise(of: Void.self)
+        self.writeFrame(context: context, opcode: opcode, payload: payload, promise: written)
+        context.flush()
+        written.futureResult.assumeIsolated().whenComplete { _ in
             context.close(promise: nil)
         }
+    }
+
+    /// Writes one whole frame; clients mask it with a fresh key.
+    private func writeFrame(
+        context: ChannelHandlerContext,
+        opcode: WebSocketOpcode,
+        payload: ByteBuffer,
+        promise: EventLoopPromise<Void>?
+    ) {
+        let (head, body) = WebSocketFrameWriter.encode(
+            opcode: opcode,
+            payload: payload,
+            maskKey: self.isClient ? .random() : nil,
+            allocator: context.channel.allocator
+        )
+        if let body {
+            context.write(self.wrapOutboundOut(head), promise: nil)
+            context.write(self.wrapOutboundOut(body), promise: promise)
+        } else {
+            context.write(self.wrapOutboundOut(head), promise: promise)
+        }
+    }
+
+    /// The frame's payload with any mask removed (a copy when masked, the payload itself otherwise).
+    static func unmasked(_ frame: WebSocketFrame) -> ByteBuffer {
+        guard let key = frame.maskKey else { return frame.data }
+        var output = ByteBufferAllocator().buffer(capacity: frame.data.readableBytes)
+        WebSocketFrameWriter.appendMasked(frame.data, key: key, to: &output)
+        return output
     }
 }
