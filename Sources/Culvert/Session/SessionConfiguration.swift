@@ -27,7 +27,7 @@ public struct SessionConfiguration: Sendable {
         keepaliveTimeout: TimeAmount = .seconds(10),
         handshakeTimeout: TimeAmount = .seconds(10),
         ackDelay: TimeAmount = .milliseconds(20),
-        maximumBatchSize: Int = 512 * 1024
+        maximumBatchSize: Int = 64 * 1024
     ) {
         self.token = token
         self.authenticationRequired = authenticationRequired

@@ -84,7 +84,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             FrameDecoder(maximumPayloadLength: max(configuration.mux.maximumDataPayload, 4096)),
             maximumBufferSize: configuration.mux.maximumDataPayload + 64 * 1024
         )
-        self.outbound = ByteBufferAllocator().buffer(capacity: 64 * 1024)
+        self.outbound = Self.makeOutboundBuffer()
         self.establishedPromise = transport.eventLoop.makePromise()
         self.endedPromise = transport.eventLoop.makePromise()
     }
@@ -167,7 +167,6 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     // MARK: Events from stream sockets
 
     func localRead(_ id: StreamID, _ buffer: ByteBuffer) {
-        self.logger.trace("stream \(id): read \(buffer.readableBytes) bytes locally")
         guard let endpoint = self.endpoints[id] else { return }
         if endpoint.pendingSend == nil {
             endpoint.pendingSend = buffer
@@ -406,7 +405,6 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     }
 
     private func deliver(_ id: StreamID, _ payload: ByteBuffer) {
-        self.logger.trace("stream \(id): delivering \(payload.readableBytes) bytes")
         guard let endpoint = self.endpoints[id] else { return }
         let count = payload.readableBytes
         self.statistics.bytesReceived += count
@@ -520,14 +518,19 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     private func flushNow() {
         self.flushScheduled = false
         if self.mux != nil && self.sequencer.hasUnacknowledged && !self.isEnded {
+            // The ACK timer, if scheduled, is left to fire: it finds nothing to acknowledge, which is cheaper than
+            // cancelling and rescheduling it for every batch.
             self.encoder.encode(self.sequencer.makeAck(), into: &self.outbound)
-            self.ackTimer?.cancel()
-            self.ackTimer = nil
         }
         guard self.outbound.readableBytes > 0, let transport = self.transport else { return }
         transport.send(self.outbound)
         self.statistics.transportMessagesSent += 1
-        self.outbound = ByteBufferAllocator().buffer(capacity: 64 * 1024)
+        self.outbound = Self.makeOutboundBuffer()
+    }
+
+    /// A batch buffer: room for two full DATA frames, below malloc's mmap threshold so that it is reused cheaply.
+    private static func makeOutboundBuffer() -> ByteBuffer {
+        ByteBufferAllocator().buffer(capacity: 66 * 1024)
     }
 
     // MARK: Ending

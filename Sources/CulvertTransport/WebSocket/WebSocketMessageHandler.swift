@@ -15,6 +15,7 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
     public typealias OutboundOut = ByteBuffer
 
     private let isClient: Bool
+    private var maskKeys = MaskKeySource()
     private var inFragmentedMessage = false
     private var closeSent = false
 
@@ -140,7 +141,7 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
         let (head, body) = WebSocketFrameWriter.encode(
             opcode: opcode,
             payload: payload,
-            maskKey: self.isClient ? .random() : nil,
+            maskKey: self.isClient ? self.maskKeys.next() : nil,
             allocator: context.channel.allocator
         )
         if let body {
@@ -157,5 +158,21 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
         var output = ByteBufferAllocator().buffer(capacity: frame.data.readableBytes)
         WebSocketFrameWriter.appendMasked(frame.data, key: key, to: &output)
         return output
+    }
+}
+
+/// Mask keys from the system's secure generator, fetched 1024 at a time so that a key costs no system call.
+struct MaskKeySource {
+    private var pool: [UInt8] = []
+    private var index = 0
+
+    mutating func next() -> WebSocketMaskingKey {
+        if self.index + 4 > self.pool.count {
+            var generator = SystemRandomNumberGenerator()
+            self.pool = (0..<512).flatMap { _ in withUnsafeBytes(of: generator.next() as UInt64) { Array($0) } }
+            self.index = 0
+        }
+        defer { self.index += 4 }
+        return WebSocketMaskingKey(self.pool[self.index..<(self.index + 4)])!
     }
 }
