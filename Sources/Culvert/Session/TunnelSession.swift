@@ -33,6 +33,10 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     private var decoder: NIOSingleStepByteToMessageProcessor<FrameDecoder>
     private let encoder = FrameEncoder()
     private var outbound: ByteBuffer
+    /// Where the reliable frames of the unsent batch lie in `outbound`. They are handed to the replay buffer (as
+    /// slices) only when the batch is sent: a slice taken earlier would make every later write into `outbound`
+    /// copy the whole buffer.
+    private var unsentReliableFrames: [(start: Int, length: Int)] = []
     private var flushScheduled = false
     private var endpoints: [StreamID: StreamEndpoint] = [:]
     private var unflushedEndpoints: [StreamEndpoint] = []
@@ -116,19 +120,19 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     /// connection) when the session cannot take a stream now.
     func openStream(channel: any Channel, handler: StreamChannelHandler, target: TargetAddress) -> Bool {
         self.eventLoop.preconditionInEventLoop()
-        guard !self.isEnded, !self.goingAway, var mux = self.mux else {
+        // The multiplexer is mutated in place through `self.mux!` throughout: copying it out would copy its stream
+        // table on the next mutation.
+        guard !self.isEnded, !self.goingAway, self.mux != nil else {
             self.logger.warning("refusing local connection for \(target): the tunnel session is not accepting streams")
             return false
         }
         let opened: (StreamID, Frame)
         do {
-            opened = try mux.openStream(to: target)
+            opened = try self.mux!.openStream(to: target)
         } catch {
-            self.mux = mux
             self.logger.warning("refusing local connection for \(target): \(error)")
             return false
         }
-        self.mux = mux
         let (id, frame) = opened
         handler.streamID = id
         self.endpoints[id] = StreamEndpoint(id: id, channel: channel, target: target)
@@ -342,9 +346,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     }
 
     private func handleStreamFrame(_ frame: Frame) {
-        guard var mux = self.mux else { return }
-        let action = mux.receive(frame)
-        self.mux = mux
+        guard self.mux != nil else { return }
+        let action = self.mux!.receive(frame)
         switch action {
         case .openRequested(let id, let target):
             guard let opener = self.targetOpener else {
@@ -420,9 +423,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
 
     private func writeCompleted(_ endpoint: StreamEndpoint, bytes: Int, success: Bool) {
         endpoint.outstandingWrites -= 1
-        guard success, self.endpoints[endpoint.id] === endpoint, var mux = self.mux else { return }
-        let (frames, complete) = mux.consumed(endpoint.id, bytes: bytes)
-        self.mux = mux
+        guard success, self.endpoints[endpoint.id] === endpoint, self.mux != nil else { return }
+        let (frames, complete) = self.mux!.consumed(endpoint.id, bytes: bytes)
         for frame in frames { self.enqueue(frame) }
         if complete {
             self.finishEndpoint(endpoint)
@@ -452,18 +454,16 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
 
     /// Frames as much of the endpoint's pending bytes as its credit allows; sends FIN once they are all out.
     private func pump(_ endpoint: StreamEndpoint) {
-        guard var mux = self.mux else { return }
+        guard self.mux != nil else { return }
         while var pending = endpoint.pendingSend {
-            let sendable = mux.sendableBytes(endpoint.id)
+            let sendable = self.mux!.sendableBytes(endpoint.id)
             guard sendable > 0 else { break }
             let slice = pending.readSlice(length: min(sendable, pending.readableBytes))!
             self.statistics.bytesSent += slice.readableBytes
-            let frame = mux.sendData(endpoint.id, payload: slice)
+            let frame = self.mux!.sendData(endpoint.id, payload: slice)
             endpoint.pendingSend = pending.readableBytes > 0 ? pending : nil
-            self.mux = mux
             self.enqueue(frame)
         }
-        self.mux = mux
         if endpoint.finPending && endpoint.pendingSend == nil { self.sendFin(endpoint) }
     }
 
@@ -475,8 +475,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     }
 
     private func canRead(_ endpoint: StreamEndpoint) -> Bool {
-        guard let mux = self.mux, let transport = self.transport else { return false }
-        return endpoint.pendingSend == nil && !endpoint.finPending && mux.sendableBytes(endpoint.id) > 0
+        guard self.mux != nil, let transport = self.transport else { return false }
+        return endpoint.pendingSend == nil && !endpoint.finPending && self.mux!.sendableBytes(endpoint.id) > 0
             && transport.isWritable && self.sequencer.replayBytes < self.configuration.mux.sessionMemoryLimit
     }
 
@@ -500,7 +500,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         let start = self.outbound.writerIndex
         self.encoder.encode(frame, into: &self.outbound)
         if frame.type.isReliable {
-            self.sequencer.recordSent(self.outbound.getSlice(at: start, length: self.outbound.writerIndex - start)!)
+            self.unsentReliableFrames.append((start, self.outbound.writerIndex - start))
         }
         if self.outbound.readableBytes >= self.configuration.maximumBatchSize {
             self.flushNow()
@@ -523,6 +523,10 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             self.encoder.encode(self.sequencer.makeAck(), into: &self.outbound)
         }
         guard self.outbound.readableBytes > 0, let transport = self.transport else { return }
+        for (start, length) in self.unsentReliableFrames {
+            self.sequencer.recordSent(self.outbound.getSlice(at: start, length: length)!)
+        }
+        self.unsentReliableFrames.removeAll(keepingCapacity: true)
         transport.send(self.outbound)
         self.statistics.transportMessagesSent += 1
         self.outbound = Self.makeOutboundBuffer()
@@ -554,6 +558,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         guard !self.isEnded else { return }
         self.logger.error("protocol error: \(message); ending the session")
         self.outbound.clear()
+        self.unsentReliableFrames.removeAll()
         self.encoder.encode(.goAway(code: code, message: message), into: &self.outbound)
         self.flushNow()
         self.end(.protocolViolation(code, message))
