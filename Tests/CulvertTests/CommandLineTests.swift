@@ -1,0 +1,131 @@
+import Foundation
+import Testing
+
+/// Runs the built `culvert` executable (which `swift test` builds beside the test bundle) and checks exit codes
+/// and the one-line messages users see.
+@Suite(.serialized, .timeLimit(.minutes(1))) struct CommandLineTests {
+    struct Outcome {
+        var status: Int32
+        var standardError: String
+    }
+
+    static var executable: URL {
+        let testBundle = URL(fileURLWithPath: CommandLine.arguments[0])
+        return testBundle.deletingLastPathComponent().appendingPathComponent("culvert")
+    }
+
+    func launch(_ arguments: [String]) throws -> (Process, Pipe) {
+        let process = Process()
+        process.executableURL = Self.executable
+        process.arguments = arguments
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        return (process, errors)
+    }
+
+    func run(_ arguments: [String]) throws -> Outcome {
+        let (process, errors) = try self.launch(arguments)
+        let data = errors.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Outcome(status: process.terminationStatus, standardError: String(decoding: data, as: UTF8.self))
+    }
+
+    func freePort() throws -> Int {
+        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(socket) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) } }
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket, $0, &length) }
+        }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    /// Starts a server and waits until its port accepts connections.
+    func startServer(port: Int, token: String) throws -> Process {
+        let (server, _) = try self.launch(["server", "--listen", "127.0.0.1:\(port)", "--token", token, "--allow", "127.0.0.1:1"])
+        for _ in 0..<200 {
+            let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = UInt16(port).bigEndian
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+            close(socket)
+            if connected == 0 { return server }
+            usleep(50_000)
+        }
+        server.terminate()
+        throw CommandLineTestError.serverDidNotStart
+    }
+
+    enum CommandLineTestError: Error { case serverDidNotStart }
+
+    /// A wrong token makes the client exit non-zero with one line naming the cause.
+    @Test func wrongTokenExitsNonZeroWithTheMessage() throws {
+        let port = try self.freePort()
+        let server = try self.startServer(port: port, token: "right")
+        defer { server.terminate(); server.waitUntilExit() }
+        let outcome = try self.run(["client", "http://127.0.0.1:\(port)", "--token", "wrong", "-L", "0:127.0.0.1:1"])
+        #expect(outcome.status == 1)
+        #expect(outcome.standardError.contains("culvert: error:") && outcome.standardError.contains("wrong token"))
+    }
+
+    /// SIGTERM shuts the server down cleanly with exit status 0.
+    @Test func serverExitsCleanlyOnSigterm() throws {
+        let port = try self.freePort()
+        let server = try self.startServer(port: port, token: "t")
+        server.terminate()
+        server.waitUntilExit()
+        #expect(server.terminationReason == .exit && server.terminationStatus == 0)
+    }
+
+    /// A malformed -L names the part that is wrong and exits non-zero.
+    @Test func badForwardSyntaxNamesThePart() throws {
+        let outcome = try self.run(["client", "http://127.0.0.1:1", "-L", "9000:db:notaport"])
+        #expect(outcome.status != 0)
+        #expect(outcome.standardError.contains("HOSTPORT 'notaport'"))
+    }
+
+    /// A transport this build does not have exits with status 2 and one line, not a silent fallback.
+    @Test func unavailableTransportIsRefused() throws {
+        let outcome = try self.run(["client", "http://127.0.0.1:1", "--transport", "chunked", "-L", "0:h:1"])
+        #expect(outcome.status == 2)
+        #expect(outcome.standardError.contains("chunked transport is not available"))
+    }
+
+    /// A server without a token refuses to start unless --no-auth is given.
+    @Test func serverWithoutTokenRefusesToStart() throws {
+        let process = Process()
+        process.executableURL = Self.executable
+        process.arguments = ["server", "--listen", "127.0.0.1:0"]
+        var environment = ProcessInfo.processInfo.environment
+        environment.removeValue(forKey: "CULVERT_TOKEN")
+        process.environment = environment
+        let errors = Pipe()
+        process.standardError = errors
+        try process.run()
+        let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 2)
+        #expect(message.contains("needs a token"))
+    }
+
+    /// A server that is down: one line saying so, exit 1.
+    @Test func unreachableServerExitsWithOneLine() throws {
+        let port = try self.freePort()
+        let outcome = try self.run(["client", "http://127.0.0.1:\(port)", "--token", "t", "-L", "0:h:1"])
+        #expect(outcome.status == 1)
+        #expect(outcome.standardError.contains("connection refused"))
+        #expect(outcome.standardError.split(separator: "\n").count == 1)
+    }
+}
