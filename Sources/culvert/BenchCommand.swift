@@ -86,9 +86,16 @@ struct BenchCommand: AsyncParsableCommand {
             progress("\(name): download")
             row["download"] = try await self.best { Double(bytes) / 1_048_576 / (try await LoadGenerator.download(port: ports[1], byteCount: bytes, group: group)) }
             progress("\(name): ping-pong")
-            let samples = try await LoadGenerator.pingPong(port: ports[2], count: self.pings, group: group).sorted()
-            row["p50"] = samples[samples.count / 2] * 1e6
-            row["p99"] = samples[min(samples.count - 1, samples.count * 99 / 100)] * 1e6
+            // Latency runs are repeated like the others; the run with the lowest median counts.
+            var bestSamples: [Double] = []
+            for _ in 0..<max(1, self.repeats) {
+                let samples = try await LoadGenerator.pingPong(port: ports[2], count: self.pings, group: group).sorted()
+                if bestSamples.isEmpty || samples[samples.count / 2] < bestSamples[bestSamples.count / 2] {
+                    bestSamples = samples
+                }
+            }
+            row["p50"] = bestSamples[bestSamples.count / 2] * 1e6
+            row["p99"] = bestSamples[min(bestSamples.count - 1, bestSamples.count * 99 / 100)] * 1e6
             progress("\(name): \(self.streams) streams")
             row["rtps"] = try await self.best {
                 try await LoadGenerator.concurrentRoundTrips(port: ports[2], streams: self.streams, seconds: self.seconds, group: group)
