@@ -38,43 +38,33 @@ public enum TransferClient {
                 }
             }
         return try await channel.executeThenClose { inbound, outbound in
-            try await withThrowingTaskGroup(of: (Int, String).self) { tasks in
-                tasks.addTask {
-                    var generator = PatternGenerator(seed: seed)
-                    var hasher = SHA256()
-                    var remaining = byteCount
-                    while remaining > 0 {
-                        let bytes = generator.next(min(chunkSize, remaining))
-                        hasher.update(data: bytes)
-                        try await outbound.write(ByteBuffer(bytes: bytes))
-                        remaining -= bytes.count
-                    }
-                    outbound.finish()
-                    return (byteCount, hex(hasher.finalize()))
+            async let sent: (Int, String) = {
+                var generator = PatternGenerator(seed: seed)
+                var hasher = SHA256()
+                var remaining = byteCount
+                while remaining > 0 {
+                    let bytes = generator.next(min(chunkSize, remaining))
+                    hasher.update(data: bytes)
+                    try await outbound.write(ByteBuffer(bytes: bytes))
+                    remaining -= bytes.count
                 }
-                tasks.addTask {
-                    var hasher = SHA256()
-                    var received = 0
-                    for try await buffer in inbound {
-                        buffer.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
-                        received += buffer.readableBytes
-                    }
-                    return (-received - 1, hex(hasher.finalize()))
-                }
-                var sent = (0, "")
-                var received = (0, "")
-                for try await outcome in tasks {
-                    if outcome.0 >= 0 { sent = outcome } else { received = (-outcome.0 - 1, outcome.1) }
-                }
-                let seconds = (ContinuousClock.now - start).seconds
-                return Result(
-                    bytesSent: sent.0,
-                    bytesReceived: received.0,
-                    sentDigest: sent.1,
-                    receivedDigest: received.1,
-                    seconds: seconds
-                )
+                outbound.finish()
+                return (byteCount, hex(hasher.finalize()))
+            }()
+            var hasher = SHA256()
+            var received = 0
+            for try await buffer in inbound {
+                buffer.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
+                received += buffer.readableBytes
             }
+            let (sentCount, sentDigest) = try await sent
+            return Result(
+                bytesSent: sentCount,
+                bytesReceived: received,
+                sentDigest: sentDigest,
+                receivedDigest: hex(hasher.finalize()),
+                seconds: (ContinuousClock.now - start).seconds
+            )
         }
     }
 

@@ -17,6 +17,22 @@ import Testing
         return (client, server, id)
     }
 
+    /// A client and a server multiplexer with `count` streams opened from the client.
+    func openedStreams(_ count: Int, configuration: MuxConfiguration) throws
+        -> (client: MuxStateMachine, server: MuxStateMachine, ids: [StreamID])
+    {
+        var client = MuxStateMachine(role: .client, configuration: configuration, peerMaximumDataPayload: 32768)
+        var server = MuxStateMachine(role: .server, configuration: configuration, peerMaximumDataPayload: 32768)
+        var ids: [StreamID] = []
+        for _ in 0..<count {
+            let (id, open) = try client.openStream(to: self.target)
+            _ = server.receive(open)
+            _ = client.receive(try unwrap(server.acceptSucceeded(id)))
+            ids.append(id)
+        }
+        return (client, server, ids)
+    }
+
     func payload(_ count: Int) -> ByteBuffer { ByteBuffer(repeating: 0x41, count: count) }
 
     /// Client streams get odd ids; OPEN/OPEN_OK give both sides the initial window as credit.
@@ -117,15 +133,7 @@ import Testing
     /// memory never exceeds the limit.
     @Test func stalledReaderDoesNotStarveOtherStreams() throws {
         let configuration = MuxConfiguration(initialStreamWindow: 256 * 1024, sessionMemoryLimit: 1024 * 1024)
-        var client = MuxStateMachine(role: .client, configuration: configuration, peerMaximumDataPayload: 32768)
-        var server = MuxStateMachine(role: .server, configuration: configuration, peerMaximumDataPayload: 32768)
-        var ids: [StreamID] = []
-        for _ in 0..<2 {
-            let (id, open) = try client.openStream(to: self.target)
-            _ = server.receive(open)
-            _ = client.receive(try unwrap(server.acceptSucceeded(id)))
-            ids.append(id)
-        }
+        var (client, server, ids) = try self.openedStreams(2, configuration: configuration)
         let (stalled, busy) = (ids[0], ids[1])
         // The stalled stream's sender fills its window; nobody consumes.
         while client.sendableBytes(stalled) > 0 {
@@ -149,15 +157,7 @@ import Testing
     /// memory is released; the limit is never exceeded.
     @Test func sessionMemoryLimitWithholdsCredit() throws {
         let configuration = MuxConfiguration(initialStreamWindow: 256 * 1024, sessionMemoryLimit: 512 * 1024)
-        var client = MuxStateMachine(role: .client, configuration: configuration, peerMaximumDataPayload: 32768)
-        var server = MuxStateMachine(role: .server, configuration: configuration, peerMaximumDataPayload: 32768)
-        var ids: [StreamID] = []
-        for _ in 0..<3 {
-            let (id, open) = try client.openStream(to: self.target)
-            _ = server.receive(open)
-            _ = client.receive(try unwrap(server.acceptSucceeded(id)))
-            ids.append(id)
-        }
+        var (client, server, ids) = try self.openedStreams(3, configuration: configuration)
         #expect(server.committedMemory == 512 * 1024)
         #expect(client.sendableBytes(ids[2]) == 0)
         // Fill stream 1, then consume it: the released memory goes to the starved stream 3.

@@ -10,12 +10,7 @@ import Testing
 @Suite struct TunnelSessionBadInputTests {
     /// A server session past the handshake (token "t"), and the scripted transport that plays the client.
     func establishedServerSession() throws -> (TunnelSession, ScriptedTransport) {
-        let transport = ScriptedTransport()
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        let session = TunnelSession(role: .server, transport: transport,
-                                    configuration: SessionConfiguration(token: "t"), logger: logger)
-        session.start()
+        let (session, transport) = self.startedServerSession(token: "t")
         var client = HandshakeStateMachine(role: .client(token: "t"), capabilities: [], maximumDataPayload: 32768)
         transport.inject(client.start())
         guard let challenge = transport.takeSent().first, case .challenge = challenge,
@@ -25,6 +20,17 @@ import Testing
         }
         transport.inject(auth)
         guard case .welcome = transport.takeSent().first else { throw HarnessError("no welcome") }
+        return (session, transport)
+    }
+
+    /// A server session that has started and waits for HELLO.
+    func startedServerSession(token: String) -> (TunnelSession, ScriptedTransport) {
+        let transport = ScriptedTransport()
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let session = TunnelSession(role: .server, transport: transport,
+                                    configuration: SessionConfiguration(token: token), logger: logger)
+        session.start()
         return (session, transport)
     }
 
@@ -68,12 +74,7 @@ import Testing
 
     /// A wrong token ends the handshake with GOAWAY(authenticationFailed) and closes the transport.
     @Test func wrongTokenGetsGoAway() throws {
-        let transport = ScriptedTransport()
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
-        let session = TunnelSession(role: .server, transport: transport,
-                                    configuration: SessionConfiguration(token: "right"), logger: logger)
-        session.start()
+        let (_, transport) = self.startedServerSession(token: "right")
         var client = HandshakeStateMachine(role: .client(token: "wrong"), capabilities: [], maximumDataPayload: 32768)
         transport.inject(client.start())
         guard let challenge = transport.takeSent().first, case .send(let auth) = client.receive(challenge) else {

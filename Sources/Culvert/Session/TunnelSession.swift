@@ -363,9 +363,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             }
         case .openFailed(let id, let reason, let message):
             self.statistics.streamsRefused += 1
-            if let endpoint = self.endpoints.removeValue(forKey: id) {
+            if let endpoint = self.dropEndpoint(id) {
                 self.logger.warning("server refused target \(endpoint.target): \(reason): \(message)")
-                endpoint.channel.close(promise: nil)
             }
         case .deliver(let id, let flags, let payload):
             guard flags.isEmpty else {
@@ -389,16 +388,14 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             }
         case .reset(let id, let code, let message):
             self.statistics.streamsReset += 1
-            if let endpoint = self.endpoints.removeValue(forKey: id) {
+            if let endpoint = self.dropEndpoint(id) {
                 self.logger.debug("stream \(id) to \(endpoint.target) reset by peer: \(code) \(message)")
-                endpoint.channel.close(promise: nil)
             }
         case .reply(let reply, let closeStream, let reason):
             self.logger.warning("\(reason)")
             self.enqueue(reply)
-            if let id = closeStream, let endpoint = self.endpoints.removeValue(forKey: id) {
+            if let id = closeStream, self.dropEndpoint(id) != nil {
                 self.statistics.streamsReset += 1
-                endpoint.channel.close(promise: nil)
             }
         case .ignore(let reason):
             self.logger.trace("\(reason)")
@@ -436,10 +433,15 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     private func resetStream(_ id: StreamID, _ code: ResetCode, _ message: String) {
         self.logger.warning("stream \(id): \(message)")
         if let frame = self.mux?.localReset(id, code: code, message: message) { self.enqueue(frame) }
-        if let endpoint = self.endpoints.removeValue(forKey: id) {
-            self.statistics.streamsReset += 1
-            endpoint.channel.close(promise: nil)
-        }
+        if self.dropEndpoint(id) != nil { self.statistics.streamsReset += 1 }
+    }
+
+    /// Forgets stream `id`'s socket and closes it; returns it (for logs) if there was one.
+    @discardableResult
+    private func dropEndpoint(_ id: StreamID) -> StreamEndpoint? {
+        guard let endpoint = self.endpoints.removeValue(forKey: id) else { return nil }
+        endpoint.channel.close(promise: nil)
+        return endpoint
     }
 
     /// Both directions finished and everything was written: close the socket and forget the stream.

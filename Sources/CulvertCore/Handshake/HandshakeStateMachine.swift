@@ -53,7 +53,7 @@ public struct HandshakeStateMachine: Sendable {
     private let authenticationRequired: Bool
     private let capabilities: Capabilities
     private let maximumDataPayload: UInt32
-    private var randomBytes: @Sendable (Int) -> [UInt8]
+    private let randomBytes: @Sendable (Int) -> [UInt8]
 
     /// - Parameters:
     ///   - capabilities: what this side offers.

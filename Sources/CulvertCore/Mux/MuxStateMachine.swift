@@ -98,12 +98,6 @@ public struct MuxStateMachine: Sendable {
         return .data(streamID: id, flags: flags, payload: payload)
     }
 
-    /// Takes credit for `count` payload bytes without building a frame (for payloads transformed after the
-    /// credit check, such as compressed data, whose credit is counted in uncompressed bytes).
-    public mutating func takeCredit(_ id: StreamID, count: Int) {
-        self.streams[id]?.sendCredit -= count
-    }
-
     /// The local side finished sending: the FIN to send, and whether the stream is now complete and gone.
     public mutating func localFinished(_ id: StreamID) -> (frame: Frame, streamComplete: Bool)? {
         guard var stream = self.streams[id], !stream.localFinished, stream.phase == .open else { return nil }
