@@ -73,6 +73,7 @@ let package = Package(
             name: "culvert",
             dependencies: [
                 "Culvert",
+                "CulvertCore",
                 "CulvertTools",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

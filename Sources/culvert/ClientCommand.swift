@@ -41,6 +41,8 @@ struct ClientCommand: AsyncParsableCommand {
     @Option(help: "Seconds to let open streams finish on shutdown.")
     var shutdownGrace: Double = 5
 
+    @OptionGroup var tuning: TuningOptions
+
     @OptionGroup var loggingOptions: LoggingOptions
 
     func run() async throws {
@@ -77,7 +79,7 @@ struct ClientCommand: AsyncParsableCommand {
                 extraHeaders: headers,
                 connectTimeout: .milliseconds(Int64(self.connectTimeout * 1000))
             ),
-            session: SessionConfiguration(token: try self.tokenOptions.resolve()),
+            session: self.tuning.sessionConfiguration(token: try self.tokenOptions.resolve()),
             forwards: forwards
         )
         let client: TunnelClient

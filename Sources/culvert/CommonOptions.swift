@@ -1,5 +1,6 @@
 import ArgumentParser
 import Culvert
+import CulvertCore
 import CulvertTransport
 import Foundation
 import Logging
@@ -73,4 +74,57 @@ struct CLIError: Error, CustomStringConvertible {
 func fail(_ message: String, exitCode: Int32 = 1) -> Never {
     FileHandle.standardError.write(Data("culvert: error: \(message)\n".utf8))
     exit(exitCode)
+}
+
+/// Flow-control, memory and keepalive settings shared by server and client.
+struct TuningOptions: ParsableArguments {
+    @Option(help: "Largest DATA frame payload in KiB, so that one bulk stream cannot hold the tunnel for long.")
+    var maxFrameKib: Int = 32
+
+    @Option(help: "Initial per-stream window in KiB.")
+    var initialWindowKib: Int = 256
+
+    @Option(help: "Largest per-stream window in KiB (windows grow while the reader keeps up).")
+    var maxWindowKib: Int = 16 * 1024
+
+    @Option(help: "Receive memory per session in MiB; past it credit is withheld, nothing is dropped.")
+    var sessionMemoryMib: Int = 64
+
+    @Option(help: "Maximum streams per session.")
+    var maxStreams: Int = 4096
+
+    @Option(help: "Seconds without traffic before a keepalive ping (keep it below the proxies' idle timeouts).")
+    var keepalive: Double = 25
+
+    @Option(help: "Seconds a keepalive ping may wait for its pong before the connection is declared dead.")
+    var keepaliveTimeout: Double = 10
+
+    func validate() throws {
+        guard (1...1024).contains(self.maxFrameKib) else { throw ValidationError("--max-frame-kib must be 1 to 1024") }
+        guard self.initialWindowKib >= 1, self.maxWindowKib >= self.initialWindowKib, self.maxWindowKib <= 1024 * 1024 else {
+            throw ValidationError("windows must satisfy 1 <= --initial-window-kib <= --max-window-kib <= 1048576")
+        }
+        guard self.sessionMemoryMib >= 1 else { throw ValidationError("--session-memory-mib must be at least 1") }
+        guard self.maxStreams >= 1 else { throw ValidationError("--max-streams must be at least 1") }
+        guard self.keepalive > 0, self.keepaliveTimeout > 0 else {
+            throw ValidationError("--keepalive and --keepalive-timeout must be positive")
+        }
+    }
+
+    /// A session configuration with these settings.
+    func sessionConfiguration(token: String?, authenticationRequired: Bool = true) -> SessionConfiguration {
+        SessionConfiguration(
+            token: token,
+            authenticationRequired: authenticationRequired,
+            mux: MuxConfiguration(
+                initialStreamWindow: self.initialWindowKib * 1024,
+                maximumStreamWindow: self.maxWindowKib * 1024,
+                sessionMemoryLimit: self.sessionMemoryMib * 1024 * 1024,
+                maximumDataPayload: self.maxFrameKib * 1024,
+                maximumStreams: self.maxStreams
+            ),
+            keepaliveInterval: .milliseconds(Int64(self.keepalive * 1000)),
+            keepaliveTimeout: .milliseconds(Int64(self.keepaliveTimeout * 1000))
+        )
+    }
 }

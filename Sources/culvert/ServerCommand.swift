@@ -31,6 +31,8 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: "Seconds to let open streams finish on shutdown.")
     var shutdownGrace: Double = 5
 
+    @OptionGroup var tuning: TuningOptions
+
     @OptionGroup var loggingOptions: LoggingOptions
 
     func run() async throws {
@@ -56,7 +58,7 @@ struct ServerCommand: AsyncParsableCommand {
             listenHost: host,
             listenPort: port,
             pathPrefix: prefix,
-            session: SessionConfiguration(token: token, authenticationRequired: !self.noAuth),
+            session: self.tuning.sessionConfiguration(token: token, authenticationRequired: !self.noAuth),
             allowlist: Allowlist(entries: entries, allowsAny: self.allowAny)
         )
         let server: TunnelServer

@@ -1,4 +1,5 @@
 import Culvert
+import CulvertCore
 import Foundation
 import CulvertTools
 import CulvertTransport
@@ -22,12 +23,16 @@ struct TunnelHarness {
         return logger
     }
 
-    static func startServer(token: String? = "test-token", allow: [String]) async throws -> TunnelServer {
+    static func startServer(
+        token: String? = "test-token",
+        allow: [String],
+        mux: MuxConfiguration = MuxConfiguration()
+    ) async throws -> TunnelServer {
         try await TunnelServer.start(
             configuration: .init(
                 listenHost: "127.0.0.1",
                 listenPort: 0,
-                session: SessionConfiguration(token: token, authenticationRequired: token != nil),
+                session: SessionConfiguration(token: token, authenticationRequired: token != nil, mux: mux),
                 allowlist: Allowlist(entries: try allow.map { try Allowlist.Entry(parsing: $0) })
             ),
             group: Self.group,

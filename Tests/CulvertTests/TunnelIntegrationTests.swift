@@ -1,4 +1,5 @@
 import Culvert
+import CulvertCore
 import CulvertTools
 import CulvertTransport
 import NIOCore
@@ -59,6 +60,24 @@ import Testing
         )
         #expect(rate > 0)
         await harness.stop()
+        try await echo.close()
+    }
+
+    /// Peers with different frame and window settings interoperate: each sends frames no larger than the other
+    /// accepts, and small windows still move every byte.
+    @Test func peersWithDifferentLimitsInteroperate() async throws {
+        let echo = try await EchoServer.start(group: self.group)
+        let server = try await TunnelHarness.startServer(
+            allow: ["127.0.0.1:\(echo.port)"],
+            mux: MuxConfiguration(initialStreamWindow: 8 * 1024, maximumStreamWindow: 16 * 1024, maximumDataPayload: 4 * 1024)
+        )
+        let client = try await TunnelHarness.connectClient(serverPort: server.localAddress!.port!, targets: [echo.port])
+        let result = try await TransferClient.echoTransfer(
+            host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 2 * 1024 * 1024, group: self.group
+        )
+        #expect(result.digestsMatch)
+        await client.shutdown(gracePeriod: .milliseconds(100))
+        await server.shutdown(gracePeriod: .milliseconds(100))
         try await echo.close()
     }
 
