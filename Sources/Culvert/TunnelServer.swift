@@ -109,9 +109,9 @@ public final class TunnelServer: Sendable {
     public func shutdown(gracePeriod: TimeAmount = .seconds(5)) async {
         try? await self.transportServer.close().get()
         let sessions = self.sessions.withLockedValue { Array($0.values) }
-        for session in sessions {
-            _ = try? await session.shutdown(gracePeriod: gracePeriod).get()
-        }
+        // All sessions drain at once, so shutdown takes one grace period, not one per session.
+        let endings = sessions.map { $0.shutdown(gracePeriod: gracePeriod) }
+        for ending in endings { _ = try? await ending.get() }
     }
 }
 
