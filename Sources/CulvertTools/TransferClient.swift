@@ -16,12 +16,21 @@ public enum TransferClient {
         public var digestsMatch: Bool { self.bytesSent == self.bytesReceived && self.sentDigest == self.receivedDigest }
     }
 
-    /// Sends `byteCount` pattern bytes to `host:port`, half-closes, and reads until the echo's EOF.
+    /// What a transfer sends.
+    public enum Content: Sendable {
+        /// Pseudo-random bytes: incompressible.
+        case random
+        /// JSON log lines: compressible like real text.
+        case text
+    }
+
+    /// Sends `byteCount` bytes of `content` to `host:port`, half-closes, and reads until the echo's EOF.
     public static func echoTransfer(
         host: String,
         port: Int,
         byteCount: Int,
         seed: UInt64 = 1,
+        content: Content = .random,
         chunkSize: Int = 64 * 1024,
         group: any EventLoopGroup
     ) async throws -> Result {
@@ -39,11 +48,13 @@ public enum TransferClient {
             }
         return try await channel.executeThenClose { inbound, outbound in
             async let sent: (Int, String) = {
-                var generator = PatternGenerator(seed: seed)
+                var random = PatternGenerator(seed: seed)
+                var text = TextGenerator(seed: seed)
                 var hasher = SHA256()
                 var remaining = byteCount
                 while remaining > 0 {
-                    let bytes = generator.next(min(chunkSize, remaining))
+                    let count = min(chunkSize, remaining)
+                    let bytes = content == .text ? text.next(count) : random.next(count)
                     hasher.update(data: bytes)
                     try await outbound.write(ByteBuffer(bytes: bytes))
                     remaining -= bytes.count

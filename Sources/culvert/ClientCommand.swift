@@ -41,11 +41,15 @@ struct ClientCommand: AsyncParsableCommand {
     @Option(help: "Seconds to let open streams finish on shutdown.")
     var shutdownGrace: Double = 5
 
+    @Flag(help: "Ask for per-stream zlib compression (for slow links; off by default).")
+    var compress = false
+
     @OptionGroup var tuning: TuningOptions
 
     @OptionGroup var loggingOptions: LoggingOptions
 
     func run() async throws {
+        let signals = SignalWaiter.install()
         let logger = try self.loggingOptions.makeLogger(label: "culvert.client")
         let server: ServerEndpoint
         do { server = try ServerEndpoint(url: self.serverURL) } catch { throw ValidationError(error.description) }
@@ -79,7 +83,7 @@ struct ClientCommand: AsyncParsableCommand {
                 extraHeaders: headers,
                 connectTimeout: .milliseconds(Int64(self.connectTimeout * 1000))
             ),
-            session: self.tuning.sessionConfiguration(token: try self.tokenOptions.resolve()),
+            session: self.tuning.sessionConfiguration(token: try self.tokenOptions.resolve(), compression: self.compress),
             forwards: forwards
         )
         let client: TunnelClient
@@ -91,7 +95,7 @@ struct ClientCommand: AsyncParsableCommand {
         } catch {
             fail("\(error)")
         }
-        switch await SignalWaiter.waitForSignal(orEndOf: client.ended) {
+        switch await SignalWaiter.waitForSignal(signals, orEndOf: client.ended) {
         case .signal(let signal):
             logger.info("signal \(signal): shutting down")
             await client.shutdown(gracePeriod: .milliseconds(Int64(self.shutdownGrace * 1000)))

@@ -99,6 +99,15 @@ struct TuningOptions: ParsableArguments {
     @Option(help: "Seconds a keepalive ping may wait for its pong before the connection is declared dead.")
     var keepaliveTimeout: Double = 10
 
+    @Option(help: "zlib level when compressing, 1 (fastest) to 9 (smallest).")
+    var compressLevel: Int32 = 6
+
+    @Option(help: "zlib window bits when compressing, 9 to 15 (memory per stream: 2^(bits+2) + 2^(mem-level+9)).")
+    var compressWindowBits: Int32 = 15
+
+    @Option(help: "zlib memory level when compressing, 1 to 9.")
+    var compressMemLevel: Int32 = 8
+
     func validate() throws {
         guard (1...1024).contains(self.maxFrameKib) else { throw ValidationError("--max-frame-kib must be 1 to 1024") }
         guard self.initialWindowKib >= 1, self.maxWindowKib >= self.initialWindowKib, self.maxWindowKib <= 1024 * 1024 else {
@@ -109,10 +118,15 @@ struct TuningOptions: ParsableArguments {
         guard self.keepalive > 0, self.keepaliveTimeout > 0 else {
             throw ValidationError("--keepalive and --keepalive-timeout must be positive")
         }
+        guard (1...9).contains(self.compressLevel), (9...15).contains(self.compressWindowBits),
+            (1...9).contains(self.compressMemLevel)
+        else {
+            throw ValidationError("--compress-level must be 1-9, --compress-window-bits 9-15, --compress-mem-level 1-9")
+        }
     }
 
     /// A session configuration with these settings.
-    func sessionConfiguration(token: String?, authenticationRequired: Bool = true) -> SessionConfiguration {
+    func sessionConfiguration(token: String?, authenticationRequired: Bool = true, compression: Bool) -> SessionConfiguration {
         SessionConfiguration(
             token: token,
             authenticationRequired: authenticationRequired,
@@ -124,7 +138,13 @@ struct TuningOptions: ParsableArguments {
                 maximumStreams: self.maxStreams
             ),
             keepaliveInterval: .milliseconds(Int64(self.keepalive * 1000)),
-            keepaliveTimeout: .milliseconds(Int64(self.keepaliveTimeout * 1000))
+            keepaliveTimeout: .milliseconds(Int64(self.keepaliveTimeout * 1000)),
+            compression: CompressionSettings(
+                enabled: compression,
+                level: self.compressLevel,
+                windowBits: self.compressWindowBits,
+                memoryLevel: self.compressMemLevel
+            )
         )
     }
 }

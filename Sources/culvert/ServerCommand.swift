@@ -31,11 +31,15 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: "Seconds to let open streams finish on shutdown.")
     var shutdownGrace: Double = 5
 
+    @Flag(help: "Refuse clients' requests for compression.")
+    var noCompress = false
+
     @OptionGroup var tuning: TuningOptions
 
     @OptionGroup var loggingOptions: LoggingOptions
 
     func run() async throws {
+        let signals = SignalWaiter.install()
         let logger = try self.loggingOptions.makeLogger(label: "culvert.server")
         guard let (host, portText) = splitHostPort(self.listen), let port = Int(portText), (0...65535).contains(port) else {
             throw ValidationError("--listen '\(self.listen)' must be HOST:PORT, e.g. 127.0.0.1:8080")
@@ -58,7 +62,9 @@ struct ServerCommand: AsyncParsableCommand {
             listenHost: host,
             listenPort: port,
             pathPrefix: prefix,
-            session: self.tuning.sessionConfiguration(token: token, authenticationRequired: !self.noAuth),
+            session: self.tuning.sessionConfiguration(
+                token: token, authenticationRequired: !self.noAuth, compression: !self.noCompress
+            ),
             allowlist: Allowlist(entries: entries, allowsAny: self.allowAny)
         )
         let server: TunnelServer
@@ -69,7 +75,7 @@ struct ServerCommand: AsyncParsableCommand {
             fail("\(error)")
         }
         logger.info("culvert server listening on \(server.localAddress.map { "\($0)" } ?? self.listen), path \(prefix)")
-        let signal = await SignalWaiter.wait()
+        let signal = await SignalWaiter.wait(signals)
         logger.info("signal \(signal): shutting down (open streams get \(self.shutdownGrace) s to finish)")
         await server.shutdown(gracePeriod: .milliseconds(Int64(self.shutdownGrace * 1000)))
     }

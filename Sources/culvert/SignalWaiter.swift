@@ -3,36 +3,40 @@ import Dispatch
 import Foundation
 import NIOCore
 
-/// Waits for SIGINT or SIGTERM, so that commands can shut down cleanly instead of dying mid-stream.
+/// SIGINT and SIGTERM as an async stream, so that commands can shut down cleanly instead of dying mid-stream.
+///
+/// Install it first thing in a command, before any listener is bound: a signal that arrives between binding and
+/// waiting is then kept, not left to its default action (which kills the process).
 enum SignalWaiter {
-    /// Returns the signal that arrived.
-    static func wait() async -> Int32 {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Int32, Never>) in
+    enum Outcome {
+        case signal(Int32)
+        case ended(SessionError)
+    }
+
+    /// Starts catching SIGINT and SIGTERM; signals are buffered in the stream until read.
+    static func install() -> AsyncStream<Int32> {
+        AsyncStream { continuation in
             let queue = DispatchQueue(label: "culvert.signals")
-            let once = OnceFlag()
             var sources: [any DispatchSourceSignal] = []
             for signalNumber in [SIGINT, SIGTERM] {
                 signal(signalNumber, SIG_IGN)
                 let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: queue)
-                source.setEventHandler {
-                    if once.claim() { continuation.resume(returning: signalNumber) }
-                }
+                source.setEventHandler { continuation.yield(signalNumber) }
                 source.resume()
                 sources.append(source)
             }
             SignalSources.keep(sources)
         }
     }
-}
 
-extension SignalWaiter {
-    enum Outcome {
-        case signal(Int32)
-        case ended(SessionError)
+    /// The first signal from `signals`.
+    static func wait(_ signals: AsyncStream<Int32>) async -> Int32 {
+        for await signal in signals { return signal }
+        return SIGTERM
     }
 
-    /// Waits for SIGINT/SIGTERM or for `ended` to complete, whichever comes first.
-    static func waitForSignal(orEndOf ended: EventLoopFuture<SessionError>) async -> Outcome {
+    /// Waits for a signal or for `ended` to complete, whichever comes first.
+    static func waitForSignal(_ signals: AsyncStream<Int32>, orEndOf ended: EventLoopFuture<SessionError>) async -> Outcome {
         await withCheckedContinuation { (continuation: CheckedContinuation<Outcome, Never>) in
             let once = OnceFlag()
             ended.whenComplete { result in
@@ -40,7 +44,7 @@ extension SignalWaiter {
                 if once.claim() { continuation.resume(returning: .ended(reason)) }
             }
             Task {
-                let signal = await SignalWaiter.wait()
+                let signal = await SignalWaiter.wait(signals)
                 if once.claim() { continuation.resume(returning: .signal(signal)) }
             }
         }

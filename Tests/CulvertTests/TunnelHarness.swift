@@ -26,13 +26,19 @@ struct TunnelHarness {
     static func startServer(
         token: String? = "test-token",
         allow: [String],
-        mux: MuxConfiguration = MuxConfiguration()
+        mux: MuxConfiguration = MuxConfiguration(),
+        compression: Bool = true
     ) async throws -> TunnelServer {
         try await TunnelServer.start(
             configuration: .init(
                 listenHost: "127.0.0.1",
                 listenPort: 0,
-                session: SessionConfiguration(token: token, authenticationRequired: token != nil, mux: mux),
+                session: SessionConfiguration(
+                    token: token,
+                    authenticationRequired: token != nil,
+                    mux: mux,
+                    compression: CompressionSettings(enabled: compression)
+                ),
                 allowlist: Allowlist(entries: try allow.map { try Allowlist.Entry(parsing: $0) })
             ),
             group: Self.group,
@@ -44,12 +50,13 @@ struct TunnelHarness {
         serverPort: Int,
         token: String? = "test-token",
         targets: [Int],
-        path: String = "/culvert"
+        path: String = "/culvert",
+        compress: Bool = false
     ) async throws -> TunnelClient {
         try await TunnelClient.connect(
             configuration: .init(
                 server: ServerEndpoint(host: "127.0.0.1", port: serverPort, pathPrefix: path),
-                session: SessionConfiguration(token: token),
+                session: SessionConfiguration(token: token, compression: CompressionSettings(enabled: compress)),
                 forwards: targets.map { ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: $0)) }
             ),
             group: Self.group,

@@ -1,8 +1,10 @@
 @testable import Culvert
 import CulvertCore
 import CulvertTransport
+import CompressNIO
 import Logging
 import NIOCore
+import NIOEmbedded
 import Testing
 
 /// A server session fed bad input by a scripted client: each case ends the stream or the session with the right
@@ -70,6 +72,44 @@ import Testing
         transport.inject(.open(streamID: 1, initialWindow: 65536, target: .init(host: "127.0.0.1", port: 9)))
         #expect(transport.takeSent().contains { if case .openFail(1, _, _) = $0 { true } else { false } })
         #expect(!transport.closed)
+    }
+
+    /// A compressed DATA frame that inflates past the maximum DATA size ends that stream with
+    /// RST(decompressionBomb); the session goes on.
+    @Test func decompressionBombResetsOnlyItsStream() throws {
+        let transport = ScriptedTransport()
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let session = TunnelSession(
+            role: .server, transport: transport,
+            configuration: SessionConfiguration(token: "t", compression: CompressionSettings(enabled: true)), logger: logger
+        )
+        session.targetOpener = { session, id, target in
+            session.targetConnected(id, channel: EmbeddedChannel(loop: transport.loop), target: target)
+        }
+        session.start()
+        var client = HandshakeStateMachine(role: .client(token: "t"), capabilities: [.compression], maximumDataPayload: 32768)
+        transport.inject(client.start())
+        guard let challenge = transport.takeSent().first, case .send(let auth) = client.receive(challenge) else {
+            Issue.record("no challenge"); return
+        }
+        transport.inject(auth)
+        _ = transport.takeSent()
+        #expect(session.compressionEnabled)
+        transport.inject(.open(streamID: 1, initialWindow: 65536, target: .init(host: "127.0.0.1", port: 9)))
+        #expect(transport.takeSent().contains { if case .openOK(1, _) = $0 { true } else { false } })
+
+        var zeros = ByteBuffer(repeating: 0, count: 4 * 1024 * 1024)
+        let bomb = try zeros.compressStream(
+            with: try ZlibCompressor(algorithm: .deflate, configuration: ZlibConfiguration(windowSize: 15, compressionLevel: 9, memoryLevel: 8)),
+            flush: .sync
+        )
+        #expect(bomb.readableBytes < 8 * 1024)
+        transport.inject(.data(streamID: 1, flags: .compressed, payload: bomb))
+        #expect(transport.takeSent().contains { if case .rst(1, .decompressionBomb, _) = $0 { true } else { false } })
+        #expect(!transport.closed)
+        transport.inject(.ping(9))
+        #expect(transport.takeSent().contains(.pong(9)))
     }
 
     /// A wrong token ends the handshake with GOAWAY(authenticationFailed) and closes the transport.

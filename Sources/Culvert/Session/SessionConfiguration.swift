@@ -18,6 +18,8 @@ public struct SessionConfiguration: Sendable {
     public var ackDelay: TimeAmount
     /// Pending outbound frames are sent as one transport message once they reach this size.
     public var maximumBatchSize: Int
+    /// Client: whether to ask for compression. Server: whether to agree.
+    public var compression: CompressionSettings
 
     public init(
         token: String?,
@@ -27,7 +29,8 @@ public struct SessionConfiguration: Sendable {
         keepaliveTimeout: TimeAmount = .seconds(10),
         handshakeTimeout: TimeAmount = .seconds(10),
         ackDelay: TimeAmount = .milliseconds(20),
-        maximumBatchSize: Int = 64 * 1024
+        maximumBatchSize: Int = 64 * 1024,
+        compression: CompressionSettings = CompressionSettings(enabled: false)
     ) {
         self.token = token
         self.authenticationRequired = authenticationRequired
@@ -37,5 +40,6 @@ public struct SessionConfiguration: Sendable {
         self.handshakeTimeout = handshakeTimeout
         self.ackDelay = ackDelay
         self.maximumBatchSize = maximumBatchSize
+        self.compression = compression
     }
 }

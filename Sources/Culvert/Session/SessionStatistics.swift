@@ -8,6 +8,12 @@ public struct SessionStatistics: Hashable, Sendable {
     public var streamsRefused = 0
     public var streamsReset = 0
     public var transportMessagesSent = 0
+    /// DATA payload bytes put on the wire (after compression); equal to ``bytesSent`` without compression.
+    public var payloadBytesOnWireSent = 0
+    /// DATA frames sent compressed.
+    public var compressedFramesSent = 0
+    /// DATA frames sent raw.
+    public var rawFramesSent = 0
 
     public init() {}
 }

@@ -19,6 +19,13 @@ final class StreamChannelHandler: ChannelDuplexHandler, @unchecked Sendable {
         self.streamID = streamID
     }
 
+    /// A read requested before the channel was registered is lost, and OPEN_OK can beat the registration of an
+    /// accepted channel: so ask again once the channel is active.
+    func channelActive(context: ChannelHandlerContext) {
+        if let id = self.streamID { self.session?.localReadComplete(id) }
+        context.fireChannelActive()
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let id = self.streamID else { return }
         self.session?.localRead(id, self.unwrapInboundIn(data))

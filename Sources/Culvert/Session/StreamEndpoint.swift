@@ -1,3 +1,4 @@
+import CompressNIO
 import CulvertCore
 import NIOCore
 
@@ -18,6 +19,14 @@ final class StreamEndpoint: @unchecked Sendable {
     var shutdownOutputWhenDrained = false
     /// Written to but not flushed.
     var needsFlush = false
+    /// This stream's deflate context for what it sends, created on first use.
+    var compressor: ZlibCompressor?
+    /// This stream's inflate context for what it receives, created on first use.
+    var decompressor: ZlibDecompressor?
+    /// Whether sending compressed pays for this stream's data.
+    var compressionPolicy = AdaptiveCompressionPolicy()
+    /// zlib failed on this stream: it sends raw from now on.
+    var compressionFailed = false
 
     init(id: StreamID, channel: any Channel, target: TargetAddress) {
         self.id = id

@@ -1,3 +1,4 @@
+import CompressNIO
 import CulvertCore
 import CulvertTransport
 import Logging
@@ -44,6 +45,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     private var handshakeTimer: Scheduled<Void>?
     private var keepaliveTask: RepeatedTask?
     private var goingAway = false
+    /// Both sides agreed on compression in the handshake.
+    public private(set) var compressionEnabled = false
     private var isEnded = false
     private let establishedPromise: EventLoopPromise<HandshakeStateMachine.Outcome>
     private let endedPromise: EventLoopPromise<SessionError>
@@ -76,7 +79,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             }
         self.handshake = HandshakeStateMachine(
             role: handshakeRole,
-            capabilities: [],
+            capabilities: configuration.compression.enabled ? [.compression] : [],
             maximumDataPayload: UInt32(configuration.mux.maximumDataPayload)
         )
         self.keepalive = KeepaliveStateMachine(
@@ -85,7 +88,9 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             now: .now()
         )
         self.decoder = NIOSingleStepByteToMessageProcessor(
-            FrameDecoder(maximumPayloadLength: max(configuration.mux.maximumDataPayload, 4096)),
+            // Compressed payloads of incompressible data can come out a few bytes longer than the original
+            // (deflate's stored blocks and sync flush): allow 1 KiB over the maximum DATA size.
+            FrameDecoder(maximumPayloadLength: max(configuration.mux.maximumDataPayload + 1024, 4096)),
             maximumBufferSize: configuration.mux.maximumDataPayload + 64 * 1024
         )
         self.outbound = Self.makeOutboundBuffer()
@@ -271,6 +276,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     }
 
     public func transportWritabilityChanged(_ transport: any TransportConnection) {
+        self.logger.trace("transport writable: \(transport.isWritable)")
         if transport.isWritable { self.resumeReads() }
     }
 
@@ -334,6 +340,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             )
             self.sessionIDString = outcome.sessionID.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
             self.logger[metadataKey: "session"] = "\(self.sessionIDString.prefix(8))"
+            self.compressionEnabled = outcome.capabilities.contains(.compression)
+            self.logCompressionOutcome()
             self.flushNow()
             self.establishedPromise.succeed(outcome)
         case .fail(let error, let reply):
@@ -347,7 +355,10 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
 
     private func handleStreamFrame(_ frame: Frame) {
         guard self.mux != nil else { return }
-        let action = self.mux!.receive(frame)
+        self.handleMuxAction(self.mux!.receive(frame))
+    }
+
+    private func handleMuxAction(_ action: MuxInboundAction) {
         switch action {
         case .openRequested(let id, let target):
             guard let opener = self.targetOpener else {
@@ -367,12 +378,13 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
                 self.logger.warning("server refused target \(endpoint.target): \(reason): \(message)")
             }
         case .deliver(let id, let flags, let payload):
-            guard flags.isEmpty else {
-                self.resetStream(id, .protocolError, "compressed DATA without negotiated compression")
-                return
+            if flags.contains(.compressed) {
+                self.deliverCompressed(id, payload)
+            } else {
+                self.deliver(id, payload)
             }
-            self.deliver(id, payload)
         case .creditAvailable(let id):
+            self.logger.trace("stream \(id): credit now \(self.mux?.sendableBytes(id) ?? -1)")
             if let endpoint = self.endpoints[id] {
                 self.pump(endpoint)
                 self.readIfAllowed(endpoint)
@@ -416,6 +428,41 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         endpoint.channel.write(payload).whenComplete { [self] result in
             self.writeCompleted(endpoint, bytes: count, success: (try? result.get()) != nil)
         }
+    }
+
+    /// Inflates a compressed DATA payload with the stream's own context, charges the inflated size against the
+    /// stream's credit, and delivers it. A payload that inflates past the maximum DATA size (a decompression bomb)
+    /// or does not inflate ends this stream only.
+    private func deliverCompressed(_ id: StreamID, _ payload: ByteBuffer) {
+        guard self.compressionEnabled else {
+            self.resetStream(id, .protocolError, "compressed DATA without negotiated compression")
+            return
+        }
+        guard let endpoint = self.endpoints[id] else { return }
+        let limit = self.configuration.mux.maximumDataPayload
+        var input = payload
+        var output = ByteBufferAllocator().buffer(capacity: limit + 1)
+        do {
+            if endpoint.decompressor == nil {
+                endpoint.decompressor = try ZlibDecompressor(algorithm: .deflate, windowSize: 15)
+            }
+            try endpoint.decompressor!.inflate(from: &input, to: &output)
+        } catch let error as CompressNIOError where error == .bufferOverflow {
+            self.resetStream(id, .decompressionBomb, "compressed DATA inflates past the \(limit)-byte maximum")
+            return
+        } catch {
+            self.resetStream(id, .protocolError, "compressed DATA does not inflate: \(error)")
+            return
+        }
+        guard input.readableBytes == 0 else {
+            self.resetStream(id, .decompressionBomb, "compressed DATA inflates past the \(limit)-byte maximum")
+            return
+        }
+        if let violation = self.mux?.receivedInflated(id, bytes: output.readableBytes) {
+            self.handleMuxAction(violation)
+            return
+        }
+        self.deliver(id, output)
     }
 
     private func writeCompleted(_ endpoint: StreamEndpoint, bytes: Int, success: Bool) {
@@ -462,11 +509,62 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             guard sendable > 0 else { break }
             let slice = pending.readSlice(length: min(sendable, pending.readableBytes))!
             self.statistics.bytesSent += slice.readableBytes
-            let frame = self.mux!.sendData(endpoint.id, payload: slice)
+            let frame = self.makeDataFrame(endpoint, slice)
             endpoint.pendingSend = pending.readableBytes > 0 ? pending : nil
             self.enqueue(frame)
         }
         if endpoint.finPending && endpoint.pendingSend == nil { self.sendFin(endpoint) }
+    }
+
+    /// A DATA frame for `slice`, compressed with the stream's own deflate context when compression is on and pays
+    /// for this stream's data. Once bytes went through the compressor they must go out compressed: the peer's
+    /// inflate context has to see every compressed block, in order.
+    private func makeDataFrame(_ endpoint: StreamEndpoint, _ slice: ByteBuffer) -> Frame {
+        let original = slice.readableBytes
+        if self.compressionEnabled, original > 0, !endpoint.compressionFailed,
+            endpoint.compressionPolicy.shouldCompress(bytes: original)
+        {
+            do {
+                if endpoint.compressor == nil {
+                    let settings = self.configuration.compression
+                    endpoint.compressor = try ZlibCompressor(
+                        algorithm: .deflate,
+                        configuration: ZlibConfiguration(
+                            windowSize: settings.windowBits,
+                            compressionLevel: settings.level,
+                            memoryLevel: settings.memoryLevel
+                        )
+                    )
+                }
+                var input = slice
+                let compressed = try input.compressStream(with: endpoint.compressor!, flush: .sync)
+                endpoint.compressionPolicy.record(original: original, compressed: compressed.readableBytes)
+                self.statistics.compressedFramesSent += 1
+                self.statistics.payloadBytesOnWireSent += compressed.readableBytes
+                return self.mux!.sendData(endpoint.id, payload: compressed, flags: .compressed, originalBytes: original)
+            } catch {
+                // zlib failing here (out of memory) leaves the context unusable: stop compressing this stream.
+                self.logger.error("stream \(endpoint.id): compression failed (\(error)); sending it uncompressed")
+                endpoint.compressionFailed = true
+                endpoint.compressor = nil
+            }
+        }
+        self.statistics.rawFramesSent += 1
+        self.statistics.payloadBytesOnWireSent += original
+        return self.mux!.sendData(endpoint.id, payload: slice)
+    }
+
+    private func logCompressionOutcome() {
+        switch (self.role, self.configuration.compression.enabled, self.compressionEnabled) {
+        case (_, _, true):
+            self.logger.info("compression on: zlib level \(self.configuration.compression.level), one context per stream")
+        case (.client, true, false):
+            self.logger.warning("compression off: the server does not agree to it (started with --no-compress)")
+        case (.server, false, _):
+            self.logger.info("compression off: this server runs with --no-compress")
+        default:
+            self.logger.info("compression off: not requested")
+        }
     }
 
     private func sendFin(_ endpoint: StreamEndpoint) {
@@ -489,7 +587,13 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     }
 
     private func readIfAllowed(_ endpoint: StreamEndpoint) {
-        if self.canRead(endpoint) { endpoint.channel.read() }
+        if self.canRead(endpoint) {
+            endpoint.channel.read()
+        } else {
+            self.logger.trace(
+                "stream \(endpoint.id): not reading (pending \(endpoint.pendingSend?.readableBytes ?? 0), credit \(self.mux?.sendableBytes(endpoint.id) ?? -1), writable \(self.transport?.isWritable ?? false), replay \(self.sequencer.replayBytes))"
+            )
+        }
     }
 
     private func resumeReads() {

@@ -91,9 +91,15 @@ public struct MuxStateMachine: Sendable {
         return max(0, min(stream.sendCredit, self.peerMaximumDataPayload, self.configuration.maximumDataPayload))
     }
 
-    /// Takes credit for a DATA frame of `payload` bytes and returns the frame.
-    public mutating func sendData(_ id: StreamID, payload: ByteBuffer, flags: DataFlags = []) -> Frame {
-        self.streams[id]!.sendCredit -= payload.readableBytes
+    /// Takes credit for a DATA frame and returns the frame. Credit counts original bytes: for a compressed payload
+    /// pass the size before compression as `originalBytes` (the receiver buffers what it inflates to).
+    public mutating func sendData(
+        _ id: StreamID,
+        payload: ByteBuffer,
+        flags: DataFlags = [],
+        originalBytes: Int? = nil
+    ) -> Frame {
+        self.streams[id]!.sendCredit -= originalBytes ?? payload.readableBytes
         precondition(self.streams[id]!.sendCredit >= 0, "sent past the stream's credit")
         return .data(streamID: id, flags: flags, payload: payload)
     }
@@ -176,16 +182,11 @@ public struct MuxStateMachine: Sendable {
             guard stream.phase == .open, !stream.remoteFinished else {
                 return self.resetStream(id, .protocolError, "DATA on a stream that is not open for receiving")
             }
-            guard payload.readableBytes <= stream.peerCredit else {
-                return self.resetStream(
-                    id,
-                    .flowControlError,
-                    "peer sent \(payload.readableBytes) bytes with \(stream.peerCredit) bytes of credit"
-                )
+            if flags.contains(.compressed) {
+                // Credit is charged on the inflated size: see `receivedInflated(_:bytes:)`.
+                return .deliver(id, flags, payload)
             }
-            stream.peerCredit -= payload.readableBytes
-            stream.unconsumed += payload.readableBytes
-            self.streams[id] = stream
+            if let violation = self.chargeReceived(id, bytes: payload.readableBytes) { return violation }
             return .deliver(id, flags, payload)
 
         case .window(_, let increment):
@@ -219,7 +220,25 @@ public struct MuxStateMachine: Sendable {
         }
     }
 
+    /// Charges the inflated size of a compressed DATA payload against the stream's credit; returns the RST to
+    /// send when it exceeds the credit (nil when within it, or when the stream is gone).
+    public mutating func receivedInflated(_ id: StreamID, bytes: Int) -> MuxInboundAction? {
+        guard self.streams[id] != nil else { return nil }
+        return self.chargeReceived(id, bytes: bytes)
+    }
+
     // MARK: Internals
+
+    private mutating func chargeReceived(_ id: StreamID, bytes: Int) -> MuxInboundAction? {
+        guard var stream = self.streams[id] else { return nil }
+        guard bytes <= stream.peerCredit else {
+            return self.resetStream(id, .flowControlError, "peer sent \(bytes) bytes with \(stream.peerCredit) bytes of credit")
+        }
+        stream.peerCredit -= bytes
+        stream.unconsumed += bytes
+        self.streams[id] = stream
+        return nil
+    }
 
     private mutating func receiveOpen(_ id: StreamID, window: UInt32, target: TargetAddress) -> MuxInboundAction {
         let peerOpensOdd = self.role == .server
