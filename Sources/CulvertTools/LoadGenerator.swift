@@ -8,8 +8,14 @@ public enum LoadGenerator {
         public var description: String
     }
 
-    /// Sends `byteCount` bytes to a sink and returns the seconds until the sink confirmed them all.
-    public static func upload(port: Int, byteCount: Int, group: any EventLoopGroup) async throws -> Double {
+    /// Sends `byteCount` bytes to a sink and returns the seconds until the sink confirmed them all. The bytes are
+    /// `corpus` repeated (by default a constant pattern).
+    public static func upload(
+        port: Int,
+        byteCount: Int,
+        corpus: ByteBuffer = ByteBuffer(repeating: 0xA5, count: 64 * 1024),
+        group: any EventLoopGroup
+    ) async throws -> Double {
         let start = ContinuousClock.now
         let done = group.next().makePromise(of: UInt64.self)
         _ = try await ClientBootstrap(group: done.futureResult.eventLoop)
@@ -17,7 +23,9 @@ public enum LoadGenerator {
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(UploadHandler(total: byteCount, done: done))
+                    try channel.pipeline.syncOperations.addHandler(
+                        UploadHandler(total: byteCount, corpus: corpus, done: done)
+                    )
                 }
             }
             .connect(host: "127.0.0.1", port: port).get()
@@ -97,12 +105,13 @@ final class UploadHandler: ChannelInboundHandler {
     typealias OutboundOut = ByteBuffer
     private let total: Int
     private var sent = 0
-    private let chunk = ByteBuffer(repeating: 0xA5, count: 64 * 1024)
+    private let corpus: ByteBuffer
     private var reply = ByteBuffer()
     private let done: EventLoopPromise<UInt64>
 
-    init(total: Int, done: EventLoopPromise<UInt64>) {
+    init(total: Int, corpus: ByteBuffer, done: EventLoopPromise<UInt64>) {
         self.total = total
+        self.corpus = corpus
         self.done = done
     }
 
@@ -113,9 +122,11 @@ final class UploadHandler: ChannelInboundHandler {
     /// this method through `channelWritabilityChanged`.
     private func writeMore(context: ChannelHandlerContext) {
         while self.sent < self.total && context.channel.isWritable {
-            let size = min(self.total - self.sent, self.chunk.readableBytes)
+            let offset = self.sent % self.corpus.readableBytes
+            let size = min(self.total - self.sent, 64 * 1024, self.corpus.readableBytes - offset)
             self.sent += size
-            context.write(self.wrapOutboundOut(self.chunk.getSlice(at: 0, length: size)!), promise: nil)
+            let chunk = self.corpus.getSlice(at: self.corpus.readerIndex + offset, length: size)!
+            context.write(self.wrapOutboundOut(chunk), promise: nil)
             if self.sent == self.total {
                 context.flush()
                 context.close(mode: .output, promise: nil)

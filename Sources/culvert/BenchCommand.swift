@@ -35,7 +35,14 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Times each measurement is repeated; the best run counts.")
     var repeats: Int = 3
 
+    @Flag(help: "Measure compression instead: ratio and throughput on a text corpus and on random data, with and without --compress, in one process.")
+    var compression = false
+
     func run() async throws {
+        if self.compression {
+            try await CompressionBenchmark(mib: self.mib, repeats: self.repeats).run()
+            return
+        }
         let kind: TransportKind = self.transport == .auto ? .websocket : TransportKind(rawValue: self.transport.rawValue)!
         guard kind.isAvailable else { fail("the \(kind) transport is not available in this build yet", exitCode: 2) }
         guard let socat = findExecutable("socat") else {
