@@ -9,88 +9,66 @@ import Testing
 
     /// Text goes through intact and at least 3:1 smaller on the wire.
     @Test func textIsCompressedAtLeastThreeToOne() async throws {
-        let echo = try await EchoServer.start(group: self.group)
-        let server = try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"])
-        let client = try await TunnelHarness.connectClient(
-            serverPort: server.localAddress!.port!, targets: [echo.port], compress: true
-        )
-        #expect(client.session.compressionEnabled)
-        let result = try await TransferClient.echoTransfer(
-            host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 8 * 1024 * 1024, content: .text,
-            group: self.group
-        )
-        #expect(result.digestsMatch)
-        let stats = client.session.statistics
-        #expect(stats.compressedFramesSent > 0)
-        #expect(stats.payloadBytesOnWireSent * 3 <= stats.bytesSent, "ratio \(Double(stats.bytesSent) / Double(stats.payloadBytesOnWireSent))")
-        await client.shutdown(gracePeriod: .milliseconds(100))
-        await server.shutdown(gracePeriod: .milliseconds(100))
-        try await echo.close()
+        try await TunnelHarness.withEchoTunnel(compress: true) { client, port in
+            #expect(client.session.compressionEnabled)
+            let result = try await TransferClient.echoTransfer(
+                host: "127.0.0.1", port: port, byteCount: 8 * 1024 * 1024, content: .text, group: self.group
+            )
+            #expect(result.digestsMatch)
+            let stats = client.session.statistics
+            #expect(stats.compressedFramesSent > 0)
+            #expect(
+                stats.payloadBytesOnWireSent * 3 <= stats.bytesSent,
+                "ratio \(Double(stats.bytesSent) / Double(stats.payloadBytesOnWireSent))"
+            )
+        }
     }
 
     /// Random (incompressible) data goes through intact, and the stream soon stops compressing it.
     @Test func incompressibleDataStopsBeingCompressed() async throws {
-        let echo = try await EchoServer.start(group: self.group)
-        let server = try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"])
-        let client = try await TunnelHarness.connectClient(
-            serverPort: server.localAddress!.port!, targets: [echo.port], compress: true
-        )
-        let result = try await TransferClient.echoTransfer(
-            host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 8 * 1024 * 1024, content: .random,
-            group: self.group
-        )
-        #expect(result.digestsMatch)
-        let stats = client.session.statistics
-        #expect(stats.rawFramesSent > 4 * stats.compressedFramesSent, "\(stats.compressedFramesSent) compressed, \(stats.rawFramesSent) raw")
-        await client.shutdown(gracePeriod: .milliseconds(100))
-        await server.shutdown(gracePeriod: .milliseconds(100))
-        try await echo.close()
+        try await TunnelHarness.withEchoTunnel(compress: true) { client, port in
+            let result = try await TransferClient.echoTransfer(
+                host: "127.0.0.1", port: port, byteCount: 8 * 1024 * 1024, content: .random, group: self.group
+            )
+            #expect(result.digestsMatch)
+            let stats = client.session.statistics
+            #expect(
+                stats.rawFramesSent > 4 * stats.compressedFramesSent,
+                "\(stats.compressedFramesSent) compressed, \(stats.rawFramesSent) raw"
+            )
+        }
     }
 
     /// Many streams with different data at once (text and random mixed), each with its own contexts, all intact.
     @Test func manyStreamsCompressIndependently() async throws {
-        let echo = try await EchoServer.start(group: self.group)
-        let server = try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"])
-        let client = try await TunnelHarness.connectClient(
-            serverPort: server.localAddress!.port!, targets: [echo.port], compress: true
-        )
-        let port = client.listenerAddresses[0].port!
-        let results = try await withThrowingTaskGroup(of: TransferClient.Result.self) { tasks in
-            for index in 0..<24 {
-                tasks.addTask {
-                    try await TransferClient.echoTransfer(
-                        host: "127.0.0.1", port: port, byteCount: 512 * 1024 + index * 997, seed: UInt64(index + 1),
-                        content: index % 3 == 0 ? .random : .text, group: self.group
-                    )
+        try await TunnelHarness.withEchoTunnel(compress: true) { _, port in
+            let results = try await withThrowingTaskGroup(of: TransferClient.Result.self) { tasks in
+                for index in 0..<24 {
+                    tasks.addTask {
+                        try await TransferClient.echoTransfer(
+                            host: "127.0.0.1", port: port, byteCount: 512 * 1024 + index * 997, seed: UInt64(index + 1),
+                            content: index % 3 == 0 ? .random : .text, group: self.group
+                        )
+                    }
                 }
+                var results: [TransferClient.Result] = []
+                for try await result in tasks { results.append(result) }
+                return results
             }
-            var results: [TransferClient.Result] = []
-            for try await result in tasks { results.append(result) }
-            return results
+            #expect(results.count == 24)
+            #expect(results.allSatisfy { $0.digestsMatch })
         }
-        #expect(results.count == 24)
-        #expect(results.allSatisfy { $0.digestsMatch })
-        await client.shutdown(gracePeriod: .milliseconds(100))
-        await server.shutdown(gracePeriod: .milliseconds(100))
-        try await echo.close()
     }
 
     /// A server started without compression turns the client's request down: the session runs uncompressed.
     @Test func serverThatRefusesCompressionGivesAnUncompressedSession() async throws {
-        let echo = try await EchoServer.start(group: self.group)
-        let server = try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"], compression: false)
-        let client = try await TunnelHarness.connectClient(
-            serverPort: server.localAddress!.port!, targets: [echo.port], compress: true
-        )
-        #expect(!client.session.compressionEnabled)
-        let result = try await TransferClient.echoTransfer(
-            host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 1024 * 1024, content: .text,
-            group: self.group
-        )
-        #expect(result.digestsMatch)
-        #expect(client.session.statistics.compressedFramesSent == 0)
-        await client.shutdown(gracePeriod: .milliseconds(100))
-        await server.shutdown(gracePeriod: .milliseconds(100))
-        try await echo.close()
+        try await TunnelHarness.withEchoTunnel(compress: true, serverCompression: false) { client, port in
+            #expect(!client.session.compressionEnabled)
+            let result = try await TransferClient.echoTransfer(
+                host: "127.0.0.1", port: port, byteCount: 1024 * 1024, content: .text, group: self.group
+            )
+            #expect(result.digestsMatch)
+            #expect(client.session.statistics.compressedFramesSent == 0)
+        }
     }
 }

@@ -70,6 +70,29 @@ struct TunnelHarness {
         return TunnelHarness(server: server, client: client)
     }
 
+    /// Runs `body` against a tunnel to a fresh echo target (client `compress`, server agreeing when
+    /// `serverCompression`), then tears everything down.
+    static func withEchoTunnel(
+        compress: Bool,
+        serverCompression: Bool = true,
+        _ body: (_ client: TunnelClient, _ localPort: Int) async throws -> Void
+    ) async throws {
+        let echo = try await EchoServer.start(group: Self.group)
+        let server = try await Self.startServer(allow: ["127.0.0.1:\(echo.port)"], compression: serverCompression)
+        let client = try await Self.connectClient(
+            serverPort: server.localAddress!.port!, targets: [echo.port], compress: compress
+        )
+        do {
+            try await body(client, client.listenerAddresses[0].port!)
+        } catch {
+            await TunnelHarness(server: server, client: client).stop()
+            try await echo.close()
+            throw error
+        }
+        await TunnelHarness(server: server, client: client).stop()
+        try await echo.close()
+    }
+
     func stop() async {
         await self.client.shutdown(gracePeriod: .milliseconds(200))
         await self.server.shutdown(gracePeriod: .milliseconds(200))
