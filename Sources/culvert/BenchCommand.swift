@@ -43,8 +43,7 @@ struct BenchCommand: AsyncParsableCommand {
             try await CompressionBenchmark(mib: self.mib, repeats: self.repeats).run()
             return
         }
-        let kind: TransportKind = self.transport == .auto ? .websocket : TransportKind(rawValue: self.transport.rawValue)!
-        guard kind.isAvailable else { fail("the \(kind) transport is not available in this build yet", exitCode: 2) }
+        let kind = self.transport.resolvedKind()
         guard let socat = findExecutable("socat") else {
             fail("socat is not installed: run `apt-get install -y socat` (the benchmark compares against it)")
         }

@@ -8,6 +8,16 @@ import NIOPosix
 enum TransportChoice: String, ExpressibleByArgument, CaseIterable {
     case auto, websocket, connect, chunked, polling
 
+    /// The transport this choice means in this build; exits with status 2 and one line for one not built yet.
+    /// `auto` has only one transport to choose from until the negotiator lands.
+    func resolvedKind() -> TransportKind {
+        let kind = self == .auto ? TransportKind.websocket : TransportKind(rawValue: self.rawValue)!
+        guard kind.isAvailable else {
+            fail("the \(kind) transport is not available in this build yet; use --transport websocket or auto", exitCode: 2)
+        }
+        return kind
+    }
+
     static var helpText: String {
         "auto (the best that works; default) | "
             + TransportKind.allCases.map { "\($0.rawValue): \($0.summary)" }.joined(separator: " | ")
@@ -65,17 +75,7 @@ struct ClientCommand: AsyncParsableCommand {
             }
             headers.append((String(text[..<colon]), String(text[text.index(after: colon)...]).trimmingSpaces()))
         }
-        let kind: TransportKind
-        switch self.transport {
-        case .auto:
-            // Only one transport is available in this build, so auto has nothing to choose between.
-            kind = .websocket
-        case .websocket, .connect, .chunked, .polling:
-            kind = TransportKind(rawValue: self.transport.rawValue)!
-            guard kind.isAvailable else {
-                fail("the \(kind) transport is not available in this build yet; use --transport websocket or auto", exitCode: 2)
-            }
-        }
+        let kind = self.transport.resolvedKind()
         let configuration = TunnelClient.Configuration(
             server: server,
             transport: kind,

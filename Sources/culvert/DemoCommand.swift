@@ -29,10 +29,7 @@ struct DemoCommand: AsyncParsableCommand {
         var options = self.loggingOptions
         if options.logLevel == "info" { options.logLevel = "warning" }
         let logger = try options.makeLogger(label: "culvert.demo")
-        let kind: TransportKind = self.transport == .auto ? .websocket : TransportKind(rawValue: self.transport.rawValue)!
-        guard kind.isAvailable else {
-            fail("the \(kind) transport is not available in this build yet; use --transport websocket or auto", exitCode: 2)
-        }
+        let kind = self.transport.resolvedKind()
         guard self.mib > 0, self.streams > 0 else { throw ValidationError("--mib and --streams must be positive") }
         let group = MultiThreadedEventLoopGroup.singleton
         let token = (0..<16).map { _ in String(UInt8.random(in: 0...255), radix: 16) }.joined()
