@@ -35,7 +35,6 @@ public final class TunnelServer: Sendable {
 
     private let transportServer: TransportServer
     private let sessions: NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>
-    private let logger: Logger
 
     /// The bound address (useful when listening on port 0).
     public var localAddress: SocketAddress? { self.transportServer.localAddress }
@@ -44,11 +43,9 @@ public final class TunnelServer: Sendable {
     /// Sessions currently running.
     public var activeSessions: Int { self.sessions.withLockedValue { $0.count } }
 
-    private init(transportServer: TransportServer, sessions: NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>,
-                 logger: Logger) {
+    private init(transportServer: TransportServer, sessions: NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>) {
         self.transportServer = transportServer
         self.sessions = sessions
-        self.logger = logger
     }
 
     /// Binds the listener and starts serving.
@@ -72,8 +69,7 @@ public final class TunnelServer: Sendable {
         do {
             transportServer = try await TransportServer.bind(
                 configuration: transportConfiguration,
-                group: group,
-                logger: logger
+                group: group
             ) { connection in
                 var sessionLogger = logger
                 sessionLogger[metadataKey: "peer"] = "\(connection.peerDescription)"
@@ -101,7 +97,7 @@ public final class TunnelServer: Sendable {
         } catch {
             throw ForwardingError.bindFailed(address: listenAddress, reason: describeBindError(error))
         }
-        return TunnelServer(transportServer: transportServer, sessions: sessions, logger: logger)
+        return TunnelServer(transportServer: transportServer, sessions: sessions)
     }
 
     /// Stops accepting connections, sends GOAWAY to every session, lets open streams finish for up to

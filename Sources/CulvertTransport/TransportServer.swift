@@ -1,4 +1,3 @@
-import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
@@ -44,7 +43,6 @@ public final class TransportServer: Sendable {
     public static func bind(
         configuration: Configuration,
         group: any EventLoopGroup,
-        logger: Logger,
         onConnection: @escaping @Sendable (any TransportConnection) -> Void
     ) -> EventLoopFuture<TransportServer> {
         let counter = NIOLockedValueBox(0)

@@ -147,9 +147,6 @@ public struct MuxStateMachine: Sendable {
         self.goingAway = true
     }
 
-    /// Every live stream id.
-    public var streamIDs: [StreamID] { Array(self.streams.keys) }
-
     // MARK: Received frames
 
     /// Handles one received stream frame (OPEN … RST).
