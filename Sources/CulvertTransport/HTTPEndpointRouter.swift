@@ -23,8 +23,7 @@ final class HTTPEndpointRouter: ChannelInboundHandler, RemovableChannelHandler {
         case .end:
             guard let head = self.pendingHead else { return }
             self.pendingHead = nil
-            let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
-            if path == self.pathPrefix + "/ws" {
+            if head.pathWithoutQuery == self.pathPrefix + "/ws" {
                 self.respond(context: context, head: head, status: .upgradeRequired,
                              body: "culvert: this endpoint needs a WebSocket upgrade\n", extra: [("Upgrade", "websocket")])
             } else {

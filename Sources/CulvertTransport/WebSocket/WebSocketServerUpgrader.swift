@@ -20,9 +20,8 @@ struct WebSocketServerUpgrader: HTTPServerProtocolUpgrader, Sendable {
         upgradeRequest: HTTPRequestHead,
         initialResponseHeaders: HTTPHeaders
     ) -> EventLoopFuture<HTTPHeaders> {
-        let requestPath = upgradeRequest.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? ""
         let keys = upgradeRequest.headers["Sec-WebSocket-Key"]
-        guard requestPath == self.path else {
+        guard upgradeRequest.pathWithoutQuery == self.path else {
             return channel.eventLoop.makeFailedFuture(NIOWebSocketUpgradeError.unsupportedWebSocketTarget)
         }
         guard keys.count == 1, upgradeRequest.headers["Sec-WebSocket-Version"] == ["13"] else {
