@@ -49,12 +49,7 @@ public final class TunnelClient: Sendable {
         logger: Logger
     ) async throws -> TunnelClient {
         let eventLoop = group.next()
-        let dialer: any ClientTransport
-        do {
-            dialer = try ClientTransports.make(configuration.transport, options: configuration.transportOptions)
-        } catch {
-            throw SessionError.transport(error)
-        }
+        let dialer = ClientTransports.make(configuration.transport, options: configuration.transportOptions)
         let connection: any TransportConnection
         do {
             connection = try await dialer.connect(to: configuration.server, on: eventLoop).get()

@@ -1,3 +1,4 @@
+import Logging
 import NIOCore
 
 /// Options every transport dialer takes.
@@ -8,15 +9,27 @@ public struct TransportOptions: Sendable {
     public var connectTimeout: TimeAmount
     /// Largest transport message accepted, in bytes.
     public var maximumMessageSize: Int
+    /// The forward proxy to go through, or nil for a direct connection.
+    public var proxy: ProxyConfiguration?
+    /// Limits and timers of the chunked and polling transports.
+    public var http: HTTPTransportClientSettings
+    /// Where transports log what they decide (e.g. a switch to short POSTs).
+    public var logger: Logger
 
     public init(
         extraHeaders: [(String, String)] = [],
         connectTimeout: TimeAmount = .seconds(10),
-        maximumMessageSize: Int = 16 * 1024 * 1024
+        maximumMessageSize: Int = 16 * 1024 * 1024,
+        proxy: ProxyConfiguration? = nil,
+        http: HTTPTransportClientSettings = .init(),
+        logger: Logger = Logger(label: "culvert.transport", factory: { _ in SwiftLogNoOpLogHandler() })
     ) {
         self.extraHeaders = extraHeaders
         self.connectTimeout = connectTimeout
         self.maximumMessageSize = maximumMessageSize
+        self.proxy = proxy
+        self.http = http
+        self.logger = logger
     }
 }
 
@@ -29,11 +42,12 @@ public protocol ClientTransport: Sendable {
 
 /// The dialer for each transport kind.
 public enum ClientTransports {
-    /// The dialer for `kind`, or ``TransportError/notImplemented(_:)``.
-    public static func make(_ kind: TransportKind, options: TransportOptions) throws(TransportError) -> any ClientTransport {
+    /// The dialer for `kind`.
+    public static func make(_ kind: TransportKind, options: TransportOptions) -> any ClientTransport {
         switch kind {
-        case .websocket: return WebSocketClientTransport(options: options)
-        case .connect, .chunked, .polling: throw .notImplemented(kind)
+        case .websocket: WebSocketClientTransport(options: options)
+        case .connect: ConnectClientTransport(options: options)
+        case .chunked, .polling: HTTPClientTransport(kind: kind, options: options)
         }
     }
 }

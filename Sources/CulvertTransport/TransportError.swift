@@ -11,10 +11,26 @@ public enum TransportError: Error, Hashable, Sendable, CustomStringConvertible {
     case timedOut(TransportKind, phase: String, seconds: Double)
     /// The peer broke the transport's protocol.
     case protocolViolation(String)
-    /// This build does not implement the transport.
-    case notImplemented(TransportKind)
     /// The server URL could not be used.
     case invalidURL(String, reason: String)
+    /// The proxy URL (from `--proxy` or the environment) could not be used.
+    case invalidProxyURL(String, reason: String)
+    /// TCP connect to the forward proxy failed.
+    case proxyUnreachable(proxy: String, reason: String)
+    /// The forward proxy answered 407: it wants credentials (`scheme` is what its `Proxy-Authenticate` named).
+    case proxyAuthenticationRequired(proxy: String, scheme: String?, credentialsSent: Bool)
+    /// The forward proxy refused the method or port (403, 405).
+    case proxyRefused(proxy: String, status: Int, reason: String, method: String)
+    /// The forward proxy could not reach the server (502, 504).
+    case proxyCannotReachServer(proxy: String, status: Int, reason: String)
+    /// The forward proxy answered some other non-success status.
+    case proxyStatus(proxy: String, status: Int, reason: String)
+    /// The forward proxy broke off or answered something that is not HTTP.
+    case proxyFailed(proxy: String, reason: String)
+    /// A CONNECT tunnel opened but nothing came back through it.
+    case proxyRelaysNothing(proxy: String, seconds: Double)
+    /// The server no longer knows the HTTP transport connection (it expired or the server restarted).
+    case connectionExpired(TransportKind)
 
     public var description: String {
         switch self {
@@ -28,10 +44,30 @@ public enum TransportError: Error, Hashable, Sendable, CustomStringConvertible {
             "\(kind): no answer to the \(phase) within \(seconds) s; the server or a proxy in between is not responding"
         case .protocolViolation(let reason):
             "transport protocol violation: \(reason)"
-        case .notImplemented(let kind):
-            "the \(kind) transport is not available in this build; use --transport websocket"
         case .invalidURL(let url, let reason):
             "invalid server URL '\(url)': \(reason)"
+        case .invalidProxyURL(let url, let reason):
+            "invalid proxy URL '\(url)': \(reason); expected http://[USER:PASS@]HOST:PORT"
+        case .proxyUnreachable(let proxy, let reason):
+            "cannot connect to the proxy \(proxy): \(reason); check --proxy (or HTTP_PROXY/HTTPS_PROXY), or pass --no-proxy"
+        case .proxyAuthenticationRequired(let proxy, let scheme, let credentialsSent):
+            "the proxy \(proxy) needs authentication (407, scheme \(scheme ?? "not named")); "
+                + (credentialsSent
+                    ? "it refused the user and password in the proxy URL"
+                    : "put USER:PASS@ in the proxy URL")
+                + (scheme.map { $0.lowercased() == "basic" } == false ? " (culvert speaks Basic only)" : "")
+        case .proxyRefused(let proxy, let status, let reason, let method):
+            "the proxy \(proxy) refuses \(method) to this server or port (\(status) \(reason)); try another --transport or ask for the port to be allowed"
+        case .proxyCannotReachServer(let proxy, let status, let reason):
+            "the proxy \(proxy) could not reach the culvert server (\(status) \(reason)); check the server URL and that the server is running"
+        case .proxyStatus(let proxy, let status, let reason):
+            "the proxy \(proxy) answered \(status) \(reason)"
+        case .proxyFailed(let proxy, let reason):
+            "the proxy \(proxy) \(reason)"
+        case .proxyRelaysNothing(let proxy, let seconds):
+            "the proxy \(proxy) accepted CONNECT but relayed no answer within \(seconds) s (it may pass only TLS or HTTP); try another --transport"
+        case .connectionExpired(let kind):
+            "\(kind): the server no longer knows this connection (it expired or the server restarted)"
         }
     }
 }

@@ -20,9 +20,4 @@ public enum TransportKind: String, CaseIterable, Hashable, Sendable, CustomStrin
         case .polling: "long-polling GET down and short POSTs up; gets through buffering proxies"
         }
     }
-
-    /// Whether this build implements the transport.
-    public var isAvailable: Bool {
-        self == .websocket
-    }
 }

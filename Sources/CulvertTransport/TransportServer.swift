@@ -14,18 +14,25 @@ public final class TransportServer: Sendable {
         public var pathPrefix: String
         /// Largest transport message accepted, in bytes.
         public var maximumMessageSize: Int
+        /// Hold times, idle timeout and response limits of the chunked and polling transports.
+        public var http: HTTPTransportServerSettings
 
         public init(host: String, port: Int, pathPrefix: String = ServerEndpoint.defaultPathPrefix,
-                    maximumMessageSize: Int = 16 * 1024 * 1024) {
+                    maximumMessageSize: Int = 16 * 1024 * 1024, http: HTTPTransportServerSettings = .init()) {
             self.host = host
             self.port = port
             self.pathPrefix = pathPrefix
             self.maximumMessageSize = maximumMessageSize
+            self.http = http
         }
     }
 
     private let channel: any Channel
     private let connectionCounter: NIOLockedValueBox<Int>
+    private let registry: HTTPConnectionRegistry
+
+    /// Chunked and polling connections the server holds now.
+    public var httpConnectionCount: Int { self.registry.count }
 
     /// The address the listener is bound to (useful with port 0).
     public var localAddress: SocketAddress? { self.channel.localAddress }
@@ -33,9 +40,10 @@ public final class TransportServer: Sendable {
     /// TCP connections accepted so far.
     public var acceptedConnections: Int { self.connectionCounter.withLockedValue { $0 } }
 
-    private init(channel: any Channel, connectionCounter: NIOLockedValueBox<Int>) {
+    private init(channel: any Channel, connectionCounter: NIOLockedValueBox<Int>, registry: HTTPConnectionRegistry) {
         self.channel = channel
         self.connectionCounter = connectionCounter
+        self.registry = registry
     }
 
     /// Binds the listener.
@@ -47,6 +55,7 @@ public final class TransportServer: Sendable {
     ) -> EventLoopFuture<TransportServer> {
         let counter = NIOLockedValueBox(0)
         let prefix = configuration.pathPrefix
+        let registry = HTTPConnectionRegistry(settings: configuration.http)
         return ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -55,20 +64,28 @@ public final class TransportServer: Sendable {
             .childChannelInitializer { channel in
                 counter.withLockedValue { $0 += 1 }
                 return channel.eventLoop.makeCompletedFuture {
-                    let upgrader = WebSocketServerUpgrader(
+                    let webSocket = WebSocketServerUpgrader(
                         path: prefix + "/ws",
                         maximumFrameSize: configuration.maximumMessageSize,
                         onConnection: onConnection
                     )
+                    let rawStream = RawStreamServerUpgrader(path: prefix + "/raw", onConnection: onConnection)
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(
-                        withServerUpgrade: (upgraders: [upgrader], completionHandler: { _ in }),
+                        withServerUpgrade: (upgraders: [webSocket, rawStream], completionHandler: { _ in }),
                         withErrorHandling: true
                     )
-                    try channel.pipeline.syncOperations.addHandler(HTTPEndpointRouter(pathPrefix: prefix))
+                    try channel.pipeline.syncOperations.addHandler(
+                        HTTPTransportRequestHandler(
+                            pathPrefix: prefix,
+                            registry: registry,
+                            maximumRecordPayload: configuration.maximumMessageSize,
+                            onConnection: onConnection
+                        )
+                    )
                 }
             }
             .bind(host: configuration.host, port: configuration.port)
-            .map { TransportServer(channel: $0, connectionCounter: counter) }
+            .map { TransportServer(channel: $0, connectionCounter: counter, registry: registry) }
     }
 
     /// Stops accepting connections (established ones are left to their sessions).

@@ -8,14 +8,9 @@ import NIOPosix
 enum TransportChoice: String, ExpressibleByArgument, CaseIterable {
     case auto, websocket, connect, chunked, polling
 
-    /// The transport this choice means in this build; exits with status 2 and one line for one not built yet.
-    /// `auto` has only one transport to choose from until the negotiator lands.
+    /// The transport this choice means. Until the negotiator lands, `auto` means websocket.
     func resolvedKind() -> TransportKind {
-        let kind = self == .auto ? TransportKind.websocket : TransportKind(rawValue: self.rawValue)!
-        guard kind.isAvailable else {
-            fail("the \(kind) transport is not available in this build yet; use --transport websocket or auto", exitCode: 2)
-        }
-        return kind
+        self == .auto ? TransportKind.websocket : TransportKind(rawValue: self.rawValue)!
     }
 
     static var helpText: String {
@@ -41,6 +36,8 @@ struct ClientCommand: AsyncParsableCommand {
 
     @Option(help: ArgumentHelp(TransportChoice.helpText))
     var transport: TransportChoice = .auto
+
+    @OptionGroup var proxyOptions: ProxyOptions
 
     @Option(help: "Extra request header NAME:VALUE on every tunnel request. Repeatable.")
     var header: [String] = []
@@ -81,7 +78,9 @@ struct ClientCommand: AsyncParsableCommand {
             transport: kind,
             transportOptions: TransportOptions(
                 extraHeaders: headers,
-                connectTimeout: .milliseconds(Int64(self.connectTimeout * 1000))
+                connectTimeout: .milliseconds(Int64(self.connectTimeout * 1000)),
+                proxy: try self.proxyOptions.resolve(for: server, logger: logger),
+                logger: logger
             ),
             session: self.tuning.sessionConfiguration(token: try self.tokenOptions.resolve(), compression: self.compress),
             forwards: forwards

@@ -148,3 +148,32 @@ struct TuningOptions: ParsableArguments {
         )
     }
 }
+
+/// `--proxy` and `--no-proxy`; without either, the proxy environment variables that curl reads.
+struct ProxyOptions: ParsableArguments {
+    @Option(help: "Forward proxy http://[USER:PASS@]HOST:PORT (default: HTTP_PROXY / HTTPS_PROXY / ALL_PROXY, minus NO_PROXY).")
+    var proxy: String?
+
+    @Flag(help: "Connect directly, ignoring the proxy environment variables.")
+    var noProxy = false
+
+    /// The proxy to use for `server`, or nil; logs where it came from.
+    func resolve(for server: ServerEndpoint, logger: Logger) throws -> ProxyConfiguration? {
+        if self.noProxy {
+            guard self.proxy == nil else { throw ValidationError("--proxy and --no-proxy contradict each other") }
+            return nil
+        }
+        do {
+            if let proxy = self.proxy {
+                let configuration = try ProxyConfiguration(url: proxy)
+                logger.info("through the proxy \(configuration)")
+                return configuration
+            }
+            let configuration = try ProxyEnvironment(ProcessInfo.processInfo.environment).proxy(for: server)
+            if let configuration { logger.info("through the proxy \(configuration) (from the environment; --no-proxy ignores it)") }
+            return configuration
+        } catch {
+            throw ValidationError(error.description)
+        }
+    }
+}

@@ -1,8 +1,9 @@
 import NIOCore
 import NIOHTTP1
-import NIOPosix
+import NIOWebSocket
 
-/// Dials the server and upgrades the connection to WebSocket (RFC 6455) at `<prefix>/ws`.
+/// Dials the server and upgrades the connection to WebSocket (RFC 6455) at `<prefix>/ws`; through a forward
+/// proxy, with an absolute-form request that the proxy must pass on with its `Upgrade` header.
 public struct WebSocketClientTransport: ClientTransport {
     public let kind = TransportKind.websocket
     public let options: TransportOptions
@@ -12,38 +13,40 @@ public struct WebSocketClientTransport: ClientTransport {
     }
 
     public func connect(to endpoint: ServerEndpoint, on eventLoop: any EventLoop) -> EventLoopFuture<any TransportConnection> {
-        guard !endpoint.usesTLS else {
-            return eventLoop.makeFailedFuture(
-                TransportError.invalidURL(endpoint.description, reason: "TLS (https/wss) is not available in this build yet")
-            )
-        }
-        let upgradePromise = eventLoop.makePromise(of: (any TransportConnection).self)
-        let options = self.options
-        let timeout = eventLoop.scheduleTask(in: options.connectTimeout) {
-            upgradePromise.fail(
-                TransportError.timedOut(.websocket, phase: "WebSocket upgrade", seconds: options.connectTimeout.seconds)
-            )
-        }
-        let channelFuture = TransportDialer.connect(
-            host: endpoint.host,
-            port: endpoint.port,
+        let route = HTTPRoute(endpoint: endpoint, proxy: self.options.proxy, extraHeaders: self.options.extraHeaders)
+        let requestKey = Base64.encode((0..<16).map { _ in UInt8.random(in: 0...255) })
+        var headers = route.baseHeaders()
+        headers.add(name: "Upgrade", value: "websocket")
+        headers.add(name: "Connection", value: "Upgrade")
+        headers.add(name: "Sec-WebSocket-Key", value: requestKey)
+        headers.add(name: "Sec-WebSocket-Version", value: "13")
+        let request = HTTPRequestHead(version: .http1_1, method: .GET, uri: route.requestTarget("ws"), headers: headers)
+        let maximumMessageSize = self.options.maximumMessageSize
+        return HTTPUpgradeDialer.connect(
+            kind: .websocket,
+            route: route,
+            options: self.options,
+            throughConnectTunnel: false,
+            request: request,
             on: eventLoop,
-            timeout: options.connectTimeout
-        ) { channel in
-            try channel.pipeline.syncOperations.addHandlers([
-                HTTPRequestEncoder(),
-                ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes)),
-                WebSocketClientUpgradeHandler(endpoint: endpoint, options: options, upgradePromise: upgradePromise),
-            ])
-        }
-        channelFuture.whenFailure { error in upgradePromise.fail(error) }
-        upgradePromise.futureResult.whenComplete { result in
-            timeout.cancel()
-            if case .failure = result {
-                // A timeout fails the promise from outside the handler: the half-open channel must go too.
-                channelFuture.whenSuccess { $0.close(promise: nil) }
+            validate: { head in
+                guard head.headers.first(name: "Upgrade")?.lowercased() == "websocket" else {
+                    return "101 response without 'Upgrade: websocket'"
+                }
+                guard head.headers.first(name: "Sec-WebSocket-Accept") == WebSocketAccept.value(forKey: requestKey) else {
+                    return "Sec-WebSocket-Accept does not match the key"
+                }
+                return nil
+            },
+            install: { pipeline, channel in
+                let connection = ChannelTransportConnection(kind: .websocket, channel: channel)
+                try pipeline.addHandlers([
+                    ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: maximumMessageSize)),
+                    WebSocketMessageHandler(isClient: true),
+                    connection,
+                ])
+                return connection
             }
-        }
-        return upgradePromise.futureResult
+        )
     }
 }

@@ -39,7 +39,7 @@ struct WebSocketServerUpgrader: HTTPServerProtocolUpgrader, Sendable {
     func upgrade(context: ChannelHandlerContext, upgradeRequest: HTTPRequestHead) -> EventLoopFuture<Void> {
         context.eventLoop.makeCompletedFuture {
             let pipeline = context.pipeline.syncOperations
-            if let router = try? pipeline.handler(type: HTTPEndpointRouter.self) {
+            if let router = try? pipeline.handler(type: HTTPTransportRequestHandler.self) {
                 pipeline.removeHandler(router, promise: nil)
             }
             let connection = ChannelTransportConnection(kind: .websocket, channel: context.channel)

@@ -1,0 +1,77 @@
+import NIOHTTP1
+
+/// How HTTP requests reach the server: directly, or through a forward proxy with absolute-form request targets
+/// (RFC 9112 §3.2.2) and `Proxy-Authorization`. Also reads a proxy's error answers into clear messages.
+public struct HTTPRoute: Sendable {
+    public let endpoint: ServerEndpoint
+    public let proxy: ProxyConfiguration?
+    public let extraHeaders: [(String, String)]
+
+    public init(endpoint: ServerEndpoint, proxy: ProxyConfiguration?, extraHeaders: [(String, String)] = []) {
+        self.endpoint = endpoint
+        self.proxy = proxy
+        self.extraHeaders = extraHeaders
+    }
+
+    /// Where the TCP connection goes: the proxy when there is one.
+    public var dialHost: String { self.proxy?.host ?? self.endpoint.host }
+    public var dialPort: Int { self.proxy?.port ?? self.endpoint.port }
+
+    /// The request target for `endpointName` (e.g. `ws`, or `down?c=…`): origin-form direct, absolute-form
+    /// through a proxy.
+    public func requestTarget(_ endpointName: String) -> String {
+        let path = self.endpoint.path(endpointName)
+        guard self.proxy != nil else { return path }
+        return "\(self.endpoint.usesTLS ? "https" : "http")://\(self.endpoint.hostHeader)\(path)"
+    }
+
+    /// The headers every tunnel request carries: `Host`, `Cache-Control: no-store`, `User-Agent`, the user's
+    /// extra headers and, through a proxy with credentials, `Proxy-Authorization`.
+    public func baseHeaders() -> HTTPHeaders {
+        var headers = HTTPHeaders()
+        headers.add(name: "Host", value: self.endpoint.hostHeader)
+        headers.add(name: "Cache-Control", value: "no-store")
+        headers.add(name: "User-Agent", value: "culvert/\(CulvertVersion.string)")
+        if let authorization = self.proxy?.authorizationHeader {
+            headers.add(name: "Proxy-Authorization", value: authorization)
+        }
+        for (name, value) in self.extraHeaders { headers.add(name: name, value: value) }
+        return headers
+    }
+
+    /// The error for a proxy's answer, when a proxy is in the route and the status is one a proxy gives for
+    /// its own reasons; nil otherwise (the status then came from the server, or is a success).
+    public func proxyError(for head: HTTPResponseHead, method: String) -> TransportError? {
+        guard let proxy = self.proxy else { return nil }
+        return Self.proxyError(for: head, proxy: proxy, method: method)
+    }
+
+    /// The error for a status a forward proxy answered (`method` is what it refused: `CONNECT`, `GET`, …).
+    public static func proxyError(for head: HTTPResponseHead, proxy: ProxyConfiguration, method: String) -> TransportError? {
+        let status = Int(head.status.code)
+        let reason = head.status.reasonPhrase
+        switch status {
+        case 407:
+            let scheme = head.headers.first(name: "Proxy-Authenticate").flatMap {
+                $0.split(separator: " ", maxSplits: 1).first.map(String.init)
+            }
+            return .proxyAuthenticationRequired(
+                proxy: proxy.description, scheme: scheme, credentialsSent: proxy.authorizationHeader != nil
+            )
+        case 403, 405:
+            return .proxyRefused(proxy: proxy.description, status: status, reason: reason, method: method)
+        case 502, 504:
+            return .proxyCannotReachServer(proxy: proxy.description, status: status, reason: reason)
+        default:
+            return nil
+        }
+    }
+
+    /// Turns a TCP connect failure into the right error: the proxy's when dialling one.
+    func dialError(_ error: any Error) -> any Error {
+        guard let proxy = self.proxy, case TransportError.unreachable(_, let reason)? = error as? TransportError else {
+            return error
+        }
+        return TransportError.proxyUnreachable(proxy: proxy.description, reason: reason)
+    }
+}

@@ -1,0 +1,123 @@
+import NIOCore
+import NIOHTTP1
+
+/// One keep-alive HTTP/1.1 connection to the server (or the proxy), carrying one request at a time, for the
+/// chunked and polling transports. Confined to its event loop.
+final class HTTPClientChannel: @unchecked Sendable {
+    enum Event {
+        case head(HTTPResponseHead)
+        case body(ByteBuffer)
+        case end
+        case failed(any Error)
+    }
+
+    let channel: any Channel
+    private var onEvent: ((Event) -> Void)?
+    private var reusable = true
+    private(set) var isClosed = false
+
+    /// Whether a new request can go out on this connection now.
+    var isIdle: Bool { self.onEvent == nil && self.reusable && !self.isClosed }
+
+    private init(channel: any Channel) {
+        self.channel = channel
+    }
+
+    /// Opens a connection along `route` (to the proxy when there is one).
+    static func dial(route: HTTPRoute, on eventLoop: any EventLoop, timeout: TimeAmount) -> EventLoopFuture<HTTPClientChannel> {
+        let relay = HTTPClientResponseRelay()
+        return TransportDialer.connect(host: route.dialHost, port: route.dialPort, on: eventLoop, timeout: timeout) { channel in
+            try channel.pipeline.syncOperations.addHandlers([
+                HTTPRequestEncoder(),
+                ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)),
+                relay,
+            ])
+        }
+        .flatMapErrorThrowing { throw route.dialError($0) }
+        .map { channel in
+            let client = HTTPClientChannel(channel: channel)
+            relay.owner = client
+            if !channel.isActive { client.isClosed = true }
+            return client
+        }
+    }
+
+    /// Sends a request head (and, with `body`, a complete body); `onEvent` gets the response.
+    func send(_ head: HTTPRequestHead, body: ByteBuffer?, end: Bool, onEvent: @escaping (Event) -> Void) {
+        precondition(self.onEvent == nil, "one request at a time")
+        self.onEvent = onEvent
+        self.channel.write(HTTPClientRequestPart.head(head), promise: nil)
+        if let body, body.readableBytes > 0 { self.channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil) }
+        if end {
+            self.channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+        } else {
+            self.channel.flush()
+        }
+    }
+
+    /// More of a streaming request body (not flushed).
+    func writeBody(_ buffer: ByteBuffer) {
+        self.channel.write(HTTPClientRequestPart.body(.byteBuffer(buffer)), promise: nil)
+    }
+
+    func flush() {
+        self.channel.flush()
+    }
+
+    /// Ends a streaming request body.
+    func endBody() {
+        self.channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+    }
+
+    /// Closes the connection; a request in flight gets no more events.
+    func close() {
+        self.onEvent = nil
+        self.isClosed = true
+        self.channel.close(promise: nil)
+    }
+
+    fileprivate func deliver(_ part: HTTPClientResponsePart) {
+        guard let onEvent = self.onEvent else { return }
+        switch part {
+        case .head(let head):
+            if !head.isKeepAlive { self.reusable = false }
+            onEvent(.head(head))
+        case .body(let body):
+            onEvent(.body(body))
+        case .end:
+            self.onEvent = nil
+            if !self.reusable { self.close() }
+            onEvent(.end)
+        }
+    }
+
+    fileprivate func fail(_ error: any Error) {
+        self.isClosed = true
+        guard let onEvent = self.onEvent else { return }
+        self.onEvent = nil
+        onEvent(.failed(error))
+    }
+}
+
+/// Passes response parts to the ``HTTPClientChannel`` that owns the connection.
+private final class HTTPClientResponseRelay: ChannelInboundHandler, @unchecked Sendable {
+    // @unchecked: `owner` is set once before the first read and used on the channel's loop only.
+    typealias InboundIn = HTTPClientResponsePart
+
+    var owner: HTTPClientChannel?
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.owner?.deliver(self.unwrapInboundIn(data))
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.owner?.fail(error)
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.owner?.fail(TransportError.protocolViolation("the server or proxy closed the HTTP connection mid-request"))
+        self.owner = nil
+        context.fireChannelInactive()
+    }
+}

@@ -1,0 +1,579 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+
+/// The client end of one chunked or polling transport connection.
+///
+/// Downstream: GETs to `<prefix>/down`, one at a time: a long chunked response (`stream`) or a held poll
+/// (`poll`), each naming the offset received so far, so the server resends whatever a cut response lost.
+/// Upstream: a long chunked POST (`stream`) or one short POST per batch (`batch`) to `<prefix>/up`, carrying
+/// DATA records by offset; the server acknowledges them on the downstream response and in each POST's answer.
+/// A streaming POST whose bytes are not acknowledged within ``HTTPTransportClientSettings/upstreamAckTimeout``
+/// means the path buffers request bodies: upstream then switches to short POSTs, from the last acknowledgement.
+///
+/// Confined to ``eventLoop``.
+final class HTTPClientTransportConnection: TransportConnection, @unchecked Sendable {
+    enum UpMode: String {
+        case stream
+        case batch
+    }
+
+    enum DownMode: String {
+        case stream
+        case poll
+    }
+
+    let id: String
+    let kind: TransportKind
+    let eventLoop: any EventLoop
+    let peerDescription: String
+    private let route: HTTPRoute
+    private let settings: HTTPTransportClientSettings
+    private let connectTimeout: TimeAmount
+    private let maximumRecordPayload: Int
+    private var logger: Logger
+    private(set) var upMode: UpMode
+    let downMode: DownMode
+
+    private var upLog = OutboundByteLog()
+    private var downCursor = InboundByteCursor()
+    private var delegate: (any TransportConnectionDelegate)?
+    private var earlyMessages: [ByteBuffer] = []
+    private var closed = false
+    private var closeReported = false
+    private var closeError: (any Error)?
+    private var wasWritable = true
+
+    // Downstream state.
+    private var downChannel: HTTPClientChannel?
+    private var downInFlight = false
+    private var downGeneration = 0
+    private var downFailures = 0
+    private var downTimer: Scheduled<Void>?
+    private var downDecoder: NIOSingleStepByteToMessageProcessor<HTTPTransportRecordDecoder>?
+    private var downAckSent: UInt64 = 0
+    private var downAckNeeded = false
+    private var downAckTimer: Scheduled<Void>?
+
+    // Upstream state.
+    private var upChannel: HTTPClientChannel?
+    /// A POST is open or awaits its response.
+    private var upInFlight = false
+    /// The streaming POST's body is open and ready for records.
+    private var upStreamWritable = false
+    private var upGeneration = 0
+    private var upFailures = 0
+    private var upSentUpTo: UInt64 = 0
+    private var upRequestBytes = 0
+    private var upTimer: Scheduled<Void>?
+    private var upDecoder: NIOSingleStepByteToMessageProcessor<HTTPTransportRecordDecoder>?
+    private var ackWatchdog: Scheduled<Void>?
+    private var ackAtWatchdogStart: UInt64 = 0
+    private var retryTimers: [Scheduled<Void>] = []
+
+    init(
+        id: String,
+        kind: TransportKind,
+        route: HTTPRoute,
+        options: TransportOptions,
+        eventLoop: any EventLoop,
+        firstChannel: HTTPClientChannel?
+    ) {
+        self.id = id
+        self.kind = kind
+        self.route = route
+        self.settings = options.http
+        self.connectTimeout = options.connectTimeout
+        self.maximumRecordPayload = options.maximumMessageSize
+        self.eventLoop = eventLoop
+        self.peerDescription = route.proxy.map { "\(route.endpoint) via \($0)" } ?? route.endpoint.description
+        self.logger = options.logger
+        self.logger[metadataKey: "transport"] = "\(kind)"
+        self.upMode = kind == .chunked ? .stream : .batch
+        self.downMode = kind == .chunked ? .stream : .poll
+        self.upChannel = firstChannel
+    }
+
+    var isWritable: Bool { self.upLog.unacknowledgedBytes < self.settings.sendWindowBytes }
+
+    /// Starts the downstream requests (messages that arrive before ``start(delegate:)`` wait for it).
+    func begin() {
+        self.issueDown()
+    }
+
+    func start(delegate: any TransportConnectionDelegate) {
+        self.eventLoop.preconditionInEventLoop()
+        self.delegate = delegate
+        let early = self.earlyMessages
+        self.earlyMessages = []
+        for message in early { delegate.transport(self, didReceive: message) }
+        if !early.isEmpty { delegate.transportDidReadComplete(self) }
+        if self.closed { self.reportClosed() }
+    }
+
+    func send(_ message: ByteBuffer) {
+        guard !self.closed else { return }
+        self.upLog.append(message)
+        self.pumpUp()
+        self.updateWritability()
+    }
+
+    func close() {
+        guard !self.closed else { return }
+        self.sendCloseRecord()
+        self.closeNow(error: nil)
+    }
+
+    // MARK: Downstream
+
+    private func issueDown() {
+        guard !self.closed, !self.downInFlight else { return }
+        self.downInFlight = true
+        self.downGeneration += 1
+        let generation = self.downGeneration
+        self.withChannel(\.downChannel) { [self] channel in
+            guard generation == self.downGeneration, !self.closed else { return }
+            let received = self.downCursor.received
+            self.downAckSent = max(self.downAckSent, received)
+            self.downDecoder = self.makeDecoder()
+            let target = self.route.requestTarget("down?c=\(self.id)&m=\(self.downMode.rawValue)&a=\(received)")
+            let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: target, headers: self.route.baseHeaders())
+            let timeout = self.downMode == .poll ? self.settings.pollResponseTimeout : self.settings.requestTimeout
+            self.downTimer = self.eventLoop.scheduleTask(in: timeout) { [self] in
+                guard generation == self.downGeneration else { return }
+                self.downFailed(TransportError.timedOut(self.kind, phase: "downstream request", seconds: timeout.seconds))
+            }
+            channel.send(head, body: nil, end: true) { [self] event in
+                guard generation == self.downGeneration else { return }
+                self.downEvent(event)
+            }
+        } onFailure: { [self] error in
+            guard generation == self.downGeneration else { return }
+            self.downFailed(error)
+        }
+    }
+
+    private func downEvent(_ event: HTTPClientChannel.Event) {
+        switch event {
+        case .head(let head):
+            if self.downMode == .stream { self.downTimer?.cancel() }
+            if head.status != .ok { self.refused(head, method: "GET") }
+        case .body(let body):
+            var records: [HTTPTransportRecord] = []
+            do {
+                try self.downDecoder?.process(buffer: body) { records.append($0) }
+            } catch {
+                self.closeNow(error: TransportError.protocolViolation("\(self.kind): malformed downstream body: \(error)"))
+                return
+            }
+            self.handleRecords(records, fromDownstream: true)
+        case .end:
+            self.downTimer?.cancel()
+            self.downInFlight = false
+            self.downFailures = 0
+            self.issueDown()
+        case .failed(let error):
+            self.downFailed(error)
+        }
+    }
+
+    private func downFailed(_ error: any Error) {
+        self.downTimer?.cancel()
+        self.downGeneration += 1
+        self.downInFlight = false
+        self.downChannel?.close()
+        self.downChannel = nil
+        self.downFailures += 1
+        self.retry(after: self.downFailures, error: error, direction: "downstream") { [self] in self.issueDown() }
+    }
+
+    // MARK: Records from the server
+
+    private func handleRecords(_ records: [HTTPTransportRecord], fromDownstream: Bool) {
+        var delivered = false
+        for record in records {
+            guard !self.closed else { return }
+            switch record {
+            case .data(let offset, let payload):
+                switch self.downCursor.accept(offset: offset, payload: payload) {
+                case .deliver(let bytes):
+                    delivered = true
+                    if let delegate = self.delegate {
+                        delegate.transport(self, didReceive: bytes)
+                    } else {
+                        self.earlyMessages.append(bytes)
+                    }
+                case .duplicate:
+                    break
+                case .gap:
+                    self.closeNow(error: TransportError.protocolViolation("\(self.kind): downstream bytes skipped an offset"))
+                    return
+                }
+            case .acknowledge(let offset):
+                self.applyUpstreamAcknowledgement(offset)
+            case .close:
+                self.closeNow(error: nil)
+                return
+            }
+        }
+        if delivered {
+            self.delegate?.transportDidReadComplete(self)
+            if self.downMode == .stream { self.scheduleDownstreamAck() }
+        }
+    }
+
+    private func applyUpstreamAcknowledgement(_ offset: UInt64) {
+        switch self.upLog.acknowledge(offset) {
+        case .advanced:
+            if self.upSentUpTo < offset { self.upSentUpTo = offset }
+            self.ackWatchdog?.cancel()
+            self.ackWatchdog = nil
+            self.armAckWatchdog()
+            self.updateWritability()
+        case .unchanged:
+            break
+        case .beyondProduced:
+            self.closeNow(error: TransportError.protocolViolation("\(self.kind): the server acknowledged bytes never sent"))
+        }
+    }
+
+    /// A streaming download needs acknowledgements upstream, or the server's send window fills.
+    private func scheduleDownstreamAck() {
+        let pending = self.downCursor.received - self.downAckSent
+        if pending >= 256 * 1024 {
+            self.downAckTimer?.cancel()
+            self.downAckTimer = nil
+            self.downAckNeeded = true
+            self.pumpUp()
+        } else if self.downAckTimer == nil && pending > 0 {
+            self.downAckTimer = self.eventLoop.scheduleTask(in: .milliseconds(20)) { [self] in
+                self.downAckTimer = nil
+                guard self.downCursor.received > self.downAckSent else { return }
+                self.downAckNeeded = true
+                self.pumpUp()
+            }
+        }
+    }
+
+    // MARK: Upstream
+
+    private func pumpUp() {
+        guard !self.closed else { return }
+        let hasData = self.upSentUpTo < self.upLog.produced
+        guard hasData || self.downAckNeeded else { return }
+        switch self.upMode {
+        case .stream:
+            if self.upStreamWritable {
+                self.writeStream()
+            } else if !self.upInFlight {
+                self.openStream()
+            }
+        case .batch:
+            if !self.upInFlight { self.sendBatch() }
+        }
+    }
+
+    private func uploadHead(streaming: Bool, contentLength: Int) -> HTTPRequestHead {
+        var headers = self.route.baseHeaders()
+        headers.add(name: "Content-Type", value: "application/octet-stream")
+        if streaming {
+            headers.add(name: "Transfer-Encoding", value: "chunked")
+        } else {
+            headers.add(name: "Content-Length", value: String(contentLength))
+        }
+        return HTTPRequestHead(version: .http1_1, method: .POST, uri: self.route.requestTarget("up?c=\(self.id)"), headers: headers)
+    }
+
+    private func openStream() {
+        self.upInFlight = true
+        self.upGeneration += 1
+        let generation = self.upGeneration
+        self.withChannel(\.upChannel) { [self] channel in
+            guard generation == self.upGeneration, !self.closed else { return }
+            self.upSentUpTo = self.upLog.acknowledged
+            self.upRequestBytes = 0
+            self.upDecoder = self.makeDecoder()
+            channel.send(self.uploadHead(streaming: true, contentLength: 0), body: nil, end: false) { [self] event in
+                guard generation == self.upGeneration else { return }
+                self.upEvent(event)
+            }
+            self.upStreamWritable = true
+            let maxAge = self.settings.streamRequestMaxAge
+            self.upTimer = self.eventLoop.scheduleTask(in: maxAge) { [self] in
+                guard generation == self.upGeneration else { return }
+                self.endStream()
+            }
+            self.writeStream()
+        } onFailure: { [self] error in
+            guard generation == self.upGeneration else { return }
+            self.upFailed(error)
+        }
+    }
+
+    private func writeStream() {
+        guard self.upStreamWritable, let channel = self.upChannel else { return }
+        var wrote = false
+        if self.downAckNeeded {
+            self.downAckNeeded = false
+            self.downAckSent = self.downCursor.received
+            channel.writeBody(HTTPTransportRecord.acknowledge(self.downAckSent).encoded(allocator: channel.channel.allocator))
+            wrote = true
+        }
+        var wroteData = false
+        for piece in self.upLog.pieces(from: self.upSentUpTo, limit: Int.max) {
+            var header = channel.channel.allocator.buffer(capacity: HTTPTransportRecord.dataHeaderLength)
+            HTTPTransportRecord.writeDataHeader(offset: piece.offset, length: piece.bytes.readableBytes, to: &header)
+            channel.writeBody(header)
+            channel.writeBody(piece.bytes)
+            self.upRequestBytes += piece.bytes.readableBytes
+            wroteData = true
+        }
+        self.upSentUpTo = self.upLog.produced
+        if wrote || wroteData { channel.flush() }
+        if wroteData { self.armAckWatchdog() }
+        if self.upRequestBytes >= self.settings.streamRequestLimitBytes { self.endStream() }
+    }
+
+    /// Ends the streaming POST; the next begins when its response has come.
+    private func endStream() {
+        guard self.upStreamWritable, let channel = self.upChannel else { return }
+        self.upStreamWritable = false
+        self.upTimer?.cancel()
+        channel.endBody()
+        self.upTimer = self.eventLoop.scheduleTask(in: self.settings.requestTimeout) { [self, generation = self.upGeneration] in
+            guard generation == self.upGeneration else { return }
+            self.upFailed(TransportError.timedOut(self.kind, phase: "upstream request", seconds: self.settings.requestTimeout.seconds))
+        }
+    }
+
+    private func armAckWatchdog() {
+        guard self.upMode == .stream, self.ackWatchdog == nil, self.upLog.unacknowledgedBytes > 0 else { return }
+        self.ackAtWatchdogStart = self.upLog.acknowledged
+        let timeout = self.settings.upstreamAckTimeout
+        self.ackWatchdog = self.eventLoop.scheduleTask(in: timeout) { [self] in
+            self.ackWatchdog = nil
+            guard self.upMode == .stream, !self.closed, self.upLog.unacknowledgedBytes > 0 else { return }
+            if self.upLog.acknowledged == self.ackAtWatchdogStart {
+                self.switchToBatches(after: timeout)
+            } else {
+                self.armAckWatchdog()
+            }
+        }
+    }
+
+    /// The path holds request bodies until they end: send upstream as short POSTs from now on.
+    private func switchToBatches(after timeout: TimeAmount) {
+        self.logger.warning(
+            "upstream: no acknowledgement within \(timeout.seconds) s while the streaming POST was open; the path buffers request bodies, switching upstream to short POSTs"
+        )
+        self.upMode = .batch
+        self.abandonUpload()
+        self.pumpUp()
+    }
+
+    private func abandonUpload() {
+        self.upGeneration += 1
+        self.upTimer?.cancel()
+        self.upInFlight = false
+        self.upStreamWritable = false
+        self.upChannel?.close()
+        self.upChannel = nil
+        self.upSentUpTo = self.upLog.acknowledged
+    }
+
+    private func sendBatch() {
+        self.upInFlight = true
+        self.upGeneration += 1
+        let generation = self.upGeneration
+        self.withChannel(\.upChannel) { [self] channel in
+            guard generation == self.upGeneration, !self.closed else { return }
+            var body = channel.channel.allocator.buffer(capacity: 1024)
+            self.downAckNeeded = false
+            self.downAckTimer?.cancel()
+            self.downAckTimer = nil
+            self.downAckSent = self.downCursor.received
+            HTTPTransportRecord.acknowledge(self.downAckSent).write(to: &body)
+            let budget = self.settings.maximumPostBodyBytes - 64
+            for piece in self.upLog.pieces(from: self.upSentUpTo, limit: budget) {
+                HTTPTransportRecord.data(offset: piece.offset, payload: piece.bytes).write(to: &body)
+                self.upSentUpTo = piece.offset + UInt64(piece.bytes.readableBytes)
+            }
+            self.upDecoder = self.makeDecoder()
+            self.upTimer = self.eventLoop.scheduleTask(in: self.settings.requestTimeout) { [self] in
+                guard generation == self.upGeneration else { return }
+                self.upFailed(TransportError.timedOut(self.kind, phase: "upstream request", seconds: self.settings.requestTimeout.seconds))
+            }
+            channel.send(self.uploadHead(streaming: false, contentLength: body.readableBytes), body: body, end: true) { [self] event in
+                guard generation == self.upGeneration else { return }
+                self.upEvent(event)
+            }
+        } onFailure: { [self] error in
+            guard generation == self.upGeneration else { return }
+            self.upFailed(error)
+        }
+    }
+
+    private func upEvent(_ event: HTTPClientChannel.Event) {
+        switch event {
+        case .head(let head):
+            if head.status != .ok { self.refused(head, method: "POST") }
+        case .body(let body):
+            var records: [HTTPTransportRecord] = []
+            do {
+                try self.upDecoder?.process(buffer: body) { records.append($0) }
+            } catch {
+                self.closeNow(error: TransportError.protocolViolation("\(self.kind): malformed upload answer: \(error)"))
+                return
+            }
+            self.handleRecords(records, fromDownstream: false)
+        case .end:
+            self.upTimer?.cancel()
+            self.upInFlight = false
+            self.upStreamWritable = false
+            self.upFailures = 0
+            self.pumpUp()
+        case .failed(let error):
+            self.upFailed(error)
+        }
+    }
+
+    private func upFailed(_ error: any Error) {
+        self.abandonUpload()
+        self.upFailures += 1
+        // Held back until the retry, so that send() does not start a request in between.
+        self.upInFlight = true
+        self.retry(after: self.upFailures, error: error, direction: "upstream") { [self] in
+            self.upInFlight = false
+            self.pumpUp()
+        }
+    }
+
+    // MARK: Shared
+
+    private func makeDecoder() -> NIOSingleStepByteToMessageProcessor<HTTPTransportRecordDecoder> {
+        NIOSingleStepByteToMessageProcessor(
+            HTTPTransportRecordDecoder(maximumPayloadLength: self.maximumRecordPayload),
+            maximumBufferSize: self.maximumRecordPayload + 64
+        )
+    }
+
+    private func withChannel(
+        _ slot: ReferenceWritableKeyPath<HTTPClientTransportConnection, HTTPClientChannel?>,
+        _ body: @escaping (HTTPClientChannel) -> Void,
+        onFailure: @escaping (any Error) -> Void
+    ) {
+        if let channel = self[keyPath: slot], channel.isIdle {
+            body(channel)
+            return
+        }
+        self[keyPath: slot]?.close()
+        self[keyPath: slot] = nil
+        HTTPClientChannel.dial(route: self.route, on: self.eventLoop, timeout: self.connectTimeout)
+            .assumeIsolated()
+            .whenComplete { [self] result in
+                switch result {
+                case .success(let channel):
+                    guard !self.closed else {
+                        channel.close()
+                        return
+                    }
+                    self[keyPath: slot] = channel
+                    body(channel)
+                case .failure(let error):
+                    onFailure(error)
+                }
+            }
+    }
+
+    /// A request answered with something other than 200: the connection is gone or something refuses it.
+    private func refused(_ head: HTTPResponseHead, method: String) {
+        if let proxyError = self.route.proxyError(for: head, method: method) {
+            self.closeNow(error: proxyError)
+        } else if head.status == .notFound {
+            self.closeNow(error: TransportError.connectionExpired(self.kind))
+        } else if head.status == .payloadTooLarge {
+            self.closeNow(error: TransportError.unexpectedStatus(
+                self.kind, status: 413, reason: head.status.reasonPhrase,
+                hint: "something in the path limits request bodies; lower the POST size limit"))
+        } else {
+            self.closeNow(error: TransportError.unexpectedStatus(
+                self.kind, status: Int(head.status.code), reason: head.status.reasonPhrase,
+                hint: "the server or a proxy in the path refused a \(method)"))
+        }
+    }
+
+    private func retry(after failures: Int, error: any Error, direction: String, _ action: @escaping () -> Void) {
+        guard !self.closed else { return }
+        guard failures <= self.settings.maximumRetries else {
+            self.closeNow(error: error)
+            return
+        }
+        let delay = TimeAmount.milliseconds(Int64(100 << min(failures - 1, 8)))
+        self.logger.debug("\(direction) request failed (\(error)); retry \(failures) in \(delay.seconds) s")
+        let task = self.eventLoop.assumeIsolated().scheduleTask(in: delay) { [self] in
+            guard !self.closed else { return }
+            action()
+        }
+        self.retryTimers.append(task)
+        if self.retryTimers.count > 16 { self.retryTimers.removeFirst(8) }
+    }
+
+    private func updateWritability() {
+        let writable = self.isWritable
+        guard writable != self.wasWritable else { return }
+        self.wasWritable = writable
+        self.delegate?.transportWritabilityChanged(self)
+    }
+
+    /// Tells the server the connection ends, best effort: in the open streaming POST, or in a last short POST.
+    private func sendCloseRecord() {
+        if self.upStreamWritable, let channel = self.upChannel {
+            channel.writeBody(HTTPTransportRecord.close.encoded())
+            channel.endBody()
+            self.upChannel = nil
+            // Let the last chunk go out before the connection closes.
+            channel.channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.channel.close(promise: nil) }
+            return
+        }
+        let head = self.uploadHead(streaming: false, contentLength: 1)
+        let route = self.route
+        HTTPClientChannel.dial(route: route, on: self.eventLoop, timeout: self.connectTimeout)
+            .assumeIsolated()
+            .whenSuccess { channel in
+                channel.send(head, body: HTTPTransportRecord.close.encoded(), end: true) { event in
+                    switch event {
+                    case .end, .failed: channel.close()
+                    case .head, .body: break
+                    }
+                }
+                channel.channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.channel.close(promise: nil) }
+            }
+    }
+
+    private func closeNow(error: (any Error)?) {
+        guard !self.closed else { return }
+        self.closed = true
+        self.closeError = error
+        self.downGeneration += 1
+        self.upGeneration += 1
+        for timer in [self.downTimer, self.downAckTimer, self.upTimer, self.ackWatchdog] { timer?.cancel() }
+        for timer in self.retryTimers { timer.cancel() }
+        self.retryTimers = []
+        self.downChannel?.close()
+        self.downChannel = nil
+        self.upChannel?.close()
+        self.upChannel = nil
+        self.upLog = OutboundByteLog()
+        if self.delegate != nil {
+            self.eventLoop.execute { [self] in self.reportClosed() }
+        }
+    }
+
+    private func reportClosed() {
+        guard !self.closeReported else { return }
+        self.closeReported = true
+        let delegate = self.delegate
+        self.delegate = nil
+        delegate?.transportDidClose(self, error: self.closeError)
+    }
+}

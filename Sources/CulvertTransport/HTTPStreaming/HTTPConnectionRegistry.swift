@@ -1,0 +1,36 @@
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// The server's chunked and polling connections by id. Ids are 128 random bits in hex, issued by the server, so
+/// that a request can name its connection but nobody can guess one.
+final class HTTPConnectionRegistry: Sendable {
+    private let connections = NIOLockedValueBox<[String: HTTPServerTransportConnection]>([:])
+    let settings: HTTPTransportServerSettings
+
+    init(settings: HTTPTransportServerSettings) {
+        self.settings = settings
+    }
+
+    var count: Int { self.connections.withLockedValue { $0.count } }
+
+    /// Creates a connection on `eventLoop` and registers it; it unregisters itself when it closes.
+    func create(kind: TransportKind, eventLoop: any EventLoop, peerDescription: String) -> HTTPServerTransportConnection {
+        var generator = SystemRandomNumberGenerator()
+        let id = (0..<2).map { _ in
+            let hex = String(generator.next() as UInt64, radix: 16)
+            return String(repeating: "0", count: 16 - hex.count) + hex
+        }.joined()
+        let connection = HTTPServerTransportConnection(
+            id: id, kind: kind, eventLoop: eventLoop, peerDescription: peerDescription, settings: self.settings
+        )
+        connection.onClose = { [weak self] in
+            _ = self?.connections.withLockedValue { $0.removeValue(forKey: id) }
+        }
+        self.connections.withLockedValue { $0[id] = connection }
+        return connection
+    }
+
+    func connection(id: String) -> HTTPServerTransportConnection? {
+        self.connections.withLockedValue { $0[id] }
+    }
+}

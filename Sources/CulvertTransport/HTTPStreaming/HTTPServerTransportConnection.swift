@@ -1,0 +1,318 @@
+import NIOCore
+import NIOHTTP1
+
+/// The server end of one chunked or polling transport connection: many HTTP requests, on any TCP connections,
+/// that name it by its id. Downstream bytes go out on the current GET (streamed as chunks, or as one polling
+/// response), upstream bytes arrive in POST bodies; offsets and acknowledgements make every byte arrive once.
+///
+/// Confined to ``eventLoop``; request handlers on other loops hop to it.
+final class HTTPServerTransportConnection: TransportConnection, @unchecked Sendable {
+    enum DownMode: String {
+        /// One long chunked response, written as data is produced.
+        case stream
+        /// A held GET answered as soon as there is data (or the hold time passes).
+        case poll
+    }
+
+    private struct DownResponder {
+        let channel: any Channel
+        let mode: DownMode
+        /// Offset of the next byte to write on this response.
+        var nextOffset: UInt64
+        var bytesWritten = 0
+        var timer: Scheduled<Void>?
+        var headSent = false
+    }
+
+    let id: String
+    let kind: TransportKind
+    let eventLoop: any EventLoop
+    let peerDescription: String
+    private let settings: HTTPTransportServerSettings
+    private var down = OutboundByteLog()
+    private var up = InboundByteCursor()
+    private var responder: DownResponder?
+    private var delegate: (any TransportConnectionDelegate)?
+    private var earlyMessages: [ByteBuffer] = []
+    private var closed = false
+    private var closeReported = false
+    private var closeError: (any Error)?
+    private var lastActivity = NIODeadline.now()
+    private var openUploads = 0
+    private var idleTask: RepeatedTask?
+    private var ackWriteScheduled = false
+    private var ackWritten: UInt64 = 0
+    private var wasWritable = true
+    /// Called once, on close, so the registry forgets the id.
+    var onClose: (() -> Void)?
+
+    init(id: String, kind: TransportKind, eventLoop: any EventLoop, peerDescription: String, settings: HTTPTransportServerSettings) {
+        self.id = id
+        self.kind = kind
+        self.eventLoop = eventLoop
+        self.peerDescription = peerDescription
+        self.settings = settings
+        let tick = TimeAmount.nanoseconds(max(settings.idleTimeout.nanoseconds / 4, 10_000_000))
+        self.idleTask = eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { [self] _ in self.checkIdle() }
+    }
+
+    var isWritable: Bool { self.down.unacknowledgedBytes < self.settings.sendWindowBytes }
+
+    func start(delegate: any TransportConnectionDelegate) {
+        self.eventLoop.preconditionInEventLoop()
+        self.delegate = delegate
+        let early = self.earlyMessages
+        self.earlyMessages = []
+        for message in early { delegate.transport(self, didReceive: message) }
+        if !early.isEmpty { delegate.transportDidReadComplete(self) }
+        if self.closed { self.reportClosed() }
+    }
+
+    func send(_ message: ByteBuffer) {
+        guard !self.closed else { return }
+        self.down.append(message)
+        self.pumpDown()
+        self.updateWritability()
+    }
+
+    func close() {
+        self.closeNow(error: nil, sendCloseRecord: true)
+    }
+
+    // MARK: Requests (called on eventLoop by HTTPTransportRequestHandler)
+
+    /// A GET for downstream bytes arrived on `channel`; `acknowledged` is what the client has received.
+    func downRequest(channel: any Channel, mode: DownMode, acknowledged: UInt64) {
+        self.lastActivity = .now()
+        guard !self.closed else {
+            Self.respondEmpty(channel: channel, records: [.close])
+            return
+        }
+        guard self.applyAcknowledgement(acknowledged) else { return }
+        // A newer request replaces an older one (the client gave up on it): answer the old one empty.
+        if let old = self.responder { self.finishResponder(old) }
+        var responder = DownResponder(channel: channel, mode: mode, nextOffset: self.down.acknowledged)
+        switch mode {
+        case .stream:
+            responder.timer = self.eventLoop.scheduleTask(in: self.settings.streamResponseMaxAge) { [self] in
+                if let current = self.responder, current.channel === channel { self.finishResponder(current) }
+            }
+            var headers = Self.responseHeaders()
+            headers.add(name: "Transfer-Encoding", value: "chunked")
+            channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers)), promise: nil)
+            responder.headSent = true
+            // The ack of upstream bytes so far lets the client see at once that the stream gets through.
+            channel.write(HTTPServerResponsePart.body(.byteBuffer(HTTPTransportRecord.acknowledge(self.up.received).encoded())), promise: nil)
+            self.ackWritten = self.up.received
+            channel.flush()
+        case .poll:
+            responder.timer = self.eventLoop.scheduleTask(in: self.settings.pollHoldTime) { [self] in
+                if let current = self.responder, current.channel === channel { self.finishResponder(current) }
+            }
+        }
+        self.responder = responder
+        self.pumpDown()
+    }
+
+    /// The TCP connection of a GET closed: stop writing to it.
+    func downChannelClosed(_ channel: any Channel) {
+        guard let responder = self.responder, responder.channel === channel else { return }
+        responder.timer?.cancel()
+        self.responder = nil
+    }
+
+    func uploadStarted() {
+        self.lastActivity = .now()
+        self.openUploads += 1
+    }
+
+    /// Records from a POST body.
+    func uploadRecords(_ records: [HTTPTransportRecord]) {
+        self.lastActivity = .now()
+        guard !self.closed else { return }
+        var delivered = false
+        for record in records {
+            switch record {
+            case .data(let offset, let payload):
+                switch self.up.accept(offset: offset, payload: payload) {
+                case .deliver(let bytes):
+                    delivered = true
+                    if let delegate = self.delegate {
+                        delegate.transport(self, didReceive: bytes)
+                    } else {
+                        self.earlyMessages.append(bytes)
+                    }
+                case .duplicate:
+                    break
+                case .gap:
+                    self.closeNow(error: TransportError.protocolViolation("\(self.kind): upstream bytes skipped an offset"),
+                                  sendCloseRecord: true)
+                    return
+                }
+            case .acknowledge(let offset):
+                guard self.applyAcknowledgement(offset) else { return }
+            case .close:
+                self.closeNow(error: nil, sendCloseRecord: false)
+                return
+            }
+        }
+        if delivered {
+            self.delegate?.transportDidReadComplete(self)
+            self.scheduleAckWrite()
+        }
+    }
+
+    /// A POST body ended; returns the upstream acknowledgement for its response.
+    func uploadFinished() -> UInt64 {
+        self.lastActivity = .now()
+        self.openUploads -= 1
+        return self.up.received
+    }
+
+    // MARK: Downstream
+
+    private func pumpDown() {
+        guard var responder = self.responder, !self.closed else { return }
+        guard responder.nextOffset < self.down.produced else { return }
+        switch responder.mode {
+        case .stream:
+            let pieces = self.down.pieces(from: responder.nextOffset, limit: Int.max)
+            for piece in pieces {
+                var header = responder.channel.allocator.buffer(capacity: HTTPTransportRecord.dataHeaderLength)
+                HTTPTransportRecord.writeDataHeader(offset: piece.offset, length: piece.bytes.readableBytes, to: &header)
+                responder.channel.write(HTTPServerResponsePart.body(.byteBuffer(header)), promise: nil)
+                responder.channel.write(HTTPServerResponsePart.body(.byteBuffer(piece.bytes)), promise: nil)
+                responder.bytesWritten += piece.bytes.readableBytes
+            }
+            responder.channel.flush()
+            responder.nextOffset = self.down.produced
+            self.responder = responder
+            if responder.bytesWritten >= self.settings.streamResponseLimitBytes {
+                self.finishResponder(responder)
+            }
+        case .poll:
+            self.finishResponder(responder)
+        }
+    }
+
+    /// Ends the current response: a polling one carries whatever is there to send.
+    private func finishResponder(_ responder: DownResponder) {
+        responder.timer?.cancel()
+        if let current = self.responder, current.channel === responder.channel { self.responder = nil }
+        var records: [HTTPTransportRecord] = []
+        if !responder.headSent {
+            records.append(.acknowledge(self.up.received))
+            for piece in self.down.pieces(from: responder.nextOffset, limit: self.settings.maximumPollResponseBytes) {
+                records.append(.data(offset: piece.offset, payload: piece.bytes))
+            }
+            if self.closed { records.append(.close) }
+            Self.respondEmpty(channel: responder.channel, records: records)
+        } else {
+            if self.closed {
+                responder.channel.write(HTTPServerResponsePart.body(.byteBuffer(HTTPTransportRecord.close.encoded())), promise: nil)
+            }
+            responder.channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: nil)
+        }
+    }
+
+    private func scheduleAckWrite() {
+        guard !self.ackWriteScheduled, let responder = self.responder, responder.mode == .stream else { return }
+        self.ackWriteScheduled = true
+        self.eventLoop.execute { [self] in
+            self.ackWriteScheduled = false
+            guard let responder = self.responder, responder.mode == .stream, self.ackWritten < self.up.received else { return }
+            self.ackWritten = self.up.received
+            responder.channel.writeAndFlush(
+                HTTPServerResponsePart.body(.byteBuffer(HTTPTransportRecord.acknowledge(self.up.received).encoded())),
+                promise: nil
+            )
+        }
+    }
+
+    private func applyAcknowledgement(_ offset: UInt64) -> Bool {
+        switch self.down.acknowledge(offset) {
+        case .advanced:
+            self.updateWritability()
+            return true
+        case .unchanged:
+            return true
+        case .beyondProduced:
+            self.closeNow(error: TransportError.protocolViolation("\(self.kind): the client acknowledged bytes never sent"),
+                          sendCloseRecord: true)
+            return false
+        }
+    }
+
+    private func updateWritability() {
+        let writable = self.isWritable
+        guard writable != self.wasWritable else { return }
+        self.wasWritable = writable
+        self.delegate?.transportWritabilityChanged(self)
+    }
+
+    // MARK: Closing
+
+    private func checkIdle() {
+        guard !self.closed, self.responder == nil, self.openUploads == 0 else { return }
+        if NIODeadline.now() - self.lastActivity >= self.settings.idleTimeout {
+            self.closeNow(error: TransportError.timedOut(self.kind, phase: "next request", seconds: self.settings.idleTimeout.seconds),
+                          sendCloseRecord: false)
+        }
+    }
+
+    private func closeNow(error: (any Error)?, sendCloseRecord: Bool) {
+        guard !self.closed else { return }
+        self.closed = true
+        self.closeError = error
+        self.idleTask?.cancel()
+        self.idleTask = nil
+        if let responder = self.responder {
+            if sendCloseRecord {
+                self.finishResponder(responder)
+            } else {
+                responder.timer?.cancel()
+                self.responder = nil
+                responder.channel.close(promise: nil)
+            }
+        }
+        self.down = OutboundByteLog()
+        self.earlyMessages = []
+        self.onClose?()
+        self.onClose = nil
+        if self.delegate != nil {
+            // Reported from a fresh stack: close() may be called from inside a delegate callback.
+            self.eventLoop.execute { [self] in self.reportClosed() }
+        }
+    }
+
+    private func reportClosed() {
+        guard !self.closeReported else { return }
+        self.closeReported = true
+        let delegate = self.delegate
+        self.delegate = nil
+        delegate?.transportDidClose(self, error: self.closeError)
+    }
+
+    // MARK: Responses
+
+    static func responseHeaders() -> HTTPHeaders {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "application/octet-stream")
+        headers.add(name: "Cache-Control", value: "no-store")
+        // Asks nginx (and proxies that honour it) not to buffer the response.
+        headers.add(name: "X-Accel-Buffering", value: "no")
+        headers.add(name: "Server", value: "culvert/\(CulvertVersion.string)")
+        return headers
+    }
+
+    /// Answers a request with a complete body of `records` (Content-Length, so HTTP/1.0 proxies pass it too).
+    static func respondEmpty(channel: any Channel, records: [HTTPTransportRecord]) {
+        var body = channel.allocator.buffer(capacity: 64)
+        for record in records { record.write(to: &body) }
+        var headers = Self.responseHeaders()
+        headers.add(name: "Content-Length", value: String(body.readableBytes))
+        channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers)), promise: nil)
+        if body.readableBytes > 0 { channel.write(HTTPServerResponsePart.body(.byteBuffer(body)), promise: nil) }
+        channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: nil)
+    }
+}

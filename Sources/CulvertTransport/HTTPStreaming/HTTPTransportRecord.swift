@@ -1,0 +1,95 @@
+import NIOCore
+
+/// One record in the bodies of the chunked and polling transports (see docs/PROTOCOL.md, "HTTP transports").
+///
+/// ```
+/// DATA   'D' | offset u64 | length u32 | payload    bytes of the carried stream, at their offset in it
+/// ACK    'A' | offset u64                           every byte before offset arrived (the other direction)
+/// CLOSE  'C'                                        the sender closes the transport connection
+/// ```
+/// Offsets make retried and replaced requests safe: a receiver keeps only bytes it has not seen, in order.
+enum HTTPTransportRecord: Equatable, Sendable {
+    case data(offset: UInt64, payload: ByteBuffer)
+    case acknowledge(UInt64)
+    case close
+
+    static let dataHeaderLength = 13
+
+    /// Appends the record to `buffer`.
+    func write(to buffer: inout ByteBuffer) {
+        switch self {
+        case .data(let offset, let payload):
+            Self.writeDataHeader(offset: offset, length: payload.readableBytes, to: &buffer)
+            buffer.writeImmutableBuffer(payload)
+        case .acknowledge(let offset):
+            buffer.writeInteger(UInt8(ascii: "A"))
+            buffer.writeInteger(offset)
+        case .close:
+            buffer.writeInteger(UInt8(ascii: "C"))
+        }
+    }
+
+    /// Writes a DATA record's header; the payload follows it (possibly as a separate buffer).
+    static func writeDataHeader(offset: UInt64, length: Int, to buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt8(ascii: "D"))
+        buffer.writeInteger(offset)
+        buffer.writeInteger(UInt32(length))
+    }
+
+    /// The record as a fresh buffer.
+    func encoded(allocator: ByteBufferAllocator = ByteBufferAllocator()) -> ByteBuffer {
+        var buffer = allocator.buffer(capacity: 16)
+        self.write(to: &buffer)
+        return buffer
+    }
+}
+
+/// Decodes ``HTTPTransportRecord``s from a body that arrives in pieces of any size.
+struct HTTPTransportRecordDecoder: NIOSingleStepByteToMessageDecoder {
+    typealias InboundOut = HTTPTransportRecord
+
+    enum DecodingError: Error, Equatable, CustomStringConvertible {
+        case unknownRecordType(UInt8)
+        case recordTooLarge(Int)
+        case truncated
+
+        var description: String {
+            switch self {
+            case .unknownRecordType(let type): "unknown record type 0x\(String(type, radix: 16))"
+            case .recordTooLarge(let length): "record of \(length) bytes is over the limit"
+            case .truncated: "the body ended inside a record"
+            }
+        }
+    }
+
+    let maximumPayloadLength: Int
+
+    mutating func decode(buffer: inout ByteBuffer) throws -> HTTPTransportRecord? {
+        guard let type = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) else { return nil }
+        switch type {
+        case UInt8(ascii: "D"):
+            guard let length = buffer.getInteger(at: buffer.readerIndex + 9, as: UInt32.self) else { return nil }
+            guard Int(length) <= self.maximumPayloadLength else { throw DecodingError.recordTooLarge(Int(length)) }
+            guard buffer.readableBytes >= HTTPTransportRecord.dataHeaderLength + Int(length) else { return nil }
+            buffer.moveReaderIndex(forwardBy: 1)
+            let offset = buffer.readInteger(as: UInt64.self)!
+            buffer.moveReaderIndex(forwardBy: 4)
+            return .data(offset: offset, payload: buffer.readSlice(length: Int(length))!)
+        case UInt8(ascii: "A"):
+            guard buffer.readableBytes >= 9 else { return nil }
+            buffer.moveReaderIndex(forwardBy: 1)
+            return .acknowledge(buffer.readInteger(as: UInt64.self)!)
+        case UInt8(ascii: "C"):
+            buffer.moveReaderIndex(forwardBy: 1)
+            return .close
+        default:
+            throw DecodingError.unknownRecordType(type)
+        }
+    }
+
+    mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> HTTPTransportRecord? {
+        if let record = try self.decode(buffer: &buffer) { return record }
+        if seenEOF && buffer.readableBytes > 0 { throw DecodingError.truncated }
+        return nil
+    }
+}

@@ -1,0 +1,33 @@
+import NIOCore
+
+/// Server-side limits and timers of the chunked and polling transports.
+public struct HTTPTransportServerSettings: Sendable {
+    /// How long a polling GET is held when there is nothing to send (common reverse proxies cut at 50–60 s).
+    public var pollHoldTime: TimeAmount
+    /// A connection with no request for this long is closed and everything it held is freed.
+    public var idleTimeout: TimeAmount
+    /// A streaming response is ended (and the client asks for the next) after this many bytes…
+    public var streamResponseLimitBytes: Int
+    /// …or after this long, before proxies' limits on response size and age cut it.
+    public var streamResponseMaxAge: TimeAmount
+    /// Largest polling response body.
+    public var maximumPollResponseBytes: Int
+    /// Unacknowledged bytes the server holds for the client before it stops taking more from the session.
+    public var sendWindowBytes: Int
+
+    public init(
+        pollHoldTime: TimeAmount = .seconds(25),
+        idleTimeout: TimeAmount = .seconds(60),
+        streamResponseLimitBytes: Int = 32 * 1024 * 1024,
+        streamResponseMaxAge: TimeAmount = .seconds(50),
+        maximumPollResponseBytes: Int = 1024 * 1024,
+        sendWindowBytes: Int = 4 * 1024 * 1024
+    ) {
+        self.pollHoldTime = pollHoldTime
+        self.idleTimeout = idleTimeout
+        self.streamResponseLimitBytes = streamResponseLimitBytes
+        self.streamResponseMaxAge = streamResponseMaxAge
+        self.maximumPollResponseBytes = maximumPollResponseBytes
+        self.sendWindowBytes = sendWindowBytes
+    }
+}

@@ -1,0 +1,110 @@
+/// A forward HTTP proxy to reach the server through, parsed from `http://[USER:PASS@]HOST[:PORT]`.
+///
+/// The port defaults to 1080, as in curl. User and password may be percent-encoded; they become a `Basic`
+/// `Proxy-Authorization` header (RFC 9110 §11.7.2) on every request to the proxy.
+public struct ProxyConfiguration: Hashable, Sendable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+    public var username: String?
+    public var password: String?
+
+    public static let defaultPort = 1080
+
+    public init(host: String, port: Int = ProxyConfiguration.defaultPort, username: String? = nil, password: String? = nil) {
+        self.host = host
+        self.port = port
+        self.username = username
+        self.password = password
+    }
+
+    /// Parses a proxy URL. Only `http://` proxies are supported (a bare `HOST:PORT` is taken as one).
+    public init(url: String) throws(TransportError) {
+        var rest = Substring(url)
+        let schemeParts = url.split(separator: "://", maxSplits: 1, omittingEmptySubsequences: false)
+        if schemeParts.count == 2 {
+            let scheme = schemeParts[0].lowercased()
+            guard scheme == "http" else {
+                throw .invalidProxyURL(url, reason: "scheme '\(scheme)' is not supported; use an http:// proxy")
+            }
+            rest = schemeParts[1]
+        }
+        if let slash = rest.firstIndex(of: "/") { rest = rest[..<slash] }
+        if let at = rest.lastIndex(of: "@") {
+            let userInfo = rest[..<at]
+            rest = rest[rest.index(after: at)...]
+            let parts = userInfo.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+            guard let user = PercentDecoding.decode(parts[0]),
+                parts.count == 1 || PercentDecoding.decode(parts[1]) != nil
+            else {
+                throw .invalidProxyURL(url, reason: "bad percent-encoding in the user info")
+            }
+            self.username = user
+            self.password = parts.count == 2 ? PercentDecoding.decode(parts[1]) : ""
+        } else {
+            self.username = nil
+            self.password = nil
+        }
+        let authority = String(rest)
+        if authority.hasPrefix("[") {
+            guard let close = authority.firstIndex(of: "]") else { throw .invalidProxyURL(url, reason: "unclosed '['") }
+            self.host = String(authority[authority.index(after: authority.startIndex)..<close])
+            let after = authority[authority.index(after: close)...]
+            if after.isEmpty {
+                self.port = Self.defaultPort
+            } else if after.hasPrefix(":"), let port = Int(after.dropFirst()), (1...65535).contains(port) {
+                self.port = port
+            } else {
+                throw .invalidProxyURL(url, reason: "bad port after the IPv6 address")
+            }
+        } else if let colon = authority.lastIndex(of: ":") {
+            self.host = String(authority[..<colon])
+            guard let port = Int(authority[authority.index(after: colon)...]), (1...65535).contains(port) else {
+                throw .invalidProxyURL(url, reason: "the port must be a number from 1 to 65535")
+            }
+            self.port = port
+        } else {
+            self.host = authority
+            self.port = Self.defaultPort
+        }
+        guard !self.host.isEmpty else { throw .invalidProxyURL(url, reason: "no host") }
+    }
+
+    /// `Basic` credentials for `Proxy-Authorization`, when the URL had user info.
+    public var authorizationHeader: String? {
+        guard let username else { return nil }
+        return "Basic " + Base64.encode(Array("\(username):\(self.password ?? "")".utf8))
+    }
+
+    /// The proxy's address for messages, without credentials.
+    public var description: String {
+        let host = self.host.contains(":") ? "[\(self.host)]" : self.host
+        return "http://\(host):\(self.port)"
+    }
+}
+
+/// RFC 3986 percent-decoding for URL user info.
+enum PercentDecoding {
+    static func decode(_ text: Substring) -> String? {
+        var bytes: [UInt8] = []
+        var iterator = Array(text.utf8).makeIterator()
+        while let byte = iterator.next() {
+            if byte == UInt8(ascii: "%") {
+                guard let high = iterator.next().flatMap(Self.hexValue), let low = iterator.next().flatMap(Self.hexValue)
+                else { return nil }
+                bytes.append(high << 4 | low)
+            } else {
+                bytes.append(byte)
+            }
+        }
+        return String(validating: bytes, as: UTF8.self)
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+}
