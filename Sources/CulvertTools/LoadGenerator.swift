@@ -115,7 +115,12 @@ final class UploadHandler: ChannelInboundHandler {
         self.done = done
     }
 
-    func channelActive(context: ChannelHandlerContext) { self.writeMore(context: context) }
+    func channelActive(context: ChannelHandlerContext) {
+        var header = context.channel.allocator.buffer(capacity: 8)
+        header.writeInteger(UInt64(self.total))
+        context.write(self.wrapOutboundOut(header), promise: nil)
+        self.writeMore(context: context)
+    }
     func channelWritabilityChanged(context: ChannelHandlerContext) { self.writeMore(context: context) }
 
     /// Writes while the channel is writable; `sent` is updated before each write because a write can re-enter
@@ -127,11 +132,7 @@ final class UploadHandler: ChannelInboundHandler {
             self.sent += size
             let chunk = self.corpus.getSlice(at: self.corpus.readerIndex + offset, length: size)!
             context.write(self.wrapOutboundOut(chunk), promise: nil)
-            if self.sent == self.total {
-                context.flush()
-                context.close(mode: .output, promise: nil)
-                return
-            }
+            if self.sent == self.total { break }
         }
         context.flush()
     }
@@ -170,8 +171,14 @@ final class DownloadHandler: ChannelInboundHandler {
         context.writeAndFlush(self.wrapOutboundOut(request), promise: nil)
     }
 
+    /// Done once every byte arrived (the client closes; a tunnel need not carry the source's close), or when
+    /// the connection closes early.
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         self.received += self.unwrapInboundIn(data).readableBytes
+        if self.received >= self.total {
+            self.done.succeed(self.received)
+            context.close(promise: nil)
+        }
     }
 
     func channelInactive(context: ChannelHandlerContext) { self.done.succeed(self.received) }

@@ -1,7 +1,8 @@
 import NIOCore
 import NIOPosix
 
-/// Benchmark targets on loopback: a sink that counts what it receives and a source that sends what it is asked for.
+/// Benchmark targets on loopback: a sink that counts what it receives and a source that sends what it is asked for
+/// (and leaves closing to the client).
 public final class LoadTargets: Sendable {
     private let sinkChannel: any Channel
     private let sourceChannel: any Channel
@@ -40,17 +41,37 @@ public final class LoadTargets: Sendable {
     }
 }
 
+/// Counts the bytes of an upload: an 8-byte big-endian length, then that many bytes; answers the count (8 bytes)
+/// once all arrived, or at end of input. Needs no half-close, so tunnels that cannot carry one (GNU httptunnel)
+/// can be measured too.
 final class SinkHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
+    private var header = ByteBuffer()
+    private var expected: UInt64?
     private var count: UInt64 = 0
+    private var answered = false
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        self.count += UInt64(self.unwrapInboundIn(data).readableBytes)
+        var buffer = self.unwrapInboundIn(data)
+        if self.expected == nil {
+            let take = min(8 - self.header.readableBytes, buffer.readableBytes)
+            var part = buffer.readSlice(length: take)!
+            self.header.writeBuffer(&part)
+            if self.header.readableBytes == 8 { self.expected = self.header.readInteger(as: UInt64.self) }
+        }
+        self.count += UInt64(buffer.readableBytes)
+        if let expected = self.expected, self.count >= expected { self.answer(context: context) }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         guard case ChannelEvent.inputClosed = event else { return }
+        self.answer(context: context)
+    }
+
+    private func answer(context: ChannelHandlerContext) {
+        guard !self.answered else { return }
+        self.answered = true
         var reply = context.channel.allocator.buffer(capacity: 8)
         reply.writeInteger(self.count)
         let channel = context.channel
@@ -88,11 +109,7 @@ final class SourceHandler: ChannelInboundHandler {
             let size = min(remaining, self.chunk.readableBytes)
             self.remaining = remaining - size
             context.write(self.wrapOutboundOut(self.chunk.getSlice(at: 0, length: size)!), promise: nil)
-            if self.remaining == 0 {
-                let channel = context.channel
-                context.writeAndFlush(self.wrapOutboundOut(ByteBuffer())).whenComplete { _ in channel.close(promise: nil) }
-                return
-            }
+            if self.remaining == 0 { break }
         }
         context.flush()
     }

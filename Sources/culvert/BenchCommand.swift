@@ -2,6 +2,7 @@ import ArgumentParser
 import CulvertTools
 import CulvertTransport
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
@@ -82,35 +83,65 @@ struct BenchCommand: AsyncParsableCommand {
         processes.append(try ChildProcess.spawn(me, clientArguments))
         for port in socatPorts + tunnelPorts { try await waitForPort(port) }
 
-        let paths: [(String, [Int])] = [("direct", targetPorts), ("socat", socatPorts), ("culvert", tunnelPorts)]
+        var paths: [(String, [Int])] = [("direct", targetPorts), ("socat", socatPorts), ("culvert", tunnelPorts)]
+        // GNU httptunnel (Debian package httptunnel) beside the polling transport: one hts/htc pair per target.
+        if kind == .polling, let hts = findExecutable("hts"), let htc = findExecutable("htc") {
+            var httptunnelPorts: [Int] = []
+            for port in targetPorts {
+                let serverPort = try freePort()
+                processes.append(try ChildProcess.spawn(hts, ["--no-daemon", "--forward-port", "127.0.0.1:\(port)", "127.0.0.1:\(serverPort)"]))
+                try await waitForPort(serverPort)
+                let local = try freePort()
+                processes.append(try ChildProcess.spawn(htc, ["--no-daemon", "--forward-port", "\(local)", "127.0.0.1:\(serverPort)"]))
+                httptunnelPorts.append(local)
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            paths.append(("httptunnel", httptunnelPorts))
+        } else if kind == .polling {
+            progress("GNU httptunnel (hts/htc) is not installed: `apt-get install -y httptunnel` adds it to the comparison")
+        }
         let bytes = self.mib * 1024 * 1024
         var table: [String: [String: Double]] = [:]
         for (name, ports) in paths {
+            // A path that cannot do a measurement (httptunnel carries one connection at a time) shows n/a.
+            let required = name != "httptunnel"
             var row: [String: Double] = [:]
             progress("\(name): upload")
-            row["upload"] = try await self.best { Double(bytes) / 1_048_576 / (try await LoadGenerator.upload(port: ports[0], byteCount: bytes, group: group)) }
+            row["upload"] = try await self.measure(required: required) {
+                Double(bytes) / 1_048_576 / (try await LoadGenerator.upload(port: ports[0], byteCount: bytes, group: group))
+            }
             progress("\(name): download")
-            row["download"] = try await self.best { Double(bytes) / 1_048_576 / (try await LoadGenerator.download(port: ports[1], byteCount: bytes, group: group)) }
+            row["download"] = try await self.measure(required: required) {
+                Double(bytes) / 1_048_576 / (try await LoadGenerator.download(port: ports[1], byteCount: bytes, group: group))
+            }
             progress("\(name): ping-pong")
             // Latency runs are repeated like the others; the run with the lowest median counts.
             var bestSamples: [Double] = []
             for _ in 0..<max(1, self.repeats) {
-                let samples = try await LoadGenerator.pingPong(port: ports[2], count: self.pings, group: group).sorted()
+                guard let samples = try await self.attempt(required: required, {
+                    try await LoadGenerator.pingPong(port: ports[2], count: self.pings, group: group).sorted()
+                }) else { break }
                 if bestSamples.isEmpty || samples[samples.count / 2] < bestSamples[bestSamples.count / 2] {
                     bestSamples = samples
                 }
             }
-            row["p50"] = bestSamples[bestSamples.count / 2] * 1e6
-            row["p99"] = bestSamples[min(bestSamples.count - 1, bestSamples.count * 99 / 100)] * 1e6
-            progress("\(name): \(self.streams) streams")
-            row["rtps"] = try await self.best {
-                try await LoadGenerator.concurrentRoundTrips(port: ports[2], streams: self.streams, seconds: self.seconds, group: group)
+            if !bestSamples.isEmpty {
+                row["p50"] = bestSamples[bestSamples.count / 2] * 1e6
+                row["p99"] = bestSamples[min(bestSamples.count - 1, bestSamples.count * 99 / 100)] * 1e6
+            }
+            if required {
+                progress("\(name): \(self.streams) streams")
+                row["rtps"] = try await self.measure(required: true) {
+                    try await LoadGenerator.concurrentRoundTrips(port: ports[2], streams: self.streams, seconds: self.seconds, group: group)
+                }
             }
             table[name] = row
         }
 
+        let names = paths.map(\.0)
         print("culvert bench: transport \(kind), loopback, \(ProcessInfo.processInfo.activeProcessorCount) cores, best of \(self.repeats)")
-        print(pad("", 34) + pad("direct", 12) + pad("socat", 12) + pad("culvert", 12) + "culvert/socat")
+        print(pad("", 34) + names.map { pad($0, 12) }.joined() + "culvert/socat"
+              + (names.contains("httptunnel") ? "  culvert/httptunnel" : ""))
         let rows: [(String, String, Bool)] = [
             ("upload", "single stream up, MiB/s", true),
             ("download", "single stream down, MiB/s", true),
@@ -119,19 +150,51 @@ struct BenchCommand: AsyncParsableCommand {
             ("rtps", "\(self.streams) streams, round trips/s", true),
         ]
         for (key, label, _) in rows {
-            let direct = table["direct"]![key]!, socatValue = table["socat"]![key]!, tunnel = table["culvert"]![key]!
-            print(pad(label, 34) + pad(format(direct), 12) + pad(format(socatValue), 12) + pad(format(tunnel), 12)
-                  + String(format: "%.2f×", tunnel / socatValue))
+            let values = names.map { table[$0]?[key] }
+            let socatValue = table["socat"]![key]!, tunnel = table["culvert"]![key]!
+            var line = pad(label, 34) + values.map { pad($0.map(format) ?? "n/a", 12) }.joined()
+            line += pad(String(format: "%.2f×", tunnel / socatValue), 15)
+            if names.contains("httptunnel") {
+                line += table["httptunnel"]?[key].map { String(format: "%.2f×", tunnel / $0) } ?? "n/a"
+            }
+            print(line)
         }
         await targets.close()
         try? await echo.close()
     }
 
-    /// Runs a measurement `repeats` times and keeps the highest value.
-    private func best(_ measure: () async throws -> Double) async throws -> Double {
-        var best = 0.0
-        for _ in 0..<max(1, self.repeats) { best = max(best, try await measure()) }
+    /// Runs a measurement `repeats` times and keeps the highest value; nil when an optional path failed it.
+    private func measure(required: Bool, _ measure: @escaping @Sendable () async throws -> Double) async throws -> Double? {
+        var best: Double?
+        for _ in 0..<max(1, self.repeats) {
+            guard let value = try await self.attempt(required: required, measure) else { return best }
+            best = max(best ?? 0, value)
+        }
         return best
+    }
+
+    /// One measurement, given at most two minutes; a failure of an optional path is reported and yields nil.
+    /// A measurement that hangs is left behind (its connection stays open until the benchmark exits).
+    private func attempt<T: Sendable>(required: Bool, _ body: @escaping @Sendable () async throws -> T) async throws -> T? {
+        do {
+            return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+                let resumed = NIOLockedValueBox(false)
+                @Sendable func finish(_ result: Result<T, any Error>) {
+                    guard resumed.withLockedValue({ let first = !$0; $0 = true; return first }) else { return }
+                    continuation.resume(with: result)
+                }
+                Task {
+                    do { finish(.success(try await body())) } catch { finish(.failure(error)) }
+                }
+                Task {
+                    try? await Task.sleep(for: .seconds(120))
+                    finish(.failure(CLIError("no result within 120 s")))
+                }
+            }
+        } catch where !required {
+            progress("measurement failed: \(error)")
+            return nil
+        }
     }
 }
 

@@ -51,11 +51,16 @@ struct TunnelHarness {
         token: String? = "test-token",
         targets: [Int],
         path: String = "/culvert",
-        compress: Bool = false
+        compress: Bool = false,
+        transport: TransportKind = .websocket,
+        proxy: ProxyConfiguration? = nil,
+        http: HTTPTransportClientSettings = .init()
     ) async throws -> TunnelClient {
         try await TunnelClient.connect(
             configuration: .init(
                 server: ServerEndpoint(host: "127.0.0.1", port: serverPort, pathPrefix: path),
+                transport: transport,
+                transportOptions: TransportOptions(connectTimeout: .seconds(5), proxy: proxy, http: http, logger: Self.logger),
                 session: SessionConfiguration(token: token, compression: CompressionSettings(enabled: compress)),
                 forwards: targets.map { ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: $0)) }
             ),
@@ -64,10 +69,21 @@ struct TunnelHarness {
         )
     }
 
-    static func start(targets: [Int]) async throws -> TunnelHarness {
+    static func start(
+        targets: [Int],
+        transport: TransportKind = .websocket,
+        proxy: ProxyConfiguration? = nil
+    ) async throws -> TunnelHarness {
         let server = try await Self.startServer(allow: targets.map { "127.0.0.1:\($0)" })
-        let client = try await Self.connectClient(serverPort: server.localAddress!.port!, targets: targets)
-        return TunnelHarness(server: server, client: client)
+        do {
+            let client = try await Self.connectClient(
+                serverPort: server.localAddress!.port!, targets: targets, transport: transport, proxy: proxy
+            )
+            return TunnelHarness(server: server, client: client)
+        } catch {
+            await server.shutdown(gracePeriod: .zero)
+            throw error
+        }
     }
 
     /// Runs `body` against a tunnel to a fresh echo target (client `compress`, server agreeing when

@@ -15,6 +15,14 @@ final class HTTPClientChannel: @unchecked Sendable {
     private var onEvent: ((Event) -> Void)?
     private var reusable = true
     private(set) var isClosed = false
+    /// Requests sent on this connection so far: a failure of the second or later before any answer means the
+    /// other end had closed the idle connection (many proxies close after each response without saying so).
+    private(set) var requestsSent = 0
+    /// Whether the current request has had its response head.
+    private(set) var responseStarted = false
+
+    /// Whether a failure of the current request means only that the idle connection had been closed.
+    var failedAsStaleConnection: Bool { self.requestsSent > 1 && !self.responseStarted }
 
     /// Whether a new request can go out on this connection now.
     var isIdle: Bool { self.onEvent == nil && self.reusable && !self.isClosed }
@@ -46,6 +54,8 @@ final class HTTPClientChannel: @unchecked Sendable {
     func send(_ head: HTTPRequestHead, body: ByteBuffer?, end: Bool, onEvent: @escaping (Event) -> Void) {
         precondition(self.onEvent == nil, "one request at a time")
         self.onEvent = onEvent
+        self.requestsSent += 1
+        self.responseStarted = false
         self.channel.write(HTTPClientRequestPart.head(head), promise: nil)
         if let body, body.readableBytes > 0 { self.channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil) }
         if end {
@@ -80,6 +90,7 @@ final class HTTPClientChannel: @unchecked Sendable {
         guard let onEvent = self.onEvent else { return }
         switch part {
         case .head(let head):
+            self.responseStarted = true
             if !head.isKeepAlive { self.reusable = false }
             onEvent(.head(head))
         case .body(let body):

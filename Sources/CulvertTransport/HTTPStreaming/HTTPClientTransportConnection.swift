@@ -70,6 +70,9 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
     private var ackWatchdog: Scheduled<Void>?
     private var ackAtWatchdogStart: UInt64 = 0
     private var retryTimers: [Scheduled<Void>] = []
+    /// Cleared when the path turns out to close connections after each response (tinyproxy does, without
+    /// saying so): from then on every request gets a fresh connection instead of failing on a stale one.
+    private var reuseConnections = true
 
     init(
         id: String,
@@ -178,6 +181,14 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
     }
 
     private func downFailed(_ error: any Error) {
+        if self.staleConnection(self.downChannel) {
+            self.downTimer?.cancel()
+            self.downGeneration += 1
+            self.downInFlight = false
+            self.downChannel = nil
+            self.issueDown()
+            return
+        }
         self.downTimer?.cancel()
         self.downGeneration += 1
         self.downInFlight = false
@@ -438,6 +449,11 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
     }
 
     private func upFailed(_ error: any Error) {
+        if self.staleConnection(self.upChannel) {
+            self.abandonUpload()
+            self.pumpUp()
+            return
+        }
         self.abandonUpload()
         self.upFailures += 1
         // Held back until the retry, so that send() does not start a request in between.
@@ -449,6 +465,18 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
     }
 
     // MARK: Shared
+
+    /// Whether `channel` failed only because the other end had closed it while idle; if so, stops reusing
+    /// connections and closes it (the request is then sent again at once on a fresh one).
+    private func staleConnection(_ channel: HTTPClientChannel?) -> Bool {
+        guard let channel, channel.failedAsStaleConnection else { return false }
+        if self.reuseConnections {
+            self.logger.debug("the path closes HTTP connections after each response; using a new connection per request")
+            self.reuseConnections = false
+        }
+        channel.close()
+        return true
+    }
 
     private func makeDecoder() -> NIOSingleStepByteToMessageProcessor<HTTPTransportRecordDecoder> {
         NIOSingleStepByteToMessageProcessor(
@@ -462,7 +490,7 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
         _ body: @escaping (HTTPClientChannel) -> Void,
         onFailure: @escaping (any Error) -> Void
     ) {
-        if let channel = self[keyPath: slot], channel.isIdle {
+        if let channel = self[keyPath: slot], channel.isIdle, self.reuseConnections {
             body(channel)
             return
         }
