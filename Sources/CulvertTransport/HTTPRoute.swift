@@ -51,10 +51,11 @@ public struct HTTPRoute: Sendable {
         let status = Int(head.status.code)
         let reason = head.status.reasonPhrase
         switch status {
-        case 407:
-            let scheme = head.headers.first(name: "Proxy-Authenticate").flatMap {
-                $0.split(separator: " ", maxSplits: 1).first.map(String.init)
-            }
+        case 407, 401:
+            // 401 is not what RFC 9110 has a proxy send, but tinyproxy answers wrong credentials with it (and
+            // `WWW-Authenticate`); the culvert server itself never answers 401.
+            let challenge = head.headers.first(name: "Proxy-Authenticate") ?? head.headers.first(name: "WWW-Authenticate")
+            let scheme = challenge.flatMap { $0.split(separator: " ", maxSplits: 1).first.map(String.init) }
             return .proxyAuthenticationRequired(
                 proxy: proxy.description, scheme: scheme, credentialsSent: proxy.authorizationHeader != nil
             )

@@ -54,13 +54,14 @@ struct TunnelHarness {
         compress: Bool = false,
         transport: TransportKind = .websocket,
         proxy: ProxyConfiguration? = nil,
-        http: HTTPTransportClientSettings = .init()
+        http: HTTPTransportClientSettings = .init(),
+        connectTimeout: TimeAmount = .seconds(5)
     ) async throws -> TunnelClient {
         try await TunnelClient.connect(
             configuration: .init(
                 server: ServerEndpoint(host: "127.0.0.1", port: serverPort, pathPrefix: path),
                 transport: transport,
-                transportOptions: TransportOptions(connectTimeout: .seconds(5), proxy: proxy, http: http, logger: Self.logger),
+                transportOptions: TransportOptions(connectTimeout: connectTimeout, proxy: proxy, http: http, logger: Self.logger),
                 session: SessionConfiguration(token: token, compression: CompressionSettings(enabled: compress)),
                 forwards: targets.map { ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: $0)) }
             ),
