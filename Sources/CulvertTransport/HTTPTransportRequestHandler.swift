@@ -85,7 +85,10 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
             }
             self.state = .download(connection)
             let channel = context.channel
-            connection.eventLoop.execute { connection.downRequest(channel: channel, mode: mode, acknowledged: acknowledged) }
+            let version = head.version
+            connection.eventLoop.execute {
+                connection.downRequest(channel: channel, version: version, mode: mode, acknowledged: acknowledged)
+            }
         case "up" where head.method == .POST:
             guard let connection = self.lookup(context: context, head: head, query: query) else { return }
             self.state = .upload(connection, head)

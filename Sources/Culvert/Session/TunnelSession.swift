@@ -26,7 +26,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     public let configuration: SessionConfiguration
     private(set) var logger: Logger
 
-    private var transport: (any TransportConnection)?
+    private(set) var transport: (any TransportConnection)?
     private var handshake: HandshakeStateMachine
     private var mux: MuxStateMachine?
     private var sequencer = ReliableSequencer()

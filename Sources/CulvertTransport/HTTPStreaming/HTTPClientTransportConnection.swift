@@ -427,6 +427,19 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
     private func upEvent(_ event: HTTPClientChannel.Event) {
         switch event {
         case .head(let head):
+            if head.status != .ok && self.upMode == .stream && self.route.proxyError(for: head, method: "POST") == nil
+                && [400, 411, 413].contains(head.status.code)
+            {
+                // A path that refuses streaming request bodies (411 Length Required, 413 from a body limit that
+                // a long POST reaches, 400 from chunked refused): short POSTs can still get through.
+                self.logger.warning(
+                    "upstream: the streaming POST was answered \(head.status.code) \(head.status.reasonPhrase); switching upstream to short POSTs"
+                )
+                self.upMode = .batch
+                self.abandonUpload()
+                self.pumpUp()
+                return
+            }
             if head.status != .ok { self.refused(head, method: "POST") }
         case .body(let body):
             var records: [HTTPTransportRecord] = []

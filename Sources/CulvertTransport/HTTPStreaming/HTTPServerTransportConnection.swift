@@ -22,6 +22,9 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
         var bytesWritten = 0
         var timer: Scheduled<Void>?
         var headSent = false
+        /// An HTTP/1.0 request (e.g. from nginx's default `proxy_http_version 1.0`): a streaming answer cannot be
+        /// chunked, so its body runs to the end of the connection.
+        var closeDelimited = false
     }
 
     let id: String
@@ -82,7 +85,7 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
     // MARK: Requests (called on eventLoop by HTTPTransportRequestHandler)
 
     /// A GET for downstream bytes arrived on `channel`; `acknowledged` is what the client has received.
-    func downRequest(channel: any Channel, mode: DownMode, acknowledged: UInt64) {
+    func downRequest(channel: any Channel, version: HTTPVersion, mode: DownMode, acknowledged: UInt64) {
         self.lastActivity = .now()
         guard !self.closed else {
             Self.respondEmpty(channel: channel, records: [.close])
@@ -98,8 +101,13 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
                 if let current = self.responder, current.channel === channel { self.finishResponder(current) }
             }
             var headers = Self.responseHeaders()
-            headers.add(name: "Transfer-Encoding", value: "chunked")
-            channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers)), promise: nil)
+            if version.major == 1 && version.minor == 0 {
+                responder.closeDelimited = true
+                headers.add(name: "Connection", value: "close")
+            } else {
+                headers.add(name: "Transfer-Encoding", value: "chunked")
+            }
+            channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: version, status: .ok, headers: headers)), promise: nil)
             responder.headSent = true
             // The ack of upstream bytes so far lets the client see at once that the stream gets through.
             channel.write(HTTPServerResponsePart.body(.byteBuffer(HTTPTransportRecord.acknowledge(self.up.received).encoded())), promise: nil)
@@ -211,7 +219,9 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
             if self.closed {
                 responder.channel.write(HTTPServerResponsePart.body(.byteBuffer(HTTPTransportRecord.close.encoded())), promise: nil)
             }
-            responder.channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: nil)
+            let channel = responder.channel
+            let ended = channel.writeAndFlush(HTTPServerResponsePart.end(nil))
+            if responder.closeDelimited { ended.whenComplete { _ in channel.close(promise: nil) } }
         }
     }
 
