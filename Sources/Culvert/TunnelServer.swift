@@ -15,6 +15,8 @@ public final class TunnelServer: Sendable {
         public var session: SessionConfiguration
         public var allowlist: Allowlist
         public var targetConnectTimeout: TimeAmount
+        /// Hold times, idle timeout and response limits of the chunked and polling transports.
+        public var http: HTTPTransportServerSettings
 
         public init(
             listenHost: String,
@@ -22,7 +24,8 @@ public final class TunnelServer: Sendable {
             pathPrefix: String = ServerEndpoint.defaultPathPrefix,
             session: SessionConfiguration,
             allowlist: Allowlist,
-            targetConnectTimeout: TimeAmount = .seconds(10)
+            targetConnectTimeout: TimeAmount = .seconds(10),
+            http: HTTPTransportServerSettings = .init()
         ) {
             self.listenHost = listenHost
             self.listenPort = listenPort
@@ -30,6 +33,7 @@ public final class TunnelServer: Sendable {
             self.session = session
             self.allowlist = allowlist
             self.targetConnectTimeout = targetConnectTimeout
+            self.http = http
         }
     }
 
@@ -40,6 +44,8 @@ public final class TunnelServer: Sendable {
     public var localAddress: SocketAddress? { self.transportServer.localAddress }
     /// TCP connections the listener has accepted.
     public var acceptedConnections: Int { self.transportServer.acceptedConnections }
+    /// Chunked and polling transport connections the server holds now.
+    public var httpConnectionCount: Int { self.transportServer.httpConnectionCount }
     /// Sessions currently running.
     public var activeSessions: Int { self.sessions.withLockedValue { $0.count } }
 
@@ -62,7 +68,8 @@ public final class TunnelServer: Sendable {
         let transportConfiguration = TransportServer.Configuration(
             host: configuration.listenHost,
             port: configuration.listenPort,
-            pathPrefix: configuration.pathPrefix
+            pathPrefix: configuration.pathPrefix,
+            http: configuration.http
         )
         let listenAddress = "\(configuration.listenHost):\(configuration.listenPort)"
         let transportServer: TransportServer

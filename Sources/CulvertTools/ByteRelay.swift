@@ -3,20 +3,25 @@ import NIOCore
 /// Joins two channels so that each one's bytes are written to the other, with backpressure (a side reads only
 /// while the other can write) and half-close passed through. Used by the test proxy.
 final class ByteRelay: ChannelDuplexHandler {
-    typealias InboundIn = NIOAny
+    typealias InboundIn = ByteBuffer
     typealias OutboundIn = NIOAny
     typealias OutboundOut = NIOAny
 
     private var partner: ByteRelay?
     private var context: ChannelHandlerContext?
     private var pendingRead = false
+    /// Bytes this side may still read before both connections are cut (nil: no limit).
+    private var budget: Int?
 
-    private init() {}
+    private init(budget: Int?) {
+        self.budget = budget
+    }
 
-    /// Two joined handlers: add one to each channel's pipeline.
-    static func pair() -> (ByteRelay, ByteRelay) {
-        let first = ByteRelay()
-        let second = ByteRelay()
+    /// Two joined handlers: add one to each channel's pipeline. After `cutAfter` bytes read by the first, both
+    /// connections are closed (a proxy that cuts long responses).
+    static func pair(cutAfter: Int? = nil) -> (ByteRelay, ByteRelay) {
+        let first = ByteRelay(budget: nil)
+        let second = ByteRelay(budget: cutAfter)
         first.partner = second
         second.partner = first
         return (first, second)
@@ -57,6 +62,20 @@ final class ByteRelay: ChannelDuplexHandler {
     private var partnerWritable: Bool { self.context?.channel.isWritable ?? false }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if let budget = self.budget {
+            let bytes = self.unwrapInboundIn(data).readableBytes
+            guard bytes < budget else {
+                // Pass on part of it, then cut both connections.
+                var part = self.unwrapInboundIn(data)
+                if budget > 0 { self.partner?.partnerWrite(NIOAny(part.readSlice(length: budget)!)) }
+                self.partner?.partnerFlush()
+                self.budget = 0
+                self.partner?.partnerCloseFull()
+                context.close(promise: nil)
+                return
+            }
+            self.budget = budget - bytes
+        }
         self.partner?.partnerWrite(data)
     }
 

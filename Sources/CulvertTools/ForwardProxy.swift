@@ -10,9 +10,13 @@ public final class ForwardProxy: Sendable {
     public struct Configuration: Sendable {
         /// When set, requests without these Basic credentials get 407.
         public var credentials: (user: String, password: String)?
+        /// When set, every relayed connection is cut after the upstream sent this many bytes (as proxies do that
+        /// limit response sizes, or drop connections), to test that transports recover.
+        public var cutAfterBytes: Int?
 
-        public init(credentials: (user: String, password: String)? = nil) {
+        public init(credentials: (user: String, password: String)? = nil, cutAfterBytes: Int? = nil) {
             self.credentials = credentials
+            self.cutAfterBytes = cutAfterBytes
         }
     }
 
@@ -51,7 +55,11 @@ public final class ForwardProxy: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        ForwardProxyHandler(expectedAuthorization: expectedAuthorization, counters: counters)
+                        ForwardProxyHandler(
+                            expectedAuthorization: expectedAuthorization,
+                            cutAfterBytes: configuration.cutAfterBytes,
+                            counters: counters
+                        )
                     )
                 }
             }
@@ -71,12 +79,14 @@ private final class ForwardProxyHandler: ChannelInboundHandler, RemovableChannel
     typealias OutboundOut = ByteBuffer
 
     private let expectedAuthorization: String?
+    private let cutAfterBytes: Int?
     private let counters: NIOLockedValueBox<ForwardProxy.Counters>
     private var buffered = ByteBuffer()
     private var headParsed = false
 
-    init(expectedAuthorization: String?, counters: NIOLockedValueBox<ForwardProxy.Counters>) {
+    init(expectedAuthorization: String?, cutAfterBytes: Int?, counters: NIOLockedValueBox<ForwardProxy.Counters>) {
         self.expectedAuthorization = expectedAuthorization
+        self.cutAfterBytes = cutAfterBytes
         self.counters = counters
     }
 
@@ -145,7 +155,7 @@ private final class ForwardProxyHandler: ChannelInboundHandler, RemovableChannel
     private func join(context: ChannelHandlerContext, host: String, port: Int, preface: String, toClient: Bool) {
         let client = context.channel
         context.channel.setOption(.autoRead, value: false).whenComplete { _ in }
-        let (clientRelay, upstreamRelay) = ByteRelay.pair()
+        let (clientRelay, upstreamRelay) = ByteRelay.pair(cutAfter: self.cutAfterBytes)
         let loopBound = NIOLoopBound((self, context, clientRelay, upstreamRelay), eventLoop: context.eventLoop)
         ClientBootstrap(group: context.eventLoop)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)

@@ -1,4 +1,5 @@
 import Crypto
+import Foundation
 import NIOCore
 import NIOPosix
 
@@ -35,6 +36,41 @@ enum RawConnection {
             }
             return received
         }
+    }
+
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// Sends one HTTP/1.1 request and returns the response (head and a Content-Length body) as text.
+    static func exchange(port: Int, request: String, group: any EventLoopGroup) async throws -> String {
+        let channel = try await ClientBootstrap(group: group)
+            .connect(host: "127.0.0.1", port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
+            }
+        return try await channel.executeThenClose { inbound, outbound in
+            try await outbound.write(ByteBuffer(string: request))
+            var received = ""
+            for try await buffer in inbound {
+                received += String(buffer: buffer)
+                guard let headEnd = received.range(of: "\r\n\r\n") else { continue }
+                let length = received[..<headEnd.lowerBound].split(separator: "\r\n")
+                    .first { $0.lowercased().hasPrefix("content-length:") }
+                    .flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) } ?? 0
+                if received.utf8.count - received[..<headEnd.upperBound].utf8.count >= length { break }
+            }
+            return received
+        }
+    }
+
+    /// Sends `request`, gives the server a moment to take it, and closes the connection without reading.
+    static func sendAndClose(port: Int, request: String, group: any EventLoopGroup) async throws {
+        let channel = try await ClientBootstrap(group: group).connect(host: "127.0.0.1", port: port).get()
+        try await channel.writeAndFlush(ByteBuffer(string: request))
+        try await Task.sleep(for: .milliseconds(5))
+        try await channel.close()
     }
 
     /// A loopback port with nothing listening (bound and released).

@@ -27,7 +27,8 @@ struct TunnelHarness {
         token: String? = "test-token",
         allow: [String],
         mux: MuxConfiguration = MuxConfiguration(),
-        compression: Bool = true
+        compression: Bool = true,
+        http: HTTPTransportServerSettings = .init()
     ) async throws -> TunnelServer {
         try await TunnelServer.start(
             configuration: .init(
@@ -39,7 +40,8 @@ struct TunnelHarness {
                     mux: mux,
                     compression: CompressionSettings(enabled: compression)
                 ),
-                allowlist: Allowlist(entries: try allow.map { try Allowlist.Entry(parsing: $0) })
+                allowlist: Allowlist(entries: try allow.map { try Allowlist.Entry(parsing: $0) }),
+                http: http
             ),
             group: Self.group,
             logger: Self.logger

@@ -209,6 +209,8 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
                 switch self.downCursor.accept(offset: offset, payload: payload) {
                 case .deliver(let bytes):
                     delivered = true
+                    // Progress: a request cut after this still counts as having got somewhere.
+                    self.downFailures = 0
                     if let delegate = self.delegate {
                         delegate.transport(self, didReceive: bytes)
                     } else {
@@ -236,6 +238,7 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
     private func applyUpstreamAcknowledgement(_ offset: UInt64) {
         switch self.upLog.acknowledge(offset) {
         case .advanced:
+            self.upFailures = 0
             if self.upSentUpTo < offset { self.upSentUpTo = offset }
             self.ackWatchdog?.cancel()
             self.ackWatchdog = nil
