@@ -166,7 +166,7 @@ struct ProxyOptions: ParsableArguments {
         do {
             if let proxy = self.proxy {
                 let configuration = try ProxyConfiguration(url: proxy)
-                logger.info("through the proxy \(configuration)")
+                logger.debug("through the proxy \(configuration)")
                 return configuration
             }
             let configuration = try ProxyEnvironment(ProcessInfo.processInfo.environment).proxy(for: server)

@@ -14,10 +14,15 @@ import Testing
         return testBundle.deletingLastPathComponent().appendingPathComponent("culvert")
     }
 
-    func launch(_ arguments: [String]) throws -> (Process, Pipe) {
+    func launch(_ arguments: [String], environment: [String: String] = [:]) throws -> (Process, Pipe) {
         let process = Process()
         process.executableURL = Self.executable
         process.arguments = arguments
+        var inherited = ProcessInfo.processInfo.environment
+        for name in ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"] {
+            inherited.removeValue(forKey: name)
+        }
+        process.environment = inherited.merging(environment) { $1 }
         let errors = Pipe()
         process.standardError = errors
         process.standardOutput = FileHandle.nullDevice
@@ -25,8 +30,8 @@ import Testing
         return (process, errors)
     }
 
-    func run(_ arguments: [String]) throws -> Outcome {
-        let (process, errors) = try self.launch(arguments)
+    func run(_ arguments: [String], environment: [String: String] = [:]) throws -> Outcome {
+        let (process, errors) = try self.launch(arguments, environment: environment)
         let data = errors.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
         return Outcome(status: process.terminationStatus, standardError: String(decoding: data, as: UTF8.self))
@@ -96,11 +101,48 @@ import Testing
         #expect(outcome.standardError.contains("HOSTPORT 'notaport'"))
     }
 
-    /// A transport this build does not have exits with status 2 and one line, not a silent fallback.
-    @Test func unavailableTransportIsRefused() throws {
-        let outcome = try self.run(["client", "http://127.0.0.1:1", "--transport", "chunked", "-L", "0:h:1"])
-        #expect(outcome.status == 2)
-        #expect(outcome.standardError.contains("chunked transport is not available"))
+    /// An unknown transport name is refused with the list of valid ones, not silently replaced.
+    @Test func unknownTransportNameListsTheChoices() throws {
+        let outcome = try self.run(["client", "http://127.0.0.1:1", "--transport", "carrier-pigeon", "-L", "0:h:1"])
+        #expect(outcome.status != 0)
+        #expect(outcome.standardError.contains("'auto', 'websocket', 'connect', 'chunked' or 'polling'"))
+    }
+
+    /// A proxy that is down: one line naming the proxy and what to check, exit 1.
+    @Test func unreachableProxyExitsWithOneLine() throws {
+        let port = try self.freePort()
+        let outcome = try self.run([
+            "client", "http://127.0.0.1:1", "--token", "t", "--transport", "polling",
+            "--proxy", "http://127.0.0.1:\(port)", "-L", "0:h:1",
+        ])
+        #expect(outcome.status == 1)
+        #expect(outcome.standardError.contains("cannot connect to the proxy http://127.0.0.1:\(port)"))
+        #expect(outcome.standardError.split(separator: "\n").count == 1)
+    }
+
+    /// `http_proxy` from the environment is used (and said so), NO_PROXY exempts the server, and --no-proxy
+    /// ignores the variables.
+    @Test func proxyEnvironmentIsHonouredAndCanBeIgnored() throws {
+        let proxyPort = try self.freePort()
+        let serverPort = try self.freePort()
+        let arguments = ["client", "http://127.0.0.1:\(serverPort)", "--token", "t", "--transport", "chunked", "-L", "0:h:1"]
+        let environment = ["http_proxy": "http://127.0.0.1:\(proxyPort)"]
+        let viaProxy = try self.run(arguments, environment: environment)
+        #expect(viaProxy.status == 1)
+        #expect(viaProxy.standardError.contains("from the environment"))
+        #expect(viaProxy.standardError.contains("cannot connect to the proxy http://127.0.0.1:\(proxyPort)"))
+        let exempted = try self.run(arguments, environment: environment.merging(["NO_PROXY": "127.0.0.1"]) { $1 })
+        #expect(exempted.standardError.contains("cannot connect to 127.0.0.1:\(serverPort)"))
+        let ignored = try self.run(arguments + ["--no-proxy"], environment: environment)
+        #expect(ignored.status == 1)
+        #expect(ignored.standardError.contains("cannot connect to 127.0.0.1:\(serverPort)"))
+    }
+
+    /// A proxy URL with a scheme culvert cannot speak is refused before anything is dialled.
+    @Test func unsupportedProxySchemeIsRefused() throws {
+        let outcome = try self.run(["client", "http://127.0.0.1:1", "--proxy", "socks5://127.0.0.1:1080", "-L", "0:h:1"])
+        #expect(outcome.status != 0)
+        #expect(outcome.standardError.contains("scheme 'socks5' is not supported"))
     }
 
     /// A server without a token refuses to start unless --no-auth is given.
