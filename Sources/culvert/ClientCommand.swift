@@ -53,6 +53,8 @@ struct ClientCommand: AsyncParsableCommand {
 
     @OptionGroup var tuning: TuningOptions
 
+    @OptionGroup(title: "Chunked and polling transports") var http: HTTPClientTransportOptions
+
     @OptionGroup var loggingOptions: LoggingOptions
 
     func run() async throws {
@@ -80,6 +82,7 @@ struct ClientCommand: AsyncParsableCommand {
                 extraHeaders: headers,
                 connectTimeout: .milliseconds(Int64(self.connectTimeout * 1000)),
                 proxy: try self.proxyOptions.resolve(for: server, logger: logger),
+                http: try self.http.settings(),
                 logger: logger
             ),
             session: self.tuning.sessionConfiguration(token: try self.tokenOptions.resolve(), compression: self.compress),

@@ -36,6 +36,8 @@ struct ServerCommand: AsyncParsableCommand {
 
     @OptionGroup var tuning: TuningOptions
 
+    @OptionGroup(title: "Chunked and polling transports") var http: HTTPServerTransportOptions
+
     @OptionGroup var loggingOptions: LoggingOptions
 
     func run() async throws {
@@ -65,7 +67,8 @@ struct ServerCommand: AsyncParsableCommand {
             session: self.tuning.sessionConfiguration(
                 token: token, authenticationRequired: !self.noAuth, compression: !self.noCompress
             ),
-            allowlist: Allowlist(entries: entries, allowsAny: self.allowAny)
+            allowlist: Allowlist(entries: entries, allowsAny: self.allowAny),
+            http: try self.http.settings()
         )
         let server: TunnelServer
         do {
