@@ -18,7 +18,7 @@ public enum LoadGenerator {
     ) async throws -> Double {
         let start = ContinuousClock.now
         let done = group.next().makePromise(of: UInt64.self)
-        _ = try await ClientBootstrap(group: done.futureResult.eventLoop)
+        let channel = try await ClientBootstrap(group: done.futureResult.eventLoop)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelInitializer { channel in
@@ -30,6 +30,7 @@ public enum LoadGenerator {
             }
             .connect(host: "127.0.0.1", port: port).get()
         let confirmed = try await done.futureResult.get()
+        try? await channel.close()
         guard confirmed == UInt64(byteCount) else {
             throw LoadError(description: "sink confirmed \(confirmed) of \(byteCount) bytes")
         }

@@ -12,10 +12,8 @@ public final class ChannelTransportConnection: TransportConnection, ChannelInbou
     public let peerDescription: String
     private let channel: any Channel
     private var context: ChannelHandlerContext?
-    private var delegate: (any TransportConnectionDelegate)?
-    private var earlyMessages: [ByteBuffer] = []
-    private var closeError: (any Error)?
-    private var closed = false
+    private let relay = TransportDelegateRelay()
+    private var firstError: (any Error)?
 
     public init(kind: TransportKind, channel: any Channel) {
         self.kind = kind
@@ -28,12 +26,7 @@ public final class ChannelTransportConnection: TransportConnection, ChannelInbou
 
     public func start(delegate: any TransportConnectionDelegate) {
         self.eventLoop.preconditionInEventLoop()
-        self.delegate = delegate
-        let early = self.earlyMessages
-        self.earlyMessages = []
-        for message in early { delegate.transport(self, didReceive: message) }
-        if !early.isEmpty { delegate.transportDidReadComplete(self) }
-        if self.closed { self.reportClosed() }
+        self.relay.start(delegate, for: self)
     }
 
     public func send(_ message: ByteBuffer) {
@@ -56,37 +49,26 @@ public final class ChannelTransportConnection: TransportConnection, ChannelInbou
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let message = self.unwrapInboundIn(data)
-        if let delegate = self.delegate {
-            delegate.transport(self, didReceive: message)
-        } else {
-            self.earlyMessages.append(message)
-        }
+        self.relay.deliver(self.unwrapInboundIn(data), from: self)
     }
 
     public func channelReadComplete(context: ChannelHandlerContext) {
-        self.delegate?.transportDidReadComplete(self)
+        self.relay.readComplete(from: self)
     }
 
     public func channelWritabilityChanged(context: ChannelHandlerContext) {
-        self.delegate?.transportWritabilityChanged(self)
+        self.relay.writabilityChanged(of: self)
         context.fireChannelWritabilityChanged()
     }
 
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if self.closeError == nil { self.closeError = error }
+        if self.firstError == nil { self.firstError = error }
         context.close(promise: nil)
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
-        self.closed = true
-        if self.delegate != nil { self.reportClosed() }
+        self.relay.markClosed(error: self.firstError)
+        self.relay.reportClose(for: self)
         context.fireChannelInactive()
-    }
-
-    private func reportClosed() {
-        let delegate = self.delegate
-        self.delegate = nil
-        delegate?.transportDidClose(self, error: self.closeError)
     }
 }

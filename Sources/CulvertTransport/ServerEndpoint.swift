@@ -42,28 +42,11 @@ public struct ServerEndpoint: Hashable, Sendable, CustomStringConvertible {
             throw .invalidURL(url, reason: "user info is not used in the server URL; pass --token")
         }
         let defaultPort = self.usesTLS ? 443 : 80
-        if authority.hasPrefix("[") {
-            guard let close = authority.firstIndex(of: "]") else { throw .invalidURL(url, reason: "unclosed '['") }
-            self.host = String(authority[authority.index(after: authority.startIndex)..<close])
-            let after = authority[authority.index(after: close)...]
-            if after.isEmpty {
-                self.port = defaultPort
-            } else if after.hasPrefix(":"), let port = Int(after.dropFirst()), (1...65535).contains(port) {
-                self.port = port
-            } else {
-                throw .invalidURL(url, reason: "bad port after the IPv6 address")
-            }
-        } else if let colon = authority.lastIndex(of: ":") {
-            self.host = String(authority[..<colon])
-            guard let port = Int(authority[authority.index(after: colon)...]), (1...65535).contains(port) else {
-                throw .invalidURL(url, reason: "the port must be a number from 1 to 65535")
-            }
-            self.port = port
-        } else {
-            self.host = authority
-            self.port = defaultPort
+        do {
+            (self.host, self.port) = try Authority.split(authority, defaultPort: defaultPort)
+        } catch {
+            throw .invalidURL(url, reason: error.reason)
         }
-        guard !self.host.isEmpty else { throw .invalidURL(url, reason: "no host") }
         while path.hasSuffix("/") { path.removeLast() }
         self.pathPrefix = path.isEmpty ? Self.defaultPathPrefix : path
     }

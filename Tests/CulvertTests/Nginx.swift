@@ -31,19 +31,12 @@ struct Nginx {
         try text.write(toFile: configPath, atomically: true, encoding: .utf8)
         let process = try ChildProcess.spawn(binary, ["-c", configPath, "-p", directory, "-e", directory + "/error.log"])
         let nginx = Nginx(process: process, port: port, directory: directory)
-        for _ in 0..<200 {
-            if let channel = try? await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .connect(host: "127.0.0.1", port: port).get()
-            {
-                try? await channel.close()
-                return nginx
-            }
-            guard process.isRunning else { break }
-            try await Task.sleep(for: .milliseconds(25))
+        guard try await waitForListener(port: port, startedBy: process) else {
+            let log = (try? String(contentsOfFile: directory + "/error.log", encoding: .utf8)) ?? ""
+            nginx.stop()
+            throw DidNotStart(log: log)
         }
-        let log = (try? String(contentsOfFile: directory + "/error.log", encoding: .utf8)) ?? ""
-        nginx.stop()
-        throw DidNotStart(log: log)
+        return nginx
     }
 
     struct DidNotStart: Error, CustomStringConvertible {

@@ -38,6 +38,22 @@ enum RawConnection {
         }
     }
 
+    /// Sends `byteCount` bytes to an echo target, reads them all back, and returns the connection still open.
+    static func echoAndStayOpen(port: Int, byteCount: Int, group: any EventLoopGroup) async throws -> any Channel {
+        let eventLoop = group.next()
+        let echoed = eventLoop.makePromise(of: Void.self)
+        let channel = try await ClientBootstrap(group: eventLoop)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteCounter(expected: byteCount, reached: echoed))
+                }
+            }
+            .connect(host: "127.0.0.1", port: port).get()
+        try await channel.writeAndFlush(ByteBuffer(repeating: 0x33, count: byteCount))
+        try await echoed.futureResult.get()
+        return channel
+    }
+
     struct Failure: Error, CustomStringConvertible {
         var description: String
     }
@@ -84,4 +100,26 @@ enum RawConnection {
 
 enum SHA256Digest {
     static func of(_ bytes: [UInt8]) -> [UInt8] { Array(SHA256.hash(data: bytes)) }
+}
+
+/// Succeeds `reached` once `expected` bytes have been read; fails it if the connection closes first.
+private final class ByteCounter: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    private let expected: Int
+    private let reached: EventLoopPromise<Void>
+    private var count = 0
+
+    init(expected: Int, reached: EventLoopPromise<Void>) {
+        self.expected = expected
+        self.reached = reached
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.count += self.unwrapInboundIn(data).readableBytes
+        if self.count >= self.expected { self.reached.succeed() }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.reached.fail(RawConnection.Failure(description: "closed after \(self.count) of \(self.expected) bytes"))
+    }
 }

@@ -37,19 +37,11 @@ struct Tinyproxy {
     }
 
     private func waitUntilListening() async throws {
-        for _ in 0..<200 {
-            if let channel = try? await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .connect(host: "127.0.0.1", port: self.port).get()
-            {
-                try? await channel.close()
-                return
-            }
-            guard self.process.isRunning else { break }
-            try await Task.sleep(for: .milliseconds(25))
+        guard try await waitForListener(port: self.port, startedBy: self.process) else {
+            self.stop()
+            let log = (try? String(contentsOfFile: self.directory + "/tinyproxy.log", encoding: .utf8)) ?? ""
+            throw TinyproxyDidNotStart(log: log)
         }
-        self.stop()
-        let log = (try? String(contentsOfFile: self.directory + "/tinyproxy.log", encoding: .utf8)) ?? ""
-        throw TinyproxyDidNotStart(log: log)
     }
 
     struct TinyproxyDidNotStart: Error, CustomStringConvertible {

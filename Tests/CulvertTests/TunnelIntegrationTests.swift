@@ -23,6 +23,25 @@ import Testing
         try await echo.close()
     }
 
+    /// Streams that moved bulk data (so their windows grew) and then sit idle, still open, keep their credit;
+    /// 200 streams opened after them still all get credit and complete their round trips.
+    @Test func idleBulkStreamsDoNotStarveNewStreams() async throws {
+        let echo = try await EchoServer.start(group: self.group)
+        let harness = try await TunnelHarness.start(targets: [echo.port])
+        var idle: [any Channel] = []
+        for _ in 0..<3 {
+            idle.append(try await RawConnection.echoAndStayOpen(port: harness.localPort(), byteCount: 48 * 1024 * 1024, group: self.group))
+        }
+        let rate = try await LoadGenerator.concurrentRoundTrips(
+            port: harness.localPort(), streams: 200, seconds: 0.5, group: self.group
+        )
+        #expect(rate > 0)
+        #expect(harness.client.session.streamCount >= 3)
+        for channel in idle { try await channel.close() }
+        await harness.stop()
+        try await echo.close()
+    }
+
     /// Peers with different frame and window settings interoperate: each sends frames no larger than the other
     /// accepts, and small windows still move every byte.
     @Test func peersWithDifferentLimitsInteroperate() async throws {

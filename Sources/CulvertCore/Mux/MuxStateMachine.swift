@@ -9,6 +9,8 @@ import NIOCore
 /// ``MuxConfiguration/maximumStreamWindow``. Granted-but-unused credit plus unconsumed bytes, summed over all
 /// streams, never exceeds ``MuxConfiguration/sessionMemoryLimit``: when it would, the stream is marked starved and
 /// gets its credit as soon as memory is released. A reader that stops reading therefore stops only its own stream.
+/// Every stream may always hold a small floor of credit (reserved for all streams there can be), so idle streams
+/// with grown windows never leave a new stream without any.
 public struct MuxStateMachine: Sendable {
     public enum Role: Sendable {
         /// Opens odd stream ids.
@@ -23,7 +25,16 @@ public struct MuxStateMachine: Sendable {
     private var nextLocalStreamID: StreamID
     private var highestPeerStreamID: StreamID = 0
     private var committedReceiveMemory = 0
+    /// Memory committed beyond each stream's floor, from the shared pool (see ``floorGrant``).
+    private var sharedMemoryInUse = 0
     private var starvedStreams: [StreamID] = []
+    /// Receive memory every stream is entitled to whatever the others hold: a quarter of the session memory
+    /// divided among the most streams there can be (4 KiB with the defaults). Idle streams whose windows grew keep
+    /// their credit (it cannot be taken back), so without this floor they could leave a new stream no credit at all
+    /// until they close.
+    private let floorGrant: Int
+    /// The pool windows beyond the floor come from: the session memory minus every possible stream's floor.
+    private let sharedMemoryLimit: Int
     private var goingAway = false
     /// The largest DATA payload the peer accepts.
     public var peerMaximumDataPayload: Int
@@ -33,6 +44,9 @@ public struct MuxStateMachine: Sendable {
         self.configuration = configuration
         self.nextLocalStreamID = role == .client ? 1 : 2
         self.peerMaximumDataPayload = peerMaximumDataPayload
+        let streams = max(1, configuration.maximumStreams)
+        self.floorGrant = min(configuration.initialStreamWindow, max(1, configuration.sessionMemoryLimit / (4 * streams)))
+        self.sharedMemoryLimit = max(0, configuration.sessionMemoryLimit - self.floorGrant * streams)
     }
 
     /// Streams currently in the table.
@@ -55,13 +69,12 @@ public struct MuxStateMachine: Sendable {
         guard id < StreamID.max - 1 else { throw .streamIDsExhausted }
         self.nextLocalStreamID += 2
         let grant = self.initialGrant()
-        self.streams[id] = StreamState(
+        self.store(id, StreamState(
             phase: .opening,
             sendCredit: 0,
             windowTarget: self.configuration.initialStreamWindow,
             peerCredit: grant
-        )
-        self.committedReceiveMemory += grant
+        ))
         if grant < self.configuration.initialStreamWindow { self.starvedStreams.append(id) }
         return (id, .open(streamID: id, initialWindow: UInt32(grant), target: target))
     }
@@ -72,8 +85,7 @@ public struct MuxStateMachine: Sendable {
         let grant = self.initialGrant()
         stream.phase = .open
         stream.peerCredit = grant
-        self.committedReceiveMemory += grant
-        self.streams[id] = stream
+        self.store(id, stream)
         if grant < self.configuration.initialStreamWindow { self.starvedStreams.append(id) }
         return .openOK(streamID: id, initialWindow: UInt32(grant))
     }
@@ -129,13 +141,21 @@ public struct MuxStateMachine: Sendable {
         if var stream = self.streams[id] {
             stream.unconsumed -= bytes
             stream.consumedSinceUpdate += bytes
-            self.committedReceiveMemory -= bytes
-            self.streams[id] = stream
+            self.store(id, stream)
             if stream.isComplete {
                 self.remove(id)
                 complete = true
-            } else if stream.consumedSinceUpdate >= stream.windowTarget / 2, let frame = self.grantCredit(id) {
-                frames.append(frame)
+            } else {
+                // Streams starved of credit get the released memory first (a starved consumer among them is
+                // topped up as it consumes, not only at half its window, which it may never reach); then this
+                // stream's own update at half consumption.
+                frames += self.feedStarvedStreams(including: id)
+                if !frames.contains(where: { $0.streamID == id }), !self.starvedStreams.contains(id),
+                    stream.consumedSinceUpdate >= stream.windowTarget / 2, let frame = self.grantCredit(id)
+                {
+                    frames.append(frame)
+                }
+                return (frames, false)
             }
         }
         frames += self.feedStarvedStreams()
@@ -201,9 +221,8 @@ public struct MuxStateMachine: Sendable {
             }
             stream.remoteFinished = true
             // No more data will come: the unused credit is memory the session gets back.
-            self.committedReceiveMemory -= stream.peerCredit
             stream.peerCredit = 0
-            self.streams[id] = stream
+            self.store(id, stream)
             let complete = stream.isComplete
             if complete { self.remove(id) }
             return .remoteFinished(id, streamComplete: complete)
@@ -296,45 +315,59 @@ public struct MuxStateMachine: Sendable {
 
     private mutating func remove(_ id: StreamID) {
         guard let stream = self.streams.removeValue(forKey: id) else { return }
-        self.committedReceiveMemory -= stream.committedMemory
+        self.account(from: stream.committedMemory, to: 0)
         if let index = self.starvedStreams.firstIndex(of: id) {
             self.starvedStreams.remove(at: index)
         }
     }
 
-    private var availableMemory: Int {
-        max(0, self.configuration.sessionMemoryLimit - self.committedReceiveMemory)
+    /// Stores `stream` and accounts for the change in the memory it holds.
+    private mutating func store(_ id: StreamID, _ stream: StreamState) {
+        self.account(from: self.streams[id]?.committedMemory ?? 0, to: stream.committedMemory)
+        self.streams[id] = stream
+    }
+
+    private mutating func account(from old: Int, to new: Int) {
+        self.committedReceiveMemory += new - old
+        self.sharedMemoryInUse += max(0, new - self.floorGrant) - max(0, old - self.floorGrant)
+    }
+
+    private var sharedMemoryAvailable: Int {
+        max(0, self.sharedMemoryLimit - self.sharedMemoryInUse)
+    }
+
+    /// What a stream holding `committed` bytes may still be granted: up to its floor, plus the shared pool.
+    private func grantable(committed: Int) -> Int {
+        max(0, self.floorGrant - committed) + self.sharedMemoryAvailable
     }
 
     private func initialGrant() -> Int {
-        min(self.configuration.initialStreamWindow, self.availableMemory)
+        min(self.configuration.initialStreamWindow, self.grantable(committed: 0))
     }
 
     /// Returns credit to the peer for `id`, growing the window when its reader keeps up; nil when nothing can be
     /// granted (memory exhausted: the stream is then starved until memory is released).
     private mutating func grantCredit(_ id: StreamID) -> Frame? {
         guard var stream = self.streams[id], stream.phase == .open, !stream.remoteFinished else { return nil }
-        let limit = self.configuration.sessionMemoryLimit
         if stream.unconsumed == 0, stream.peerCredit <= stream.windowTarget / 2,
             stream.windowTarget < self.configuration.maximumStreamWindow, self.starvedStreams.isEmpty
         {
             let grown = min(stream.windowTarget * 2, self.configuration.maximumStreamWindow)
-            // Growth may use at most half the session's memory, keeping room for other streams' windows.
-            if self.committedReceiveMemory + (grown - stream.windowTarget) <= limit / 2 {
+            // Growth may use at most half the shared pool, keeping room for other streams' windows.
+            if self.sharedMemoryInUse + (grown - stream.windowTarget) <= self.sharedMemoryLimit / 2 {
                 stream.windowTarget = grown
             }
         }
         let wanted = stream.windowTarget - stream.committedMemory
-        let increment = min(wanted, self.availableMemory)
+        let increment = min(wanted, self.grantable(committed: stream.committedMemory))
         guard increment > 0 else {
-            self.streams[id] = stream
+            self.store(id, stream)
             if wanted > 0, !self.starvedStreams.contains(id) { self.starvedStreams.append(id) }
             return nil
         }
         stream.peerCredit += increment
         stream.consumedSinceUpdate = 0
-        self.committedReceiveMemory += increment
-        self.streams[id] = stream
+        self.store(id, stream)
         if increment == wanted {
             if let index = self.starvedStreams.firstIndex(of: id) { self.starvedStreams.remove(at: index) }
         } else if !self.starvedStreams.contains(id) {
@@ -343,13 +376,17 @@ public struct MuxStateMachine: Sendable {
         return .window(streamID: id, increment: UInt32(increment))
     }
 
-    private mutating func feedStarvedStreams() -> [Frame] {
-        guard !self.starvedStreams.isEmpty, self.availableMemory > 0 else { return [] }
+    /// Grants credit to starved streams while memory allows; `consumer`, when starved, is served even if the
+    /// shared pool is empty (its own floor may have room again).
+    private mutating func feedStarvedStreams(including consumer: StreamID? = nil) -> [Frame] {
+        guard !self.starvedStreams.isEmpty else { return [] }
+        let consumerStarved = consumer.map { self.starvedStreams.contains($0) } ?? false
+        guard self.sharedMemoryAvailable > 0 || consumerStarved else { return [] }
         let waiting = self.starvedStreams
         self.starvedStreams = []
         var frames: [Frame] = []
         for id in waiting {
-            if self.availableMemory == 0 {
+            if self.sharedMemoryAvailable == 0 && id != consumer {
                 self.starvedStreams.append(id)
             } else if let frame = self.grantCredit(id) {
                 frames.append(frame)

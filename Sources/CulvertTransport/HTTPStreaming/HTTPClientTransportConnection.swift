@@ -37,11 +37,8 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
 
     private var upLog = OutboundByteLog()
     private var downCursor = InboundByteCursor()
-    private var delegate: (any TransportConnectionDelegate)?
-    private var earlyMessages: [ByteBuffer] = []
-    private var closed = false
-    private var closeReported = false
-    private var closeError: (any Error)?
+    private let relay = TransportDelegateRelay()
+    private var closed: Bool { self.relay.isClosed }
     private var wasWritable = true
 
     // Downstream state.
@@ -106,12 +103,7 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
 
     func start(delegate: any TransportConnectionDelegate) {
         self.eventLoop.preconditionInEventLoop()
-        self.delegate = delegate
-        let early = self.earlyMessages
-        self.earlyMessages = []
-        for message in early { delegate.transport(self, didReceive: message) }
-        if !early.isEmpty { delegate.transportDidReadComplete(self) }
-        if self.closed { self.reportClosed() }
+        self.relay.start(delegate, for: self)
     }
 
     func send(_ message: ByteBuffer) {
@@ -211,11 +203,7 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
                     delivered = true
                     // Progress: a request cut after this still counts as having got somewhere.
                     self.downFailures = 0
-                    if let delegate = self.delegate {
-                        delegate.transport(self, didReceive: bytes)
-                    } else {
-                        self.earlyMessages.append(bytes)
-                    }
+                    self.relay.deliver(bytes, from: self)
                 case .duplicate:
                     break
                 case .gap:
@@ -230,7 +218,7 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
             }
         }
         if delivered {
-            self.delegate?.transportDidReadComplete(self)
+            self.relay.readComplete(from: self)
             if self.downMode == .stream { self.scheduleDownstreamAck() }
         }
     }
@@ -566,7 +554,7 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
         let writable = self.isWritable
         guard writable != self.wasWritable else { return }
         self.wasWritable = writable
-        self.delegate?.transportWritabilityChanged(self)
+        self.relay.writabilityChanged(of: self)
     }
 
     /// Tells the server the connection ends, best effort: in the open streaming POST, or in a last short POST.
@@ -596,8 +584,7 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
 
     private func closeNow(error: (any Error)?) {
         guard !self.closed else { return }
-        self.closed = true
-        self.closeError = error
+        let delegateWaits = self.relay.markClosed(error: error)
         self.downGeneration += 1
         self.upGeneration += 1
         for timer in [self.downTimer, self.downAckTimer, self.upTimer, self.ackWatchdog] { timer?.cancel() }
@@ -608,16 +595,8 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
         self.upChannel?.close()
         self.upChannel = nil
         self.upLog = OutboundByteLog()
-        if self.delegate != nil {
-            self.eventLoop.execute { [self] in self.reportClosed() }
+        if delegateWaits {
+            self.eventLoop.execute { [self] in self.relay.reportClose(for: self) }
         }
-    }
-
-    private func reportClosed() {
-        guard !self.closeReported else { return }
-        self.closeReported = true
-        let delegate = self.delegate
-        self.delegate = nil
-        delegate?.transportDidClose(self, error: self.closeError)
     }
 }

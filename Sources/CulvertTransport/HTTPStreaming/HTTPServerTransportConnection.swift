@@ -35,11 +35,8 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
     private var down = OutboundByteLog()
     private var up = InboundByteCursor()
     private var responder: DownResponder?
-    private var delegate: (any TransportConnectionDelegate)?
-    private var earlyMessages: [ByteBuffer] = []
-    private var closed = false
-    private var closeReported = false
-    private var closeError: (any Error)?
+    private let relay = TransportDelegateRelay()
+    private var closed: Bool { self.relay.isClosed }
     private var lastActivity = NIODeadline.now()
     private var openUploads = 0
     private var idleTask: RepeatedTask?
@@ -63,12 +60,7 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
 
     func start(delegate: any TransportConnectionDelegate) {
         self.eventLoop.preconditionInEventLoop()
-        self.delegate = delegate
-        let early = self.earlyMessages
-        self.earlyMessages = []
-        for message in early { delegate.transport(self, didReceive: message) }
-        if !early.isEmpty { delegate.transportDidReadComplete(self) }
-        if self.closed { self.reportClosed() }
+        self.relay.start(delegate, for: self)
     }
 
     func send(_ message: ByteBuffer) {
@@ -145,11 +137,7 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
                 switch self.up.accept(offset: offset, payload: payload) {
                 case .deliver(let bytes):
                     delivered = true
-                    if let delegate = self.delegate {
-                        delegate.transport(self, didReceive: bytes)
-                    } else {
-                        self.earlyMessages.append(bytes)
-                    }
+                    self.relay.deliver(bytes, from: self)
                 case .duplicate:
                     break
                 case .gap:
@@ -165,7 +153,7 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
             }
         }
         if delivered {
-            self.delegate?.transportDidReadComplete(self)
+            self.relay.readComplete(from: self)
             self.scheduleAckWrite()
         }
     }
@@ -257,7 +245,7 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
         let writable = self.isWritable
         guard writable != self.wasWritable else { return }
         self.wasWritable = writable
-        self.delegate?.transportWritabilityChanged(self)
+        self.relay.writabilityChanged(of: self)
     }
 
     // MARK: Closing
@@ -272,8 +260,7 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
 
     private func closeNow(error: (any Error)?, sendCloseRecord: Bool) {
         guard !self.closed else { return }
-        self.closed = true
-        self.closeError = error
+        let delegateWaits = self.relay.markClosed(error: error)
         self.idleTask?.cancel()
         self.idleTask = nil
         if let responder = self.responder {
@@ -286,21 +273,12 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
             }
         }
         self.down = OutboundByteLog()
-        self.earlyMessages = []
         self.onClose?()
         self.onClose = nil
-        if self.delegate != nil {
+        if delegateWaits {
             // Reported from a fresh stack: close() may be called from inside a delegate callback.
-            self.eventLoop.execute { [self] in self.reportClosed() }
+            self.eventLoop.execute { [self] in self.relay.reportClose(for: self) }
         }
-    }
-
-    private func reportClosed() {
-        guard !self.closeReported else { return }
-        self.closeReported = true
-        let delegate = self.delegate
-        self.delegate = nil
-        delegate?.transportDidClose(self, error: self.closeError)
     }
 
     // MARK: Responses

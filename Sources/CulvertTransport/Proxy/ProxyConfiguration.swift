@@ -44,29 +44,11 @@ public struct ProxyConfiguration: Hashable, Sendable, CustomStringConvertible {
             self.username = nil
             self.password = nil
         }
-        let authority = String(rest)
-        if authority.hasPrefix("[") {
-            guard let close = authority.firstIndex(of: "]") else { throw .invalidProxyURL(url, reason: "unclosed '['") }
-            self.host = String(authority[authority.index(after: authority.startIndex)..<close])
-            let after = authority[authority.index(after: close)...]
-            if after.isEmpty {
-                self.port = Self.defaultPort
-            } else if after.hasPrefix(":"), let port = Int(after.dropFirst()), (1...65535).contains(port) {
-                self.port = port
-            } else {
-                throw .invalidProxyURL(url, reason: "bad port after the IPv6 address")
-            }
-        } else if let colon = authority.lastIndex(of: ":") {
-            self.host = String(authority[..<colon])
-            guard let port = Int(authority[authority.index(after: colon)...]), (1...65535).contains(port) else {
-                throw .invalidProxyURL(url, reason: "the port must be a number from 1 to 65535")
-            }
-            self.port = port
-        } else {
-            self.host = authority
-            self.port = Self.defaultPort
+        do {
+            (self.host, self.port) = try Authority.split(String(rest), defaultPort: Self.defaultPort)
+        } catch {
+            throw .invalidProxyURL(url, reason: error.reason)
         }
-        guard !self.host.isEmpty else { throw .invalidProxyURL(url, reason: "no host") }
     }
 
     /// `Basic` credentials for `Proxy-Authorization`, when the URL had user info.
