@@ -157,6 +157,7 @@ struct BenchCommand: AsyncParsableCommand {
             if names.contains("httptunnel") {
                 line += table["httptunnel"]?[key].map { String(format: "%.2f×", tunnel / $0) } ?? "n/a"
             }
+            while line.hasSuffix(" ") { line.removeLast() }
             print(line)
         }
         await targets.close()
