@@ -95,6 +95,64 @@ import Testing
             Issue.record("FIN accepted during the handshake"); return
         }
     }
+
+    /// Runs a resumption handshake of session `id`: the client holds `clientKey`, the server `serverKey`.
+    func resume(id: [UInt8], clientKey: [UInt8], serverKey: [UInt8]) -> (client: HandshakeStateMachine.Action?, server: HandshakeStateMachine.Action) {
+        var client = HandshakeStateMachine(
+            role: .resumingClient(sessionID: id, sessionKey: clientKey, received: 41), capabilities: [], maximumDataPayload: 32768
+        )
+        var server = HandshakeStateMachine(
+            role: .resumingServer(sessionID: id, sessionKey: serverKey, received: 17), capabilities: [], maximumDataPayload: 32768
+        )
+        let hello = client.start()
+        guard case .hello(let helloMessage) = hello, helloMessage.resumeSessionID == id else {
+            return (nil, .fail(.protocolViolation("HELLO does not name the session"), send: nil))
+        }
+        guard case .send(let challenge) = server.receive(hello), case .send(let auth) = client.receive(challenge) else {
+            return (nil, .fail(.protocolViolation("no challenge or auth"), send: nil))
+        }
+        let serverAction = server.receive(auth)
+        guard case .established(_, let welcome?) = serverAction else { return (nil, serverAction) }
+        return (client.receive(welcome), serverAction)
+    }
+
+    /// A client holding the session key resumes: both keep the session's id and key, and each learns how many
+    /// reliable frames the other has received.
+    @Test func resumptionWithTheSessionKeyRestoresTheSession() throws {
+        let id = Array(repeating: UInt8(7), count: 16)
+        let key = Array(repeating: UInt8(9), count: 32)
+        let (client, server) = self.resume(id: id, clientKey: key, serverKey: key)
+        guard case .established(let serverOutcome, _) = server, case .established(let clientOutcome, nil)? = client else {
+            Issue.record("resumption failed: \(server), \(String(describing: client))")
+            return
+        }
+        #expect(serverOutcome.sessionID == id && clientOutcome.sessionID == id)
+        #expect(serverOutcome.sessionKey == key && clientOutcome.sessionKey == key)
+        #expect(serverOutcome.peerReceived == 41)
+        #expect(clientOutcome.peerReceived == 17)
+    }
+
+    /// A resumption with a wrong session key is refused with GOAWAY(resumeRefused).
+    @Test func resumptionWithAWrongSessionKeyIsRefused() {
+        let id = Array(repeating: UInt8(7), count: 16)
+        let (_, server) = self.resume(id: id, clientKey: Array(repeating: 1, count: 32), serverKey: Array(repeating: 2, count: 32))
+        guard case .fail(.resumeRefused, .goAway(.resumeRefused, _)?) = server else {
+            Issue.record("got \(server)")
+            return
+        }
+    }
+
+    /// A server that is not resuming refuses a HELLO that names a session.
+    @Test func plainServerRefusesAResumeHello() {
+        var client = HandshakeStateMachine(
+            role: .resumingClient(sessionID: [1, 2, 3], sessionKey: [4], received: 0), capabilities: [], maximumDataPayload: 1024
+        )
+        var server = HandshakeStateMachine(role: .server(token: "t", authenticationRequired: true), capabilities: [], maximumDataPayload: 1024)
+        guard case .fail(.resumeRefused, .goAway(.resumeRefused, _)?) = server.receive(client.start()) else {
+            Issue.record("resume HELLO was not refused")
+            return
+        }
+    }
 }
 
 extension Array where Element: Equatable {

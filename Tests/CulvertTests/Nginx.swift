@@ -19,24 +19,26 @@ struct Nginx {
     static func start(upstreamPort: Int, configuration: String = "nginx-reverse.conf") async throws -> Nginx {
         guard let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"].first(where: { FileManager.default.isExecutableFile(atPath: $0) })
         else { throw NotInstalled() }
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("culvert-nginx-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        chmod(directory, 0o777)
-        let port = try await RawConnection.unusedPort(group: MultiThreadedEventLoopGroup.singleton)
-        let template = try String(contentsOfFile: fixturesDirectory() + "/proxies/" + configuration, encoding: .utf8)
-        let text = template.replacingOccurrences(of: "@PORT@", with: String(port))
-            .replacingOccurrences(of: "@UPSTREAM@", with: String(upstreamPort))
-            .replacingOccurrences(of: "@DIR@", with: directory)
-        let configPath = directory + "/nginx.conf"
-        try text.write(toFile: configPath, atomically: true, encoding: .utf8)
-        let process = try ChildProcess.spawn(binary, ["-c", configPath, "-p", directory, "-e", directory + "/error.log"])
-        let nginx = Nginx(process: process, port: port, directory: directory)
-        guard try await waitForListener(port: port, startedBy: process) else {
-            let log = (try? String(contentsOfFile: directory + "/error.log", encoding: .utf8)) ?? ""
+        var lastLog = ""
+        let started = try await startOnFreePort { port -> Nginx? in
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("culvert-nginx-\(UUID().uuidString)").path
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            chmod(directory, 0o777)
+            let template = try String(contentsOfFile: fixturesDirectory() + "/proxies/" + configuration, encoding: .utf8)
+            let text = template.replacingOccurrences(of: "@PORT@", with: String(port))
+                .replacingOccurrences(of: "@UPSTREAM@", with: String(upstreamPort))
+                .replacingOccurrences(of: "@DIR@", with: directory)
+            let configPath = directory + "/nginx.conf"
+            try text.write(toFile: configPath, atomically: true, encoding: .utf8)
+            let process = try ChildProcess.spawn(binary, ["-c", configPath, "-p", directory, "-e", directory + "/error.log"])
+            let nginx = Nginx(process: process, port: port, directory: directory)
+            if try await waitForListener(port: port, startedBy: process) { return nginx }
+            lastLog = (try? String(contentsOfFile: directory + "/error.log", encoding: .utf8)) ?? ""
             nginx.stop()
-            throw DidNotStart(log: log)
+            return nil
         }
-        return nginx
+        guard let started else { throw DidNotStart(log: lastLog) }
+        return started
     }
 
     struct DidNotStart: Error, CustomStringConvertible {

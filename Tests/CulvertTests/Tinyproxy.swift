@@ -20,31 +20,29 @@ struct Tinyproxy {
     static func start(configuration: String = "tinyproxy-forward.conf", extraLines: [String] = []) async throws -> Tinyproxy {
         guard let binary = ["/usr/bin/tinyproxy", "/usr/sbin/tinyproxy"].first(where: { FileManager.default.isExecutableFile(atPath: $0) })
         else { throw NotInstalled() }
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("culvert-tinyproxy-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        // tinyproxy drops to `nobody` when started as root: its log and PID files must stay writable.
-        chmod(directory, 0o777)
-        let port = try await RawConnection.unusedPort(group: MultiThreadedEventLoopGroup.singleton)
-        let template = try String(contentsOfFile: fixturesDirectory() + "/proxies/" + configuration, encoding: .utf8)
-        let text = template.replacingOccurrences(of: "@PORT@", with: String(port))
-            .replacingOccurrences(of: "@DIR@", with: directory) + extraLines.map { $0 + "\n" }.joined()
-        let configPath = directory + "/tinyproxy.conf"
-        try text.write(toFile: configPath, atomically: true, encoding: .utf8)
-        let process = try ChildProcess.spawn(binary, ["-d", "-c", configPath])
-        let proxy = Tinyproxy(process: process, port: port, directory: directory)
-        try await proxy.waitUntilListening()
-        return proxy
-    }
-
-    private func waitUntilListening() async throws {
-        guard try await waitForListener(port: self.port, startedBy: self.process) else {
-            self.stop()
-            let log = (try? String(contentsOfFile: self.directory + "/tinyproxy.log", encoding: .utf8)) ?? ""
-            throw TinyproxyDidNotStart(log: log)
+        var lastLog = ""
+        let started = try await startOnFreePort { port -> Tinyproxy? in
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("culvert-tinyproxy-\(UUID().uuidString)").path
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            // tinyproxy drops to `nobody` when started as root: its log and PID files must stay writable.
+            chmod(directory, 0o777)
+            let template = try String(contentsOfFile: fixturesDirectory() + "/proxies/" + configuration, encoding: .utf8)
+            let text = template.replacingOccurrences(of: "@PORT@", with: String(port))
+                .replacingOccurrences(of: "@DIR@", with: directory) + extraLines.map { $0 + "\n" }.joined()
+            let configPath = directory + "/tinyproxy.conf"
+            try text.write(toFile: configPath, atomically: true, encoding: .utf8)
+            let process = try ChildProcess.spawn(binary, ["-d", "-c", configPath])
+            let proxy = Tinyproxy(process: process, port: port, directory: directory)
+            if try await waitForListener(port: port, startedBy: process) { return proxy }
+            lastLog = (try? String(contentsOfFile: directory + "/tinyproxy.log", encoding: .utf8)) ?? ""
+            proxy.stop()
+            return nil
         }
+        guard let started else { throw DidNotStart(log: lastLog) }
+        return started
     }
 
-    struct TinyproxyDidNotStart: Error, CustomStringConvertible {
+    struct DidNotStart: Error, CustomStringConvertible {
         var log: String
         var description: String { "tinyproxy did not start listening; its log:\n\(self.log)" }
     }

@@ -13,6 +13,21 @@ public struct HandshakeKeys: Sendable {
         self.key = SymmetricKey(data: Array((token ?? "").utf8))
     }
 
+    /// Keys for resuming a session: the proofs are made with the session key instead of the token.
+    public init(sessionKey: [UInt8]) {
+        self.key = SymmetricKey(data: sessionKey)
+    }
+
+    /// The client's proof, when resuming, that it holds the session key.
+    public func clientResumeProof(transcript: [UInt8]) -> [UInt8] {
+        Self.mac(self.key, label: "culvert v1 resume client proof", transcript)
+    }
+
+    /// The server's proof, when resuming, that it holds the session key.
+    public func serverResumeProof(transcript: [UInt8], sessionID: [UInt8]) -> [UInt8] {
+        Self.mac(self.key, label: "culvert v1 resume server proof", transcript + sessionID)
+    }
+
     /// The client's proof over the transcript.
     public func clientProof(transcript: [UInt8]) -> [UInt8] {
         Self.mac(self.key, label: "culvert v1 client proof", transcript)

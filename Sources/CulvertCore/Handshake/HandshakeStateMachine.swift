@@ -7,6 +7,9 @@
 ///   AUTH (client proof)          →
 ///                                ← WELCOME (server proof, session id)     or  ← GOAWAY (reason)
 /// ```
+/// Resuming a session on a new transport connection is the same exchange: HELLO names the session, the proofs are
+/// made with the session key instead of the token, and AUTH and WELCOME carry how many reliable frames each side
+/// has received, so each can send the other what it missed.
 /// Feed every handshake frame to ``receive(_:)`` and perform the returned ``Action``.
 public struct HandshakeStateMachine: Sendable {
     /// The protocol version this implementation speaks.
@@ -36,6 +39,19 @@ public struct HandshakeStateMachine: Sendable {
     public enum Role: Sendable {
         case client(token: String?)
         case server(token: String?, authenticationRequired: Bool)
+        /// A client resuming session `sessionID` on a new transport connection, having received `received`
+        /// reliable frames; it proves it holds `sessionKey`.
+        case resumingClient(sessionID: [UInt8], sessionKey: [UInt8], received: UInt64)
+        /// The server side of a resumption of session `sessionID`, which has received `received` reliable frames.
+        case resumingServer(sessionID: [UInt8], sessionKey: [UInt8], received: UInt64)
+    }
+
+    /// What a resumption carries over from the session.
+    private struct Resumption: Sendable {
+        var sessionID: [UInt8]
+        var sessionKey: [UInt8]
+        var keys: HandshakeKeys
+        var received: UInt64
     }
 
     private enum State: Sendable {
@@ -50,6 +66,7 @@ public struct HandshakeStateMachine: Sendable {
 
     private var state: State
     private let keys: HandshakeKeys
+    private let resumption: Resumption?
     private let authenticationRequired: Bool
     private let capabilities: Capabilities
     private let maximumDataPayload: UInt32
@@ -70,10 +87,20 @@ public struct HandshakeStateMachine: Sendable {
             self.state = .clientIdle
             self.keys = HandshakeKeys(token: token)
             self.authenticationRequired = true
+            self.resumption = nil
         case .server(let token, let required):
             self.state = .serverAwaitingHello
             self.keys = HandshakeKeys(token: token)
             self.authenticationRequired = required
+            self.resumption = nil
+        case .resumingClient(let sessionID, let sessionKey, let received),
+            .resumingServer(let sessionID, let sessionKey, let received):
+            if case .resumingClient = role { self.state = .clientIdle } else { self.state = .serverAwaitingHello }
+            self.keys = HandshakeKeys(sessionKey: sessionKey)
+            self.authenticationRequired = true
+            self.resumption = Resumption(
+                sessionID: sessionID, sessionKey: sessionKey, keys: HandshakeKeys(sessionKey: sessionKey), received: received
+            )
         }
         self.capabilities = capabilities
         self.maximumDataPayload = maximumDataPayload
@@ -89,7 +116,8 @@ public struct HandshakeStateMachine: Sendable {
             version: Self.protocolVersion,
             capabilities: self.capabilities,
             nonce: self.randomBytes(32),
-            maximumDataPayload: self.maximumDataPayload
+            maximumDataPayload: self.maximumDataPayload,
+            resumeSessionID: self.resumption?.sessionID ?? []
         )
         self.state = .clientAwaitingChallenge(hello)
         return .hello(hello)
@@ -114,7 +142,28 @@ public struct HandshakeStateMachine: Sendable {
                 capabilities: hello.capabilities.intersection(challenge.capabilities),
                 peerMaximum: challenge.maximumDataPayload
             )
+            if let resumption = self.resumption {
+                let proof = resumption.keys.clientResumeProof(transcript: transcript)
+                return .send(.auth(Auth(proof: proof, received: resumption.received)))
+            }
             return .send(.auth(Auth(proof: self.keys.clientProof(transcript: transcript), received: 0)))
+
+        case (.clientAwaitingWelcome(let transcript, let capabilities, let peerMaximum), .welcome(let welcome))
+        where self.resumption != nil:
+            let resumption = self.resumption!
+            let expected = resumption.keys.serverResumeProof(transcript: transcript, sessionID: welcome.sessionID)
+            guard welcome.sessionID == resumption.sessionID, HandshakeKeys.proofsMatch(welcome.proof, expected) else {
+                return self.fail(.serverProofInvalid, goAway: .authenticationFailed)
+            }
+            self.state = .established
+            let outcome = Outcome(
+                sessionID: resumption.sessionID,
+                sessionKey: resumption.sessionKey,
+                capabilities: capabilities.intersection(welcome.capabilities),
+                peerMaximumDataPayload: peerMaximum,
+                peerReceived: welcome.received
+            )
+            return .established(outcome, send: nil)
 
         case (.clientAwaitingWelcome(let transcript, let capabilities, let peerMaximum), .welcome(let welcome)):
             let expected = self.keys.serverProof(transcript: transcript, sessionID: welcome.sessionID)
@@ -138,7 +187,7 @@ public struct HandshakeStateMachine: Sendable {
             guard hello.nonce.count == 32 else {
                 return self.fail(.protocolViolation("HELLO nonce is not 32 bytes"), goAway: .protocolError)
             }
-            guard hello.resumeSessionID.isEmpty else {
+            guard hello.resumeSessionID == (self.resumption?.sessionID ?? []) else {
                 return self.fail(.resumeRefused, goAway: .resumeRefused)
             }
             let challenge = Challenge(
@@ -153,6 +202,28 @@ public struct HandshakeStateMachine: Sendable {
                 peerMaximum: hello.maximumDataPayload
             )
             return .send(.challenge(challenge))
+
+        case (.serverAwaitingAuth(let transcript, let capabilities, let peerMaximum), .auth(let auth))
+        where self.resumption != nil:
+            let resumption = self.resumption!
+            guard HandshakeKeys.proofsMatch(auth.proof, resumption.keys.clientResumeProof(transcript: transcript)) else {
+                return self.fail(.resumeRefused, goAway: .resumeRefused)
+            }
+            let welcome = Welcome(
+                proof: resumption.keys.serverResumeProof(transcript: transcript, sessionID: resumption.sessionID),
+                sessionID: resumption.sessionID,
+                capabilities: capabilities,
+                received: resumption.received
+            )
+            self.state = .established
+            let outcome = Outcome(
+                sessionID: resumption.sessionID,
+                sessionKey: resumption.sessionKey,
+                capabilities: capabilities,
+                peerMaximumDataPayload: peerMaximum,
+                peerReceived: auth.received
+            )
+            return .established(outcome, send: .welcome(welcome))
 
         case (.serverAwaitingAuth(let transcript, let capabilities, let peerMaximum), .auth(let auth)):
             if self.authenticationRequired {
