@@ -1,11 +1,17 @@
 import CulvertCore
 import CulvertTransport
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
-/// The client end of the tunnel: connects one session to the server over the chosen transport and carries every
+/// The client end of the tunnel: connects a session to the server over the chosen transport and carries every
 /// connection accepted on its local forwards as a stream of that session.
+///
+/// When the transport connection drops, the client reconnects with jittered exponential backoff and resumes the
+/// session: streams stay open, applications see a pause. When the server cannot resume it (it expired, or the
+/// server restarted) or ends it with GOAWAY, the client starts a new session and keeps its listeners open
+/// throughout; streams of the old session are lost and the log says so.
 public final class TunnelClient: Sendable {
     public struct Configuration: Sendable {
         public var server: ServerEndpoint
@@ -29,16 +35,43 @@ public final class TunnelClient: Sendable {
         }
     }
 
-    /// The session that carries the streams.
-    public let session: TunnelSession
-    private let listeners: [any Channel]
-    /// The local address of each forward, in the order of ``Configuration/forwards``.
-    public let listenerAddresses: [SocketAddress]
+    private struct State {
+        var session: TunnelSession
+        var backoff = ReconnectBackoff()
+        var stopping = false
+        var finished = false
+        var sessionsStarted = 1
+    }
 
-    private init(session: TunnelSession, listeners: [any Channel]) {
-        self.session = session
-        self.listeners = listeners
-        self.listenerAddresses = listeners.compactMap { $0.localAddress }
+    private let configuration: Configuration
+    private let eventLoop: any EventLoop
+    private let logger: Logger
+    private let state: NIOLockedValueBox<State>
+    private let listeners: NIOLockedValueBox<[any Channel]>
+    private let endedPromise: EventLoopPromise<SessionError>
+
+    /// The local address of each forward, in the order of ``Configuration/forwards``.
+    public var listenerAddresses: [SocketAddress] {
+        self.listeners.withLockedValue { $0.compactMap(\.localAddress) }
+    }
+
+    /// The session that carries the streams now (a new one after the server refused to resume the last).
+    public var session: TunnelSession { self.state.withLockedValue { $0.session } }
+    /// Sessions started so far (1 until the server restarts or refuses a resumption).
+    public var sessionsStarted: Int { self.state.withLockedValue { $0.sessionsStarted } }
+
+    private init(configuration: Configuration, eventLoop: any EventLoop, logger: Logger, session: TunnelSession) {
+        self.configuration = configuration
+        self.eventLoop = eventLoop
+        self.logger = logger
+        self.state = NIOLockedValueBox(State(session: session))
+        self.listeners = NIOLockedValueBox([])
+        self.endedPromise = eventLoop.makePromise()
+    }
+
+    deinit {
+        // A client dropped without shutdown() (or one whose listeners failed to bind) has ended too.
+        self.finish(.shutdown)
     }
 
     /// Connects, completes the session handshake, then opens the local listeners.
@@ -49,6 +82,30 @@ public final class TunnelClient: Sendable {
         logger: Logger
     ) async throws -> TunnelClient {
         let eventLoop = group.next()
+        let session = try await Self.startSession(configuration: configuration, eventLoop: eventLoop, logger: logger)
+        logger.info("tunnel established to \(configuration.server) over \(configuration.transport)")
+        let client = TunnelClient(configuration: configuration, eventLoop: eventLoop, logger: logger, session: session)
+        var listeners: [any Channel] = []
+        do {
+            for forward in configuration.forwards {
+                listeners.append(try await client.listen(forward, group: group))
+            }
+        } catch {
+            for listener in listeners { try? await listener.close() }
+            _ = try? await session.shutdown(gracePeriod: .zero).get()
+            throw error
+        }
+        client.listeners.withLockedValue { $0 = listeners }
+        try await eventLoop.submit { client.watch(session) }.get()
+        return client
+    }
+
+    /// Dials the transport and runs a new session's handshake on `eventLoop`.
+    private static func startSession(
+        configuration: Configuration,
+        eventLoop: any EventLoop,
+        logger: Logger
+    ) async throws -> TunnelSession {
         let dialer = ClientTransports.make(configuration.transport, options: configuration.transportOptions)
         let connection: any TransportConnection
         do {
@@ -70,37 +127,23 @@ public final class TunnelClient: Sendable {
             return session
         }.get()
         _ = try await session.established.get()
-        logger.info("tunnel established to \(configuration.server) over \(configuration.transport)")
-
-        var listeners: [any Channel] = []
-        do {
-            for forward in configuration.forwards {
-                listeners.append(try await Self.listen(forward, session: session, group: group, logger: logger))
-            }
-        } catch {
-            for listener in listeners { try? await listener.close() }
-            _ = try? await session.shutdown(gracePeriod: .zero).get()
-            throw error
-        }
-        return TunnelClient(session: session, listeners: listeners)
+        return session
     }
 
-    private static func listen(
-        _ forward: ForwardSpec,
-        session: TunnelSession,
-        group: any EventLoopGroup,
-        logger: Logger
-    ) async throws -> any Channel {
+    private func listen(_ forward: ForwardSpec, group: any EventLoopGroup) async throws -> any Channel {
         let target = forward.target
+        let logger = self.logger
         do {
-            let channel = try await ServerBootstrap(group: group, childGroup: session.eventLoop)
+            // Accepted connections live on the sessions' loop (every session of this client uses it).
+            let channel = try await ServerBootstrap(group: group, childGroup: self.eventLoop)
                 .serverChannelOption(.backlog, value: 256)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .childChannelOption(.autoRead, value: false)
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
-                .childChannelInitializer { channel in
+                .childChannelInitializer { [self] channel in
                     channel.eventLoop.makeCompletedFuture {
+                        let session = self.session
                         let handler = StreamChannelHandler(session: session, streamID: nil)
                         try channel.pipeline.syncOperations.addHandler(handler)
                         guard session.openStream(channel: channel, handler: handler, target: target) else {
@@ -118,12 +161,115 @@ public final class TunnelClient: Sendable {
         }
     }
 
-    /// Succeeds with the reason once the session has ended.
-    public var ended: EventLoopFuture<SessionError> { self.session.ended }
+    // MARK: Reconnecting
+
+    /// Follows `session` (on the client's loop): reconnects when its transport drops, and starts a new session
+    /// when it ends for a reason a new session can overcome.
+    private func watch(_ session: TunnelSession) {
+        self.state.withLockedValue { $0.backoff.connected(now: .now()) }
+        session.onDetached = { [self] session, _ in self.scheduleResume(of: session) }
+        session.onResumed = { [self] _ in self.state.withLockedValue { $0.backoff.connected(now: .now()) } }
+        session.ended.whenSuccess { [self] reason in
+            guard !self.state.withLockedValue({ $0.stopping }) else {
+                self.finish(reason)
+                return
+            }
+            if reason.isAuthenticationFailure {
+                self.logger.error("the server no longer accepts the token: \(reason)")
+                self.finish(reason)
+                return
+            }
+            let lost = session.statistics.streamsOpened > 0 ? " (its open streams were lost)" : ""
+            if reason.isResumeRefusal {
+                self.logger.warning("the server no longer has the session (it expired, or the server restarted)\(lost); starting a new session")
+            } else {
+                self.logger.warning("session ended: \(reason)\(lost); starting a new session")
+            }
+            self.scheduleNewSession()
+        }
+    }
+
+    private func nextDelay() -> TimeAmount {
+        self.state.withLockedValue { $0.backoff.nextDelay(now: .now()) }
+    }
+
+    /// Dials a new transport after the backoff delay and resumes `session` on it.
+    private func scheduleResume(of session: TunnelSession) {
+        guard !self.state.withLockedValue({ $0.stopping }) else { return }
+        let delay = self.nextDelay()
+        self.logger.info("reconnecting in \(delay.seconds) s to resume the session")
+        let configuration = self.configuration
+        self.eventLoop.scheduleTask(in: delay) { [self] in
+            guard !self.state.withLockedValue({ $0.stopping }), session.isDetached else { return }
+            ClientTransports.make(configuration.transport, options: configuration.transportOptions)
+                .connect(to: configuration.server, on: self.eventLoop)
+                .whenComplete { [self] result in
+                    switch result {
+                    case .success(let connection):
+                        session.resume(on: connection)
+                    case .failure(let error):
+                        self.logger.info("reconnect failed: \(error)")
+                        self.scheduleResume(of: session)
+                    }
+                }
+        }
+    }
+
+    /// Starts a new session after the backoff delay, again until one is established.
+    private func scheduleNewSession() {
+        guard !self.state.withLockedValue({ $0.stopping }) else { return }
+        let delay = self.nextDelay()
+        let configuration = self.configuration
+        let eventLoop = self.eventLoop
+        let logger = self.logger
+        eventLoop.scheduleTask(in: delay) { [self] in
+            Task {
+                do {
+                    let session = try await Self.startSession(configuration: configuration, eventLoop: eventLoop, logger: logger)
+                    let stopping = self.state.withLockedValue { state in
+                        if !state.stopping {
+                            state.session = session
+                            state.sessionsStarted += 1
+                        }
+                        return state.stopping
+                    }
+                    if stopping {
+                        _ = try? await session.shutdown(gracePeriod: .zero).get()
+                        return
+                    }
+                    logger.info("new session established to \(configuration.server) over \(configuration.transport)")
+                    try await eventLoop.submit { self.watch(session) }.get()
+                } catch let error as SessionError where error.isAuthenticationFailure {
+                    logger.error("the server no longer accepts the token: \(error)")
+                    self.finish(error)
+                } catch {
+                    logger.info("new session failed: \(error)")
+                    self.scheduleNewSession()
+                }
+            }
+        }
+    }
+
+    /// Completes ``ended`` once.
+    private func finish(_ reason: SessionError) {
+        let first = self.state.withLockedValue { state in
+            defer { state.finished = true }
+            return !state.finished
+        }
+        if first { self.endedPromise.succeed(reason) }
+    }
+
+    /// Succeeds with the reason once the client has stopped: shut down, or refused for a wrong token.
+    public var ended: EventLoopFuture<SessionError> { self.endedPromise.futureResult }
 
     /// Closes the local listeners, lets open streams finish for up to `gracePeriod`, then ends the session.
     public func shutdown(gracePeriod: TimeAmount = .seconds(5)) async {
-        for listener in self.listeners { try? await listener.close() }
-        _ = try? await self.session.shutdown(gracePeriod: gracePeriod).get()
+        let session = self.state.withLockedValue { state in
+            state.stopping = true
+            return state.session
+        }
+        for listener in self.listeners.withLockedValue({ $0 }) { try? await listener.close() }
+        _ = try? await session.shutdown(gracePeriod: gracePeriod).get()
+        self.finish(.shutdown)
     }
 }

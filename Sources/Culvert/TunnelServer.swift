@@ -61,6 +61,8 @@ public final class TunnelServer: Sendable {
         logger: Logger
     ) async throws -> TunnelServer {
         let sessions = NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>([:])
+        // Established sessions by id, for resumption.
+        let resumable = NIOLockedValueBox<[[UInt8]: TunnelSession]>([:])
         let connector = TargetConnector(
             allowlist: configuration.allowlist,
             connectTimeout: configuration.targetConnectTimeout
@@ -87,17 +89,35 @@ public final class TunnelServer: Sendable {
                     logger: sessionLogger
                 )
                 session.targetOpener = { session, id, target in connector.open(session: session, id: id, target: target) }
+                session.resumeHandler = { newSession, id, transport, hello in
+                    guard let existing = resumable.withLockedValue({ $0[id] }) else {
+                        newSession.logger.info("a client asked to resume a session this server does not have (expired, or the server restarted)")
+                        return false
+                    }
+                    // The connection may live on another loop than the session: bridge it (this also makes the
+                    // bridge its delegate at once, so nothing it receives from now on reaches the new session).
+                    let adopted: any TransportConnection =
+                        existing.eventLoop === transport.eventLoop
+                        ? transport : LoopBridgedTransport(transport, to: existing.eventLoop)
+                    existing.eventLoop.execute { existing.adopt(adopted, hello: hello) }
+                    return true
+                }
                 let key = ObjectIdentifier(session)
                 sessions.withLockedValue { $0[key] = session }
                 session.start()
-                session.established.whenSuccess { _ in
+                session.established.whenSuccess { outcome in
+                    resumable.withLockedValue { $0[outcome.sessionID] = session }
                     session.logger.info("session established over \(connection.kind)")
                 }
                 session.ended.whenSuccess { reason in
                     sessions.withLockedValue { _ = $0.removeValue(forKey: key) }
+                    resumable.withLockedValue { table in
+                        if let id = table.first(where: { $0.value === session })?.key { table.removeValue(forKey: id) }
+                    }
+                    if case .handedOver = reason { return }
                     let stats = session.statistics
                     session.logger.info(
-                        "session ended: \(reason) (sent \(stats.bytesSent) B, received \(stats.bytesReceived) B, \(stats.streamsOpened) streams)"
+                        "session ended: \(reason) (sent \(stats.bytesSent) B, received \(stats.bytesReceived) B, \(stats.streamsOpened) streams, resumed \(session.resumptions) times)"
                     )
                 }
             }.get()

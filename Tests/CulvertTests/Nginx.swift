@@ -46,6 +46,9 @@ struct Nginx {
         var description: String { "nginx did not start listening; its error log:\n\(self.log)" }
     }
 
+    /// nginx's error log so far (for a failing test's message).
+    var errorLog: String { (try? String(contentsOfFile: self.directory + "/error.log", encoding: .utf8)) ?? "" }
+
     func stop() {
         // nginx's master process stops its workers on SIGTERM (fast shutdown).
         self.process.stop()

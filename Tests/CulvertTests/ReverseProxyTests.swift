@@ -20,6 +20,7 @@ import Testing
         do {
             try await body(nginx.port, echo.port)
         } catch {
+            Issue.record("nginx's error log: \(nginx.errorLog)")
             nginx.stop()
             await server.shutdown(gracePeriod: .zero)
             try await echo.close()

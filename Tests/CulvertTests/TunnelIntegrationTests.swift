@@ -143,12 +143,14 @@ import Testing
         try await echo.close()
     }
 
-    /// Server shutdown sends GOAWAY: the client's session ends cleanly rather than by a dropped connection.
+    /// Server shutdown sends GOAWAY: the client's session ends cleanly rather than by a dropped connection (and is
+    /// not resumed: the client will start a new session once a server is back).
     @Test func serverShutdownEndsTheClientSessionWithGoAway() async throws {
         let echo = try await EchoServer.start(group: self.group)
         let harness = try await TunnelHarness.start(targets: [echo.port])
+        let session = harness.client.session
         await harness.server.shutdown(gracePeriod: .milliseconds(100))
-        let reason = try await harness.client.ended.get()
+        let reason = try await session.ended.get()
         if case .shutdown = reason {} else { Issue.record("client session ended with \(reason)") }
         await harness.client.shutdown(gracePeriod: .zero)
         try await echo.close()

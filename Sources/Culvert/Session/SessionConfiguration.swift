@@ -20,6 +20,10 @@ public struct SessionConfiguration: Sendable {
     public var maximumBatchSize: Int
     /// Client: whether to ask for compression. Server: whether to agree.
     public var compression: CompressionSettings
+    /// Whether a lost transport connection leaves the session waiting to be resumed (instead of ending it).
+    public var resumption: Bool
+    /// Server: how long a session whose transport was lost waits to be resumed before its streams are closed.
+    public var detachedGracePeriod: TimeAmount
 
     public init(
         token: String?,
@@ -30,7 +34,9 @@ public struct SessionConfiguration: Sendable {
         handshakeTimeout: TimeAmount = .seconds(10),
         ackDelay: TimeAmount = .milliseconds(20),
         maximumBatchSize: Int = 64 * 1024,
-        compression: CompressionSettings = CompressionSettings(enabled: false)
+        compression: CompressionSettings = CompressionSettings(enabled: false),
+        resumption: Bool = true,
+        detachedGracePeriod: TimeAmount = .seconds(60)
     ) {
         self.token = token
         self.authenticationRequired = authenticationRequired
@@ -41,5 +47,7 @@ public struct SessionConfiguration: Sendable {
         self.ackDelay = ackDelay
         self.maximumBatchSize = maximumBatchSize
         self.compression = compression
+        self.resumption = resumption
+        self.detachedGracePeriod = detachedGracePeriod
     }
 }

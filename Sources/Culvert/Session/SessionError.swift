@@ -10,6 +10,10 @@ public enum SessionError: Error, Sendable, CustomStringConvertible {
     case protocolViolation(GoAwayCode, String)
     case peerWentAway(GoAwayCode, String)
     case keepaliveTimeout(seconds: Double)
+    /// Server: the transport was lost and no client resumed the session within the grace period.
+    case detachedExpired(seconds: Double)
+    /// Server: a resumption HELLO arrived on this connection and the session it names took the connection over.
+    case handedOver
     case shutdown
 
     public var description: String {
@@ -23,7 +27,17 @@ public enum SessionError: Error, Sendable, CustomStringConvertible {
         case .peerWentAway(let code, let message):
             message.isEmpty ? "the peer ended the session: \(code)" : "the peer ended the session: \(code): \(message)"
         case .keepaliveTimeout(let seconds): "the peer stopped answering keepalive pings (silent for \(seconds) s)"
+        case .detachedExpired(let seconds): "the tunnel connection was lost and not resumed within \(seconds) s"
+        case .handedOver: "the connection resumed an earlier session"
         case .shutdown: "shut down"
+        }
+    }
+
+    /// Whether the server refused to resume the session (it expired, or the server restarted).
+    public var isResumeRefusal: Bool {
+        switch self {
+        case .handshake(.refusedByPeer(.resumeRefused, _)), .handshake(.resumeRefused): true
+        default: false
         }
     }
 

@@ -52,6 +52,23 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     private let endedPromise: EventLoopPromise<SessionError>
 
     var targetOpener: TargetOpener?
+    /// Client: the transport was lost and the session waits, streams open, for ``resume(on:)``.
+    var onDetached: ((TunnelSession, SessionError) -> Void)?
+    /// Client: the session was resumed on a new transport connection.
+    var onResumed: ((TunnelSession) -> Void)?
+    /// Server: a HELLO on this (new) connection names session `id`; returns true when that session took the
+    /// connection over.
+    var resumeHandler: ((TunnelSession, [UInt8], any TransportConnection, Frame) -> Bool)?
+    /// The session id and key, once established (kept to resume the session).
+    private(set) var sessionID: [UInt8] = []
+    private var sessionKey: [UInt8] = []
+    /// A resumption handshake runs on the current transport.
+    private var resuming = false
+    /// The transport was lost; the session waits to be resumed.
+    public private(set) var isDetached = false
+    private var detachTimer: Scheduled<Void>?
+    /// Times the session was resumed on a new transport connection.
+    public private(set) var resumptions = 0
     /// The session's counters so far.
     public private(set) var statistics = SessionStatistics()
     /// The session id, once established (hex).
@@ -87,15 +104,19 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             timeout: configuration.keepaliveTimeout,
             now: .now()
         )
-        self.decoder = NIOSingleStepByteToMessageProcessor(
+        self.decoder = Self.makeDecoder(configuration)
+        self.outbound = Self.makeOutboundBuffer()
+        self.establishedPromise = transport.eventLoop.makePromise()
+        self.endedPromise = transport.eventLoop.makePromise()
+    }
+
+    private static func makeDecoder(_ configuration: SessionConfiguration) -> NIOSingleStepByteToMessageProcessor<FrameDecoder> {
+        NIOSingleStepByteToMessageProcessor(
             // Compressed payloads of incompressible data can come out a few bytes longer than the original
             // (deflate's stored blocks and sync flush): allow 1 KiB over the maximum DATA size.
             FrameDecoder(maximumPayloadLength: max(configuration.mux.maximumDataPayload + 1024, 4096)),
             maximumBufferSize: configuration.mux.maximumDataPayload + 64 * 1024
         )
-        self.outbound = Self.makeOutboundBuffer()
-        self.establishedPromise = transport.eventLoop.makePromise()
-        self.endedPromise = transport.eventLoop.makePromise()
     }
 
     /// Starts the handshake (the client sends HELLO) and the timers.
@@ -245,7 +266,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     // MARK: TransportConnectionDelegate
 
     public func transport(_ transport: any TransportConnection, didReceive message: ByteBuffer) {
-        guard !self.isEnded else { return }
+        guard !self.isEnded, transport === self.transport else { return }
         self.keepalive.receivedAnything(now: .now())
         do {
             try self.decoder.process(buffer: message) { frame in
@@ -281,14 +302,132 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     }
 
     public func transportDidClose(_ transport: any TransportConnection, error: (any Error)?) {
+        guard transport === self.transport else { return }
         let reason = error.map { "\($0)" } ?? "closed by the peer or a proxy in between"
-        self.end(.transportClosed(reason))
+        self.transportLost(.transportClosed(reason))
+    }
+
+    // MARK: Resumption
+
+    /// The transport is gone: an established session that may be resumed waits for a new one, streams open;
+    /// anything else ends.
+    private func transportLost(_ reason: SessionError) {
+        guard !self.isEnded else { return }
+        guard self.configuration.resumption, self.mux != nil, !self.sessionID.isEmpty, !self.goingAway else {
+            self.end(reason)
+            return
+        }
+        self.transport = nil
+        self.resuming = false
+        self.isDetached = true
+        self.handshakeTimer?.cancel()
+        self.decoder = Self.makeDecoder(self.configuration)
+        self.logger.info("tunnel connection lost (\(reason)); streams stay open while the session waits to be resumed")
+        if self.role == .server {
+            let grace = self.configuration.detachedGracePeriod
+            self.detachTimer?.cancel()
+            self.detachTimer = self.eventLoop.scheduleTask(in: grace) { [self] in
+                guard self.isDetached else { return }
+                self.logger.info("not resumed within \(grace.seconds) s: closing its \(self.endpoints.count) streams")
+                self.end(.detachedExpired(seconds: grace.seconds))
+            }
+        }
+        self.onDetached?(self, reason)
+    }
+
+    /// Client: resumes the detached session on `transport` (dialled on this session's loop).
+    func resume(on transport: any TransportConnection) {
+        self.eventLoop.preconditionInEventLoop()
+        guard self.isDetached, !self.isEnded else {
+            transport.close()
+            return
+        }
+        self.beginResumption(on: transport, role: .resumingClient(
+            sessionID: self.sessionID, sessionKey: self.sessionKey, received: self.sequencer.received
+        ))
+        self.sendHandshakeFrame(self.handshake.start())
+    }
+
+    /// Server: takes over `transport`, on which a client asks with `hello` to resume this session. A connection
+    /// the session still holds (the client saw it fail first) is closed.
+    func adopt(_ transport: any TransportConnection, hello: Frame) {
+        self.eventLoop.preconditionInEventLoop()
+        guard !self.isEnded else {
+            transport.close()
+            return
+        }
+        if let old = self.transport {
+            self.transport = nil
+            old.close()
+        }
+        self.detachTimer?.cancel()
+        self.isDetached = true
+        self.beginResumption(on: transport, role: .resumingServer(
+            sessionID: self.sessionID, sessionKey: self.sessionKey, received: self.sequencer.received
+        ))
+        self.handleHandshake(hello)
+    }
+
+    private func beginResumption(on transport: any TransportConnection, role: HandshakeStateMachine.Role) {
+        self.transport = transport
+        self.resuming = true
+        self.decoder = Self.makeDecoder(self.configuration)
+        self.handshake = HandshakeStateMachine(
+            role: role,
+            capabilities: self.compressionEnabled ? [.compression] : [],
+            maximumDataPayload: UInt32(self.configuration.mux.maximumDataPayload)
+        )
+        transport.start(delegate: self)
+        let timeout = self.configuration.handshakeTimeout
+        self.handshakeTimer?.cancel()
+        self.handshakeTimer = self.eventLoop.scheduleTask(in: timeout) { [self] in
+            guard self.resuming, let transport = self.transport else { return }
+            self.logger.warning("no answer to the resumption within \(timeout.seconds) s")
+            transport.close()
+        }
+    }
+
+    /// Sends a handshake frame at once, ahead of the stream frames waiting in the batch (during a resumption the
+    /// batch holds frames for after it).
+    private func sendHandshakeFrame(_ frame: Frame) {
+        guard let transport = self.transport else { return }
+        var buffer = ByteBufferAllocator().buffer(capacity: 128)
+        self.encoder.encode(frame, into: &buffer)
+        transport.send(buffer)
+    }
+
+    /// The resumption handshake finished: send the peer what it missed, then what waited, and carry on.
+    private func completeResumption(_ outcome: HandshakeStateMachine.Outcome, reply: Frame?) {
+        guard let transport = self.transport else { return }
+        self.resuming = false
+        self.isDetached = false
+        self.handshakeTimer?.cancel()
+        self.detachTimer?.cancel()
+        self.keepalive = KeepaliveStateMachine(
+            interval: self.configuration.keepaliveInterval, timeout: self.configuration.keepaliveTimeout, now: .now()
+        )
+        let replay: [ByteBuffer]
+        do {
+            replay = try self.sequencer.framesToReplay(peerReceived: outcome.peerReceived)
+        } catch {
+            self.protocolFailure(.protocolError, "resumption: \(error)")
+            return
+        }
+        if let reply { self.sendHandshakeFrame(reply) }
+        var batch = ByteBufferAllocator().buffer(capacity: replay.reduce(0) { $0 + $1.readableBytes })
+        for frame in replay { batch.writeImmutableBuffer(frame) }
+        if batch.readableBytes > 0 { transport.send(batch) }
+        self.resumptions += 1
+        self.logger.info("session resumed over \(transport.kind) (\(replay.count) frames sent again)")
+        self.flushNow()
+        self.resumeReads()
+        self.onResumed?(self)
     }
 
     // MARK: Frame handling
 
     private func handle(_ frame: Frame) {
-        guard self.mux != nil else {
+        guard self.mux != nil, !self.resuming else {
             self.handleHandshake(frame)
             return
         }
@@ -326,11 +465,35 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     }
 
     private func handleHandshake(_ frame: Frame) {
+        if case .server = self.role, !self.resuming, case .hello(let hello) = frame, !hello.resumeSessionID.isEmpty,
+            let transport = self.transport, let handler = self.resumeHandler,
+            handler(self, hello.resumeSessionID, transport, frame)
+        {
+            // The session the HELLO names has taken this connection over.
+            self.transport = nil
+            self.end(.handedOver)
+            return
+        }
+        if self.resuming {
+            switch self.handshake.receive(frame) {
+            case .send(let reply):
+                self.sendHandshakeFrame(reply)
+            case .established(let outcome, let reply):
+                self.completeResumption(outcome, reply: reply)
+            case .fail(let error, let reply):
+                if let reply { self.sendHandshakeFrame(reply) }
+                self.logger.warning("resumption failed: \(error)")
+                self.end(.handshake(error))
+            }
+            return
+        }
         switch self.handshake.receive(frame) {
         case .send(let reply):
             self.enqueue(reply)
             self.flushNow()
         case .established(let outcome, let reply):
+            self.sessionID = outcome.sessionID
+            self.sessionKey = outcome.sessionKey
             if let reply { self.enqueue(reply) }
             self.handshakeTimer?.cancel()
             self.mux = MuxStateMachine(
@@ -575,7 +738,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     }
 
     private func canRead(_ endpoint: StreamEndpoint) -> Bool {
-        guard self.mux != nil, let transport = self.transport else { return false }
+        guard self.mux != nil, !self.resuming, let transport = self.transport else { return false }
         return endpoint.pendingSend == nil && !endpoint.finPending && self.mux!.sendableBytes(endpoint.id) > 0
             && transport.isWritable && self.sequencer.replayBytes < self.configuration.mux.sessionMemoryLimit
     }
@@ -623,6 +786,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
 
     private func flushNow() {
         self.flushScheduled = false
+        guard self.transport != nil, !self.resuming else { return }
         if self.mux != nil && self.sequencer.hasUnacknowledged && !self.isEnded {
             // The ACK timer, if scheduled, is left to fire: it finds nothing to acknowledge, which is cheaper than
             // cancelling and rescheduling it for every batch.
@@ -646,7 +810,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     // MARK: Ending
 
     private func keepaliveTick() {
-        guard !self.isEnded else { return }
+        guard !self.isEnded, self.transport != nil, !self.resuming else { return }
         switch self.keepalive.tick(now: .now()) {
         case .none:
             break
@@ -656,7 +820,9 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             self.flushNow()
         case .declareDead(let silentFor):
             self.logger.error("no keepalive answer; declaring the tunnel connection dead")
-            self.end(.keepaliveTimeout(seconds: silentFor.seconds))
+            let dead = self.transport
+            self.transportLost(.keepaliveTimeout(seconds: silentFor.seconds))
+            dead?.close()
         }
     }
 
@@ -681,6 +847,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         guard !self.isEnded else { return }
         self.isEnded = true
         self.handshakeTimer?.cancel()
+        self.detachTimer?.cancel()
         self.ackTimer?.cancel()
         self.keepaliveTask?.cancel()
         for endpoint in self.endpoints.values { endpoint.channel.close(promise: nil) }

@@ -1,0 +1,75 @@
+import NIOCore
+
+/// Presents a ``TransportConnection`` that lives on one event loop to a session on another: every call and every
+/// delegate callback hops loops, in order. Used when a resumed session adopts a connection the server accepted on
+/// a different loop than the session's.
+public final class LoopBridgedTransport: TransportConnection, TransportConnectionDelegate, @unchecked Sendable {
+    // @unchecked: `relay` and `writable` are confined to `eventLoop`; `inner` is only touched on its own loop.
+    public let eventLoop: any EventLoop
+    public let kind: TransportKind
+    public let peerDescription: String
+    private let inner: any TransportConnection
+    private let relay = TransportDelegateRelay()
+    private var writable = true
+
+    /// Bridges `inner` (on its own loop) to `eventLoop`. Call on `inner`'s loop: it becomes `inner`'s delegate at
+    /// once, so that nothing `inner` receives from now on is lost.
+    public init(_ inner: any TransportConnection, to eventLoop: any EventLoop) {
+        inner.eventLoop.preconditionInEventLoop()
+        self.inner = inner
+        self.eventLoop = eventLoop
+        self.kind = inner.kind
+        self.peerDescription = inner.peerDescription
+        self.writable = inner.isWritable
+        inner.start(delegate: self)
+    }
+
+    public var isWritable: Bool { self.writable }
+
+    public func start(delegate: any TransportConnectionDelegate) {
+        self.eventLoop.preconditionInEventLoop()
+        self.relay.start(delegate, for: self)
+    }
+
+    public func send(_ message: ByteBuffer) {
+        let inner = self.inner
+        inner.eventLoop.execute { inner.send(message) }
+    }
+
+    public func close() {
+        let inner = self.inner
+        inner.eventLoop.execute { inner.close() }
+    }
+
+    // MARK: TransportConnectionDelegate (on inner's loop)
+
+    public func transport(_ transport: any TransportConnection, didReceive message: ByteBuffer) {
+        self.eventLoop.execute { self.relay.deliver(message, from: self) }
+    }
+
+    public func transportDidReadComplete(_ transport: any TransportConnection) {
+        self.eventLoop.execute { self.relay.readComplete(from: self) }
+    }
+
+    public func transportWritabilityChanged(_ transport: any TransportConnection) {
+        let writable = transport.isWritable
+        self.eventLoop.execute {
+            self.writable = writable
+            self.relay.writabilityChanged(of: self)
+        }
+    }
+
+    public func transportDidClose(_ transport: any TransportConnection, error: (any Error)?) {
+        let error = error.map { SendableError($0) }
+        self.eventLoop.execute {
+            self.relay.markClosed(error: error?.error)
+            self.relay.reportClose(for: self)
+        }
+    }
+}
+
+/// Carries an error across loops (errors here are only read for their description).
+private struct SendableError: @unchecked Sendable {
+    let error: any Error
+    init(_ error: any Error) { self.error = error }
+}

@@ -1,0 +1,120 @@
+import Culvert
+import CulvertTools
+import CulvertTransport
+import NIOCore
+import NIOPosix
+import Testing
+
+/// Sessions survive their transport connection: cut, they reconnect and resume without losing, repeating or
+/// resetting anything; a server that no longer has the session gets a new one, with the client's listeners open
+/// throughout.
+@Suite(.serialized, .timeLimit(.minutes(3))) struct SessionResumptionTests {
+    let group = TunnelHarness.group
+
+    /// A relay between client and server cuts the connection 20 times at random moments while 256 MiB go up to an
+    /// echo target and back: both directions arrive intact (sha256), no stream is reset, one session throughout.
+    @Test(arguments: TransportKind.allCases)
+    func twentyCutsDuringATransferLoseNothing(transport: TransportKind) async throws {
+        let echo = try await EchoServer.start(group: self.group)
+        let server = try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"])
+        let relay = try await CuttingRelay.start(targetPort: server.localAddress!.port!, group: self.group)
+        let client = try await TunnelHarness.connectClient(serverPort: relay.port, targets: [echo.port], transport: transport)
+        let localPort = client.listenerAddresses[0].port!
+        let byteCount = 256 * 1024 * 1024
+        let transfer = Task {
+            try await TransferClient.echoTransfer(host: "127.0.0.1", port: localPort, byteCount: byteCount, seed: 21, group: self.group)
+        }
+        for _ in 0..<20 {
+            try await Task.sleep(for: .milliseconds(Int.random(in: 50...250)))
+            relay.cutAll()
+        }
+        let result = try await transfer.value
+        #expect(relay.cuts == 20)
+        #expect(result.bytesReceived == byteCount)
+        #expect(result.digestsMatch)
+        #expect(client.session.statistics.streamsReset == 0)
+        #expect(client.sessionsStarted == 1)
+        if transport == .websocket || transport == .connect {
+            // Each cut drops the one connection: the session must have been resumed (the HTTP transports may
+            // also ride out a cut by retrying their requests).
+            #expect(client.session.resumptions >= 1)
+        }
+        await client.shutdown(gracePeriod: .zero)
+        await server.shutdown(gracePeriod: .zero)
+        try await relay.close()
+        try await echo.close()
+    }
+
+    /// The server restarts: the client's session ends, the client starts a new one when the server is back, and
+    /// its local listener (same port) carries new connections again.
+    @Test func serverRestartGetsANewSessionAndTheListenerStaysOpen() async throws {
+        let echo = try await EchoServer.start(group: self.group)
+        let first = try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"])
+        let port = first.localAddress!.port!
+        let client = try await TunnelHarness.connectClient(serverPort: port, targets: [echo.port])
+        let localPort = client.listenerAddresses[0].port!
+        #expect(try await TransferClient.echoTransfer(host: "127.0.0.1", port: localPort, byteCount: 100_000, group: self.group).digestsMatch)
+
+        await first.shutdown(gracePeriod: .zero)
+        try await Task.sleep(for: .milliseconds(300))
+        let second = try await TunnelServer.start(
+            configuration: .init(
+                listenHost: "127.0.0.1", listenPort: port,
+                session: SessionConfiguration(token: "test-token"),
+                allowlist: Allowlist(entries: [try Allowlist.Entry(parsing: "127.0.0.1:\(echo.port)")])
+            ),
+            group: self.group, logger: TunnelHarness.logger
+        )
+        var waited = 0
+        while client.sessionsStarted < 2 && waited < 200 {
+            try await Task.sleep(for: .milliseconds(50))
+            waited += 1
+        }
+        #expect(client.sessionsStarted == 2)
+        #expect(client.listenerAddresses[0].port == localPort)
+        #expect(try await TransferClient.echoTransfer(host: "127.0.0.1", port: localPort, byteCount: 100_000, group: self.group).digestsMatch)
+        await client.shutdown(gracePeriod: .zero)
+        await second.shutdown(gracePeriod: .zero)
+        try await echo.close()
+    }
+
+    /// A client that comes back after the server's grace period is refused: the server freed the session and its
+    /// streams; the client starts a new session, and the stream that was open is closed (lost), not hung.
+    @Test func resumingAfterTheGracePeriodStartsANewSession() async throws {
+        let echo = try await EchoServer.start(group: self.group)
+        let server = try await TunnelServer.start(
+            configuration: .init(
+                listenHost: "127.0.0.1", listenPort: 0,
+                session: SessionConfiguration(token: "test-token", detachedGracePeriod: .milliseconds(300)),
+                allowlist: Allowlist(entries: [try Allowlist.Entry(parsing: "127.0.0.1:\(echo.port)")])
+            ),
+            group: self.group, logger: TunnelHarness.logger
+        )
+        let relay = try await CuttingRelay.start(targetPort: server.localAddress!.port!, group: self.group)
+        let client = try await TunnelHarness.connectClient(serverPort: relay.port, targets: [echo.port])
+        let localPort = client.listenerAddresses[0].port!
+        let open = try await RawConnection.echoAndStayOpen(port: localPort, byteCount: 1000, group: self.group)
+
+        relay.setRefusing(true)
+        relay.cutAll()
+        var waited = 0
+        while server.activeSessions > 0 && waited < 100 {
+            try await Task.sleep(for: .milliseconds(50))
+            waited += 1
+        }
+        #expect(server.activeSessions == 0)
+        relay.setRefusing(false)
+        waited = 0
+        while client.sessionsStarted < 2 && waited < 400 {
+            try await Task.sleep(for: .milliseconds(50))
+            waited += 1
+        }
+        #expect(client.sessionsStarted == 2)
+        try await open.closeFuture.get()
+        #expect(try await TransferClient.echoTransfer(host: "127.0.0.1", port: localPort, byteCount: 100_000, group: self.group).digestsMatch)
+        await client.shutdown(gracePeriod: .zero)
+        await server.shutdown(gracePeriod: .zero)
+        try await relay.close()
+        try await echo.close()
+    }
+}
