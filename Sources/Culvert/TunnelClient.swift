@@ -19,25 +19,30 @@ public final class TunnelClient: Sendable {
         public var transportOptions: TransportOptions
         public var session: SessionConfiguration
         public var forwards: [ForwardSpec]
+        /// When to reconnect after the transport connection drops (100 ms doubling to 30 s, jittered; starts over
+        /// after a connection stayed up 10 s).
+        public var reconnect: ReconnectBackoff
 
         public init(
             server: ServerEndpoint,
             transport: TransportKind = .websocket,
             transportOptions: TransportOptions = TransportOptions(),
             session: SessionConfiguration,
-            forwards: [ForwardSpec]
+            forwards: [ForwardSpec],
+            reconnect: ReconnectBackoff = ReconnectBackoff()
         ) {
             self.server = server
             self.transport = transport
             self.transportOptions = transportOptions
             self.session = session
             self.forwards = forwards
+            self.reconnect = reconnect
         }
     }
 
     private struct State {
         var session: TunnelSession
-        var backoff = ReconnectBackoff()
+        var backoff: ReconnectBackoff
         var stopping = false
         var finished = false
         var sessionsStarted = 1
@@ -64,7 +69,7 @@ public final class TunnelClient: Sendable {
         self.configuration = configuration
         self.eventLoop = eventLoop
         self.logger = logger
-        self.state = NIOLockedValueBox(State(session: session))
+        self.state = NIOLockedValueBox(State(session: session, backoff: configuration.reconnect))
         self.listeners = NIOLockedValueBox([])
         self.endedPromise = eventLoop.makePromise()
     }

@@ -39,7 +39,17 @@ struct BenchCommand: AsyncParsableCommand {
     @Flag(help: "Measure compression instead: ratio and throughput on a text corpus and on random data, with and without --compress, in one process.")
     var compression = false
 
+    @Flag(help: "Measure session resumption instead: for each transport, the time from a cut connection to data flowing again.")
+    var resume = false
+
+    @Option(help: "Cuts per transport with --resume.")
+    var cuts: Int = 10
+
     func run() async throws {
+        if self.resume {
+            try await ResumeBenchmark(cuts: self.cuts).run()
+            return
+        }
         if self.compression {
             try await CompressionBenchmark(mib: self.mib, repeats: self.repeats).run()
             return

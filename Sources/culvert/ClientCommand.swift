@@ -102,7 +102,9 @@ struct ClientCommand: AsyncParsableCommand {
             logger.info("signal \(signal): shutting down")
             await client.shutdown(gracePeriod: .milliseconds(Int64(self.shutdownGrace * 1000)))
         case .ended(let reason):
-            fail("tunnel lost: \(reason)")
+            // The client reconnects and resumes (or starts a new session) on its own; it only ends when the
+            // server stops accepting its token.
+            fail(reason.isAuthenticationFailure ? "\(reason) (check --token on both sides)" : "tunnel ended: \(reason)")
         }
     }
 }

@@ -34,6 +34,9 @@ struct ServerCommand: AsyncParsableCommand {
     @Flag(help: "Refuse clients' requests for compression.")
     var noCompress = false
 
+    @Option(help: "Seconds a session whose connection dropped waits for its client to resume it before its streams are closed.")
+    var resumeGrace: Double = 60
+
     @OptionGroup var tuning: TuningOptions
 
     @OptionGroup(title: "Chunked and polling transports") var http: HTTPServerTransportOptions
@@ -60,13 +63,16 @@ struct ServerCommand: AsyncParsableCommand {
         }
         if self.allowAny { logger.warning("--allow-any: clients may reach any host and port this server can reach") }
         let prefix = normalizedPathPrefix(self.path)
+        guard self.resumeGrace >= 0 else { throw ValidationError("--resume-grace must be 0 or more seconds") }
+        var session = self.tuning.sessionConfiguration(
+            token: token, authenticationRequired: !self.noAuth, compression: !self.noCompress
+        )
+        session.detachedGracePeriod = .fromSeconds(self.resumeGrace)
         let configuration = TunnelServer.Configuration(
             listenHost: host,
             listenPort: port,
             pathPrefix: prefix,
-            session: self.tuning.sessionConfiguration(
-                token: token, authenticationRequired: !self.noAuth, compression: !self.noCompress
-            ),
+            session: session,
             allowlist: Allowlist(entries: entries, allowsAny: self.allowAny),
             http: try self.http.settings()
         )
