@@ -43,6 +43,8 @@ public final class TunnelClient: Sendable {
     private struct State {
         var session: TunnelSession
         var backoff: ReconnectBackoff
+        /// The transport new connections use: the configured one until ``TunnelClient/switchTransport(to:)``.
+        var transport: TransportKind
         var stopping = false
         var finished = false
         var sessionsStarted = 1
@@ -69,7 +71,9 @@ public final class TunnelClient: Sendable {
         self.configuration = configuration
         self.eventLoop = eventLoop
         self.logger = logger
-        self.state = NIOLockedValueBox(State(session: session, backoff: configuration.reconnect))
+        self.state = NIOLockedValueBox(
+            State(session: session, backoff: configuration.reconnect, transport: configuration.transport)
+        )
         self.listeners = NIOLockedValueBox([])
         self.endedPromise = eventLoop.makePromise()
     }
@@ -206,7 +210,8 @@ public final class TunnelClient: Sendable {
         let configuration = self.configuration
         self.eventLoop.scheduleTask(in: delay) { [self] in
             guard !self.state.withLockedValue({ $0.stopping }), session.isDetached else { return }
-            ClientTransports.make(configuration.transport, options: configuration.transportOptions)
+            let transport = self.state.withLockedValue { $0.transport }
+            ClientTransports.make(transport, options: configuration.transportOptions)
                 .connect(to: configuration.server, on: self.eventLoop)
                 .whenComplete { [self] result in
                     switch result {
@@ -230,7 +235,9 @@ public final class TunnelClient: Sendable {
         eventLoop.scheduleTask(in: delay) { [self] in
             Task {
                 do {
-                    let session = try await Self.startSession(configuration: configuration, eventLoop: eventLoop, logger: logger)
+                    var current = configuration
+                    current.transport = self.state.withLockedValue { $0.transport }
+                    let session = try await Self.startSession(configuration: current, eventLoop: eventLoop, logger: logger)
                     let stopping = self.state.withLockedValue { state in
                         if !state.stopping {
                             state.session = session
@@ -252,6 +259,21 @@ public final class TunnelClient: Sendable {
                     self.scheduleNewSession()
                 }
             }
+        }
+    }
+
+    /// Moves the session to another transport without losing or reordering a byte of any stream: the current
+    /// connection is closed and the session resumes on a new connection of `kind` (after the reconnect backoff's
+    /// first delay). New sessions use `kind` too.
+    public func switchTransport(to kind: TransportKind) {
+        let session = self.state.withLockedValue { state in
+            state.transport = kind
+            return state.session
+        }
+        session.eventLoop.execute {
+            guard session.transportKind != kind else { return }
+            session.logger.info("moving the session to the \(kind) transport")
+            session.dropTransport()
         }
     }
 

@@ -12,6 +12,8 @@ final class ByteRelay: ChannelDuplexHandler {
     private var pendingRead = false
     /// Bytes this side may still read before both connections are cut (nil: no limit).
     private var budget: Int?
+    /// Read bytes are dropped, not passed on: a black hole (a lost NAT mapping) rather than a cut.
+    private var blackHoled = false
 
     private init(budget: Int?) {
         self.budget = budget
@@ -61,7 +63,13 @@ final class ByteRelay: ChannelDuplexHandler {
 
     private var partnerWritable: Bool { self.context?.channel.isWritable ?? false }
 
+    /// From now on this side swallows what it reads (call on its loop; call on both handlers of a pair).
+    func blackHole() {
+        self.blackHoled = true
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if self.blackHoled { return }
         if let budget = self.budget {
             let bytes = self.unwrapInboundIn(data).readableBytes
             guard bytes < budget else {

@@ -11,6 +11,7 @@ public final class CuttingRelay: Sendable {
 
     private struct State {
         var connections: [ObjectIdentifier: any Channel] = [:]
+        var relays: [ObjectIdentifier: NIOLoopBound<(ByteRelay, ByteRelay)>] = [:]
         var refusing = false
         var cuts = 0
         var accepted = 0
@@ -55,9 +56,13 @@ public final class CuttingRelay: Sendable {
                         state.withLockedValue { state in
                             state.connections[ObjectIdentifier(client)] = client
                             state.connections[ObjectIdentifier(upstream)] = upstream
+                            state.relays[ObjectIdentifier(client)] = relays
                         }
                         client.closeFuture.whenComplete { _ in
-                            state.withLockedValue { _ = $0.connections.removeValue(forKey: ObjectIdentifier(client)) }
+                            state.withLockedValue {
+                                _ = $0.connections.removeValue(forKey: ObjectIdentifier(client))
+                                _ = $0.relays.removeValue(forKey: ObjectIdentifier(client))
+                            }
                         }
                         upstream.closeFuture.whenComplete { _ in
                             state.withLockedValue { _ = $0.connections.removeValue(forKey: ObjectIdentifier(upstream)) }
@@ -77,6 +82,18 @@ public final class CuttingRelay: Sendable {
             return Array(state.connections.values)
         }
         for connection in connections { connection.close(promise: nil) }
+    }
+
+    /// Stops passing bytes on every connection through the relay now, without closing any: what a lost NAT
+    /// mapping or a dead path looks like, which only keepalive can notice. New connections are not affected.
+    public func blackHoleAll() {
+        let relays = self.state.withLockedValue { Array($0.relays.values) }
+        for pair in relays {
+            pair.eventLoop.execute {
+                pair.value.0.blackHole()
+                pair.value.1.blackHole()
+            }
+        }
     }
 
     /// While true, new connections are closed as soon as they are accepted.

@@ -117,4 +117,68 @@ import Testing
         try await relay.close()
         try await echo.close()
     }
+
+    /// The path silently stops carrying anything (no close, no reset): keepalive declares the connection dead
+    /// within its timeout, not TCP's minutes, and the session resumes on a new connection and carries on.
+    @Test func keepaliveFindsASilentlyDeadConnectionAndTheSessionResumes() async throws {
+        let echo = try await EchoServer.start(group: self.group)
+        let session = SessionConfiguration(
+            token: "test-token", keepaliveInterval: .milliseconds(200), keepaliveTimeout: .milliseconds(300)
+        )
+        let server = try await TunnelServer.start(
+            configuration: .init(
+                listenHost: "127.0.0.1", listenPort: 0, session: session,
+                allowlist: Allowlist(entries: [try Allowlist.Entry(parsing: "127.0.0.1:\(echo.port)")])
+            ),
+            group: self.group, logger: TunnelHarness.logger
+        )
+        let relay = try await CuttingRelay.start(targetPort: server.localAddress!.port!, group: self.group)
+        let client = try await TunnelClient.connect(
+            configuration: .init(
+                server: ServerEndpoint(host: "127.0.0.1", port: relay.port),
+                session: session,
+                forwards: [ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: echo.port))]
+            ),
+            group: self.group, logger: TunnelHarness.logger
+        )
+        let localPort = client.listenerAddresses[0].port!
+        relay.blackHoleAll()
+        let result = try await TransferClient.echoTransfer(host: "127.0.0.1", port: localPort, byteCount: 1_000_000, group: self.group)
+        #expect(result.digestsMatch)
+        #expect(client.session.resumptions >= 1)
+        #expect(client.sessionsStarted == 1)
+        await client.shutdown(gracePeriod: .zero)
+        await server.shutdown(gracePeriod: .zero)
+        try await relay.close()
+        try await echo.close()
+    }
+
+    /// A live session moves from WebSocket to polling and back in the middle of a 64 MiB transfer: the new
+    /// connection uses the other transport, and every byte arrives once, in order.
+    @Test func theSessionMovesToAnotherTransportMidTransfer() async throws {
+        let echo = try await EchoServer.start(group: self.group)
+        let server = try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"])
+        let client = try await TunnelHarness.connectClient(serverPort: server.localAddress!.port!, targets: [echo.port])
+        let localPort = client.listenerAddresses[0].port!
+        let transfer = Task {
+            try await TransferClient.echoTransfer(host: "127.0.0.1", port: localPort, byteCount: 64 * 1024 * 1024, seed: 4, group: self.group)
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        client.switchTransport(to: .polling)
+        var waited = 0
+        while client.session.transportKind != .polling && waited < 100 {
+            try await Task.sleep(for: .milliseconds(20))
+            waited += 1
+        }
+        #expect(client.session.transportKind == .polling)
+        client.switchTransport(to: .websocket)
+        let result = try await transfer.value
+        #expect(result.digestsMatch)
+        #expect(result.bytesReceived == 64 * 1024 * 1024)
+        #expect(client.session.resumptions >= 1)
+        #expect(client.session.statistics.streamsReset == 0)
+        await client.shutdown(gracePeriod: .zero)
+        await server.shutdown(gracePeriod: .zero)
+        try await echo.close()
+    }
 }

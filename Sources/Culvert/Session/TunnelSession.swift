@@ -335,6 +335,15 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         self.onDetached?(self, reason)
     }
 
+    /// Closes the transport on purpose (to move the session to another one): the session detaches as if the
+    /// connection had dropped, and is resumed on the next.
+    func dropTransport() {
+        self.eventLoop.preconditionInEventLoop()
+        guard let transport = self.transport, !self.isEnded else { return }
+        self.transportLost(.transportClosed("moved to another transport"))
+        transport.close()
+    }
+
     /// Client: resumes the detached session on `transport` (dialled on this session's loop).
     func resume(on transport: any TransportConnection) {
         self.eventLoop.preconditionInEventLoop()
