@@ -18,23 +18,13 @@ struct RawStreamServerUpgrader: HTTPServerProtocolUpgrader, Sendable {
         guard upgradeRequest.pathWithoutQuery == self.path else {
             return channel.eventLoop.makeFailedFuture(HTTPServerUpgradeErrors.invalidHTTPOrdering)
         }
-        var headers = initialResponseHeaders
-        headers.replaceOrAdd(name: "Upgrade", value: ConnectClientTransport.upgradeProtocol)
-        headers.replaceOrAdd(name: "Connection", value: "upgrade")
-        headers.add(name: "Cache-Control", value: "no-store")
-        headers.add(name: "Server", value: "culvert/\(CulvertVersion.string)")
+        let headers = HTTPServerUpgrade.responseHeaders(initialResponseHeaders, protocolName: ConnectClientTransport.upgradeProtocol)
         return channel.eventLoop.makeSucceededFuture(headers)
     }
 
     func upgrade(context: ChannelHandlerContext, upgradeRequest: HTTPRequestHead) -> EventLoopFuture<Void> {
         context.eventLoop.makeCompletedFuture {
-            let pipeline = context.pipeline.syncOperations
-            if let router = try? pipeline.handler(type: HTTPTransportRequestHandler.self) {
-                pipeline.removeHandler(router, promise: nil)
-            }
-            let connection = ChannelTransportConnection(kind: .connect, channel: context.channel)
-            try pipeline.addHandler(connection)
-            self.onConnection(connection)
+            self.onConnection(try HTTPServerUpgrade.installTransport(kind: .connect, context: context))
         }
     }
 }

@@ -27,27 +27,21 @@ struct WebSocketServerUpgrader: HTTPServerProtocolUpgrader, Sendable {
         guard keys.count == 1, upgradeRequest.headers["Sec-WebSocket-Version"] == ["13"] else {
             return channel.eventLoop.makeFailedFuture(NIOWebSocketUpgradeError.invalidUpgradeHeader)
         }
-        var headers = initialResponseHeaders
-        headers.replaceOrAdd(name: "Upgrade", value: "websocket")
-        headers.replaceOrAdd(name: "Connection", value: "upgrade")
+        var headers = HTTPServerUpgrade.responseHeaders(initialResponseHeaders, protocolName: "websocket")
         headers.add(name: "Sec-WebSocket-Accept", value: WebSocketAccept.value(forKey: keys[0]))
-        headers.add(name: "Cache-Control", value: "no-store")
-        headers.add(name: "Server", value: "culvert/\(CulvertVersion.string)")
         return channel.eventLoop.makeSucceededFuture(headers)
     }
 
     func upgrade(context: ChannelHandlerContext, upgradeRequest: HTTPRequestHead) -> EventLoopFuture<Void> {
         context.eventLoop.makeCompletedFuture {
-            let pipeline = context.pipeline.syncOperations
-            if let router = try? pipeline.handler(type: HTTPTransportRequestHandler.self) {
-                pipeline.removeHandler(router, promise: nil)
-            }
-            let connection = ChannelTransportConnection(kind: .websocket, channel: context.channel)
-            try pipeline.addHandlers([
-                ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: self.maximumFrameSize)),
-                WebSocketMessageHandler(isClient: false),
-                connection,
-            ])
+            let connection = try HTTPServerUpgrade.installTransport(
+                kind: .websocket,
+                context: context,
+                handlers: [
+                    ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: self.maximumFrameSize)),
+                    WebSocketMessageHandler(isClient: false),
+                ]
+            )
             self.onConnection(connection)
         }
     }

@@ -1,0 +1,32 @@
+import NIOCore
+import NIOHTTP1
+
+/// What the server's upgraders (WebSocket, `culvert` for CONNECT) share: the 101's headers and the switch from the
+/// HTTP request handler to the transport's handlers.
+enum HTTPServerUpgrade {
+    /// `initial` plus `Upgrade: protocolName`, `Connection: upgrade`, `Cache-Control: no-store` and `Server`.
+    static func responseHeaders(_ initial: HTTPHeaders, protocolName: String) -> HTTPHeaders {
+        var headers = initial
+        headers.replaceOrAdd(name: "Upgrade", value: protocolName)
+        headers.replaceOrAdd(name: "Connection", value: "upgrade")
+        headers.add(name: "Cache-Control", value: "no-store")
+        headers.add(name: "Server", value: "culvert/\(CulvertVersion.string)")
+        return headers
+    }
+
+    /// Removes the request handler and adds `handlers` followed by a ``ChannelTransportConnection`` of `kind`,
+    /// which it returns.
+    static func installTransport(
+        kind: TransportKind,
+        context: ChannelHandlerContext,
+        handlers: [any ChannelHandler] = []
+    ) throws -> ChannelTransportConnection {
+        let pipeline = context.pipeline.syncOperations
+        if let requestHandler = try? pipeline.handler(type: HTTPTransportRequestHandler.self) {
+            pipeline.removeHandler(requestHandler, promise: nil)
+        }
+        let connection = ChannelTransportConnection(kind: kind, channel: context.channel)
+        try pipeline.addHandlers(handlers + [connection])
+        return connection
+    }
+}
