@@ -8,7 +8,8 @@ import NIOPosix
 enum TransportChoice: String, ExpressibleByArgument, CaseIterable {
     case auto, websocket, connect, chunked, polling
 
-    /// The transport this choice means. Until the negotiator lands, `auto` means websocket.
+    /// The transport this choice names; `auto` means websocket here (the client probes instead: see
+    /// ``ClientCommand``), for the demo and the benchmark.
     func resolvedKind() -> TransportKind {
         self == .auto ? TransportKind.websocket : TransportKind(rawValue: self.rawValue)!
     }
@@ -74,18 +75,38 @@ struct ClientCommand: AsyncParsableCommand {
             }
             headers.append((String(text[..<colon]), String(text[text.index(after: colon)...]).trimmingSpaces()))
         }
-        let kind = self.transport.resolvedKind()
+        let transportOptions = TransportOptions(
+            extraHeaders: headers,
+            connectTimeout: .milliseconds(Int64(self.connectTimeout * 1000)),
+            proxy: try self.proxyOptions.resolve(for: server, logger: logger),
+            http: try self.http.settings(),
+            logger: logger
+        )
+        let sessionConfiguration = self.tuning.sessionConfiguration(token: try self.tokenOptions.resolve(), compression: self.compress)
+        let kind: TransportKind
+        if self.transport == .auto {
+            var quiet = logger
+            quiet.logLevel = .critical
+            let results = await TransportNegotiator.probe(
+                server: server, options: transportOptions, session: sessionConfiguration,
+                group: MultiThreadedEventLoopGroup.singleton, logger: quiet
+            )
+            let summary = results.map { "\($0.transport): \($0.works ? "works" : $0.failure?.phrase ?? "failed")" }
+                .joined(separator: ", ")
+            guard let choice = TransportNegotiator.choice(results) else {
+                let reasons = results.map { "\($0.transport): \($0.detail)" }.joined(separator: "; ")
+                fail("no transport gets through to \(server) (\(reasons)); `culvert probe` explains more")
+            }
+            logger.info("transport auto: using \(choice) (\(summary))")
+            kind = choice
+        } else {
+            kind = self.transport.resolvedKind()
+        }
         let configuration = TunnelClient.Configuration(
             server: server,
             transport: kind,
-            transportOptions: TransportOptions(
-                extraHeaders: headers,
-                connectTimeout: .milliseconds(Int64(self.connectTimeout * 1000)),
-                proxy: try self.proxyOptions.resolve(for: server, logger: logger),
-                http: try self.http.settings(),
-                logger: logger
-            ),
-            session: self.tuning.sessionConfiguration(token: try self.tokenOptions.resolve(), compression: self.compress),
+            transportOptions: transportOptions,
+            session: sessionConfiguration,
             forwards: forwards
         )
         let client: TunnelClient

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import CulvertTransport
 
 /// `culvert`: an HTTP tunnel that carries TCP connections through firewalls and proxies.
@@ -8,6 +9,24 @@ struct CulvertCommand: AsyncParsableCommand {
         commandName: "culvert",
         abstract: "Carry TCP connections through HTTP proxies and firewalls.",
         version: CulvertVersion.string,
-        subcommands: [ServerCommand.self, ClientCommand.self, DemoCommand.self, BenchCommand.self]
+        subcommands: [ServerCommand.self, ClientCommand.self, ProbeCommand.self, DemoCommand.self, BenchCommand.self]
     )
+
+    /// Runs the command; bad arguments exit with status 2 (not ArgumentParser's 64), as scripts expect.
+    static func main() async {
+        do {
+            var command = try Self.parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            if Self.exitCode(for: error) == .validationFailure {
+                FileHandle.standardError.write(Data((Self.fullMessage(for: error) + "\n").utf8))
+                Foundation.exit(2)
+            }
+            Self.exit(withError: error)
+        }
+    }
 }

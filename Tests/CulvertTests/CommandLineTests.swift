@@ -138,6 +138,36 @@ import Testing
         #expect(ignored.standardError.contains("cannot connect to 127.0.0.1:\(serverPort)"))
     }
 
+    /// `probe --json` prints one object with the choice and every transport's name, works, failure and rtt_ms;
+    /// exit 0 when one works, 1 when none does, 2 for a bad URL.
+    @Test func probeReportsAsJSONWithExitCodes() throws {
+        let port = try self.freePort()
+        let server = try self.startServer(port: port, token: "t")
+        defer {
+            server.terminate()
+            server.waitUntilExit()
+        }
+        let process = Process()
+        process.executableURL = Self.executable
+        process.arguments = ["probe", "http://127.0.0.1:\(port)", "--token", "t", "--json"]
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        let report = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        #expect(report["choice"] as? String == "websocket")
+        let transports = try #require(report["transports"] as? [[String: Any]])
+        #expect(transports.map { $0["name"] as? String } == ["websocket", "connect", "chunked", "polling"])
+        #expect(transports.allSatisfy { $0["works"] as? Bool == true && $0.keys.contains("failure") && $0["rtt_ms"] is Double })
+
+        let down = try self.run(["probe", "http://127.0.0.1:\(try self.freePort())", "--json"])
+        #expect(down.status == 1)
+        let bad = try self.run(["probe", "ftp://nowhere"])
+        #expect(bad.status == 2)
+    }
+
     /// A proxy URL with a scheme culvert cannot speak is refused before anything is dialled.
     @Test func unsupportedProxySchemeIsRefused() throws {
         let outcome = try self.run(["client", "http://127.0.0.1:1", "--proxy", "socks5://127.0.0.1:1080", "-L", "0:h:1"])
