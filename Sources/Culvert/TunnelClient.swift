@@ -22,6 +22,11 @@ public final class TunnelClient: Sendable {
         /// When to reconnect after the transport connection drops (100 ms doubling to 30 s, jittered; starts over
         /// after a connection stayed up 10 s).
         public var reconnect: ReconnectBackoff
+        /// Transports to move to, in order, when the current one keeps failing: its connection dropped
+        /// ``failuresBeforeFallback`` times within ``fallbackWindow`` (e.g. a proxy that cuts it every 60 s).
+        public var fallbacks: [TransportKind] = []
+        public var failuresBeforeFallback = 3
+        public var fallbackWindow: TimeAmount = .seconds(600)
 
         public init(
             server: ServerEndpoint,
@@ -45,6 +50,9 @@ public final class TunnelClient: Sendable {
         var backoff: ReconnectBackoff
         /// The transport new connections use: the configured one until ``TunnelClient/switchTransport(to:)``.
         var transport: TransportKind
+        /// When the current transport's connections dropped, within the fallback window.
+        var recentDrops: [NIODeadline] = []
+        var fallbacks: [TransportKind]
         var stopping = false
         var finished = false
         var sessionsStarted = 1
@@ -72,7 +80,10 @@ public final class TunnelClient: Sendable {
         self.eventLoop = eventLoop
         self.logger = logger
         self.state = NIOLockedValueBox(
-            State(session: session, backoff: configuration.reconnect, transport: configuration.transport)
+            State(
+                session: session, backoff: configuration.reconnect, transport: configuration.transport,
+                fallbacks: configuration.fallbacks.filter { $0 != configuration.transport }
+            )
         )
         self.listeners = NIOLockedValueBox([])
         self.endedPromise = eventLoop.makePromise()
@@ -176,7 +187,10 @@ public final class TunnelClient: Sendable {
     /// when it ends for a reason a new session can overcome.
     private func watch(_ session: TunnelSession) {
         self.state.withLockedValue { $0.backoff.connected(now: .now()) }
-        session.onDetached = { [self] session, _ in self.scheduleResume(of: session) }
+        session.onDetached = { [self] session, reason in
+            self.noteDrop(reason)
+            self.scheduleResume(of: session)
+        }
         session.onResumed = { [self] _ in self.state.withLockedValue { $0.backoff.connected(now: .now()) } }
         session.ended.whenSuccess { [self] reason in
             guard !self.state.withLockedValue({ $0.stopping }) else {
@@ -195,6 +209,28 @@ public final class TunnelClient: Sendable {
                 self.logger.warning("session ended: \(reason)\(lost); starting a new session")
             }
             self.scheduleNewSession()
+        }
+    }
+
+    /// Counts a dropped connection; gives the transport up for the next fallback when it keeps failing.
+    private func noteDrop(_ reason: SessionError) {
+        let now = NIODeadline.now()
+        let window = self.configuration.fallbackWindow
+        let change = self.state.withLockedValue { state -> (from: TransportKind, to: TransportKind, drops: Int)? in
+            state.recentDrops = state.recentDrops.filter { now - $0 < window } + [now]
+            guard state.recentDrops.count >= self.configuration.failuresBeforeFallback, !state.fallbacks.isEmpty else {
+                return nil
+            }
+            let from = state.transport
+            state.transport = state.fallbacks.removeFirst()
+            let drops = state.recentDrops.count
+            state.recentDrops = []
+            return (from, state.transport, drops)
+        }
+        if let change {
+            self.logger.warning(
+                "the \(change.from) transport dropped \(change.drops) times within \(window.seconds) s (last: \(reason)); giving it up for \(change.to)"
+            )
         }
     }
 
@@ -276,6 +312,14 @@ public final class TunnelClient: Sendable {
             session.dropTransport()
         }
     }
+
+    /// Sets the transports to fall back to when the current one keeps failing (see ``Configuration/fallbacks``).
+    public func setFallbacks(_ kinds: [TransportKind]) {
+        self.state.withLockedValue { state in state.fallbacks = kinds.filter { $0 != state.transport } }
+    }
+
+    /// The transport new connections use.
+    public var currentTransport: TransportKind { self.state.withLockedValue { $0.transport } }
 
     /// Completes ``ended`` once.
     private func finish(_ reason: SessionError) {

@@ -3,11 +3,14 @@ import Testing
 
 /// Runs the built `culvert` executable (which `swift test` builds beside the test bundle) and checks exit codes
 /// and the one-line messages users see.
-@Suite(.serialized, .timeLimit(.minutes(1))) struct CommandLineTests {
+@Suite(.serialized, .timeLimit(.minutes(2))) struct CommandLineTests {
     struct Outcome {
         var status: Int32
         var standardError: String
     }
+
+    static let cacheDirectory = FileManager.default.temporaryDirectory
+        .appendingPathComponent("culvert-cli-cache-\(UUID().uuidString)").path
 
     static var executable: URL {
         let testBundle = URL(fileURLWithPath: CommandLine.arguments[0])
@@ -22,6 +25,8 @@ import Testing
         for name in ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"] {
             inherited.removeValue(forKey: name)
         }
+        // A cache directory of the test's own: `auto` remembers its winner there, not in the user's cache.
+        inherited["XDG_CACHE_HOME"] = Self.cacheDirectory
         process.environment = inherited.merging(environment) { $1 }
         let errors = Pipe()
         process.standardError = errors
@@ -166,6 +171,46 @@ import Testing
         #expect(down.status == 1)
         let bad = try self.run(["probe", "ftp://nowhere"])
         #expect(bad.status == 2)
+    }
+
+    /// `--transport auto` settles on the best transport that works, remembers it for the (server, proxy), and the
+    /// next start uses the remembered one first.
+    @Test func autoSettlesRemembersAndReusesTheWinner() async throws {
+        let port = try self.freePort()
+        let server = try self.startServer(port: port, token: "t")
+        defer {
+            server.terminate()
+            server.waitUntilExit()
+        }
+        let cacheDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("culvert-auto-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: cacheDirectory) }
+        func runClientUntil(_ text: String) async throws -> String {
+            let log = cacheDirectory + "-\(UUID().uuidString).log"
+            FileManager.default.createFile(atPath: log, contents: nil)
+            let process = Process()
+            process.executableURL = Self.executable
+            process.arguments = ["client", "http://127.0.0.1:\(port)", "--token", "t", "-L", "0:127.0.0.1:1"]
+            process.environment = ProcessInfo.processInfo.environment.merging(["XDG_CACHE_HOME": cacheDirectory]) { $1 }
+            process.standardError = FileHandle(forWritingAtPath: log)
+            try process.run()
+            defer {
+                process.terminate()
+                process.waitUntilExit()
+                try? FileManager.default.removeItem(atPath: log)
+            }
+            for _ in 0..<200 {
+                let contents = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+                if contents.contains(text) { return contents }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            return (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        }
+        let first = try await runClientUntil("settled on")
+        #expect(first.contains("transport auto: settled on websocket"))
+        let cache = try String(contentsOfFile: cacheDirectory + "/culvert/transports.json", encoding: .utf8)
+        #expect(cache.contains("\"websocket\""))
+        let second = try await runClientUntil("settled on")
+        #expect(second.contains("using websocket, which won last time"))
     }
 
     /// A proxy URL with a scheme culvert cannot speak is refused before anything is dialled.

@@ -1,4 +1,5 @@
 import Culvert
+import CulvertCore
 import CulvertTools
 import CulvertTransport
 import NIOCore
@@ -179,6 +180,41 @@ import Testing
         #expect(client.session.statistics.streamsReset == 0)
         await client.shutdown(gracePeriod: .zero)
         await server.shutdown(gracePeriod: .zero)
+        try await echo.close()
+    }
+
+    /// A transport whose connection keeps dropping (three times within the window) is given up for the next
+    /// fallback; the session moves to it and carries on.
+    @Test func aTransportThatKeepsFailingIsGivenUpForTheFallback() async throws {
+        let echo = try await EchoServer.start(group: self.group)
+        let server = try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"])
+        let relay = try await CuttingRelay.start(targetPort: server.localAddress!.port!, group: self.group)
+        var configuration = TunnelClient.Configuration(
+            server: ServerEndpoint(host: "127.0.0.1", port: relay.port),
+            session: SessionConfiguration(token: "test-token"),
+            forwards: [ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: echo.port))],
+            reconnect: ReconnectBackoff(initial: .milliseconds(20))
+        )
+        configuration.fallbacks = [.polling]
+        let client = try await TunnelClient.connect(configuration: configuration, group: self.group, logger: TunnelHarness.logger)
+        for _ in 0..<3 {
+            let resumed = client.session.resumptions
+            relay.cutAll()
+            var waited = 0
+            while client.session.resumptions == resumed && waited < 200 {
+                try await Task.sleep(for: .milliseconds(10))
+                waited += 1
+            }
+        }
+        #expect(client.currentTransport == .polling)
+        #expect(client.session.transportKind == .polling)
+        let result = try await TransferClient.echoTransfer(
+            host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 1_000_000, group: self.group
+        )
+        #expect(result.digestsMatch)
+        await client.shutdown(gracePeriod: .zero)
+        await server.shutdown(gracePeriod: .zero)
+        try await relay.close()
         try await echo.close()
     }
 }

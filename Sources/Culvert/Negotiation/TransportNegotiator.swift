@@ -24,6 +24,53 @@ public enum TransportNegotiator {
         floor: TimeAmount = .seconds(2),
         ceiling: TimeAmount = .seconds(8)
     ) async -> [ProbeResult] {
+        var results: [ProbeResult] = []
+        for await result in Self.results(
+            server: server, options: options, session: session, group: group, logger: logger, floor: floor, ceiling: ceiling
+        ) {
+            results.append(result)
+        }
+        return results.sorted { Self.rank($0.transport) < Self.rank($1.transport) }
+    }
+
+    /// The position of `kind` in ``preference`` (lower is better).
+    public static func rank(_ kind: TransportKind) -> Int {
+        Self.preference.firstIndex(of: kind)!
+    }
+
+    /// Probes every transport to `server` at once and yields each result as soon as it is known, so that a
+    /// caller can start on the first that works and move to a better one when its probe passes.
+    public static func results(
+        server: ServerEndpoint,
+        options: TransportOptions,
+        session: SessionConfiguration,
+        group: any EventLoopGroup,
+        logger: Logger,
+        floor: TimeAmount = .seconds(2),
+        ceiling: TimeAmount = .seconds(8)
+    ) -> AsyncStream<ProbeResult> {
+        AsyncStream { continuation in
+            let task = Task {
+                await Self.runProbes(
+                    server: server, options: options, session: session, group: group, logger: logger,
+                    floor: floor, ceiling: ceiling
+                ) { continuation.yield($0) }
+                continuation.finish()
+            }
+            continuation.onTermination = { _ in task.cancel() }
+        }
+    }
+
+    private static func runProbes(
+        server: ServerEndpoint,
+        options: TransportOptions,
+        session: SessionConfiguration,
+        group: any EventLoopGroup,
+        logger: Logger,
+        floor: TimeAmount,
+        ceiling: TimeAmount,
+        each: @escaping @Sendable (ProbeResult) -> Void
+    ) async {
         let firstHop = HTTPRoute(endpoint: server, proxy: options.proxy)
         let rtt = await Self.tcpRoundTrip(host: firstHop.dialHost, port: firstHop.dialPort, group: group)
         let timeout = TimeAmount.nanoseconds(min(max(floor.nanoseconds, (rtt ?? floor).nanoseconds * 8), ceiling.nanoseconds))
@@ -37,15 +84,13 @@ public enum TransportNegotiator {
         probeSession.resumption = false
         let finalOptions = probeOptions
         let finalSession = probeSession
-        return await withTaskGroup(of: ProbeResult.self) { tasks in
+        await withTaskGroup(of: ProbeResult.self) { tasks in
             for kind in Self.preference {
                 tasks.addTask {
                     await Self.probe(kind, server: server, options: finalOptions, session: finalSession, group: group, logger: logger)
                 }
             }
-            var results: [ProbeResult] = []
-            for await result in tasks { results.append(result) }
-            return results.sorted { Self.preference.firstIndex(of: $0.transport)! < Self.preference.firstIndex(of: $1.transport)! }
+            for await result in tasks { each(result) }
         }
     }
 
