@@ -161,7 +161,7 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
                 self.closeNow(error: TransportError.protocolViolation("\(self.kind): malformed downstream body: \(error)"))
                 return
             }
-            self.handleRecords(records, fromDownstream: true)
+            self.handleRecords(records)
         case .end:
             self.downTimer?.cancel()
             self.downInFlight = false
@@ -192,7 +192,7 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
 
     // MARK: Records from the server
 
-    private func handleRecords(_ records: [HTTPTransportRecord], fromDownstream: Bool) {
+    private func handleRecords(_ records: [HTTPTransportRecord]) {
         var delivered = false
         for record in records {
             guard !self.closed else { return }
@@ -440,7 +440,7 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
                 self.closeNow(error: TransportError.protocolViolation("\(self.kind): malformed upload answer: \(error)"))
                 return
             }
-            self.handleRecords(records, fromDownstream: false)
+            self.handleRecords(records)
         case .end:
             self.upTimer?.cancel()
             self.upInFlight = false
