@@ -63,13 +63,38 @@ final class ByteRelay: ChannelDuplexHandler {
 
     private var partnerWritable: Bool { self.context?.channel.isWritable ?? false }
 
+    /// Bytes of an answer head seen so far, while waiting to black-hole both sides after it (`silenceAfterHead`).
+    private var headScan: [UInt8]?
+
     /// From now on this side swallows what it reads (call on its loop; call on both handlers of a pair).
     func blackHole() {
         self.blackHoled = true
     }
 
+    /// Passes on what it reads up to the end of the first HTTP head (`\r\n\r\n`), then both sides swallow
+    /// everything: a proxy that relays an upgrade's 101 and nothing after it.
+    func silenceAfterHead() {
+        self.headScan = []
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if self.blackHoled { return }
+        if var scanned = self.headScan {
+            var bytes = self.unwrapInboundIn(data)
+            let start = scanned.count
+            scanned += bytes.readableBytesView
+            if let end = scanned.firstRange(of: Array("\r\n\r\n".utf8))?.upperBound {
+                self.partner?.partnerWrite(NIOAny(bytes.readSlice(length: end - start)!))
+                self.partner?.partnerFlush()
+                self.headScan = nil
+                self.blackHole()
+                self.partner?.blackHole()
+            } else {
+                self.headScan = scanned
+                self.partner?.partnerWrite(data)
+            }
+            return
+        }
         if let budget = self.budget {
             let bytes = self.unwrapInboundIn(data).readableBytes
             guard bytes < budget else {

@@ -4,8 +4,9 @@ import NIOPosix
 
 /// A small HTTP forward proxy on loopback, for tests and the demo: `CONNECT host:port` tunnels and absolute-form
 /// requests (`GET http://host:port/path`), each client connection relayed byte for byte to one upstream after its
-/// first request head (rewritten to origin-form). It passes `Upgrade` on, unlike many real proxies, and can demand
-/// Basic credentials. It stands beside the real proxies the tests start, never instead of them.
+/// first request head (rewritten to origin-form). It passes `Upgrade` on, unlike many real proxies, can demand
+/// Basic credentials, cut connections, and inject the faults of real proxies (``Fault``) one by one. It stands beside
+/// the real proxies the tests start, never instead of them.
 public final class ForwardProxy: Sendable {
     public struct Configuration: Sendable {
         /// When set, requests without these Basic credentials get 407.
@@ -14,10 +15,30 @@ public final class ForwardProxy: Sendable {
         /// limit response sizes, or drop connections), to test that transports recover.
         public var cutAfterBytes: Int?
 
-        public init(credentials: (user: String, password: String)? = nil, cutAfterBytes: Int? = nil) {
+        /// Misbehaviours of widely deployed proxies, switched on one by one.
+        public var faults: Set<Fault>
+
+        public init(
+            credentials: (user: String, password: String)? = nil,
+            cutAfterBytes: Int? = nil,
+            faults: Set<Fault> = []
+        ) {
             self.credentials = credentials
             self.cutAfterBytes = cutAfterBytes
+            self.faults = faults
         }
+    }
+
+    /// A way real proxies break tunnels.
+    public enum Fault: Hashable, Sendable, CaseIterable {
+        /// Drops `Upgrade` and `Connection` from requests, so an upgrade reaches the server as a plain request.
+        case stripUpgrade
+        /// Relays the answer to an upgrade request (the 101), then nothing more in either direction.
+        case nothingAfterUpgrade
+        /// Answers CONNECT with 403.
+        case refuseConnect
+        /// Answers CONNECT with 200, then relays nothing.
+        case connectThenNothing
     }
 
     private let channel: any Channel
@@ -58,6 +79,7 @@ public final class ForwardProxy: Sendable {
                         ForwardProxyHandler(
                             expectedAuthorization: expectedAuthorization,
                             cutAfterBytes: configuration.cutAfterBytes,
+                            faults: configuration.faults,
                             counters: counters
                         )
                     )
@@ -80,18 +102,28 @@ private final class ForwardProxyHandler: ChannelInboundHandler, RemovableChannel
 
     private let expectedAuthorization: String?
     private let cutAfterBytes: Int?
+    private let faults: Set<ForwardProxy.Fault>
     private let counters: NIOLockedValueBox<ForwardProxy.Counters>
     private var buffered = ByteBuffer()
     private var headParsed = false
+    /// After a CONNECT answered 200 by `connectThenNothing`: every byte is swallowed.
+    private var swallowing = false
 
-    init(expectedAuthorization: String?, cutAfterBytes: Int?, counters: NIOLockedValueBox<ForwardProxy.Counters>) {
+    init(
+        expectedAuthorization: String?,
+        cutAfterBytes: Int?,
+        faults: Set<ForwardProxy.Fault>,
+        counters: NIOLockedValueBox<ForwardProxy.Counters>
+    ) {
         self.expectedAuthorization = expectedAuthorization
         self.cutAfterBytes = cutAfterBytes
+        self.faults = faults
         self.counters = counters
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = self.unwrapInboundIn(data)
+        if self.swallowing { return }
         if self.headParsed {
             self.buffered.writeBuffer(&bytes)
             return
@@ -121,13 +153,27 @@ private final class ForwardProxyHandler: ChannelInboundHandler, RemovableChannel
             }
         }
         let method = requestLine[0], target = requestLine[1], version = requestLine[2]
+        let isUpgrade = lines.contains { $0.lowercased().hasPrefix("upgrade:") }
         let headers = lines.filter {
             let lower = $0.lowercased()
+            if self.faults.contains(.stripUpgrade) && (lower.hasPrefix("upgrade:") || lower.hasPrefix("connection:")) {
+                return false
+            }
             return !lower.hasPrefix("proxy-authorization:") && !lower.hasPrefix("proxy-connection:")
         }
         if method == "CONNECT" {
             guard let (host, port) = Self.splitAuthority(target) else {
                 self.answer(context: context, "400 Bad Request")
+                return
+            }
+            if self.faults.contains(.refuseConnect) {
+                self.answer(context: context, "403 Forbidden")
+                return
+            }
+            if self.faults.contains(.connectThenNothing) {
+                self.swallowing = true
+                self.buffered = ByteBuffer()
+                context.writeAndFlush(NIOAny(ByteBuffer(string: "\(version) 200 Connection established\r\n\r\n")), promise: nil)
                 return
             }
             self.counters.withLockedValue { $0.connectRequests += 1 }
@@ -146,16 +192,26 @@ private final class ForwardProxyHandler: ChannelInboundHandler, RemovableChannel
             let path = slash == rest.endIndex ? "/" : String(rest[slash...])
             self.counters.withLockedValue { $0.absoluteFormRequests += 1 }
             let rewritten = "\(method) \(path) \(version)\r\n" + headers.map { $0 + "\r\n" }.joined() + "\r\n"
-            self.join(context: context, host: host, port: port, preface: rewritten, toClient: false)
+            let silenceAfterAnswer = isUpgrade && self.faults.contains(.nothingAfterUpgrade) && !self.faults.contains(.stripUpgrade)
+            self.join(context: context, host: host, port: port, preface: rewritten, toClient: false,
+                      silenceAfterAnswerHead: silenceAfterAnswer)
         }
     }
 
     /// Connects upstream, sends `preface` (to the client for CONNECT, upstream otherwise) and whatever followed
     /// the head, then relays.
-    private func join(context: ChannelHandlerContext, host: String, port: Int, preface: String, toClient: Bool) {
+    private func join(
+        context: ChannelHandlerContext,
+        host: String,
+        port: Int,
+        preface: String,
+        toClient: Bool,
+        silenceAfterAnswerHead: Bool = false
+    ) {
         let client = context.channel
         context.channel.setOption(.autoRead, value: false).whenComplete { _ in }
         let (clientRelay, upstreamRelay) = ByteRelay.pair(cutAfter: self.cutAfterBytes)
+        if silenceAfterAnswerHead { upstreamRelay.silenceAfterHead() }
         let loopBound = NIOLoopBound((self, context, clientRelay, upstreamRelay), eventLoop: context.eventLoop)
         ClientBootstrap(group: context.eventLoop)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
