@@ -45,7 +45,14 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Cuts per transport with --resume.")
     var cuts: Int = 10
 
+    @Flag(help: "Measure negotiation instead: time to the first usable and to the final transport under injected proxy faults.")
+    var negotiation = false
+
     func run() async throws {
+        if self.negotiation {
+            try await NegotiationBenchmark(repeats: self.repeats).run()
+            return
+        }
         if self.resume {
             try await ResumeBenchmark(cuts: self.cuts).run()
             return
