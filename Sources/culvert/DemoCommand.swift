@@ -20,8 +20,11 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(help: "Concurrent streams over the one tunnel connection.")
     var streams: Int = 4
 
-    @Option(help: "Transport: websocket (auto picks it in this build).")
+    @Option(help: "Transport: auto (probe all, use the best that works), websocket, connect, chunked or polling.")
     var transport: TransportChoice = .auto
+
+    @Flag(help: "Put a proxy in the path that strips Upgrade and refuses CONNECT (the test proxy), to show auto at work.")
+    var throughFaultyProxy = false
 
     @OptionGroup var loggingOptions: LoggingOptions
 
@@ -29,7 +32,6 @@ struct DemoCommand: AsyncParsableCommand {
         var options = self.loggingOptions
         if options.logLevel == "info" { options.logLevel = "warning" }
         let logger = try options.makeLogger(label: "culvert.demo")
-        let kind = self.transport.resolvedKind()
         guard self.mib > 0, self.streams > 0 else { throw ValidationError("--mib and --streams must be positive") }
         let group = MultiThreadedEventLoopGroup.singleton
         let token = (0..<16).map { _ in String(UInt8.random(in: 0...255), radix: 16) }.joined()
@@ -46,12 +48,40 @@ struct DemoCommand: AsyncParsableCommand {
             logger: logger
         )
         let serverPort = server.localAddress!.port!
+        let endpoint = ServerEndpoint(host: "127.0.0.1", port: serverPort)
+        var proxy: ForwardProxy?
+        if self.throughFaultyProxy {
+            proxy = try await ForwardProxy.start(configuration: .init(faults: [.stripUpgrade, .refuseConnect]), group: group)
+        }
+        let proxyConfiguration = proxy.map { ProxyConfiguration(host: "127.0.0.1", port: $0.port) }
+        print("culvert demo")
+        if let proxyConfiguration {
+            print("  proxy in path   \(proxyConfiguration)  (strips Upgrade, refuses CONNECT: like many corporate proxies)")
+        }
+        let kind: TransportKind
+        if self.transport == .auto {
+            let results = await TransportNegotiator.probe(
+                server: endpoint, options: TransportOptions(proxy: proxyConfiguration, logger: logger),
+                session: SessionConfiguration(token: token), group: group, logger: logger
+            )
+            for result in results {
+                let outcome = result.works
+                    ? String(format: "works, rtt %.1f ms", result.roundTripMilliseconds ?? 0)
+                    : "fails: \(result.failure?.phrase ?? "failed")"
+                print("  probe           \(result.transport.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)) \(outcome)")
+            }
+            guard let choice = TransportNegotiator.choice(results) else { fail("no transport gets through") }
+            kind = choice
+        } else {
+            kind = self.transport.resolvedKind()
+        }
         let client: TunnelClient
         do {
             client = try await TunnelClient.connect(
                 configuration: .init(
-                    server: ServerEndpoint(host: "127.0.0.1", port: serverPort),
+                    server: endpoint,
                     transport: kind,
+                    transportOptions: TransportOptions(proxy: proxyConfiguration),
                     session: SessionConfiguration(token: token),
                     forwards: [ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: echo.port))]
                 ),
@@ -62,7 +92,6 @@ struct DemoCommand: AsyncParsableCommand {
             fail("\(error)")
         }
         let localPort = client.listenerAddresses[0].port!
-        print("culvert demo")
         print("  echo target     127.0.0.1:\(echo.port)")
         print("  culvert server  http://127.0.0.1:\(serverPort)/culvert  (token auth, --allow 127.0.0.1:\(echo.port))")
         print("  culvert client  -L 127.0.0.1:\(localPort):127.0.0.1:\(echo.port)  over \(kind)")
@@ -87,7 +116,7 @@ struct DemoCommand: AsyncParsableCommand {
         let received = results.reduce(0) { $0 + $1.bytesReceived }
         let allMatch = results.allSatisfy(\.digestsMatch)
         let mibPerSecond = Double(sent) / 1_048_576 / seconds
-        print("  transport       \(client.session.transportKind.map { "\($0)" } ?? "?") (one TCP connection: server accepted \(server.acceptedConnections))")
+        print("  transport       \(client.session.transportKind.map { "\($0)" } ?? "?") (one session; the server accepted \(server.acceptedConnections) TCP connections in all)")
         print("  sent            \(formatMiB(sent)) up, \(formatMiB(received)) back, in \(String(format: "%.2f", seconds)) s")
         print("  throughput      \(String(format: "%.1f", mibPerSecond)) MiB/s each way")
         for (index, result) in results.enumerated() {
@@ -95,6 +124,7 @@ struct DemoCommand: AsyncParsableCommand {
         }
         await client.shutdown(gracePeriod: .seconds(1))
         await server.shutdown(gracePeriod: .seconds(1))
+        try? await proxy?.close()
         try? await echo.close()
         guard allMatch else {
             fail("checksum mismatch: the tunnel corrupted or lost data")

@@ -186,7 +186,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: cacheDirectory) }
         func runClientUntil(_ text: String) async throws -> String {
             let log = cacheDirectory + "-\(UUID().uuidString).log"
-            FileManager.default.createFile(atPath: log, contents: nil)
+            _ = FileManager.default.createFile(atPath: log, contents: nil)
             let process = Process()
             process.executableURL = Self.executable
             process.arguments = ["client", "http://127.0.0.1:\(port)", "--token", "t", "-L", "0:127.0.0.1:1"]
@@ -211,6 +211,25 @@ import Testing
         #expect(cache.contains("\"websocket\""))
         let second = try await runClientUntil("settled on")
         #expect(second.contains("using websocket, which won last time"))
+    }
+
+    /// `demo --through-faulty-proxy` shows the negotiator at work: WebSocket and CONNECT fail at the proxy, the
+    /// demo runs over chunked, and every byte comes back.
+    @Test func demoThroughAFaultyProxyNegotiatesChunked() throws {
+        let process = Process()
+        process.executableURL = Self.executable
+        process.arguments = ["demo", "--mib", "1", "--streams", "2", "--through-faulty-proxy"]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        #expect(text.contains("websocket  fails: Upgrade stripped on the way"))
+        #expect(text.contains("connect    fails: CONNECT refused"))
+        #expect(text.contains("over chunked"))
+        #expect(text.contains("checksum OK"))
     }
 
     /// A proxy URL with a scheme culvert cannot speak is refused before anything is dialled.
