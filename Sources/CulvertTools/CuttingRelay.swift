@@ -14,12 +14,9 @@ public final class CuttingRelay: Sendable {
         var relays: [ObjectIdentifier: NIOLoopBound<(ByteRelay, ByteRelay)>] = [:]
         var refusing = false
         var cuts = 0
-        var accepted = 0
     }
 
     public var port: Int { self.channel.localAddress!.port! }
-    /// Connections accepted so far.
-    public var acceptedConnections: Int { self.state.withLockedValue { $0.accepted } }
     /// Connections cut so far.
     public var cuts: Int { self.state.withLockedValue { $0.cuts } }
 
@@ -37,10 +34,7 @@ public final class CuttingRelay: Sendable {
             .childChannelOption(.autoRead, value: false)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { client in
-                let refusing = state.withLockedValue { state -> Bool in
-                    if !state.refusing { state.accepted += 1 }
-                    return state.refusing
-                }
+                let refusing = state.withLockedValue { $0.refusing }
                 guard !refusing else { return client.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel) }
                 // Both connections live on the accepted one's loop, where the relay handlers are created and used.
                 let relays = NIOLoopBound(ByteRelay.pair(), eventLoop: client.eventLoop)

@@ -1,4 +1,4 @@
-import NIOConcurrencyHelpers
+import Foundation
 import NIOCore
 import NIOPosix
 
@@ -42,31 +42,16 @@ public final class ForwardProxy: Sendable {
     }
 
     private let channel: any Channel
-    private let counters: NIOLockedValueBox<Counters>
-
-    struct Counters {
-        var connectRequests = 0
-        var absoluteFormRequests = 0
-        var refusedForCredentials = 0
-    }
 
     public var port: Int { self.channel.localAddress!.port! }
-    /// CONNECT requests tunnelled so far.
-    public var connectRequests: Int { self.counters.withLockedValue { $0.connectRequests } }
-    /// Absolute-form requests relayed so far (first request of each client connection).
-    public var absoluteFormRequests: Int { self.counters.withLockedValue { $0.absoluteFormRequests } }
-    /// Requests answered 407.
-    public var refusedForCredentials: Int { self.counters.withLockedValue { $0.refusedForCredentials } }
 
-    private init(channel: any Channel, counters: NIOLockedValueBox<Counters>) {
+    private init(channel: any Channel) {
         self.channel = channel
-        self.counters = counters
     }
 
     public static func start(configuration: Configuration = .init(), group: any EventLoopGroup) async throws -> ForwardProxy {
-        let counters = NIOLockedValueBox(Counters())
         let expectedAuthorization = configuration.credentials.map {
-            "Basic " + Base64Encoding.encode(Array("\($0.user):\($0.password)".utf8))
+            "Basic " + Data("\($0.user):\($0.password)".utf8).base64EncodedString()
         }
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
@@ -79,15 +64,14 @@ public final class ForwardProxy: Sendable {
                         ForwardProxyHandler(
                             expectedAuthorization: expectedAuthorization,
                             cutAfterBytes: configuration.cutAfterBytes,
-                            faults: configuration.faults,
-                            counters: counters
+                            faults: configuration.faults
                         )
                     )
                 }
             }
             .bind(host: "127.0.0.1", port: 0)
             .get()
-        return ForwardProxy(channel: channel, counters: counters)
+        return ForwardProxy(channel: channel)
     }
 
     public func close() async throws {
@@ -103,7 +87,6 @@ private final class ForwardProxyHandler: ChannelInboundHandler, RemovableChannel
     private let expectedAuthorization: String?
     private let cutAfterBytes: Int?
     private let faults: Set<ForwardProxy.Fault>
-    private let counters: NIOLockedValueBox<ForwardProxy.Counters>
     private var buffered = ByteBuffer()
     private var headParsed = false
     /// After a CONNECT answered 200 by `connectThenNothing`: every byte is swallowed.
@@ -112,13 +95,11 @@ private final class ForwardProxyHandler: ChannelInboundHandler, RemovableChannel
     init(
         expectedAuthorization: String?,
         cutAfterBytes: Int?,
-        faults: Set<ForwardProxy.Fault>,
-        counters: NIOLockedValueBox<ForwardProxy.Counters>
+        faults: Set<ForwardProxy.Fault>
     ) {
         self.expectedAuthorization = expectedAuthorization
         self.cutAfterBytes = cutAfterBytes
         self.faults = faults
-        self.counters = counters
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -144,9 +125,8 @@ private final class ForwardProxyHandler: ChannelInboundHandler, RemovableChannel
         }
         if let expected = self.expectedAuthorization {
             let given = lines.first { $0.lowercased().hasPrefix("proxy-authorization:") }
-                .map { String($0.dropFirst("proxy-authorization:".count)).trimmingCharacters(in: " ") }
+                .map { String($0.dropFirst("proxy-authorization:".count)).trimmingCharacters(in: .whitespaces) }
             guard given == expected else {
-                self.counters.withLockedValue { $0.refusedForCredentials += 1 }
                 self.answer(context: context, "407 Proxy Authentication Required",
                             extra: "Proxy-Authenticate: Basic realm=\"culvert-test\"\r\n")
                 return
@@ -176,7 +156,6 @@ private final class ForwardProxyHandler: ChannelInboundHandler, RemovableChannel
                 context.writeAndFlush(NIOAny(ByteBuffer(string: "\(version) 200 Connection established\r\n\r\n")), promise: nil)
                 return
             }
-            self.counters.withLockedValue { $0.connectRequests += 1 }
             self.join(context: context, host: host, port: port, preface: "\(version) 200 Connection established\r\n\r\n", toClient: true)
         } else {
             guard target.lowercased().hasPrefix("http://") else {
@@ -190,7 +169,6 @@ private final class ForwardProxyHandler: ChannelInboundHandler, RemovableChannel
                 return
             }
             let path = slash == rest.endIndex ? "/" : String(rest[slash...])
-            self.counters.withLockedValue { $0.absoluteFormRequests += 1 }
             let rewritten = "\(method) \(path) \(version)\r\n" + headers.map { $0 + "\r\n" }.joined() + "\r\n"
             let silenceAfterAnswer = isUpgrade && self.faults.contains(.nothingAfterUpgrade) && !self.faults.contains(.stripUpgrade)
             self.join(context: context, host: host, port: port, preface: rewritten, toClient: false,
@@ -265,30 +243,5 @@ private final class ForwardProxyHandler: ChannelInboundHandler, RemovableChannel
         guard let colon = authority.lastIndex(of: ":") else { return defaultPort.map { (authority, $0) } }
         guard let port = Int(authority[authority.index(after: colon)...]) else { return nil }
         return (String(authority[..<colon]), port)
-    }
-}
-
-extension String {
-    fileprivate func trimmingCharacters(in set: Character) -> String {
-        String(self.drop(while: { $0 == set }).reversed().drop(while: { $0 == set }).reversed())
-    }
-}
-
-/// Standard base64 for the proxy's expected credentials.
-enum Base64Encoding {
-    private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
-
-    static func encode(_ bytes: [UInt8]) -> String {
-        var output: [UInt8] = []
-        var index = 0
-        while index < bytes.count {
-            let chunk = Array(bytes[index..<min(index + 3, bytes.count)])
-            let value = chunk.enumerated().reduce(UInt32(0)) { $0 | UInt32($1.element) << (16 - 8 * UInt32($1.offset)) }
-            for position in 0..<4 {
-                output.append(position <= chunk.count ? Self.alphabet[Int((value >> (18 - 6 * UInt32(position))) & 0x3F)] : UInt8(ascii: "="))
-            }
-            index += 3
-        }
-        return String(decoding: output, as: UTF8.self)
     }
 }
