@@ -123,6 +123,9 @@ final class ByteRelay: ChannelDuplexHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, case .inputClosed = event {
             self.partner?.partnerWriteEOF()
+        } else if event is IdleStateHandler.IdleStateEvent {
+            // A proxy's idle timeout: nothing either way for too long.
+            context.close(promise: nil)
         }
     }
 

@@ -49,9 +49,9 @@ struct DemoCommand: AsyncParsableCommand {
         )
         let serverPort = server.localAddress!.port!
         let endpoint = ServerEndpoint(host: "127.0.0.1", port: serverPort)
-        var proxy: ForwardProxy?
+        var proxy: FaultProxy?
         if self.throughFaultyProxy {
-            proxy = try await ForwardProxy.start(configuration: .init(faults: [.stripUpgrade, .refuseConnect]), group: group)
+            proxy = try await FaultProxy.start(configuration: .init(faults: [.stripUpgrade, .refuseConnect]), group: group)
         }
         let proxyConfiguration = proxy.map { ProxyConfiguration(host: "127.0.0.1", port: $0.port) }
         print("culvert demo")

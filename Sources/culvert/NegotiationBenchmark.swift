@@ -21,7 +21,7 @@ struct NegotiationBenchmark {
             ),
             group: group, logger: logger
         )
-        let scenarios: [(String, Set<ForwardProxy.Fault>?)] = [
+        let scenarios: [(String, Set<FaultProxy.Fault>?)] = [
             ("direct", nil),
             ("proxy, no faults", []),
             ("strips Upgrade", [.stripUpgrade]),
@@ -32,8 +32,8 @@ struct NegotiationBenchmark {
         print("culvert bench --negotiation: median of \(self.repeats), in one process on loopback")
         print("path                                         first usable   ms     final       ms")
         for (name, faults) in scenarios {
-            var proxy: ForwardProxy?
-            if let faults { proxy = try await ForwardProxy.start(configuration: .init(faults: faults), group: group) }
+            var proxy: FaultProxy?
+            if let faults { proxy = try await FaultProxy.start(configuration: .init(faults: faults), group: group) }
             var firsts: [(TransportKind, Double)] = []
             var finals: [(TransportKind, Double)] = []
             for _ in 0..<max(1, self.repeats) {

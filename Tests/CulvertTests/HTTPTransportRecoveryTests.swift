@@ -15,7 +15,7 @@ import Testing
         transport: TransportKind,
         server serverSettings: HTTPTransportServerSettings = .init(),
         client clientSettings: HTTPTransportClientSettings = .init(),
-        proxy: ForwardProxy? = nil,
+        proxy: FaultProxy? = nil,
         byteCount: Int = 16 * 1024 * 1024
     ) async throws -> TransferClient.Result {
         let echo = try await EchoServer.start(group: self.group)
@@ -60,7 +60,7 @@ import Testing
     /// responses sent again from the last acknowledged offset; no byte is lost or delivered twice.
     @Test(arguments: [TransportKind.chunked, .polling])
     func connectionsCutMidResponseLoseNothing(transport: TransportKind) async throws {
-        let proxy = try await ForwardProxy.start(configuration: .init(cutAfterBytes: 300_000), group: self.group)
+        let proxy = try await FaultProxy.start(configuration: .init(cutAfterBytes: 300_000), group: self.group)
         let result = try await self.transfer(transport: transport, proxy: proxy, byteCount: 8 * 1024 * 1024)
         #expect(result.digestsMatch)
         #expect(result.bytesReceived == 8 * 1024 * 1024)

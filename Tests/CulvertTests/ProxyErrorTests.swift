@@ -119,7 +119,7 @@ import Testing
     /// A proxy that the real server is not behind answers 502 for absolute-form requests: the user learns the
     /// proxy could not reach the server.
     @Test func proxyThatCannotReachTheServerIsReported() async throws {
-        let proxy = try await ForwardProxy.start(group: self.group)
+        let proxy = try await FaultProxy.start(group: self.group)
         let deadPort = try await RawConnection.unusedPort(group: self.group)
         let error = await self.connectError(
             transport: .chunked, proxy: ProxyConfiguration(host: "127.0.0.1", port: proxy.port), serverPort: deadPort

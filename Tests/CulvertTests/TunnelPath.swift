@@ -37,7 +37,7 @@ struct TunnelPath: Sendable, CustomTestStringConvertible {
             defer { tinyproxy.stop() }
             return try await body(ProxyConfiguration(host: "127.0.0.1", port: tinyproxy.port))
         case .testProxy:
-            let proxy = try await ForwardProxy.start(group: MultiThreadedEventLoopGroup.singleton)
+            let proxy = try await FaultProxy.start(group: MultiThreadedEventLoopGroup.singleton)
             do {
                 let result = try await body(ProxyConfiguration(host: "127.0.0.1", port: proxy.port))
                 try await proxy.close()
