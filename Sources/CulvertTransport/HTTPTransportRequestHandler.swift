@@ -6,6 +6,8 @@ import NIOHTTP1
 /// - `POST <prefix>/open?t=chunked|polling` creates a chunked or polling connection and answers its id;
 /// - `GET <prefix>/down?c=ID&m=stream|poll&a=ACK` carries downstream bytes;
 /// - `POST <prefix>/up?c=ID` carries upstream records;
+/// - `GET <prefix>/probe?n=N&i=MS` answers N small chunks sent MS milliseconds apart, so that the negotiator can
+///   see whether the path delivers a streaming response as it is sent;
 /// - `<prefix>/ws` or `<prefix>/raw` without `Upgrade` gets 426 (a proxy stripped it), anything else 404,
 ///   so that a client and the negotiator can tell the cases apart.
 final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
@@ -181,12 +183,35 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
             context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
             context.write(self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
             context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+        } else if path == self.pathPrefix + "/probe" && head.method == .GET {
+            let query = HTTPQuery(uri: head.uri)
+            let count = min(max(query["n"].flatMap { Int($0) } ?? 8, 1), 32)
+            let interval = TimeAmount.milliseconds(Int64(min(max(query["i"].flatMap { Int($0) } ?? 50, 0), 1000)))
+            Self.writeTimedChunks(channel: context.channel, version: head.version, count: count, interval: interval)
         } else if path == self.pathPrefix + "/ws" || path == self.pathPrefix + "/raw" {
             let upgrade = path.hasSuffix("/ws") ? "websocket" : ConnectClientTransport.upgradeProtocol
             Self.writeError(channel: context.channel, version: head.version, status: .upgradeRequired,
                             "this endpoint needs an upgrade to \(upgrade)", extra: [("Upgrade", upgrade)])
         } else {
             Self.writeError(channel: context.channel, version: head.version, status: .notFound, "no such endpoint")
+        }
+    }
+
+    /// Sends `count` chunks, `interval` apart, each its index and a newline, then ends the response and closes the
+    /// connection (so that no other request waits behind it).
+    private static func writeTimedChunks(channel: any Channel, version: HTTPVersion, count: Int, interval: TimeAmount) {
+        var headers = HTTPServerTransportConnection.responseHeaders()
+        headers.replaceOrAdd(name: "Content-Type", value: "text/plain; charset=utf-8")
+        headers.add(name: "Connection", value: "close")
+        if version.major == 1 && version.minor >= 1 { headers.add(name: "Transfer-Encoding", value: "chunked") }
+        channel.writeAndFlush(HTTPServerResponsePart.head(HTTPResponseHead(version: version, status: .ok, headers: headers)), promise: nil)
+        for index in 0..<count {
+            channel.eventLoop.scheduleTask(in: interval * Int64(index)) {
+                channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: "\(index)\n"))), promise: nil)
+                if index == count - 1 {
+                    channel.writeAndFlush(HTTPServerResponsePart.end(nil)).whenComplete { _ in channel.close(promise: nil) }
+                }
+            }
         }
     }
 

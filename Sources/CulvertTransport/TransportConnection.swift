@@ -20,6 +20,13 @@ public protocol TransportConnection: AnyObject, Sendable {
     func send(_ message: ByteBuffer)
     /// Closes the connection; the delegate then gets ``TransportConnectionDelegate/transportDidClose(_:error:)``.
     func close()
+    /// Whether upstream bytes go as short requests because the path holds or cuts streaming request bodies (the
+    /// chunked transport's fallback); false for every transport that streams upstream.
+    var upstreamUsesShortRequests: Bool { get }
+}
+
+extension TransportConnection {
+    public var upstreamUsesShortRequests: Bool { false }
 }
 
 /// Receives what a ``TransportConnection`` reports, on its event loop.

@@ -41,22 +41,25 @@ struct ProbeCommand: AsyncParsableCommand {
         if self.json {
             print(Self.json(results, choice: choice))
         } else {
-            print("transport   works  failure                              rtt ms   time ms")
+            print("transport   works  failure                              rtt ms   time ms  upstream")
             for result in results {
                 print(
                     result.transport.rawValue.padding(toLength: 12, withPad: " ", startingAt: 0)
                         + (result.works ? "yes" : "no").padding(toLength: 7, withPad: " ", startingAt: 0)
                         + (result.failure.map { "\($0.rawValue): \($0.phrase)" } ?? "-").padding(toLength: 37, withPad: " ", startingAt: 0)
                         + (result.roundTripMilliseconds.map { String(format: "%.1f", $0) } ?? "-").padding(toLength: 9, withPad: " ", startingAt: 0)
-                        + String(format: "%.0f", result.elapsedMilliseconds)
+                        + String(format: "%.0f", result.elapsedMilliseconds).padding(toLength: 9, withPad: " ", startingAt: 0)
+                        + (result.upstream?.rawValue ?? "-")
                 )
+                if !result.detail.isEmpty { print("            \(result.detail)") }
             }
             print("auto would use: \(choice?.rawValue ?? "nothing (no transport gets through)")")
         }
         if choice == nil { throw ExitCode(1) }
     }
 
-    /// `{"choice": …, "transports": [{"name", "works", "failure", "rtt_ms", "time_ms", "detail"}]}`.
+    /// `{"choice": …, "transports": [{"name", "works", "failure", "rtt_ms", "time_ms", "upstream", "detail"}]}`;
+    /// `upstream` is `"stream"`, `"short_posts"` or null (the transport does not work).
     static func json(_ results: [ProbeResult], choice: TransportKind?) -> String {
         struct Entry: Encodable {
             var name: String
@@ -64,10 +67,11 @@ struct ProbeCommand: AsyncParsableCommand {
             var failure: String?
             var rttMilliseconds: Double?
             var timeMilliseconds: Double
+            var upstream: String?
             var detail: String
 
             enum CodingKeys: String, CodingKey {
-                case name, works, failure, detail
+                case name, works, failure, detail, upstream
                 case rttMilliseconds = "rtt_ms"
                 case timeMilliseconds = "time_ms"
             }
@@ -80,6 +84,7 @@ struct ProbeCommand: AsyncParsableCommand {
                 try container.encode(self.failure, forKey: .failure)
                 try container.encode(self.rttMilliseconds, forKey: .rttMilliseconds)
                 try container.encode(self.timeMilliseconds, forKey: .timeMilliseconds)
+                try container.encode(self.upstream, forKey: .upstream)
                 try container.encode(self.detail, forKey: .detail)
             }
         }
@@ -100,7 +105,8 @@ struct ProbeCommand: AsyncParsableCommand {
             transports: results.map {
                 Entry(name: $0.transport.rawValue, works: $0.works, failure: $0.failure?.rawValue,
                       rttMilliseconds: $0.roundTripMilliseconds.map { ($0 * 10).rounded() / 10 },
-                      timeMilliseconds: ($0.elapsedMilliseconds * 10).rounded() / 10, detail: $0.detail)
+                      timeMilliseconds: ($0.elapsedMilliseconds * 10).rounded() / 10, upstream: $0.upstream?.rawValue,
+                      detail: $0.detail)
             }
         )
         let encoder = JSONEncoder()

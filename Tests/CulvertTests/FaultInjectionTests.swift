@@ -1,18 +1,31 @@
 import Culvert
 import CulvertTools
 import CulvertTransport
+import NIOCore
 import NIOPosix
 import Testing
 
-/// One proxy misbehaviour at a time (and a combination seen in the field), injected by the Swift test proxy:
-/// the probes name the failure mode of each transport it breaks, the choice is the best transport that still works,
-/// and that transport moves 16 MiB each way intact through the faulty proxy.
+/// One proxy misbehaviour at a time (and combinations seen in the field), injected by the Swift test proxy as a
+/// forward or a reverse proxy: the probes name the failure mode of each transport it breaks, the choice is the best
+/// transport that still works, and that transport (and any other the fault bears on) moves 16 MiB each way intact
+/// through the faulty proxy.
 @Suite(.serialized, .timeLimit(.minutes(2))) struct FaultInjectionTests {
     struct Case: Sendable, CustomTestStringConvertible {
-        let faults: Set<ForwardProxy.Fault>
+        let faults: Set<FaultProxy.Fault>
+        var reverse = false
         let failures: [TransportKind: ProbeFailure]
         let choice: TransportKind
-        var testDescription: String { self.faults.map { "\($0)" }.sorted().joined(separator: "+") }
+        /// Working transports whose probe must report upstream in short POSTs (polling always does).
+        var shortPosts: Set<TransportKind> = [.polling]
+        /// Transports that carry the 16 MiB besides the choice, because the fault bears on them.
+        var alsoCarry: [TransportKind] = []
+        /// Words the failed transports' details must contain, where the failure code alone does not say enough.
+        var details: [TransportKind: String] = [:]
+        /// A lower bound on every working transport's measured round trip.
+        var minimumRoundTripMilliseconds: Double = 0
+        var testDescription: String {
+            (self.reverse ? "reverse " : "") + self.faults.map { "\($0)" }.sorted().joined(separator: "+")
+        }
     }
 
     static let cases: [Case] = [
@@ -20,8 +33,27 @@ import Testing
         Case(faults: [.nothingAfterUpgrade], failures: [.websocket: .noRelayAfterUpgrade], choice: .connect),
         Case(faults: [.refuseConnect], failures: [.connect: .connectRefused], choice: .websocket),
         Case(faults: [.connectThenNothing], failures: [.connect: .connectNoRelay], choice: .websocket),
+        Case(faults: [.bufferResponses], failures: [.chunked: .responseBuffered], choice: .websocket, alsoCarry: [.polling],
+             details: [.chunked: "held"]),
+        Case(faults: [.burstResponses(interval: .milliseconds(200))], failures: [.chunked: .responseBuffered],
+             choice: .websocket, alsoCarry: [.polling], details: [.chunked: "bursts"]),
+        Case(faults: [.bufferRequestBodies], failures: [:], choice: .websocket, shortPosts: [.chunked, .polling],
+             alsoCarry: [.chunked]),
+        Case(faults: [.limitRequestBodies(bytes: 1024 * 1024)], failures: [:], choice: .websocket,
+             alsoCarry: [.chunked, .polling]),
+        Case(faults: [.latency(.milliseconds(100))], failures: [:], choice: .websocket, minimumRoundTripMilliseconds: 150),
         // A corporate proxy that both strips Upgrade and allows CONNECT only to 443.
-        Case(faults: [.stripUpgrade, .refuseConnect], failures: [.websocket: .upgradeStripped, .connect: .connectRefused], choice: .chunked),
+        Case(faults: [.stripUpgrade, .refuseConnect], failures: [.websocket: .upgradeStripped, .connect: .connectRefused],
+             choice: .chunked),
+        // A reverse proxy with the defaults of many: no upgrades, responses and request bodies buffered, idle
+        // connections cut at 60 s, bodies over 1 MiB refused.
+        Case(
+            faults: [.stripUpgrade, .bufferResponses, .bufferRequestBodies, .idleTimeout(.seconds(60)),
+                     .limitRequestBodies(bytes: 1024 * 1024)],
+            reverse: true,
+            failures: [.websocket: .upgradeStripped, .connect: .upgradeStripped, .chunked: .responseBuffered],
+            choice: .polling
+        ),
     ]
 
     @Test(arguments: Self.cases)
@@ -29,10 +61,16 @@ import Testing
         let group = TunnelHarness.group
         let echo = try await EchoServer.start(group: group)
         let server = try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"])
-        let proxy = try await ForwardProxy.start(configuration: .init(faults: faultCase.faults), group: group)
-        let proxyConfiguration = ProxyConfiguration(host: "127.0.0.1", port: proxy.port)
+        let serverPort = server.localAddress!.port!
+        let proxy = try await FaultProxy.start(
+            configuration: .init(upstream: faultCase.reverse ? ("127.0.0.1", serverPort) : nil, faults: faultCase.faults),
+            group: group
+        )
+        // Through a reverse proxy the client dials the proxy as its server; through a forward proxy, the server.
+        let proxyConfiguration = faultCase.reverse ? nil : ProxyConfiguration(host: "127.0.0.1", port: proxy.port)
+        let dialedPort = faultCase.reverse ? proxy.port : serverPort
         let results = await TransportNegotiator.probe(
-            server: ServerEndpoint(host: "127.0.0.1", port: server.localAddress!.port!),
+            server: ServerEndpoint(host: "127.0.0.1", port: dialedPort),
             options: TransportOptions(proxy: proxyConfiguration, logger: TunnelHarness.logger),
             session: SessionConfiguration(token: "test-token"),
             group: group,
@@ -40,16 +78,128 @@ import Testing
         )
         for result in results {
             #expect(result.failure == faultCase.failures[result.transport], "\(result.transport): \(result.detail)")
+            if let words = faultCase.details[result.transport] {
+                #expect(result.detail.contains(words), "\(result.transport): \(result.detail)")
+            }
+            if result.works {
+                #expect(result.upstream == (faultCase.shortPosts.contains(result.transport) ? .shortRequests : .stream),
+                        "\(result.transport)")
+                #expect((result.roundTripMilliseconds ?? 0) >= faultCase.minimumRoundTripMilliseconds, "\(result.transport)")
+            }
         }
         #expect(TransportNegotiator.choice(results) == faultCase.choice)
-        let client = try await TunnelHarness.connectClient(
-            serverPort: server.localAddress!.port!, targets: [echo.port], transport: faultCase.choice, proxy: proxyConfiguration
+        for transport in [faultCase.choice] + faultCase.alsoCarry {
+            let client = try await TunnelHarness.connectClient(
+                serverPort: dialedPort, targets: [echo.port], transport: transport, proxy: proxyConfiguration
+            )
+            let transfer = try await TransferClient.echoTransfer(
+                host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 16 * 1024 * 1024, seed: 9, group: group
+            )
+            #expect(transfer.digestsMatch, "\(transport)")
+            #expect(transfer.bytesReceived == 16 * 1024 * 1024, "\(transport)")
+            if faultCase.faults.contains(.limitRequestBodies(bytes: 1024 * 1024)) && transport == .chunked {
+                // 16 MiB in one streaming POST reaches the limit: the 413 moved upstream to short POSTs.
+                let session = client.session
+                #expect(try await session.eventLoop.submit { session.upstreamUsesShortRequests }.get())
+            }
+            await client.shutdown(gracePeriod: .zero)
+        }
+        await server.shutdown(gracePeriod: .zero)
+        try await proxy.close()
+        try await echo.close()
+    }
+
+    /// A proxy that cuts request bodies still open after a while: the chunked transport's streaming POST (kept
+    /// open by keepalive pings) is cut twice, after which upstream goes as short POSTs, and nothing is lost.
+    @Test func streamingPostsCutWhileOpenMoveUpstreamToShortPosts() async throws {
+        let group = TunnelHarness.group
+        let echo = try await EchoServer.start(group: group)
+        let server = try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"])
+        let proxy = try await FaultProxy.start(configuration: .init(faults: [.cutSlowRequestBodies(after: .milliseconds(300))]), group: group)
+        let client = try await TunnelClient.connect(
+            configuration: .init(
+                server: ServerEndpoint(host: "127.0.0.1", port: server.localAddress!.port!),
+                transport: .chunked,
+                transportOptions: TransportOptions(proxy: ProxyConfiguration(host: "127.0.0.1", port: proxy.port), logger: TunnelHarness.logger),
+                session: SessionConfiguration(token: "test-token", keepaliveInterval: .milliseconds(100)),
+                forwards: [ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: echo.port))]
+            ),
+            group: group, logger: TunnelHarness.logger
         )
+        let localPort = client.listenerAddresses[0].port!
+        let session = client.session
+        var waited = 0
+        while try await !session.eventLoop.submit({ session.upstreamUsesShortRequests }).get() && waited < 100 {
+            try await Task.sleep(for: .milliseconds(50))
+            waited += 1
+        }
+        #expect(try await session.eventLoop.submit { session.upstreamUsesShortRequests }.get())
+        let transfer = try await TransferClient.echoTransfer(host: "127.0.0.1", port: localPort, byteCount: 16 * 1024 * 1024, seed: 3, group: group)
+        #expect(transfer.digestsMatch)
+        #expect(client.sessionsStarted == 1)
+        await client.shutdown(gracePeriod: .zero)
+        await server.shutdown(gracePeriod: .zero)
+        try await proxy.close()
+        try await echo.close()
+    }
+
+    /// A proxy that cuts connections idle for a second: with keepalive more often than that (and polls held
+    /// shorter), no transport's connection goes idle long enough to be cut, and data flows after the idle spell.
+    @Test(arguments: TransportKind.allCases)
+    func keepaliveBelowTheProxyIdleTimeoutKeepsTheTunnelUp(transport: TransportKind) async throws {
+        let group = TunnelHarness.group
+        let echo = try await EchoServer.start(group: group)
+        let server = try await TunnelServer.start(
+            configuration: .init(
+                listenHost: "127.0.0.1", listenPort: 0,
+                session: SessionConfiguration(token: "test-token", keepaliveInterval: .milliseconds(300)),
+                allowlist: Allowlist(entries: [try Allowlist.Entry(parsing: "127.0.0.1:\(echo.port)")]),
+                http: HTTPTransportServerSettings(pollHoldTime: .milliseconds(400))
+            ),
+            group: group, logger: TunnelHarness.logger
+        )
+        let proxy = try await FaultProxy.start(configuration: .init(faults: [.idleTimeout(.seconds(1))]), group: group)
+        let client = try await TunnelClient.connect(
+            configuration: .init(
+                server: ServerEndpoint(host: "127.0.0.1", port: server.localAddress!.port!),
+                transport: transport,
+                transportOptions: TransportOptions(proxy: ProxyConfiguration(host: "127.0.0.1", port: proxy.port), logger: TunnelHarness.logger),
+                session: SessionConfiguration(token: "test-token", keepaliveInterval: .milliseconds(300)),
+                forwards: [ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: echo.port))]
+            ),
+            group: group, logger: TunnelHarness.logger
+        )
+        try await Task.sleep(for: .milliseconds(2500))
         let transfer = try await TransferClient.echoTransfer(
-            host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 16 * 1024 * 1024, seed: 9, group: group
+            host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 1024 * 1024, seed: 5, group: group
         )
         #expect(transfer.digestsMatch)
-        #expect(transfer.bytesReceived == 16 * 1024 * 1024)
+        #expect(client.session.resumptions == 0)
+        #expect(client.sessionsStarted == 1)
+        await client.shutdown(gracePeriod: .zero)
+        await server.shutdown(gracePeriod: .zero)
+        try await proxy.close()
+        try await echo.close()
+    }
+
+    /// The same proxy with keepalive far above its idle timeout: it cuts the idle WebSocket connection, the session
+    /// resumes on a new one, and the data sent after arrives intact.
+    @Test func anIdleConnectionCutByTheProxyIsResumed() async throws {
+        let group = TunnelHarness.group
+        let echo = try await EchoServer.start(group: group)
+        let server = try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"])
+        let proxy = try await FaultProxy.start(configuration: .init(faults: [.idleTimeout(.milliseconds(500))]), group: group)
+        let client = try await TunnelHarness.connectClient(
+            serverPort: server.localAddress!.port!, targets: [echo.port],
+            proxy: ProxyConfiguration(host: "127.0.0.1", port: proxy.port)
+        )
+        try await Task.sleep(for: .milliseconds(1500))
+        let transfer = try await TransferClient.echoTransfer(
+            host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 1024 * 1024, seed: 6, group: group
+        )
+        #expect(transfer.digestsMatch)
+        #expect(client.session.resumptions >= 1)
+        #expect(client.sessionsStarted == 1)
         await client.shutdown(gracePeriod: .zero)
         await server.shutdown(gracePeriod: .zero)
         try await proxy.close()

@@ -71,8 +71,8 @@ public enum TransportNegotiator {
         ceiling: TimeAmount,
         each: @escaping @Sendable (ProbeResult) -> Void
     ) async {
-        let firstHop = HTTPRoute(endpoint: server, proxy: options.proxy)
-        let rtt = await Self.tcpRoundTrip(host: firstHop.dialHost, port: firstHop.dialPort, group: group)
+        let rtt = await Self.firstRoundTrip(route: HTTPRoute(endpoint: server, proxy: options.proxy,
+                                                             extraHeaders: options.extraHeaders), group: group)
         let timeout = TimeAmount.nanoseconds(min(max(floor.nanoseconds, (rtt ?? floor).nanoseconds * 8), ceiling.nanoseconds))
         var probeOptions = options
         probeOptions.connectTimeout = timeout
@@ -110,6 +110,12 @@ public enum TransportNegotiator {
         let start = NIODeadline.now()
         let eventLoop = group.next()
         var transportEstablished = false
+        // The chunked transport's downstream is a streaming response: it must arrive as it is sent.
+        let delivery = kind == .chunked
+            ? StreamingDeliveryProbe.run(
+                route: HTTPRoute(endpoint: server, proxy: options.proxy, extraHeaders: options.extraHeaders),
+                timeout: options.connectTimeout, on: eventLoop
+            ) : nil
         do {
             let connection = try await ClientTransports.make(kind, options: options).connect(to: server, on: eventLoop).get()
             transportEstablished = true
@@ -121,20 +127,51 @@ public enum TransportNegotiator {
             }.get()
             _ = try await tunnel.established.get()
             let handshake = NIODeadline.now() - handshakeStart
+            let shortRequests = try await eventLoop.submit { connection.upstreamUsesShortRequests }.get()
             _ = try? await tunnel.shutdown(gracePeriod: .zero).get()
+            if let delivery, let held = Self.heldBack(try await delivery.get().verdict) {
+                return ProbeResult(failed: kind, .responseBuffered, held, since: start)
+            }
             return ProbeResult(
-                transport: kind, works: true, failure: nil, detail: "",
+                transport: kind, works: true, failure: nil,
+                detail: shortRequests ? "the path holds or cuts streaming request bodies: upstream goes as short POSTs" : "",
                 roundTripMilliseconds: Double(handshake.nanoseconds) / 2e6,
-                elapsedMilliseconds: Double((NIODeadline.now() - start).nanoseconds) / 1e6
+                elapsedMilliseconds: Double((NIODeadline.now() - start).nanoseconds) / 1e6,
+                upstream: kind == .polling || shortRequests ? .shortRequests : .stream
             )
         } catch {
+            // A handshake that never came down a held-back streaming response: the delivery probe says why.
+            if let delivery, let outcome = try? await delivery.get(), let held = Self.heldBack(outcome.verdict) {
+                return ProbeResult(failed: kind, .responseBuffered, held, since: start)
+            }
             return ProbeResult(
-                transport: kind, works: false,
-                failure: ProbeFailure.classify(error, kind: kind, transportEstablished: transportEstablished),
-                detail: "\(error)", roundTripMilliseconds: nil,
-                elapsedMilliseconds: Double((NIODeadline.now() - start).nanoseconds) / 1e6
+                failed: kind, ProbeFailure.classify(error, kind: kind, transportEstablished: transportEstablished), "\(error)",
+                since: start
             )
         }
+    }
+
+    /// What the path did to the streaming probe response, when it did not deliver it as sent.
+    private static func heldBack(_ verdict: StreamingDeliveryProbe.Verdict) -> String? {
+        switch verdict {
+        case .asSent:
+            return nil
+        case .heldUntilEnd:
+            return "the path held the streaming probe response until it ended (a buffering proxy)"
+        case .bursts(let together, let gaps):
+            let interval = StreamingDeliveryProbe.defaultInterval.nanoseconds / 1_000_000
+            return "the path delivered the streaming probe response in bursts (\(together) of \(gaps) chunks sent \(interval) ms apart arrived together)"
+        }
+    }
+
+    /// The round trip of the path: half the time of a first HTTP request to the server through the proxy (a TCP
+    /// connect and one exchange), so that a proxy's own delay counts; when that has no answer within a second (a
+    /// proxy that refuses plain requests, or a blocked path), the time of a TCP connect to the first hop.
+    private static func firstRoundTrip(route: HTTPRoute, group: any EventLoopGroup) async -> TimeAmount? {
+        let eventLoop = group.next()
+        let http = StreamingDeliveryProbe.run(route: route, chunks: 1, interval: .zero, timeout: .seconds(1), on: eventLoop)
+        if let outcome = try? await http.get() { return .nanoseconds(outcome.responseHeadTime.nanoseconds / 2) }
+        return await Self.tcpRoundTrip(host: route.dialHost, port: route.dialPort, group: group)
     }
 
     /// The time a TCP connect to the first hop takes (about one round trip), or nil when it fails.

@@ -80,6 +80,9 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     public var ended: EventLoopFuture<SessionError> { self.endedPromise.futureResult }
     /// The transport that carries the session.
     public var transportKind: TransportKind? { self.transport?.kind }
+    /// Whether the current transport sends upstream in short requests because the path holds or cuts streaming
+    /// request bodies (read on ``eventLoop``).
+    public var upstreamUsesShortRequests: Bool { self.transport?.upstreamUsesShortRequests ?? false }
     /// Streams currently open.
     public var streamCount: Int { self.endpoints.count }
 

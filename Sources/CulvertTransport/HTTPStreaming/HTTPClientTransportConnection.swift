@@ -33,6 +33,9 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
     private let maximumRecordPayload: Int
     private var logger: Logger
     private(set) var upMode: UpMode
+    var upstreamUsesShortRequests: Bool { self.kind == .chunked && self.upMode == .batch }
+    /// Streaming POSTs cut in a row before this side ended them.
+    private var upStreamCuts = 0
     let downMode: DownMode
 
     private var upLog = OutboundByteLog()
@@ -356,18 +359,18 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
             self.ackWatchdog = nil
             guard self.upMode == .stream, !self.closed, self.upLog.unacknowledgedBytes > 0 else { return }
             if self.upLog.acknowledged == self.ackAtWatchdogStart {
-                self.switchToBatches(after: timeout)
+                self.switchToBatches(
+                    because: "no acknowledgement within \(timeout.seconds) s while the streaming POST was open; the path buffers request bodies"
+                )
             } else {
                 self.armAckWatchdog()
             }
         }
     }
 
-    /// The path holds request bodies until they end: send upstream as short POSTs from now on.
-    private func switchToBatches(after timeout: TimeAmount) {
-        self.logger.warning(
-            "upstream: no acknowledgement within \(timeout.seconds) s while the streaming POST was open; the path buffers request bodies, switching upstream to short POSTs"
-        )
+    /// The path holds, refuses or cuts streaming request bodies: send upstream as short POSTs from now on.
+    private func switchToBatches(because reason: String) {
+        self.logger.warning("upstream: \(reason); switching upstream to short POSTs")
         self.upMode = .batch
         self.abandonUpload()
         self.pumpUp()
@@ -423,12 +426,7 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
             {
                 // A path that refuses streaming request bodies (411 Length Required, 413 from a body limit that
                 // a long POST reaches, 400 from chunked refused): short POSTs can still get through.
-                self.logger.warning(
-                    "upstream: the streaming POST was answered \(head.status.code) \(head.status.reasonPhrase); switching upstream to short POSTs"
-                )
-                self.upMode = .batch
-                self.abandonUpload()
-                self.pumpUp()
+                self.switchToBatches(because: "the streaming POST was answered \(head.status.code) \(head.status.reasonPhrase)")
                 return
             }
             if head.status != .ok { self.refused(head, method: "POST") }
@@ -443,6 +441,7 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
             self.handleRecords(records)
         case .end:
             self.upTimer?.cancel()
+            if self.upMode == .stream && !self.upStreamWritable { self.upStreamCuts = 0 }
             self.upInFlight = false
             self.upStreamWritable = false
             self.upFailures = 0
@@ -457,6 +456,16 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
             self.abandonUpload()
             self.pumpUp()
             return
+        }
+        if self.upMode == .stream && self.upStreamWritable {
+            // Cut while its body was still open: some proxies cut request bodies that trickle for too long.
+            self.upStreamCuts += 1
+            if self.upStreamCuts >= 2 {
+                self.switchToBatches(
+                    because: "the streaming POST was cut before it ended \(self.upStreamCuts) times in a row (\(error)); the path cuts long request bodies"
+                )
+                return
+            }
         }
         self.abandonUpload()
         self.upFailures += 1
