@@ -8,8 +8,8 @@ import NIOPosix
 enum TransportChoice: String, ExpressibleByArgument, CaseIterable {
     case auto, websocket, connect, chunked, polling
 
-    /// The transport this choice names; `auto` means websocket here (the client probes instead: see
-    /// ``ClientCommand``), for the demo and the benchmark.
+    /// The transport this choice names; `auto` means websocket here (where auto applies, ``AutomaticTransport``
+    /// chooses instead).
     func resolvedKind() -> TransportKind {
         self == .auto ? TransportKind.websocket : TransportKind(rawValue: self.rawValue)!
     }
@@ -83,29 +83,24 @@ struct ClientCommand: AsyncParsableCommand {
             logger: logger
         )
         let sessionConfiguration = self.tuning.sessionConfiguration(token: try self.tokenOptions.resolve(), compression: self.compress)
-        func connect(_ kind: TransportKind) async throws -> TunnelClient {
-            try await TunnelClient.connect(
-                configuration: TunnelClient.Configuration(
-                    server: server, transport: kind, transportOptions: transportOptions,
-                    session: sessionConfiguration, forwards: forwards
-                ),
-                group: MultiThreadedEventLoopGroup.singleton, logger: logger
-            )
-        }
-        func failToConnect(_ error: any Error) -> Never {
-            if let error = error as? SessionError, error.isAuthenticationFailure {
-                fail("\(error) (check --token on both sides)")
-            }
-            fail("\(error)")
-        }
+        let configuration = TunnelClient.Configuration(
+            server: server, transport: self.transport.resolvedKind(), transportOptions: transportOptions,
+            session: sessionConfiguration, forwards: forwards
+        )
         let client: TunnelClient
-        if self.transport == .auto {
-            client = await self.connectAutomatically(
-                server: server, transportOptions: transportOptions, session: sessionConfiguration, logger: logger,
-                connect: connect
-            )
-        } else {
-            do { client = try await connect(self.transport.resolvedKind()) } catch { failToConnect(error) }
+        do {
+            if self.transport == .auto {
+                client = try await AutomaticTransport.connect(
+                    configuration: configuration, cache: NegotiationCache.userCache(),
+                    group: MultiThreadedEventLoopGroup.singleton, logger: logger
+                )
+            } else {
+                client = try await TunnelClient.connect(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+            }
+        } catch let error as SessionError where error.isAuthenticationFailure {
+            fail("\(error) (check --token on both sides)")
+        } catch {
+            fail("\(error)")
         }
         switch await SignalWaiter.waitForSignal(signals, orEndOf: client.ended) {
         case .signal(let signal):
@@ -116,76 +111,6 @@ struct ClientCommand: AsyncParsableCommand {
             // server stops accepting its token.
             fail(reason.isAuthenticationFailure ? "\(reason) (check --token on both sides)" : "tunnel ended: \(reason)")
         }
-    }
-}
-
-extension ClientCommand {
-    /// `--transport auto`: starts on the remembered winner if it still works, else on the first transport whose
-    /// probe passes; moves the live session to a better one when its probe passes later; remembers the final
-    /// choice per (server, proxy) in the user's cache directory; and keeps the other working transports as
-    /// fallbacks for a transport that keeps failing.
-    func connectAutomatically(
-        server: ServerEndpoint,
-        transportOptions: TransportOptions,
-        session: SessionConfiguration,
-        logger: Logger,
-        connect: (TransportKind) async throws -> TunnelClient
-    ) async -> TunnelClient {
-        let cache = NegotiationCache.userCache()
-        let proxy = transportOptions.proxy
-        var client: TunnelClient?
-        if let remembered = cache?.winner(server: server, proxy: proxy) {
-            do {
-                client = try await connect(remembered)
-                logger.info("transport auto: using \(remembered), which won last time; probing the others meanwhile")
-            } catch let error as SessionError where error.isAuthenticationFailure {
-                fail("\(error) (check --token on both sides)")
-            } catch {
-                logger.info("transport auto: \(remembered), which won last time, failed now (\(error)); probing again")
-                cache?.remember(nil, server: server, proxy: proxy)
-            }
-        }
-        var quiet = logger
-        quiet.logLevel = .critical
-        var working: [TransportKind] = []
-        var reasons: [String] = []
-        for await result in TransportNegotiator.results(
-            server: server, options: transportOptions, session: session,
-            group: MultiThreadedEventLoopGroup.singleton, logger: quiet
-        ) {
-            if result.failure == .authentication {
-                fail("\(result.detail) (check --token on both sides)")
-            }
-            guard result.works else {
-                reasons.append("\(result.transport): \(result.failure?.phrase ?? "failed") (\(result.detail))")
-                continue
-            }
-            working.append(result.transport)
-            if let current = client {
-                if TransportNegotiator.rank(result.transport) < TransportNegotiator.rank(current.currentTransport) {
-                    logger.info("transport auto: \(result.transport) works too and costs less; moving the session to it")
-                    current.switchTransport(to: result.transport)
-                }
-            } else {
-                do {
-                    client = try await connect(result.transport)
-                    logger.info("transport auto: started on \(result.transport), the first that works; still probing the others")
-                } catch let error as ForwardingError {
-                    fail("\(error)")
-                } catch {
-                    reasons.append("\(result.transport): \(error)")
-                }
-            }
-        }
-        guard let client else {
-            fail("no transport gets through to \(server): \(reasons.joined(separator: "; ")); `culvert probe` explains more")
-        }
-        let chosen = client.currentTransport
-        client.setFallbacks(working.sorted { TransportNegotiator.rank($0) < TransportNegotiator.rank($1) })
-        cache?.remember(chosen, server: server, proxy: proxy)
-        if !reasons.isEmpty { logger.info("transport auto: not usable here: \(reasons.joined(separator: "; "))") }
-        logger.info("transport auto: settled on \(chosen)")
-        return client
     }
 }
 

@@ -21,19 +21,41 @@ struct NegotiationBenchmark {
             ),
             group: group, logger: logger
         )
-        let scenarios: [(String, Set<FaultProxy.Fault>?)] = [
-            ("direct", nil),
-            ("proxy, no faults", []),
-            ("strips Upgrade", [.stripUpgrade]),
-            ("101, then nothing", [.nothingAfterUpgrade]),
-            ("CONNECT refused + strips Upgrade", [.stripUpgrade, .refuseConnect]),
-            ("CONNECT, then nothing + 101, then nothing", [.connectThenNothing, .nothingAfterUpgrade]),
+        struct Scenario {
+            var name: String
+            /// nil: no proxy at all.
+            var faults: Set<FaultProxy.Fault>?
+            var reverse = false
+        }
+        let serverPort = server.localAddress!.port!
+        let scenarios: [Scenario] = [
+            Scenario(name: "direct", faults: nil),
+            Scenario(name: "proxy, no faults", faults: []),
+            Scenario(name: "strips Upgrade", faults: [.stripUpgrade]),
+            Scenario(name: "101, then nothing", faults: [.nothingAfterUpgrade]),
+            Scenario(name: "CONNECT refused + strips Upgrade", faults: [.stripUpgrade, .refuseConnect]),
+            Scenario(name: "CONNECT, then nothing + 101, then nothing", faults: [.connectThenNothing, .nothingAfterUpgrade]),
+            Scenario(name: "buffers responses", faults: [.bufferResponses]),
+            Scenario(name: "strips Upgrade, +50 ms each way", faults: [.stripUpgrade, .latency(.milliseconds(50))]),
+            Scenario(
+                name: "reverse: no Upgrade, buffers both ways, 1 MiB",
+                faults: [.stripUpgrade, .bufferResponses, .bufferRequestBodies, .limitRequestBodies(bytes: 1 << 20)],
+                reverse: true
+            ),
         ]
         print("culvert bench --negotiation: median of \(self.repeats), in one process on loopback")
         print("path                                         first usable   ms     final       ms")
-        for (name, faults) in scenarios {
+        for scenario in scenarios {
             var proxy: FaultProxy?
-            if let faults { proxy = try await FaultProxy.start(configuration: .init(faults: faults), group: group) }
+            if let faults = scenario.faults {
+                proxy = try await FaultProxy.start(
+                    configuration: .init(upstream: scenario.reverse ? ("127.0.0.1", serverPort) : nil, faults: faults),
+                    group: group
+                )
+            }
+            // A reverse proxy is dialled as the server; a forward proxy is named as the proxy.
+            let endpoint = ServerEndpoint(host: "127.0.0.1", port: scenario.reverse ? proxy!.port : serverPort)
+            let proxyConfiguration = scenario.reverse ? nil : proxy.map { ProxyConfiguration(host: "127.0.0.1", port: $0.port) }
             var firsts: [(TransportKind, Double)] = []
             var finals: [(TransportKind, Double)] = []
             for _ in 0..<max(1, self.repeats) {
@@ -41,8 +63,8 @@ struct NegotiationBenchmark {
                 var first: (TransportKind, Double)?
                 var results: [ProbeResult] = []
                 for await result in TransportNegotiator.results(
-                    server: ServerEndpoint(host: "127.0.0.1", port: server.localAddress!.port!),
-                    options: TransportOptions(proxy: proxy.map { ProxyConfiguration(host: "127.0.0.1", port: $0.port) }, logger: logger),
+                    server: endpoint,
+                    options: TransportOptions(proxy: proxyConfiguration, logger: logger),
                     session: SessionConfiguration(token: "bench"),
                     group: group, logger: logger
                 ) {
@@ -63,7 +85,7 @@ struct NegotiationBenchmark {
             let (firstKind, firstTime) = median(firsts)
             let (finalKind, finalTime) = median(finals)
             print(
-                name.padding(toLength: 45, withPad: " ", startingAt: 0)
+                scenario.name.padding(toLength: 45, withPad: " ", startingAt: 0)
                     + firstKind.padding(toLength: 15, withPad: " ", startingAt: 0)
                     + firstTime.padding(toLength: 7, withPad: " ", startingAt: 0)
                     + finalKind.padding(toLength: 12, withPad: " ", startingAt: 0)

@@ -6,9 +6,9 @@ import NIOPosix
 import Testing
 
 /// One proxy misbehaviour at a time (and combinations seen in the field), injected by the Swift test proxy as a
-/// forward or a reverse proxy: the probes name the failure mode of each transport it breaks, the choice is the best
-/// transport that still works, and that transport (and any other the fault bears on) moves 16 MiB each way intact
-/// through the faulty proxy.
+/// forward or a reverse proxy: the probes name the failure mode of each transport it breaks, `auto` settles on the
+/// best transport that still works and moves 16 MiB each way intact through the faulty proxy, and so does every other
+/// transport the fault bears on.
 @Suite(.serialized, .timeLimit(.minutes(2))) struct FaultInjectionTests {
     struct Case: Sendable, CustomTestStringConvertible {
         let faults: Set<FaultProxy.Fault>
@@ -88,15 +88,24 @@ import Testing
             }
         }
         #expect(TransportNegotiator.choice(results) == faultCase.choice)
-        for transport in [faultCase.choice] + faultCase.alsoCarry {
-            let client = try await TunnelHarness.connectClient(
-                serverPort: dialedPort, targets: [echo.port], transport: transport, proxy: proxyConfiguration
+        // `auto` itself, then each transport the fault bears on, forced.
+        for transport in [nil] + faultCase.alsoCarry {
+            let configuration = TunnelClient.Configuration(
+                server: ServerEndpoint(host: "127.0.0.1", port: dialedPort),
+                transport: transport ?? .websocket,
+                transportOptions: TransportOptions(proxy: proxyConfiguration, logger: TunnelHarness.logger),
+                session: SessionConfiguration(token: "test-token"),
+                forwards: [ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: echo.port))]
             )
+            let client = transport == nil
+                ? try await AutomaticTransport.connect(configuration: configuration, cache: nil, group: group, logger: TunnelHarness.logger)
+                : try await TunnelClient.connect(configuration: configuration, group: group, logger: TunnelHarness.logger)
+            #expect(client.currentTransport == transport ?? faultCase.choice)
             let transfer = try await TransferClient.echoTransfer(
                 host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 16 * 1024 * 1024, seed: 9, group: group
             )
-            #expect(transfer.digestsMatch, "\(transport)")
-            #expect(transfer.bytesReceived == 16 * 1024 * 1024, "\(transport)")
+            #expect(transfer.digestsMatch, "\(client.currentTransport)")
+            #expect(transfer.bytesReceived == 16 * 1024 * 1024, "\(client.currentTransport)")
             if faultCase.faults.contains(.limitRequestBodies(bytes: 1024 * 1024)) && transport == .chunked {
                 // 16 MiB in one streaming POST reaches the limit: the 413 moved upstream to short POSTs.
                 let session = client.session
