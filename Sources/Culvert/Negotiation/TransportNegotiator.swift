@@ -125,6 +125,10 @@ public enum TransportNegotiator {
                 tunnel.start()
                 return tunnel
             }.get()
+            // A held-back delivery probe answers sooner than the handshake's timeout: end the probe then.
+            delivery?.whenSuccess { outcome in
+                if Self.heldBack(outcome.verdict) != nil { eventLoop.execute { tunnel.close() } }
+            }
             _ = try await tunnel.established.get()
             let handshake = NIODeadline.now() - handshakeStart
             let shortRequests = try await eventLoop.submit { connection.upstreamUsesShortRequests }.get()
