@@ -29,6 +29,9 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
     private let maximumRecordPayload: Int
     private let onConnection: @Sendable (any TransportConnection) -> Void
     private var state = State.idle
+    /// Called at the end of every request that this handler took: puts an upgrade handler back in front of it, so
+    /// that the connection's next request may be an upgrade too.
+    var rearmUpgrade: ((ChannelHandlerContext) -> Void)?
     private var decoder: NIOSingleStepByteToMessageProcessor<HTTPTransportRecordDecoder>?
 
     init(
@@ -52,6 +55,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
             self.decodeUpload(context: context, connection: connection, body: body)
         case .end:
             self.finish(context: context)
+            self.rearmUpgrade?(context)
         }
     }
 

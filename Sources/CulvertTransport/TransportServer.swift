@@ -70,17 +70,35 @@ public final class TransportServer: Sendable {
                         onConnection: onConnection
                     )
                     let rawStream = RawStreamServerUpgrader(path: prefix + "/raw", onConnection: onConnection)
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(
-                        withServerUpgrade: (upgraders: [webSocket, rawStream], completionHandler: { _ in }),
-                        withErrorHandling: true
-                    )
-                    try channel.pipeline.syncOperations.addHandler(
-                        HTTPTransportRequestHandler(
-                            pathPrefix: prefix,
-                            registry: registry,
-                            maximumRecordPayload: configuration.maximumMessageSize,
-                            onConnection: onConnection
+                    // NIO's configureHTTPServerPipeline, spelled out so that the upgrade handler can be put back
+                    // after each request: NIO's looks at a connection's first request only, but proxies reuse
+                    // keep-alive connections for upgrades (squid does).
+                    let encoder = HTTPResponseEncoder()
+                    let httpHandlers: [any RemovableChannelHandler] = [
+                        ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes)),
+                        HTTPServerPipelineHandler(),
+                        NIOHTTPResponseHeadersValidator(),
+                        HTTPServerProtocolErrorHandler(),
+                    ]
+                    let makeUpgradeHandler = {
+                        HTTPServerUpgradeHandler(
+                            upgraders: [webSocket, rawStream], httpEncoder: encoder, extraHTTPHandlers: httpHandlers,
+                            upgradeCompletionHandler: { _ in }
                         )
+                    }
+                    let requestHandler = HTTPTransportRequestHandler(
+                        pathPrefix: prefix,
+                        registry: registry,
+                        maximumRecordPayload: configuration.maximumMessageSize,
+                        onConnection: onConnection
+                    )
+                    requestHandler.rearmUpgrade = { context in
+                        let pipeline = context.pipeline.syncOperations
+                        guard (try? pipeline.handler(type: HTTPServerUpgradeHandler.self)) == nil else { return }
+                        try? pipeline.addHandler(makeUpgradeHandler(), position: .before(requestHandler))
+                    }
+                    try channel.pipeline.syncOperations.addHandlers(
+                        [encoder] + httpHandlers + [makeUpgradeHandler(), requestHandler] as [any ChannelHandler]
                     )
                 }
             }

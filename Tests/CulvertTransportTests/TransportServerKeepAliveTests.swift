@@ -1,0 +1,59 @@
+import CulvertTransport
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Testing
+
+/// Proxies reuse keep-alive connections to the server, also for upgrade requests (squid does): the server must
+/// upgrade on any request of a connection, not only on its first.
+@Suite struct TransportServerKeepAliveTests {
+    @Test(arguments: [("ws", "websocket"), ("raw", "culvert")])
+    func anUpgradeAfterAnotherRequestOnTheSameConnectionIsAccepted(endpoint: String, upgrade: String) async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let connections = NIOLockedValueBox(0)
+        let server = try await TransportServer.bind(
+            configuration: .init(host: "127.0.0.1", port: 0), group: group,
+            onConnection: { connection in
+                connections.withLockedValue { $0 += 1 }
+                connection.close()
+            }
+        ).get()
+        let received = NIOLockedValueBox("")
+        let channel = try await ClientBootstrap(group: group)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(TextCollector(received)) }
+            }
+            .connect(host: "127.0.0.1", port: server.localAddress!.port!).get()
+        // A plain request first (a proxy's earlier request on the pooled connection), then the upgrade.
+        try await channel.writeAndFlush(ByteBuffer(string: "GET /culvert/nothing HTTP/1.1\r\nHost: server\r\n\r\n"))
+        try await Self.waitFor(received) { $0.contains("404") && $0.contains("no such endpoint") }
+        var request = "GET /culvert/\(endpoint) HTTP/1.1\r\nHost: server\r\nUpgrade: \(upgrade)\r\nConnection: upgrade\r\n"
+        if upgrade == "websocket" { request += "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" }
+        try await channel.writeAndFlush(ByteBuffer(string: request + "\r\n"))
+        try await Self.waitFor(received) { $0.contains("101 Switching Protocols") }
+        try await Self.waitFor(received) { _ in connections.withLockedValue { $0 } == 1 }
+        try? await channel.close()
+        try await server.close().get()
+    }
+
+    private static func waitFor(_ text: NIOLockedValueBox<String>, _ condition: @Sendable (String) -> Bool) async throws {
+        for _ in 0..<200 {
+            if condition(text.withLockedValue { $0 }) { return }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        Issue.record("not seen within 2 s; received: \(text.withLockedValue { $0 })")
+    }
+}
+
+/// Appends everything read to a shared string.
+private final class TextCollector: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    let text: NIOLockedValueBox<String>
+
+    init(_ text: NIOLockedValueBox<String>) { self.text = text }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = self.unwrapInboundIn(data)
+        self.text.withLockedValue { $0 += String(buffer: buffer) }
+    }
+}
