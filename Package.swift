@@ -10,6 +10,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "culvert", targets: ["culvert"]),
+        .executable(name: "proxy-matrix", targets: ["proxy-matrix"]),
         .library(name: "Culvert", targets: ["Culvert"]),
         .library(name: "CulvertCore", targets: ["CulvertCore"]),
         .library(name: "CulvertTransport", targets: ["CulvertTransport"]),
@@ -85,6 +86,28 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
+        ),
+        // Runs culvert through real proxies and writes docs/compatibility.md (scripts/proxy-matrix, the plugin).
+        .executableTarget(
+            name: "proxy-matrix",
+            dependencies: [
+                "Culvert",
+                "CulvertTools",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .plugin(
+            name: "ProxyMatrixPlugin",
+            capability: .command(
+                intent: .custom(verb: "proxy-matrix", description: "Run culvert through real proxies and write docs/compatibility.md"),
+                permissions: [
+                    .allowNetworkConnections(scope: .local(), reason: "starts real proxies and a culvert server on loopback ports")
+                ]
+            )
         ),
         .testTarget(
             name: "CulvertCoreTests",

@@ -16,8 +16,9 @@ public struct ChildProcess: Sendable {
         public var description: String
     }
 
-    /// Starts `path` with `arguments` (the environment is this process's).
-    public static func spawn(_ path: String, _ arguments: [String]) throws -> ChildProcess {
+    /// Starts `path` with `arguments` (the environment is this process's); with `outputPath`, its standard output
+    /// and error go to that file (appended), else to this process's.
+    public static func spawn(_ path: String, _ arguments: [String], outputPath: String? = nil) throws -> ChildProcess {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -35,6 +36,10 @@ public struct ChildProcess: Sendable {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
+        if let outputPath {
+            posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        }
         Self.closeInheritedDescriptors(&actions)
 
         let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
@@ -55,6 +60,26 @@ public struct ChildProcess: Sendable {
         }
         let closeFrom = unsafeBitCast(symbol, to: CloseFrom.self)
         _ = closeFrom(&actions, 3)
+    }
+
+    /// Runs `path` with `arguments` to its end and returns what it wrote to standard output and error, or nil when
+    /// it could not be started.
+    public static func run(_ path: String, _ arguments: [String]) -> String? {
+        let outputPath = "/tmp/culvert-run-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).out"
+        defer { unlink(outputPath) }
+        guard let child = try? Self.spawn(path, arguments, outputPath: outputPath) else { return nil }
+        var status: Int32 = 0
+        waitpid(child.pid, &status, 0)
+        guard let file = fopen(outputPath, "r") else { return "" }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = fread(&buffer, 1, buffer.count, file)
+            if count <= 0 { break }
+            bytes += buffer[0..<count]
+        }
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// Whether the child is still running (reaping it if it has exited).

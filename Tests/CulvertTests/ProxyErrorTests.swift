@@ -35,7 +35,7 @@ import Testing
     /// tinyproxy drops `Upgrade`: the WebSocket request reaches the server as a plain GET, which answers 426,
     /// and the user is told a proxy may strip Upgrade.
     @Test func webSocketThroughTinyproxyFailsWithUpgradeStripped() async throws {
-        let tinyproxy = try await Tinyproxy.start()
+        let tinyproxy = try await startTinyproxy()
         defer { tinyproxy.stop() }
         let server = try await TunnelHarness.startServer(allow: [])
         let error = await self.connectError(
@@ -55,7 +55,7 @@ import Testing
     /// CONNECT and for absolute-form requests); the right ones get through.
     @Test(arguments: [TransportKind.connect, .polling])
     func proxyAuthenticationIsReportedAndHonoured(transport: TransportKind) async throws {
-        let tinyproxy = try await Tinyproxy.start(extraLines: ["BasicAuth alice s3cret"])
+        let tinyproxy = try await startTinyproxy(extraLines: ["BasicAuth alice s3cret"])
         defer { tinyproxy.stop() }
         let echo = try await EchoServer.start(group: self.group)
         let server = try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"])
@@ -90,7 +90,7 @@ import Testing
     /// tinyproxy limited to `ConnectPort 443` answers CONNECT to the server's port with 403: the proxy refuses
     /// CONNECT to this port.
     @Test func connectToADisallowedPortIsRefused() async throws {
-        let tinyproxy = try await Tinyproxy.start(extraLines: ["ConnectPort 443"])
+        let tinyproxy = try await startTinyproxy(extraLines: ["ConnectPort 443"])
         defer { tinyproxy.stop() }
         let server = try await TunnelHarness.startServer(allow: [])
         let error = await self.connectError(

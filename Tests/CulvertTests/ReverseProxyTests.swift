@@ -16,11 +16,11 @@ import Testing
     private func withServerBehindNginx(_ body: (_ nginxPort: Int, _ echoPort: Int) async throws -> Void) async throws {
         let echo = try await EchoServer.start(group: self.group)
         let server = try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"])
-        let nginx = try await Nginx.start(upstreamPort: server.localAddress!.port!)
+        let nginx = try await startNginx(upstreamPort: server.localAddress!.port!)
         do {
             try await body(nginx.port, echo.port)
         } catch {
-            Issue.record("nginx's error log: \(nginx.errorLog)")
+            Issue.record("nginx's error log: \(nginx.log)")
             nginx.stop()
             await server.shutdown(gracePeriod: .zero)
             try await echo.close()

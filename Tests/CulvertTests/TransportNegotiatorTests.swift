@@ -35,7 +35,7 @@ import Testing
 
     /// Through tinyproxy, which strips Upgrade: WebSocket fails as upgrade_stripped, and auto picks CONNECT.
     @Test func throughTinyproxyAutoPicksConnect() async throws {
-        let tinyproxy = try await Tinyproxy.start()
+        let tinyproxy = try await startTinyproxy()
         defer { tinyproxy.stop() }
         let server = try await TunnelHarness.startServer(allow: [])
         let results = await self.probe(port: server.localAddress!.port!, proxy: ProxyConfiguration(host: "127.0.0.1", port: tinyproxy.port))
@@ -48,7 +48,7 @@ import Testing
     /// upstream by itself).
     @Test func behindNginxAutoPicksChunked() async throws {
         let server = try await TunnelHarness.startServer(allow: [])
-        let nginx = try await Nginx.start(upstreamPort: server.localAddress!.port!)
+        let nginx = try await startNginx(upstreamPort: server.localAddress!.port!)
         let results = await self.probe(port: nginx.port)
         #expect(self.failures(results) == [.websocket: .upgradeStripped, .connect: .upgradeStripped, .chunked: nil, .polling: nil])
         #expect(TransportNegotiator.choice(results) == .chunked)
@@ -58,7 +58,7 @@ import Testing
 
     /// A proxy that refuses CONNECT to the port and one that accepts it and relays nothing are told apart.
     @Test func connectRefusalsAreNamed() async throws {
-        let tinyproxy = try await Tinyproxy.start(extraLines: ["ConnectPort 443"])
+        let tinyproxy = try await startTinyproxy(extraLines: ["ConnectPort 443"])
         defer { tinyproxy.stop() }
         let server = try await TunnelHarness.startServer(allow: [])
         let results = await self.probe(port: server.localAddress!.port!, proxy: ProxyConfiguration(host: "127.0.0.1", port: tinyproxy.port))

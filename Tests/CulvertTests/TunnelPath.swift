@@ -33,7 +33,7 @@ struct TunnelPath: Sendable, CustomTestStringConvertible {
         case .direct:
             return try await body(nil)
         case .tinyproxy:
-            let tinyproxy = try await Tinyproxy.start()
+            let tinyproxy = try await startTinyproxy()
             defer { tinyproxy.stop() }
             return try await body(ProxyConfiguration(host: "127.0.0.1", port: tinyproxy.port))
         case .testProxy:

@@ -46,7 +46,7 @@ public enum ProbeFailure: String, Sendable, Codable, CaseIterable {
 
     /// The failure mode an error of a probe of `kind` shows; `sessionStarted` tells whether the transport itself
     /// was established before it happened (then a silent session handshake means the path holds data back).
-    static func classify(_ error: any Error, kind: TransportKind, transportEstablished: Bool) -> ProbeFailure {
+    public static func classify(_ error: any Error, kind: TransportKind, transportEstablished: Bool) -> ProbeFailure {
         if let error = error as? SessionError {
             switch error {
             case .transport(let transportError):
