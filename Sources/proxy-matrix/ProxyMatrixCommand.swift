@@ -41,6 +41,9 @@ struct ProxyMatrixCommand: AsyncParsableCommand {
     @Option(help: "MiB each way per transfer.")
     var mib = 16
 
+    @Option(help: "A file to create when every transfer is done and only the idle holds remain (CI runs the tests meanwhile).")
+    var readyFile: String?
+
     func run() async throws {
         let started = RunningProxies.shared
         Self.stopProxiesOnSignal(started)
@@ -97,6 +100,7 @@ struct ProxyMatrixCommand: AsyncParsableCommand {
             results.append(result)
         }
 
+        if let readyFile = self.readyFile { _ = FileManager.default.createFile(atPath: readyFile, contents: Data()) }
         // The idle holds ran side by side with the later configurations; wait for each to pass its timeout.
         for (index, client, since, reconnectsBefore) in idleTunnels {
             let setup = results[index].setup
