@@ -68,12 +68,12 @@ struct MatrixRunner: Sendable {
         if result.autoChoice != best {
             result.problems.append("\(setup.file): auto chose \(result.autoChoice?.rawValue ?? "nothing"), the best that works is \(best?.rawValue ?? "nothing")")
         }
-        // Failure codes: the probe's, for every transport that fails forced too.
+        // A forced transport must fail for the reason its probe names.
         for kind in TransportNegotiator.preference {
-            if case .fails(_, let detail, let seconds) = result.forced[kind], let probe = result.probes.first(where: { $0.transport == kind }),
-                let failure = probe.failure
+            if case .fails(let failure, let detail, _) = result.forced[kind],
+                let probe = result.probes.first(where: { $0.transport == kind }), let expected = probe.failure, failure != expected
             {
-                result.forced[kind] = .fails(failure, detail: detail, seconds: seconds)
+                result.problems.append("\(setup.file): forced \(kind) failed as \(failure.rawValue) (\(detail)), its probe as \(expected.rawValue)")
             }
         }
         return (result, idleClient)
