@@ -17,6 +17,8 @@ public final class TunnelServer: Sendable {
         public var targetConnectTimeout: TimeAmount
         /// Hold times, idle timeout and response limits of the chunked and polling transports.
         public var http: HTTPTransportServerSettings
+        /// When set, HTTPS and WSS instead of plain HTTP.
+        public var tls: ServerTLS?
 
         public init(
             listenHost: String,
@@ -25,8 +27,10 @@ public final class TunnelServer: Sendable {
             session: SessionConfiguration,
             allowlist: Allowlist,
             targetConnectTimeout: TimeAmount = .seconds(10),
-            http: HTTPTransportServerSettings = .init()
+            http: HTTPTransportServerSettings = .init(),
+            tls: ServerTLS? = nil
         ) {
+            self.tls = tls
             self.listenHost = listenHost
             self.listenPort = listenPort
             self.pathPrefix = pathPrefix
@@ -71,7 +75,8 @@ public final class TunnelServer: Sendable {
             host: configuration.listenHost,
             port: configuration.listenPort,
             pathPrefix: configuration.pathPrefix,
-            http: configuration.http
+            http: configuration.http,
+            tls: configuration.tls
         )
         let listenAddress = "\(configuration.listenHost):\(configuration.listenPort)"
         let transportServer: TransportServer

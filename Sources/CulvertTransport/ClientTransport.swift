@@ -13,6 +13,8 @@ public struct TransportOptions: Sendable {
     public var proxy: ProxyConfiguration?
     /// Limits and timers of the chunked and polling transports.
     public var http: HTTPTransportClientSettings
+    /// How an `https` server's certificate is checked (nil: against the system's trust roots).
+    public var tls: ClientTLS?
     /// Where transports log what they decide (e.g. a switch to short POSTs).
     public var logger: Logger
 
@@ -22,8 +24,10 @@ public struct TransportOptions: Sendable {
         maximumMessageSize: Int = 16 * 1024 * 1024,
         proxy: ProxyConfiguration? = nil,
         http: HTTPTransportClientSettings = .init(),
+        tls: ClientTLS? = nil,
         logger: Logger = Logger(label: "culvert.transport", factory: { _ in SwiftLogNoOpLogHandler() })
     ) {
+        self.tls = tls
         self.extraHeaders = extraHeaders
         self.connectTimeout = connectTimeout
         self.maximumMessageSize = maximumMessageSize

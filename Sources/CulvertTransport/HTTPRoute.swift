@@ -1,28 +1,41 @@
 import NIOHTTP1
 
-/// How HTTP requests reach the server: directly, or through a forward proxy with absolute-form request targets
-/// (RFC 9112 §3.2.2) and `Proxy-Authorization`. Also reads a proxy's error answers into clear messages.
+/// How HTTP requests reach the server: directly, through a forward proxy with absolute-form request targets
+/// (RFC 9112 §3.2.2) and `Proxy-Authorization`, or, for an `https` server, inside TLS (through the proxy's CONNECT
+/// tunnel when there is a proxy). Also reads a proxy's error answers into clear messages.
 public struct HTTPRoute: Sendable {
     public let endpoint: ServerEndpoint
     public let proxy: ProxyConfiguration?
     public let extraHeaders: [(String, String)]
+    /// How the server's certificate is checked, for `https`.
+    public let tls: ClientTLS
 
-    public init(endpoint: ServerEndpoint, proxy: ProxyConfiguration?, extraHeaders: [(String, String)] = []) {
+    public init(endpoint: ServerEndpoint, proxy: ProxyConfiguration?, extraHeaders: [(String, String)] = [], tls: ClientTLS? = nil) {
         self.endpoint = endpoint
         self.proxy = proxy
         self.extraHeaders = extraHeaders
+        self.tls = tls ?? ClientTLS.systemDefault
     }
+
+    /// The route of `options` to `endpoint`.
+    public init(endpoint: ServerEndpoint, options: TransportOptions) {
+        self.init(endpoint: endpoint, proxy: options.proxy, extraHeaders: options.extraHeaders, tls: options.tls)
+    }
+
+    /// Whether requests go to the proxy itself (plain HTTP through a forward proxy), rather than to the server
+    /// (directly, or inside a CONNECT tunnel for `https`).
+    var requestsGoToProxy: Bool { self.proxy != nil && !self.endpoint.usesTLS }
 
     /// Where the TCP connection goes: the proxy when there is one.
     public var dialHost: String { self.proxy?.host ?? self.endpoint.host }
     public var dialPort: Int { self.proxy?.port ?? self.endpoint.port }
 
-    /// The request target for `endpointName` (e.g. `ws`, or `down?c=…`): origin-form direct, absolute-form
-    /// through a proxy.
+    /// The request target for `endpointName` (e.g. `ws`, or `down?c=…`): absolute-form to a proxy, else
+    /// origin-form.
     public func requestTarget(_ endpointName: String) -> String {
         let path = self.endpoint.path(endpointName)
-        guard self.proxy != nil else { return path }
-        return "\(self.endpoint.usesTLS ? "https" : "http")://\(self.endpoint.hostHeader)\(path)"
+        guard self.requestsGoToProxy else { return path }
+        return "http://\(self.endpoint.hostHeader)\(path)"
     }
 
     /// The headers every tunnel request carries: `Host`, `Cache-Control: no-store`, `User-Agent`, the user's
@@ -32,7 +45,7 @@ public struct HTTPRoute: Sendable {
         headers.add(name: "Host", value: self.endpoint.hostHeader)
         headers.add(name: "Cache-Control", value: "no-store")
         headers.add(name: "User-Agent", value: "culvert/\(CulvertVersion.string)")
-        if let authorization = self.proxy?.authorizationHeader {
+        if self.requestsGoToProxy, let authorization = self.proxy?.authorizationHeader {
             headers.add(name: "Proxy-Authorization", value: authorization)
         }
         for (name, value) in self.extraHeaders { headers.add(name: name, value: value) }
@@ -42,7 +55,7 @@ public struct HTTPRoute: Sendable {
     /// The error for a proxy's answer, when a proxy is in the route and the status is one a proxy gives for
     /// its own reasons; nil otherwise (the status then came from the server, or is a success).
     public func proxyError(for head: HTTPResponseHead, method: String) -> TransportError? {
-        guard let proxy = self.proxy else { return nil }
+        guard self.requestsGoToProxy, let proxy = self.proxy else { return nil }
         return Self.proxyError(for: head, proxy: proxy, method: method)
     }
 

@@ -75,7 +75,7 @@ final class HTTPUpgradeClientHandler: ChannelInboundHandler, RemovableChannelHan
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        self.fail(context: context, .handshakeFailed(self.kind, "the connection closed before the server answered the upgrade"))
+        self.fail(context: context, .handshakeFailed(self.kind, "the connection closed before the server answered the upgrade\(self.route.endpoint.usesTLS ? "" : " (a server with TLS needs an https:// URL)")"))
         context.fireChannelInactive()
     }
 

@@ -31,6 +31,10 @@ public enum TransportError: Error, Hashable, Sendable, CustomStringConvertible {
     case proxyRelaysNothing(proxy: String, seconds: Double)
     /// The server no longer knows the HTTP transport connection (it expired or the server restarted).
     case connectionExpired(TransportKind)
+    /// A TLS option or file is not usable.
+    case invalidTLSSetting(String)
+    /// The TLS handshake with the server failed (its certificate was not trusted, or it does not speak TLS).
+    case tlsFailed(endpoint: String, reason: String)
 
     public var description: String {
         switch self {
@@ -68,6 +72,10 @@ public enum TransportError: Error, Hashable, Sendable, CustomStringConvertible {
             "the proxy \(proxy) accepted CONNECT but relayed no answer within \(seconds) s (it may pass only TLS or HTTP); try another --transport"
         case .connectionExpired(let kind):
             "\(kind): the server no longer knows this connection (it expired or the server restarted)"
+        case .invalidTLSSetting(let reason):
+            reason
+        case .tlsFailed(let endpoint, let reason):
+            "TLS with \(endpoint) failed: \(reason)"
         }
     }
 }

@@ -1,6 +1,7 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 import NIOPosix
 import NIOWebSocket
 
@@ -16,9 +17,13 @@ public final class TransportServer: Sendable {
         public var maximumMessageSize: Int
         /// Hold times, idle timeout and response limits of the chunked and polling transports.
         public var http: HTTPTransportServerSettings
+        /// When set, the listener serves HTTPS and WSS (every transport inside TLS) instead of plain HTTP.
+        public var tls: ServerTLS?
 
         public init(host: String, port: Int, pathPrefix: String = ServerEndpoint.defaultPathPrefix,
-                    maximumMessageSize: Int = 16 * 1024 * 1024, http: HTTPTransportServerSettings = .init()) {
+                    maximumMessageSize: Int = 16 * 1024 * 1024, http: HTTPTransportServerSettings = .init(),
+                    tls: ServerTLS? = nil) {
+            self.tls = tls
             self.host = host
             self.port = port
             self.pathPrefix = pathPrefix
@@ -64,6 +69,9 @@ public final class TransportServer: Sendable {
             .childChannelInitializer { channel in
                 counter.withLockedValue { $0 += 1 }
                 return channel.eventLoop.makeCompletedFuture {
+                    if let tls = configuration.tls {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context))
+                    }
                     let webSocket = WebSocketServerUpgrader(
                         path: prefix + "/ws",
                         maximumFrameSize: configuration.maximumMessageSize,

@@ -40,6 +40,8 @@ struct ClientCommand: AsyncParsableCommand {
 
     @OptionGroup var proxyOptions: ProxyOptions
 
+    @OptionGroup(title: "TLS (https:// servers)") var tlsOptions: ClientTLSOptions
+
     @Option(help: "Extra request header NAME:VALUE on every tunnel request. Repeatable.")
     var header: [String] = []
 
@@ -80,6 +82,7 @@ struct ClientCommand: AsyncParsableCommand {
             connectTimeout: .milliseconds(Int64(self.connectTimeout * 1000)),
             proxy: try self.proxyOptions.resolve(for: server, logger: logger),
             http: try self.http.settings(),
+            tls: try self.tlsOptions.resolve(for: server, logger: logger),
             logger: logger
         )
         let sessionConfiguration = self.tuning.sessionConfiguration(token: try self.tokenOptions.resolve(), compression: self.compress)

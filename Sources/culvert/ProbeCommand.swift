@@ -17,6 +17,8 @@ struct ProbeCommand: AsyncParsableCommand {
 
     @OptionGroup var proxyOptions: ProxyOptions
 
+    @OptionGroup(title: "TLS (https:// servers)") var tlsOptions: ClientTLSOptions
+
     @OptionGroup var tokenOptions: TokenOptions
 
     @Flag(help: "Print one JSON object instead of a table.")
@@ -32,7 +34,10 @@ struct ProbeCommand: AsyncParsableCommand {
         quiet.logLevel = .critical
         let results = await TransportNegotiator.probe(
             server: server,
-            options: TransportOptions(proxy: try self.proxyOptions.resolve(for: server, logger: logger), logger: quiet),
+            options: TransportOptions(
+                proxy: try self.proxyOptions.resolve(for: server, logger: logger),
+                tls: try self.tlsOptions.resolve(for: server, logger: logger), logger: quiet
+            ),
             session: SessionConfiguration(token: try self.tokenOptions.resolve()),
             group: MultiThreadedEventLoopGroup.singleton,
             logger: quiet

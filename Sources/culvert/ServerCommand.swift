@@ -37,6 +37,8 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: "Seconds a session whose connection dropped waits for its client to resume it before its streams are closed.")
     var resumeGrace: Double = 60
 
+    @OptionGroup(title: "TLS") var tls: ServerTLSOptions
+
     @OptionGroup var tuning: TuningOptions
 
     @OptionGroup(title: "Chunked and polling transports") var http: HTTPServerTransportOptions
@@ -74,7 +76,8 @@ struct ServerCommand: AsyncParsableCommand {
             pathPrefix: prefix,
             session: session,
             allowlist: Allowlist(entries: entries, allowsAny: self.allowAny),
-            http: try self.http.settings()
+            http: try self.http.settings(),
+            tls: try self.tls.resolve(listenHost: host, logger: logger)
         )
         let server: TunnelServer
         do {
@@ -83,7 +86,7 @@ struct ServerCommand: AsyncParsableCommand {
         } catch {
             fail("\(error)")
         }
-        logger.info("culvert server listening on \(server.localAddress.map { "\($0)" } ?? self.listen), path \(prefix)")
+        logger.info("culvert server listening on \(server.localAddress.map { "\($0)" } ?? self.listen)\(configuration.tls == nil ? "" : " (HTTPS)"), path \(prefix)")
         let signal = await SignalWaiter.wait(signals)
         logger.info("signal \(signal): shutting down (open streams get \(self.shutdownGrace) s to finish)")
         await server.shutdown(gracePeriod: .milliseconds(Int64(self.shutdownGrace * 1000)))

@@ -57,8 +57,15 @@ import Testing
     }
 
     /// Starts a server and waits until its port accepts connections.
-    func startServer(port: Int, token: String) throws -> Process {
-        let (server, _) = try self.launch(["server", "--listen", "127.0.0.1:\(port)", "--token", token, "--allow", "127.0.0.1:1"])
+    func startServer(port: Int, token: String, extraArguments: [String] = []) throws -> Process {
+        try self.startServerWithLog(port: port, token: token, extraArguments: extraArguments).0
+    }
+
+    /// Starts a server and waits until its port accepts connections; its standard error is the pipe.
+    func startServerWithLog(port: Int, token: String, extraArguments: [String] = []) throws -> (Process, Pipe) {
+        let (server, errors) = try self.launch(
+            ["server", "--listen", "127.0.0.1:\(port)", "--token", token, "--allow", "127.0.0.1:1"] + extraArguments
+        )
         for _ in 0..<200 {
             let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             var address = sockaddr_in()
@@ -71,7 +78,7 @@ import Testing
                 }
             }
             close(socket)
-            if connected == 0 { return server }
+            if connected == 0 { return (server, errors) }
             usleep(50_000)
         }
         server.terminate()
@@ -233,6 +240,57 @@ import Testing
     }
 
     /// A proxy URL with a scheme culvert cannot speak is refused before anything is dialled.
+    /// `server --tls-self-signed` prints the pin of the key it created; a client with that pin gets through on every
+    /// transport, one without it or with another pin gets a one-line refusal; a second start keeps the key.
+    @Test func selfSignedServerPrintsAPinThatClientsTrust() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("culvert-cli-tls-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        func startAndReadPin() throws -> (Process, String, Int) {
+            let port = try self.freePort()
+            let (server, errors) = try self.startServerWithLog(port: port, token: "t", extraArguments: ["--tls-self-signed", "--tls-dir", directory])
+            var text = ""
+            while !text.contains("--tls-pin sha256:") || !text.contains("\n") {
+                let data = errors.fileHandleForReading.availableData
+                if data.isEmpty { break }
+                text += String(decoding: data, as: UTF8.self)
+            }
+            let pin = text.components(separatedBy: "--tls-pin ").dropFirst().first?.prefix { !$0.isWhitespace }
+            return (server, String(pin ?? ""), port)
+        }
+        let (server, pin, port) = try startAndReadPin()
+        #expect(pin.hasPrefix("sha256:") && pin.count == 51)
+        let trusted = Process()
+        trusted.executableURL = Self.executable
+        trusted.arguments = ["probe", "https://127.0.0.1:\(port)", "--token", "t", "--tls-pin", pin, "--json"]
+        let output = Pipe()
+        trusted.standardOutput = output
+        try trusted.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        trusted.waitUntilExit()
+        #expect(trusted.terminationStatus == 0)
+        let report = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let transports = try #require(report["transports"] as? [[String: Any]])
+        #expect(transports.allSatisfy { $0["works"] as? Bool == true })
+
+        let untrusted = try self.run(["client", "https://127.0.0.1:\(port)", "--token", "t", "--transport", "websocket", "-L", "0:127.0.0.1:1"])
+        #expect(untrusted.status == 1)
+        #expect(untrusted.standardError.contains("not trusted") && untrusted.standardError.contains("--tls-pin"))
+        let otherPin = "sha256:" + Data(repeating: 1, count: 32).base64EncodedString()
+        let wrongPin = try self.run(["client", "https://127.0.0.1:\(port)", "--token", "t", "--transport", "chunked",
+                                     "--tls-pin", otherPin, "-L", "0:127.0.0.1:1"])
+        #expect(wrongPin.status == 1)
+        #expect(wrongPin.standardError.contains("TLS"))
+        let badPin = try self.run(["client", "https://127.0.0.1:\(port)", "--tls-pin", "md5:abc", "-L", "0:127.0.0.1:1"])
+        #expect(badPin.status == 2)
+        server.terminate()
+        server.waitUntilExit()
+
+        let (again, samePin, _) = try startAndReadPin()
+        #expect(samePin == pin)
+        again.terminate()
+        again.waitUntilExit()
+    }
+
     @Test func unsupportedProxySchemeIsRefused() throws {
         let outcome = try self.run(["client", "http://127.0.0.1:1", "--proxy", "socks5://127.0.0.1:1080", "-L", "0:h:1"])
         #expect(outcome.status != 0)

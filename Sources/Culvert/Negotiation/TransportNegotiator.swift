@@ -71,8 +71,7 @@ public enum TransportNegotiator {
         ceiling: TimeAmount,
         each: @escaping @Sendable (ProbeResult) -> Void
     ) async {
-        let rtt = await Self.firstRoundTrip(route: HTTPRoute(endpoint: server, proxy: options.proxy,
-                                                             extraHeaders: options.extraHeaders), group: group)
+        let rtt = await Self.firstRoundTrip(route: HTTPRoute(endpoint: server, options: options), group: group)
         let timeout = TimeAmount.nanoseconds(min(max(floor.nanoseconds, (rtt ?? floor).nanoseconds * 8), ceiling.nanoseconds))
         var probeOptions = options
         probeOptions.connectTimeout = timeout
@@ -113,7 +112,7 @@ public enum TransportNegotiator {
         // The chunked transport's downstream is a streaming response: it must arrive as it is sent.
         let delivery = kind == .chunked
             ? StreamingDeliveryProbe.run(
-                route: HTTPRoute(endpoint: server, proxy: options.proxy, extraHeaders: options.extraHeaders),
+                route: HTTPRoute(endpoint: server, options: options),
                 timeout: options.connectTimeout, on: eventLoop
             ) : nil
         do {

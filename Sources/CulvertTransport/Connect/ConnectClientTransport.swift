@@ -20,8 +20,8 @@ public struct ConnectClientTransport: ClientTransport {
 
     public func connect(to endpoint: ServerEndpoint, on eventLoop: any EventLoop) -> EventLoopFuture<any TransportConnection> {
         // Inside the CONNECT tunnel the request goes to the server itself: origin-form, no proxy credentials.
-        let innerRoute = HTTPRoute(endpoint: endpoint, proxy: nil, extraHeaders: self.options.extraHeaders)
-        let route = HTTPRoute(endpoint: endpoint, proxy: self.options.proxy, extraHeaders: self.options.extraHeaders)
+        let innerRoute = HTTPRoute(endpoint: endpoint, proxy: nil, extraHeaders: self.options.extraHeaders, tls: self.options.tls)
+        let route = HTTPRoute(endpoint: endpoint, options: self.options)
         var headers = innerRoute.baseHeaders()
         headers.add(name: "Upgrade", value: Self.upgradeProtocol)
         headers.add(name: "Connection", value: "Upgrade")

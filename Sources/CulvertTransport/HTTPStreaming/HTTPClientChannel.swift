@@ -31,18 +31,15 @@ final class HTTPClientChannel: @unchecked Sendable {
         self.channel = channel
     }
 
-    /// Opens a connection along `route` (to the proxy when there is one).
+    /// Opens a connection along `route` (to the proxy when there is one; inside TLS for `https`).
     static func dial(route: HTTPRoute, on eventLoop: any EventLoop, timeout: TimeAmount) -> EventLoopFuture<HTTPClientChannel> {
-        let relay = HTTPClientResponseRelay()
-        return TransportDialer.connect(host: route.dialHost, port: route.dialPort, on: eventLoop, timeout: timeout) { channel in
+        ServerPathDialer.open(route: route, connectTunnel: false, on: eventLoop, timeout: timeout).flatMapThrowing { channel in
+            let relay = HTTPClientResponseRelay()
             try channel.pipeline.syncOperations.addHandlers([
                 HTTPRequestEncoder(),
                 ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)),
                 relay,
             ])
-        }
-        .flatMapErrorThrowing { throw route.dialError($0) }
-        .map { channel in
             let client = HTTPClientChannel(channel: channel)
             relay.owner = client
             if !channel.isActive { client.isClosed = true }

@@ -14,14 +14,9 @@ public struct HTTPClientTransport: ClientTransport {
     }
 
     public func connect(to endpoint: ServerEndpoint, on eventLoop: any EventLoop) -> EventLoopFuture<any TransportConnection> {
-        guard !endpoint.usesTLS else {
-            return eventLoop.makeFailedFuture(
-                TransportError.invalidURL(endpoint.description, reason: "TLS (https/wss) is not available in this build yet")
-            )
-        }
         let kind = self.kind
         let options = self.options
-        let route = HTTPRoute(endpoint: endpoint, proxy: options.proxy, extraHeaders: options.extraHeaders)
+        let route = HTTPRoute(endpoint: endpoint, options: options)
         let promise = eventLoop.makePromise(of: (any TransportConnection).self)
         let timeout = eventLoop.scheduleTask(in: options.connectTimeout) {
             promise.fail(TransportError.timedOut(kind, phase: "open request", seconds: options.connectTimeout.seconds))
@@ -77,7 +72,7 @@ public struct HTTPClientTransport: ClientTransport {
                 connection.begin()
                 promise.succeed(connection)
             case .failed(let error):
-                promise.fail(TransportError.handshakeFailed(kind, "the connection closed before the server answered open (\(error))"))
+                promise.fail(TransportError.handshakeFailed(kind, "the connection closed before the server answered open (\(error))\(route.endpoint.usesTLS ? "" : "; a server with TLS needs an https:// URL")"))
             }
         }
     }

@@ -13,7 +13,7 @@ public struct WebSocketClientTransport: ClientTransport {
     }
 
     public func connect(to endpoint: ServerEndpoint, on eventLoop: any EventLoop) -> EventLoopFuture<any TransportConnection> {
-        let route = HTTPRoute(endpoint: endpoint, proxy: self.options.proxy, extraHeaders: self.options.extraHeaders)
+        let route = HTTPRoute(endpoint: endpoint, options: self.options)
         let requestKey = Base64.encode((0..<16).map { _ in UInt8.random(in: 0...255) })
         var headers = route.baseHeaders()
         headers.add(name: "Upgrade", value: "websocket")
