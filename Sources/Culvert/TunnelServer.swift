@@ -19,6 +19,11 @@ public final class TunnelServer: Sendable {
         public var http: HTTPTransportServerSettings
         /// When set, HTTPS and WSS instead of plain HTTP.
         public var tls: ServerTLS?
+        /// Sessions at once (handshaking, established, or waiting to be resumed); past it new ones are refused with
+        /// GOAWAY `overloaded`.
+        public var maximumSessions: Int = 1024
+        /// Failed authentications an address may have per minute before its new sessions are refused unheard.
+        public var authenticationFailuresPerMinute: Int = 10
 
         public init(
             listenHost: String,
@@ -71,6 +76,7 @@ public final class TunnelServer: Sendable {
             allowlist: configuration.allowlist,
             connectTimeout: configuration.targetConnectTimeout
         )
+        let throttle = NIOLockedValueBox(AuthenticationThrottle(limit: configuration.authenticationFailuresPerMinute, window: .seconds(60)))
         let transportConfiguration = TransportServer.Configuration(
             host: configuration.listenHost,
             port: configuration.listenPort,
@@ -108,14 +114,36 @@ public final class TunnelServer: Sendable {
                     return true
                 }
                 let key = ObjectIdentifier(session)
-                sessions.withLockedValue { $0[key] = session }
+                let address = connection.peerAddress?.ipAddress ?? "unknown"
+                let sessionCount = sessions.withLockedValue { table in
+                    table[key] = session
+                    return table.count
+                }
                 session.start()
+                if let wait = throttle.withLockedValue({ $0.retryAfter(address, now: .now()) }) {
+                    session.logger.debug("refused: too many failed authentications from \(address)")
+                    session.refuse(
+                        .authenticationFailed,
+                        "too many failed authentications from \(address); try again in \(Int(wait.seconds.rounded(.up))) s"
+                    )
+                } else if sessionCount > configuration.maximumSessions {
+                    session.logger.warning("refused a session: the server has its maximum of \(configuration.maximumSessions) sessions (--max-sessions)")
+                    session.refuse(.overloaded, "the server has its maximum of \(configuration.maximumSessions) sessions; try again later")
+                }
                 session.established.whenSuccess { outcome in
                     resumable.withLockedValue { $0[outcome.sessionID] = session }
                     session.logger.info("session established over \(connection.kind)")
                 }
                 session.ended.whenSuccess { reason in
                     sessions.withLockedValue { _ = $0.removeValue(forKey: key) }
+                    if reason.isAuthenticationFailure {
+                        let throttled = throttle.withLockedValue { throttle in
+                            throttle.recordFailure(address, now: .now())
+                            return throttle.retryAfter(address, now: .now()) != nil
+                        }
+                        if throttled { session.logger.warning("\(address) failed to authenticate \(configuration.authenticationFailuresPerMinute) times within a minute: refusing it for a while") }
+                    }
+                    if case .refused = reason { return }
                     resumable.withLockedValue { table in
                         if let id = table.first(where: { $0.value === session })?.key { table.removeValue(forKey: id) }
                     }
@@ -129,6 +157,7 @@ public final class TunnelServer: Sendable {
         } catch {
             throw ForwardingError.bindFailed(address: listenAddress, reason: describeBindError(error))
         }
+        connector.listenPort.withLockedValue { $0 = transportServer.localAddress?.port }
         return TunnelServer(transportServer: transportServer, sessions: sessions)
     }
 

@@ -10,6 +10,7 @@ public final class ChannelTransportConnection: TransportConnection, ChannelInbou
     public let kind: TransportKind
     public let eventLoop: any EventLoop
     public let peerDescription: String
+    public let peerAddress: SocketAddress?
     private let channel: any Channel
     private var context: ChannelHandlerContext?
     private let relay = TransportDelegateRelay()
@@ -19,6 +20,7 @@ public final class ChannelTransportConnection: TransportConnection, ChannelInbou
         self.kind = kind
         self.channel = channel
         self.eventLoop = channel.eventLoop
+        self.peerAddress = channel.remoteAddress
         self.peerDescription = channel.remoteAddress.map { "\($0)" } ?? "unknown peer"
     }
 

@@ -15,6 +15,8 @@ public struct TransportOptions: Sendable {
     public var http: HTTPTransportClientSettings
     /// How an `https` server's certificate is checked (nil: against the system's trust roots).
     public var tls: ClientTLS?
+    /// The local address to connect from, on a machine with several (nil: the system picks).
+    public var sourceAddress: SocketAddress?
     /// Where transports log what they decide (e.g. a switch to short POSTs).
     public var logger: Logger
 

@@ -1,3 +1,4 @@
+import NIOCore
 import NIOHTTP1
 
 /// How HTTP requests reach the server: directly, through a forward proxy with absolute-form request targets
@@ -9,6 +10,8 @@ public struct HTTPRoute: Sendable {
     public let extraHeaders: [(String, String)]
     /// How the server's certificate is checked, for `https`.
     public let tls: ClientTLS
+    /// The local address connections are made from (nil: the system picks).
+    public var sourceAddress: SocketAddress?
 
     public init(endpoint: ServerEndpoint, proxy: ProxyConfiguration?, extraHeaders: [(String, String)] = [], tls: ClientTLS? = nil) {
         self.endpoint = endpoint
@@ -20,6 +23,7 @@ public struct HTTPRoute: Sendable {
     /// The route of `options` to `endpoint`.
     public init(endpoint: ServerEndpoint, options: TransportOptions) {
         self.init(endpoint: endpoint, proxy: options.proxy, extraHeaders: options.extraHeaders, tls: options.tls)
+        self.sourceAddress = options.sourceAddress
     }
 
     /// Whether requests go to the proxy itself (plain HTTP through a forward proxy), rather than to the server

@@ -27,6 +27,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
     private let pathPrefix: String
     private let registry: HTTPConnectionRegistry
     private let maximumRecordPayload: Int
+    private let maximumPendingRequests: Int
     private let onConnection: @Sendable (any TransportConnection) -> Void
     private var state = State.idle
     /// Called at the end of every request that this handler took: puts an upgrade handler back in front of it, so
@@ -38,8 +39,10 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
         pathPrefix: String,
         registry: HTTPConnectionRegistry,
         maximumRecordPayload: Int,
+        maximumPendingRequests: Int,
         onConnection: @escaping @Sendable (any TransportConnection) -> Void
     ) {
+        self.maximumPendingRequests = maximumPendingRequests
         self.pathPrefix = pathPrefix
         self.registry = registry
         self.maximumRecordPayload = maximumRecordPayload
@@ -65,6 +68,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
             let channel = context.channel
             connection.eventLoop.execute { connection.downChannelClosed(channel) }
         case .upload(let connection, _):
+            connection.pendingUploads.withLockedValue { $0 -= 1 }
             connection.eventLoop.execute { _ = connection.uploadFinished() }
         case .idle, .pending, .discarding:
             break
@@ -97,6 +101,15 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
             }
         case "up" where head.method == .POST:
             guard let connection = self.lookup(context: context, head: head, query: query) else { return }
+            let limit = self.maximumPendingRequests
+            guard connection.pendingUploads.withLockedValue({ count in
+                guard count < limit else { return false }
+                count += 1
+                return true
+            }) else {
+                self.respondError(context: context, head: head, status: .tooManyRequests, "more than \(limit) uploads at once on one connection")
+                return
+            }
             self.state = .upload(connection, head)
             self.decoder = NIOSingleStepByteToMessageProcessor(
                 HTTPTransportRecordDecoder(maximumPayloadLength: self.maximumRecordPayload),
@@ -121,6 +134,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
         do {
             try self.decoder?.process(buffer: body) { records.append($0) }
         } catch {
+            connection.pendingUploads.withLockedValue { $0 -= 1 }
             connection.eventLoop.execute { _ = connection.uploadFinished() }
             if case .upload(_, let head) = self.state {
                 self.respondError(context: context, head: head, status: .badRequest, "malformed upload: \(error)")
@@ -140,6 +154,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
             self.answer(context: context, head: head)
         case .upload(let connection, let head):
             self.state = .idle
+            connection.pendingUploads.withLockedValue { $0 -= 1 }
             let truncated: Bool
             do {
                 try self.decoder?.finishProcessing(seenEOF: true) { _ in }
@@ -178,7 +193,9 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
                 return
             }
             let peer = context.channel.remoteAddress.map { "\($0)" } ?? "unknown peer"
-            let connection = self.registry.create(kind: kind, eventLoop: context.eventLoop, peerDescription: peer)
+            let connection = self.registry.create(
+                kind: kind, eventLoop: context.eventLoop, peerDescription: peer, peerAddress: context.channel.remoteAddress
+            )
             self.onConnection(connection)
             var headers = HTTPServerTransportConnection.responseHeaders()
             headers.replaceOrAdd(name: "Content-Type", value: "text/plain; charset=utf-8")

@@ -8,6 +8,7 @@ public final class LoopBridgedTransport: TransportConnection, TransportConnectio
     public let eventLoop: any EventLoop
     public let kind: TransportKind
     public let peerDescription: String
+    public var peerAddress: SocketAddress? { self.inner.peerAddress }
     private let inner: any TransportConnection
     private let relay = TransportDelegateRelay()
     private var writable = true

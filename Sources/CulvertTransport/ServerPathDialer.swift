@@ -26,7 +26,9 @@ enum ServerPathDialer {
                 TLSHandshakeWaiter(endpoint: "\(route.endpoint.host):\(route.endpoint.port)", promise: handshakePromise),
             ])
         }
-        let channelFuture = TransportDialer.connect(host: route.dialHost, port: route.dialPort, on: eventLoop, timeout: timeout) { channel in
+        let channelFuture = TransportDialer.connect(
+            host: route.dialHost, port: route.dialPort, on: eventLoop, timeout: timeout, sourceAddress: route.sourceAddress
+        ) { channel in
             if let proxy = tunnelProxy {
                 try channel.pipeline.syncOperations.addHandlers(ProxyConnectHandler.handlers(route: route, proxy: proxy, promise: tunnelPromise))
             } else {

@@ -12,6 +12,9 @@ public protocol TransportConnection: AnyObject, Sendable {
     var kind: TransportKind { get }
     /// The far end, for logs.
     var peerDescription: String { get }
+    /// The far end's address on the server (the client, or the last proxy in front of it), for per-address limits;
+    /// nil where there is none.
+    var peerAddress: SocketAddress? { get }
     /// False while the transport's send buffer is full; the session stops producing until it turns true.
     var isWritable: Bool { get }
     /// Starts delivering inbound messages to `delegate` (messages that arrived before are delivered first).
@@ -27,6 +30,7 @@ public protocol TransportConnection: AnyObject, Sendable {
 
 extension TransportConnection {
     public var upstreamUsesShortRequests: Bool { false }
+    public var peerAddress: SocketAddress? { nil }
 }
 
 /// Receives what a ``TransportConnection`` reports, on its event loop.

@@ -9,9 +9,12 @@ public enum TransportDialer {
         port: Int,
         on eventLoop: any EventLoop,
         timeout: TimeAmount,
+        sourceAddress: SocketAddress? = nil,
         initializer: @escaping @Sendable (any Channel) throws -> Void
     ) -> EventLoopFuture<any Channel> {
-        ClientBootstrap(group: eventLoop)
+        var bootstrap = ClientBootstrap(group: eventLoop)
+        if let sourceAddress { bootstrap = bootstrap.bind(to: sourceAddress) }
+        return bootstrap
             .connectTimeout(timeout)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in

@@ -82,11 +82,18 @@ public final class TransportServer: Sendable {
                     // after each request: NIO's looks at a connection's first request only, but proxies reuse
                     // keep-alive connections for upgrades (squid does).
                     let encoder = HTTPResponseEncoder()
+                    var limits = NIOHTTPDecoderLimitConfiguration()
+                    limits.maxHeaderFieldSize = configuration.http.maximumHeaderBytes
+                    limits.maxHeaderListSize = configuration.http.maximumHeaderBytes
+                    limits.maxHeaderFieldCount = configuration.http.maximumHeaderCount
                     let httpHandlers: [any RemovableChannelHandler] = [
-                        ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes)),
+                        ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: limits)),
                         HTTPServerPipelineHandler(),
                         NIOHTTPResponseHeadersValidator(),
                         HTTPServerProtocolErrorHandler(),
+                        HTTPRequestHeadTimeoutHandler(
+                            firstHead: configuration.http.requestHeadTimeout, betweenRequests: configuration.http.idleTimeout
+                        ),
                     ]
                     let makeUpgradeHandler = {
                         HTTPServerUpgradeHandler(
@@ -98,12 +105,14 @@ public final class TransportServer: Sendable {
                         pathPrefix: prefix,
                         registry: registry,
                         maximumRecordPayload: configuration.maximumMessageSize,
+                        maximumPendingRequests: configuration.http.maximumPendingRequests,
                         onConnection: onConnection
                     )
+                    // (The request handler comes from the context, not captured: it holds this closure.)
                     requestHandler.rearmUpgrade = { context in
                         let pipeline = context.pipeline.syncOperations
                         guard (try? pipeline.handler(type: HTTPServerUpgradeHandler.self)) == nil else { return }
-                        try? pipeline.addHandler(makeUpgradeHandler(), position: .before(requestHandler))
+                        try? pipeline.addHandler(makeUpgradeHandler(), position: .before(context.handler))
                     }
                     try channel.pipeline.syncOperations.addHandlers(
                         [encoder] + httpHandlers + [makeUpgradeHandler(), requestHandler] as [any ChannelHandler]

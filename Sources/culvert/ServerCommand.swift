@@ -39,6 +39,15 @@ struct ServerCommand: AsyncParsableCommand {
 
     @OptionGroup(title: "TLS") var tls: ServerTLSOptions
 
+    @Option(help: "Sessions at once (handshaking, running or waiting to be resumed); past it new ones are refused.")
+    var maxSessions: Int = 1024
+
+    @Option(help: "Failed authentications an address may have per minute before its new sessions are refused unheard.")
+    var authFailuresPerMinute: Int = 10
+
+    @Option(help: "Seconds a new connection has to complete the session handshake.")
+    var handshakeTimeout: Double = 10
+
     @OptionGroup var tuning: TuningOptions
 
     @OptionGroup(title: "Chunked and polling transports") var http: HTTPServerTransportOptions
@@ -70,7 +79,11 @@ struct ServerCommand: AsyncParsableCommand {
             token: token, authenticationRequired: !self.noAuth, compression: !self.noCompress
         )
         session.detachedGracePeriod = .fromSeconds(self.resumeGrace)
-        let configuration = TunnelServer.Configuration(
+        guard self.handshakeTimeout > 0 else { throw ValidationError("--handshake-timeout must be more than 0 seconds") }
+        session.handshakeTimeout = .fromSeconds(self.handshakeTimeout)
+        guard self.maxSessions >= 1 else { throw ValidationError("--max-sessions must be at least 1") }
+        guard self.authFailuresPerMinute >= 1 else { throw ValidationError("--auth-failures-per-minute must be at least 1") }
+        var configuration = TunnelServer.Configuration(
             listenHost: host,
             listenPort: port,
             pathPrefix: prefix,
@@ -79,6 +92,8 @@ struct ServerCommand: AsyncParsableCommand {
             http: try self.http.settings(),
             tls: try self.tls.resolve(listenHost: host, logger: logger)
         )
+        configuration.maximumSessions = self.maxSessions
+        configuration.authenticationFailuresPerMinute = self.authFailuresPerMinute
         let server: TunnelServer
         do {
             server = try await TunnelServer.start(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton,

@@ -44,6 +44,13 @@ import Testing
         #expect(list.permits(.init(host: "::1", port: 1)))
         #expect(!Allowlist().permits(.init(host: "db", port: 5432)))
         #expect(Allowlist.any.permits(.init(host: "db", port: 5432)))
+        // Names match as the client sent them, never through what they resolve to (docs/SECURITY.md says why).
+        let byName = Allowlist(entries: [try Allowlist.Entry(parsing: "localhost:6000")])
+        #expect(byName.permits(.init(host: "localhost", port: 6000)))
+        #expect(!byName.permits(.init(host: "127.0.0.1", port: 6000)))
+        let byAddress = Allowlist(entries: [try Allowlist.Entry(parsing: "[2001:db8::1]:443")])
+        #expect(byAddress.permits(.init(host: "2001:db8::1", port: 443)))
+        #expect(!byAddress.permits(.init(host: "2001:db8::2", port: 443)))
     }
 
     /// Bad --allow entries are refused with the reason.

@@ -14,6 +14,8 @@ public enum SessionError: Error, Sendable, CustomStringConvertible {
     case detachedExpired(seconds: Double)
     /// Server: a resumption HELLO arrived on this connection and the session it names took the connection over.
     case handedOver
+    /// Server: the session was refused before its handshake (too many sessions, too many failed authentications).
+    case refused(GoAwayCode, String)
     case shutdown
 
     public var description: String {
@@ -29,6 +31,7 @@ public enum SessionError: Error, Sendable, CustomStringConvertible {
         case .keepaliveTimeout(let seconds): "the peer stopped answering keepalive pings (silent for \(seconds) s)"
         case .detachedExpired(let seconds): "the tunnel connection was lost and not resumed within \(seconds) s"
         case .handedOver: "the connection resumed an earlier session"
+        case .refused(let code, let message): "refused (\(code)): \(message)"
         case .shutdown: "shut down"
         }
     }

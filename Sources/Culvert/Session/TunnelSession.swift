@@ -2,6 +2,7 @@ import CompressNIO
 import CulvertCore
 import CulvertTransport
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// One tunnel session: drives the handshake, multiplexer, sequencer and keepalive state machines over a
@@ -69,6 +70,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     private var detachTimer: Scheduled<Void>?
     /// Times the session was resumed on a new transport connection.
     public private(set) var resumptions = 0
+    /// Set when the server refused this session before its handshake.
+    private var refusal: (code: GoAwayCode, message: String)?
     /// The session's counters so far.
     public private(set) var statistics = SessionStatistics()
     /// The session id, once established (hex).
@@ -126,11 +129,14 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     func start() {
         self.eventLoop.preconditionInEventLoop()
         guard let transport = self.transport else { return }
+        // The client's HELLO comes first, before anything that arrived already is read (a server's refusal may be
+        // waiting there).
+        if case .client = self.role { self.enqueue(self.handshake.start()) }
         transport.start(delegate: self)
-        if case .client = self.role {
-            self.enqueue(self.handshake.start())
-            self.flushNow()
-        }
+        // What had arrived may have ended the session already (a refusal): then no timer may start, or it would
+        // keep the ended session alive.
+        guard !self.isEnded else { return }
+        if case .client = self.role { self.flushNow() }
         let timeout = self.configuration.handshakeTimeout
         self.handshakeTimer = self.eventLoop.scheduleTask(in: timeout) { [self] in
             guard !self.handshake.isEstablished else { return }
@@ -261,6 +267,19 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         return self.ended
     }
 
+    /// Server: refuses this connection's session before its handshake, with a GOAWAY that the client reports as the
+    /// reason (too many sessions; too many failed authentications from its address). Nothing the client sends is
+    /// read; the session ends when the client has closed the connection, or after two seconds.
+    func refuse(_ code: GoAwayCode, _ message: String) {
+        self.eventLoop.preconditionInEventLoop()
+        guard !self.isEnded, self.refusal == nil else { return }
+        self.refusal = (code, message)
+        self.handshakeTimer?.cancel()
+        self.encoder.encode(.goAway(code: code, message: message), into: &self.outbound)
+        self.flushNow()
+        self.eventLoop.scheduleTask(in: .seconds(2)) { [self] in self.end(.refused(code, message)) }
+    }
+
     /// Ends the session at once.
     public func close(_ reason: SessionError = .shutdown) {
         self.eventLoop.execute { [self] in self.end(reason) }
@@ -269,7 +288,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     // MARK: TransportConnectionDelegate
 
     public func transport(_ transport: any TransportConnection, didReceive message: ByteBuffer) {
-        guard !self.isEnded, transport === self.transport else { return }
+        guard !self.isEnded, self.refusal == nil, transport === self.transport else { return }
         self.keepalive.receivedAnything(now: .now())
         do {
             try self.decoder.process(buffer: message) { frame in

@@ -14,14 +14,15 @@ final class HTTPConnectionRegistry: Sendable {
     var count: Int { self.connections.withLockedValue { $0.count } }
 
     /// Creates a connection on `eventLoop` and registers it; it unregisters itself when it closes.
-    func create(kind: TransportKind, eventLoop: any EventLoop, peerDescription: String) -> HTTPServerTransportConnection {
+    func create(kind: TransportKind, eventLoop: any EventLoop, peerDescription: String, peerAddress: SocketAddress?) -> HTTPServerTransportConnection {
         var generator = SystemRandomNumberGenerator()
         let id = (0..<2).map { _ in
             let hex = String(generator.next() as UInt64, radix: 16)
             return String(repeating: "0", count: 16 - hex.count) + hex
         }.joined()
         let connection = HTTPServerTransportConnection(
-            id: id, kind: kind, eventLoop: eventLoop, peerDescription: peerDescription, settings: self.settings
+            id: id, kind: kind, eventLoop: eventLoop, peerDescription: peerDescription, peerAddress: peerAddress,
+            settings: self.settings
         )
         connection.onClose = { [weak self] in
             _ = self?.connections.withLockedValue { $0.removeValue(forKey: id) }

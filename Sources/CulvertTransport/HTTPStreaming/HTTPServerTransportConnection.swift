@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 
@@ -46,7 +47,15 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
     /// Called once, on close, so the registry forgets the id.
     var onClose: (() -> Void)?
 
-    init(id: String, kind: TransportKind, eventLoop: any EventLoop, peerDescription: String, settings: HTTPTransportServerSettings) {
+    let peerAddress: SocketAddress?
+    /// Upstream POSTs being received now, counted by the request handlers (on any loop).
+    let pendingUploads = NIOLockedValueBox(0)
+
+    init(
+        id: String, kind: TransportKind, eventLoop: any EventLoop, peerDescription: String, peerAddress: SocketAddress?,
+        settings: HTTPTransportServerSettings
+    ) {
+        self.peerAddress = peerAddress
         self.id = id
         self.kind = kind
         self.eventLoop = eventLoop

@@ -1,6 +1,7 @@
 import NIOCore
 
-/// Server-side limits and timers of the chunked and polling transports.
+/// Server-side limits and timers of the HTTP listener (every transport starts with an HTTP request) and of the chunked
+/// and polling transports.
 public struct HTTPTransportServerSettings: Sendable {
     /// How long a polling GET is held when there is nothing to send (common reverse proxies cut at 50–60 s).
     public var pollHoldTime: TimeAmount
@@ -14,6 +15,15 @@ public struct HTTPTransportServerSettings: Sendable {
     public var maximumPollResponseBytes: Int
     /// Unacknowledged bytes the server holds for the client before it stops taking more from the session.
     public var sendWindowBytes: Int
+    /// Time a new TCP connection has to deliver its first complete request head (slow senders are cut).
+    public var requestHeadTimeout: TimeAmount = .seconds(10)
+    /// Largest request head: the request line and every header together, and any one of them.
+    public var maximumHeaderBytes: Int = 16 * 1024
+    /// Most header fields in one request.
+    public var maximumHeaderCount: Int = 64
+    /// Upstream POSTs at once on one chunked or polling connection (a client sends one at a time; a held GET is one
+    /// at a time anyway, a newer one replaces it); more get 429.
+    public var maximumPendingRequests: Int = 4
 
     public init(
         pollHoldTime: TimeAmount = .seconds(25),

@@ -1,0 +1,354 @@
+@testable import Culvert
+import CulvertCore
+import CulvertTools
+import CulvertTransport
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Testing
+
+/// A server that faces the internet: its limits hold, going over one gets a clear refusal, and everyone else keeps
+/// being served — through idle and slow connections, wrong-token floods and stream floods.
+@Suite(.serialized, .timeLimit(.minutes(3))) struct ServerLimitsTests {
+    let group = TunnelHarness.group
+
+    private func startServer(
+        echoPort: Int,
+        maximumSessions: Int = 1024,
+        authenticationFailuresPerMinute: Int = 10,
+        maximumStreams: Int = 4096,
+        http: HTTPTransportServerSettings = .init(),
+        allowAny: Bool = false
+    ) async throws -> TunnelServer {
+        var configuration = TunnelServer.Configuration(
+            listenHost: "127.0.0.1", listenPort: 0,
+            session: SessionConfiguration(token: "right", mux: MuxConfiguration(maximumStreams: maximumStreams)),
+            allowlist: Allowlist(entries: [try Allowlist.Entry(parsing: "127.0.0.1:\(echoPort)")], allowsAny: allowAny),
+            http: http
+        )
+        configuration.maximumSessions = maximumSessions
+        configuration.authenticationFailuresPerMinute = authenticationFailuresPerMinute
+        return try await TunnelServer.start(configuration: configuration, group: self.group, logger: TunnelHarness.logger)
+    }
+
+    private func connect(
+        _ server: TunnelServer, echoPort: Int, token: String = "right", transport: TransportKind = .websocket,
+        sourceAddress: String? = nil
+    ) async throws -> TunnelClient {
+        var options = TransportOptions(connectTimeout: .seconds(5), logger: TunnelHarness.logger)
+        options.sourceAddress = try sourceAddress.map { try SocketAddress(ipAddress: $0, port: 0) }
+        return try await TunnelClient.connect(
+            configuration: .init(
+                server: ServerEndpoint(host: "127.0.0.1", port: server.localAddress!.port!), transport: transport,
+                transportOptions: options, session: SessionConfiguration(token: token),
+                forwards: [ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: echoPort))]
+            ),
+            group: self.group, logger: TunnelHarness.logger
+        )
+    }
+
+    /// A client session refused by the server (here: after too many failed authentications) is freed once it
+    /// ended: a client that keeps retrying against a server that refuses it must not grow.
+    @Test func refusedClientSessionsAreFreed() async throws {
+        let echo = try await EchoServer.start(group: self.group)
+        let server = try await self.startServer(echoPort: echo.port, authenticationFailuresPerMinute: 5)
+        let endpoint = ServerEndpoint(host: "127.0.0.1", port: server.localAddress!.port!)
+        var options = TransportOptions(connectTimeout: .seconds(5), logger: TunnelHarness.logger)
+        options.sourceAddress = try SocketAddress(ipAddress: "127.0.0.2", port: 0)
+        var sessions: [WeakSession] = []
+        for _ in 0..<100 {
+            let eventLoop = self.group.next()
+            let connection = try await ClientTransports.make(.websocket, options: options).connect(to: endpoint, on: eventLoop).get()
+            let session = try await eventLoop.submit {
+                let session = TunnelSession(role: .client, transport: connection, configuration: SessionConfiguration(token: "wrong"),
+                                            logger: TunnelHarness.logger)
+                session.start()
+                return session
+            }.get()
+            _ = try? await session.established.get()
+            sessions.append(WeakSession(session))
+        }
+        for _ in 0..<100 where sessions.contains(where: { $0.session != nil }) { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(sessions.filter { $0.session != nil }.count == 0)
+        await server.shutdown(gracePeriod: .zero)
+        try await echo.close()
+    }
+
+    @Test func sessionsPastTheMaximumAreRefusedWithTheReason() async throws {
+        let echo = try await EchoServer.start(group: self.group)
+        let server = try await self.startServer(echoPort: echo.port, maximumSessions: 2)
+        let first = try await self.connect(server, echoPort: echo.port)
+        let second = try await self.connect(server, echoPort: echo.port, transport: .polling)
+        for transport in [TransportKind.websocket, .chunked] {
+            await #expect {
+                _ = try await self.connect(server, echoPort: echo.port, transport: transport)
+            } throws: { error in
+                "\(error)".contains("maximum of 2 sessions")
+            }
+        }
+        // The two admitted sessions still carry data.
+        for client in [first, second] {
+            let transfer = try await TransferClient.echoTransfer(
+                host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 1 << 20, group: self.group
+            )
+            #expect(transfer.digestsMatch)
+        }
+        await first.shutdown(gracePeriod: .zero)
+        await second.shutdown(gracePeriod: .zero)
+        await server.shutdown(gracePeriod: .zero)
+        try await echo.close()
+    }
+
+    /// 10,000 wrong-token attempts from one address against a `culvert server` process: after the limit they are
+    /// refused before any handshake work, the server stays responsive (a client from another address with the right
+    /// token moves 16 MiB meanwhile, and more after), and its resident memory stays flat.
+    @Test func tenThousandWrongTokenAttemptsLeaveTheServerResponsive() async throws {
+        let echo = try await EchoServer.start(group: self.group)
+        let started = try await RealProxy.startOnFreePort { port -> (ChildProcess, Int)? in
+            let process = try ChildProcess.spawn(
+                CommandLineTests.executable.path,
+                ["server", "--listen", "127.0.0.1:\(port)", "--token", "right", "--allow", "127.0.0.1:\(echo.port)",
+                 "--auth-failures-per-minute", "5", "--log-level", "error"]
+            )
+            if try await RealProxy.waitForListener(port: port, startedBy: process) { return (process, port) }
+            process.stop()
+            return nil
+        }
+        let (server, port) = try #require(started)
+        defer { server.stop() }
+        let endpoint = ServerEndpoint(host: "127.0.0.1", port: port)
+        let refusedUnheard = NIOLockedValueBox(0)
+        let wrongToken = NIOLockedValueBox(0)
+        var attacker = TransportOptions(connectTimeout: .seconds(5), logger: TunnelHarness.logger)
+        attacker.sourceAddress = try SocketAddress(ipAddress: "127.0.0.2", port: 0)
+        let attackerOptions = attacker
+        /// `count` attempts from 10 workers, while a client from another address with the right token moves 16 MiB.
+        func attack(_ count: Int, legitimate: Bool = true) async throws {
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                for _ in 0..<10 {
+                    tasks.addTask {
+                        for _ in 0..<count / 10 {
+                            let text = await Self.handshakeError(endpoint: endpoint, token: "wrong", options: attackerOptions, group: self.group)
+                            if text.contains("too many failed authentications") {
+                                refusedUnheard.withLockedValue { $0 += 1 }
+                            } else if text.contains("token") {
+                                wrongToken.withLockedValue { $0 += 1 }
+                            } else {
+                                Issue.record("unexpected outcome of a wrong-token attempt: \(text)")
+                            }
+                        }
+                    }
+                }
+                if legitimate { try await Self.moveData(to: endpoint, echoPort: echo.port, bytes: 16 << 20, group: self.group) }
+                try await tasks.waitForAll()
+            }
+        }
+        // The first 1,000 bring the server to its working size; the other 9,000 must not grow it.
+        try await attack(1000)
+        let before = Self.residentMiB(pid: server.pid)
+        try await attack(9000)
+        #expect(refusedUnheard.withLockedValue { $0 } + wrongToken.withLockedValue { $0 } == 10_000)
+        #expect(wrongToken.withLockedValue { $0 } <= 5 + 10)  // the limit, plus attempts already in their handshake
+        let after = Self.residentMiB(pid: server.pid)
+        #expect(after - before < 16, "the server's resident memory grew from \(before) to \(after) MiB")
+        try await Self.moveData(to: endpoint, echoPort: echo.port, bytes: 1 << 20, group: self.group)
+        try await echo.close()
+    }
+
+    /// One session handshake with `token`; the error's text ("" when it succeeded).
+    private static func handshakeError(endpoint: ServerEndpoint, token: String, options: TransportOptions, group: any EventLoopGroup) async -> String {
+        let eventLoop = group.next()
+        do {
+            let connection = try await ClientTransports.make(.websocket, options: options).connect(to: endpoint, on: eventLoop).get()
+            let session = try await eventLoop.submit {
+                let session = TunnelSession(role: .client, transport: connection, configuration: SessionConfiguration(token: token),
+                                            logger: TunnelHarness.logger)
+                session.start()
+                return session
+            }.get()
+            defer { session.close() }
+            _ = try await session.established.get()
+            return ""
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    private static func moveData(to endpoint: ServerEndpoint, echoPort: Int, bytes: Int, group: any EventLoopGroup) async throws {
+        let client = try await TunnelClient.connect(
+            configuration: .init(
+                server: endpoint, transportOptions: TransportOptions(logger: TunnelHarness.logger),
+                session: SessionConfiguration(token: "right"),
+                forwards: [ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: echoPort))]
+            ),
+            group: group, logger: TunnelHarness.logger
+        )
+        let transfer = try await TransferClient.echoTransfer(
+            host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: bytes, group: group
+        )
+        #expect(transfer.digestsMatch)
+        #expect(transfer.bytesReceived == bytes)
+        await client.shutdown(gracePeriod: .zero)
+    }
+
+    /// 1,000 connections that send nothing and 100 that send their request head a byte at a time: a client moves
+    /// 64 MiB each way meanwhile, and the server cuts the slow and silent ones after its request-head timeout.
+    @Test func idleAndSlowConnectionsDoNotStopALegitimateClient() async throws {
+        let echo = try await EchoServer.start(group: self.group)
+        var http = HTTPTransportServerSettings()
+        http.requestHeadTimeout = .seconds(3)
+        let server = try await self.startServer(echoPort: echo.port, http: http)
+        let closed = NIOLockedValueBox(0)
+        var silent: [any Channel] = []
+        for _ in 0..<1000 {
+            let channel = try await ClientBootstrap(group: self.group)
+                .connect(host: "127.0.0.1", port: server.localAddress!.port!).get()
+            channel.closeFuture.whenComplete { _ in closed.withLockedValue { $0 += 1 } }
+            silent.append(channel)
+        }
+        let request = Array("GET /culvert/ws HTTP/1.1\r\nHost: server\r\nUpgrade: websocket\r\n".utf8)
+        let trickle = Task {
+            var slow: [any Channel] = []
+            for _ in 0..<100 {
+                let channel = try await ClientBootstrap(group: self.group)
+                    .connect(host: "127.0.0.1", port: server.localAddress!.port!).get()
+                channel.closeFuture.whenComplete { _ in closed.withLockedValue { $0 += 1 } }
+                slow.append(channel)
+            }
+            for byte in request {
+                for channel in slow where channel.isActive {
+                    channel.writeAndFlush(ByteBuffer(bytes: [byte]), promise: nil)
+                }
+                try await Task.sleep(for: .seconds(1))
+                if slow.allSatisfy({ !$0.isActive }) { break }
+            }
+        }
+        let client = try await self.connect(server, echoPort: echo.port)
+        let transfer = try await TransferClient.echoTransfer(
+            host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 64 << 20, group: self.group
+        )
+        #expect(transfer.digestsMatch)
+        #expect(transfer.bytesReceived == 64 << 20)
+        for _ in 0..<200 where closed.withLockedValue({ $0 }) < 1100 { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(closed.withLockedValue { $0 } == 1100)
+        trickle.cancel()
+        // The tunnel outlived all of it.
+        let again = try await TransferClient.echoTransfer(
+            host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 1 << 20, group: self.group
+        )
+        #expect(again.digestsMatch)
+        await client.shutdown(gracePeriod: .zero)
+        await server.shutdown(gracePeriod: .zero)
+        try await echo.close()
+    }
+
+    @Test func oversizedRequestHeadsAreRefused() async throws {
+        let echo = try await EchoServer.start(group: self.group)
+        let server = try await self.startServer(echoPort: echo.port)
+        let long = "GET /culvert/nothing HTTP/1.1\r\nHost: s\r\nX-Long: \(String(repeating: "a", count: 20_000))\r\n\r\n"
+        let many = "GET /culvert/nothing HTTP/1.1\r\nHost: s\r\n" + (0..<100).map { "X-\($0): v\r\n" }.joined() + "\r\n"
+        let longLine = "GET /culvert/\(String(repeating: "p", count: 20_000)) HTTP/1.1\r\nHost: s\r\n\r\n"
+        for request in [long, many, longLine] {
+            let answer = try await Self.exchange(request, port: server.localAddress!.port!)
+            #expect(answer.hasPrefix("HTTP/1.1 400"), "\(answer.prefix(60))")
+        }
+        await server.shutdown(gracePeriod: .zero)
+        try await echo.close()
+    }
+
+    /// A client that opens more streams than the server allows gets refusals for the extra ones; the server and the
+    /// streams within the limit carry on.
+    @Test func streamsPastTheLimitAreRefusedNotFatal() async throws {
+        let echo = try await EchoServer.start(group: self.group)
+        let server = try await self.startServer(echoPort: echo.port, maximumStreams: 8)
+        let client = try await self.connect(server, echoPort: echo.port)
+        let port = client.listenerAddresses[0].port!
+        var open: [any Channel] = []
+        for _ in 0..<8 {
+            open.append(try await ClientBootstrap(group: self.group).connect(host: "127.0.0.1", port: port).get())
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        var refused = 0
+        for _ in 0..<20 {
+            let result = try? await TransferClient.echoTransfer(host: "127.0.0.1", port: port, byteCount: 1024, group: self.group)
+            if result?.digestsMatch != true { refused += 1 }
+        }
+        #expect(refused == 20)
+        for channel in open { try? await channel.close() }
+        try await Task.sleep(for: .milliseconds(300))
+        let transfer = try await TransferClient.echoTransfer(host: "127.0.0.1", port: port, byteCount: 1 << 20, group: self.group)
+        #expect(transfer.digestsMatch)
+        await client.shutdown(gracePeriod: .zero)
+        await server.shutdown(gracePeriod: .zero)
+        try await echo.close()
+    }
+
+    /// With --allow-any, a stream to the server's own listener (by address or by name) is refused, not looped.
+    @Test func aStreamToTheServerItselfIsRefused() async throws {
+        let echo = try await EchoServer.start(group: self.group)
+        let server = try await self.startServer(echoPort: echo.port, allowAny: true)
+        let ownPort = server.localAddress!.port!
+        for host in ["127.0.0.1", "localhost"] {
+            let client = try await TunnelClient.connect(
+                configuration: .init(
+                    server: ServerEndpoint(host: "127.0.0.1", port: ownPort),
+                    transportOptions: TransportOptions(logger: TunnelHarness.logger), session: SessionConfiguration(token: "right"),
+                    forwards: [ForwardSpec(bindPort: 0, target: .init(host: host, port: ownPort))]
+                ),
+                group: self.group, logger: TunnelHarness.logger
+            )
+            let result = try? await TransferClient.echoTransfer(
+                host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 1024, group: self.group
+            )
+            #expect(result?.digestsMatch != true)
+            // Refused at OPEN (not connected and then cut by the HTTP listener's answer to the bytes).
+            let session = client.session
+            for _ in 0..<40 where try await session.eventLoop.submit({ session.statistics.streamsRefused }).get() == 0 {
+                try await Task.sleep(for: .milliseconds(25))
+            }
+            #expect(try await session.eventLoop.submit { session.statistics.streamsRefused }.get() == 1, "\(host)")
+            #expect(server.activeSessions == 1)
+            await client.shutdown(gracePeriod: .zero)
+        }
+        await server.shutdown(gracePeriod: .zero)
+        try await echo.close()
+    }
+
+    /// Sends `request` on a new connection and returns what comes back until the server closes it.
+    private static func exchange(_ request: String, port: Int) async throws -> String {
+        let received = NIOLockedValueBox("")
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(Collector(received)) }
+            }
+            .connect(host: "127.0.0.1", port: port).get()
+        try await channel.writeAndFlush(ByteBuffer(string: request))
+        for _ in 0..<200 where !received.withLockedValue({ $0.contains("\r\n\r\n") }) && channel.isActive {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        try? await channel.close()
+        return received.withLockedValue { $0 }
+    }
+
+    private static func residentMiB(pid: pid_t) -> Int {
+        let text = (try? String(contentsOfFile: "/proc/\(pid)/statm", encoding: .utf8)) ?? "0 0"
+        let pages = Int(text.split(separator: " ")[1]) ?? 0
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE))) / (1 << 20)
+    }
+}
+
+private struct WeakSession {
+    weak var session: TunnelSession?
+    init(_ session: TunnelSession) { self.session = session }
+}
+
+private final class Collector: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    let text: NIOLockedValueBox<String>
+    init(_ text: NIOLockedValueBox<String>) { self.text = text }
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = self.unwrapInboundIn(data)
+        self.text.withLockedValue { $0 += String(buffer: buffer) }
+    }
+}
