@@ -26,14 +26,17 @@ public enum StreamingDeliveryProbe {
     public static let defaultInterval = TimeAmount.milliseconds(50)
 
     /// Judges arrival times (seconds, one per chunk, in order) of chunks sent `interval` seconds apart. A gap under a
-    /// third of the interval means two chunks arrived together; one such gap is tolerated (a scheduling hiccup),
-    /// more than a quarter of them is a path that buffers.
+    /// third of the interval means two chunks arrived together; chunks arriving together form one delivery. All in
+    /// one delivery: the response was held until its end. Fewer deliveries than half the chunks: bursts (a proxy
+    /// that passes data on every 200 ms makes two or three of eight). A busy machine that wakes late now and then
+    /// merges a few deliveries, not half of them.
     public static func verdict(arrivals: [Double], interval: Double) -> Verdict {
         guard arrivals.count > 1 else { return .asSent }
         let gaps = zip(arrivals.dropFirst(), arrivals).map { $0 - $1 }
         let together = gaps.filter { $0 < interval / 3 }.count
         if together == gaps.count { return .heldUntilEnd }
-        if together > 1 && together * 4 > gaps.count { return .bursts(together: together, gaps: gaps.count) }
+        let deliveries = gaps.count - together + 1
+        if deliveries * 2 < arrivals.count { return .bursts(together: together, gaps: gaps.count) }
         return .asSent
     }
 
