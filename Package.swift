@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "CulvertCore", targets: ["CulvertCore"]),
         .library(name: "CulvertTransport", targets: ["CulvertTransport"]),
         .library(name: "CulvertTools", targets: ["CulvertTools"]),
+        .library(name: "CulvertFuzzing", targets: ["CulvertFuzzing"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -92,6 +93,17 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The fuzz targets' bodies, shared by the libFuzzer executables in Fuzz/ and the regression tests.
+        .target(
+            name: "CulvertFuzzing",
+            dependencies: [
+                "CulvertCore",
+                "CulvertTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Runs culvert through real proxies and writes docs/compatibility.md (scripts/proxy-matrix, the plugin).
         .executableTarget(
             name: "proxy-matrix",
@@ -143,6 +155,7 @@ let package = Package(
                 "CulvertTools",
                 "CulvertTransport",
                 "CulvertCore",
+                "CulvertFuzzing",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

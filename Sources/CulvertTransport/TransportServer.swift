@@ -59,7 +59,6 @@ public final class TransportServer: Sendable {
         onConnection: @escaping @Sendable (any TransportConnection) -> Void
     ) -> EventLoopFuture<TransportServer> {
         let counter = NIOLockedValueBox(0)
-        let prefix = configuration.pathPrefix
         let registry = HTTPConnectionRegistry(settings: configuration.http)
         return ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
@@ -69,58 +68,84 @@ public final class TransportServer: Sendable {
             .childChannelInitializer { channel in
                 counter.withLockedValue { $0 += 1 }
                 return channel.eventLoop.makeCompletedFuture {
-                    if let tls = configuration.tls {
-                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context))
-                    }
-                    let webSocket = WebSocketServerUpgrader(
-                        path: prefix + "/ws",
-                        maximumFrameSize: configuration.maximumMessageSize,
-                        onConnection: onConnection
-                    )
-                    let rawStream = RawStreamServerUpgrader(path: prefix + "/raw", onConnection: onConnection)
-                    // NIO's configureHTTPServerPipeline, spelled out so that the upgrade handler can be put back
-                    // after each request: NIO's looks at a connection's first request only, but proxies reuse
-                    // keep-alive connections for upgrades (squid does).
-                    let encoder = HTTPResponseEncoder()
-                    var limits = NIOHTTPDecoderLimitConfiguration()
-                    limits.maxHeaderFieldSize = configuration.http.maximumHeaderBytes
-                    limits.maxHeaderListSize = configuration.http.maximumHeaderBytes
-                    limits.maxHeaderFieldCount = configuration.http.maximumHeaderCount
-                    let httpHandlers: [any RemovableChannelHandler] = [
-                        ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: limits)),
-                        HTTPServerPipelineHandler(),
-                        NIOHTTPResponseHeadersValidator(),
-                        HTTPServerProtocolErrorHandler(),
-                        HTTPRequestHeadTimeoutHandler(
-                            firstHead: configuration.http.requestHeadTimeout, betweenRequests: configuration.http.idleTimeout
-                        ),
-                    ]
-                    let makeUpgradeHandler = {
-                        HTTPServerUpgradeHandler(
-                            upgraders: [webSocket, rawStream], httpEncoder: encoder, extraHTTPHandlers: httpHandlers,
-                            upgradeCompletionHandler: { _ in }
-                        )
-                    }
-                    let requestHandler = HTTPTransportRequestHandler(
-                        pathPrefix: prefix,
-                        registry: registry,
-                        maximumRecordPayload: configuration.maximumMessageSize,
-                        maximumPendingRequests: configuration.http.maximumPendingRequests,
-                        onConnection: onConnection
-                    )
-                    // (The request handler comes from the context, not captured: it holds this closure.)
-                    requestHandler.rearmUpgrade = { context in
-                        let pipeline = context.pipeline.syncOperations
-                        guard (try? pipeline.handler(type: HTTPServerUpgradeHandler.self)) == nil else { return }
-                        try? pipeline.addHandler(makeUpgradeHandler(), position: .before(context.handler))
-                    }
-                    try channel.pipeline.syncOperations.addHandlers(
-                        [encoder] + httpHandlers + [makeUpgradeHandler(), requestHandler] as [any ChannelHandler]
-                    )
+                    try Self.configureConnection(channel, configuration: configuration, registry: registry, onConnection: onConnection)
                 }
             }
             .bind(host: configuration.host, port: configuration.port)
             .map { TransportServer(channel: $0, connectionCounter: counter, registry: registry) }
+    }
+
+    /// Sets up an accepted connection's pipeline: TLS when configured, the HTTP codec with its limits, the upgraders
+    /// (WebSocket, `culvert` for CONNECT) and the request handler of the chunked and polling transports.
+    static func configureConnection(
+        _ channel: any Channel,
+        configuration: Configuration,
+        registry: HTTPConnectionRegistry,
+        onConnection: @escaping @Sendable (any TransportConnection) -> Void
+    ) throws {
+        let prefix = configuration.pathPrefix
+        if let tls = configuration.tls {
+            try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context))
+        }
+        let webSocket = WebSocketServerUpgrader(
+            path: prefix + "/ws",
+            maximumFrameSize: configuration.maximumMessageSize,
+            onConnection: onConnection
+        )
+        let rawStream = RawStreamServerUpgrader(path: prefix + "/raw", onConnection: onConnection)
+        // NIO's configureHTTPServerPipeline, spelled out so that the upgrade handler can be put back
+        // after each request: NIO's looks at a connection's first request only, but proxies reuse
+        // keep-alive connections for upgrades (squid does).
+        let encoder = HTTPResponseEncoder()
+        var limits = NIOHTTPDecoderLimitConfiguration()
+        limits.maxHeaderFieldSize = configuration.http.maximumHeaderBytes
+        limits.maxHeaderListSize = configuration.http.maximumHeaderBytes
+        limits.maxHeaderFieldCount = configuration.http.maximumHeaderCount
+        let httpHandlers: [any RemovableChannelHandler] = [
+            ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: limits)),
+            HTTPServerPipelineHandler(),
+            NIOHTTPResponseHeadersValidator(),
+            HTTPServerProtocolErrorHandler(),
+            HTTPRequestHeadTimeoutHandler(
+                firstHead: configuration.http.requestHeadTimeout, betweenRequests: configuration.http.idleTimeout
+            ),
+        ]
+        let makeUpgradeHandler = {
+            HTTPServerUpgradeHandler(
+                upgraders: [webSocket, rawStream], httpEncoder: encoder, extraHTTPHandlers: httpHandlers,
+                upgradeCompletionHandler: { _ in }
+            )
+        }
+        let requestHandler = HTTPTransportRequestHandler(
+            pathPrefix: prefix,
+            registry: registry,
+            maximumRecordPayload: configuration.maximumMessageSize,
+            maximumPendingRequests: configuration.http.maximumPendingRequests,
+            onConnection: onConnection
+        )
+        // (The request handler comes from the context, not captured: it holds this closure.)
+        requestHandler.rearmUpgrade = { context in
+            let pipeline = context.pipeline.syncOperations
+            guard (try? pipeline.handler(type: HTTPServerUpgradeHandler.self)) == nil else { return }
+            try? pipeline.addHandler(makeUpgradeHandler(), position: .before(context.handler))
+        }
+        try channel.pipeline.syncOperations.addHandlers(
+            [encoder] + httpHandlers + [makeUpgradeHandler(), requestHandler] as [any ChannelHandler]
+        )
+    }
+
+    /// The server's connection pipeline on `channel` (an `EmbeddedChannel` in the fuzzers), with a registry of its
+    /// own; established transport connections go to `onConnection`.
+    @_spi(Fuzzing)
+    public static func configureConnectionForFuzzing(
+        _ channel: any Channel,
+        configuration: Configuration,
+        onConnection: @escaping @Sendable (any TransportConnection) -> Void
+    ) throws {
+        try Self.configureConnection(
+            channel, configuration: configuration, registry: HTTPConnectionRegistry(settings: configuration.http),
+            onConnection: onConnection
+        )
     }
 
     /// Stops accepting connections (established ones are left to their sessions).

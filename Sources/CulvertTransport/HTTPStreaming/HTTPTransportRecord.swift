@@ -93,3 +93,37 @@ struct HTTPTransportRecordDecoder: NIOSingleStepByteToMessageDecoder {
         return nil
     }
 }
+
+/// The record codec for the fuzzers.
+@_spi(Fuzzing)
+public enum HTTPTransportRecordFuzzing {
+    /// Decodes `bytes` as a request or response body, fed in pieces of `pieceLength`; every record decoded must encode
+    /// back to the bytes it came from. Returns how many records were decoded before the end or the first error.
+    public static func decodeAndReencode(_ bytes: [UInt8], pieceLength: Int) -> Int {
+        let decoder = NIOSingleStepByteToMessageProcessor(
+            HTTPTransportRecordDecoder(maximumPayloadLength: 64 * 1024), maximumBufferSize: 128 * 1024
+        )
+        var records: [HTTPTransportRecord] = []
+        var offset = 0
+        do {
+            while offset < bytes.count {
+                let end = min(bytes.count, offset + max(1, pieceLength))
+                try decoder.process(buffer: ByteBuffer(bytes: bytes[offset..<end])) { records.append($0) }
+                offset = end
+            }
+            try decoder.finishProcessing(seenEOF: true) { records.append($0) }
+        } catch {
+            // Malformed input is refused, which is the point; what was decoded before must still round-trip.
+        }
+        var position = 0
+        for record in records {
+            let encoded = Array(record.encoded().readableBytesView)
+            precondition(
+                Array(bytes[position..<min(bytes.count, position + encoded.count)]) == encoded,
+                "record \(record) does not encode back to the bytes it was decoded from"
+            )
+            position += encoded.count
+        }
+        return records.count
+    }
+}

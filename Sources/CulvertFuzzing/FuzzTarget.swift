@@ -1,0 +1,102 @@
+import CulvertCore
+@_spi(Fuzzing) import CulvertTransport
+import NIOCore
+import NIOEmbedded
+
+/// The fuzz targets: each takes arbitrary bytes, must never crash, hang or grow without bound, and checks what must
+/// hold for any input (a decoded frame or record encodes back to the same bytes). `culvert-fuzz` in `Fuzz/` runs them
+/// under libFuzzer; `FuzzRegressionTests` replays every input kept in `fixtures/fuzz/`.
+public enum FuzzTarget: String, CaseIterable, Sendable {
+    /// The session frame decoder, fed in pieces.
+    case frameDecoder = "frame-decoder"
+    /// The handshake: frames decoded from the input driven into a server's and a client's handshake state machine.
+    case handshake
+    /// The server's HTTP request handling (every transport's entry: upgrades, open, down, up, probe) on an
+    /// `EmbeddedChannel`.
+    case httpServer = "http-server"
+    /// The chunked and polling transports' record codec.
+    case httpRecords = "http-records"
+
+    /// Runs the target on `bytes`.
+    public func run(_ bytes: [UInt8]) {
+        switch self {
+        case .frameDecoder: Self.frameDecoder(bytes)
+        case .handshake: Self.handshake(bytes)
+        case .httpServer: Self.httpServer(bytes)
+        case .httpRecords:
+            // The first byte picks how the body is cut into pieces, the rest is the body.
+            _ = HTTPTransportRecordFuzzing.decodeAndReencode(Array(bytes.dropFirst()), pieceLength: Int(bytes.first ?? 0) + 1)
+        }
+    }
+
+    /// Frames decoded from `bytes` (until the first error), fed in pieces whose length the first byte picks.
+    private static func frames(_ bytes: [UInt8]) -> [Frame] {
+        let decoder = NIOSingleStepByteToMessageProcessor(FrameDecoder(maximumPayloadLength: 64 * 1024), maximumBufferSize: 128 * 1024)
+        let pieceLength = Int(bytes.first ?? 0) + 1
+        let body = Array(bytes.dropFirst())
+        var frames: [Frame] = []
+        var offset = 0
+        do {
+            while offset < body.count {
+                let end = min(body.count, offset + pieceLength)
+                try decoder.process(buffer: ByteBuffer(bytes: body[offset..<end])) { frames.append($0) }
+                offset = end
+            }
+        } catch {
+            // A malformed frame ends the session in real use; what came before it counts.
+        }
+        return frames
+    }
+
+    private static func frameDecoder(_ bytes: [UInt8]) {
+        let encoder = FrameEncoder()
+        for frame in Self.frames(bytes) {
+            // Whatever decoded must encode to bytes that decode to the same frame.
+            var buffer = encoder.encode(frame)
+            var decoder = FrameDecoder(maximumPayloadLength: 64 * 1024)
+            let again = try? decoder.decode(buffer: &buffer)
+            precondition(again == frame, "frame \(frame) does not survive encoding: \(String(describing: again))")
+        }
+    }
+
+    private static func handshake(_ bytes: [UInt8]) {
+        let frames = Self.frames(bytes)
+        let random: @Sendable (Int) -> [UInt8] = { Array(repeating: 7, count: $0) }
+        var server = HandshakeStateMachine(
+            role: .server(token: "fuzz", authenticationRequired: true), capabilities: [], maximumDataPayload: 32 * 1024,
+            randomBytes: random
+        )
+        var client = HandshakeStateMachine(role: .client(token: "fuzz"), capabilities: [], maximumDataPayload: 32 * 1024, randomBytes: random)
+        _ = client.start()
+        for frame in frames {
+            _ = server.receive(frame)
+            _ = client.receive(frame)
+        }
+    }
+
+    private static func httpServer(_ bytes: [UInt8]) {
+        let channel = EmbeddedChannel()
+        defer { _ = try? channel.finish(acceptAlreadyClosed: true) }
+        do {
+            try TransportServer.configureConnectionForFuzzing(
+                channel, configuration: .init(host: "127.0.0.1", port: 0), onConnection: { $0.close() }
+            )
+            try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 9)).wait()
+            // Fed in pieces whose length the first byte picks, reading what the server answers as it goes.
+            let pieceLength = Int(bytes.first ?? 0) * 4 + 1
+            let body = Array(bytes.dropFirst())
+            var offset = 0
+            while offset < body.count, channel.isActive {
+                let end = min(body.count, offset + pieceLength)
+                try channel.writeInbound(ByteBuffer(bytes: body[offset..<end]))
+                channel.embeddedEventLoop.run()
+                while (try? channel.readOutbound(as: ByteBuffer.self)) ?? nil != nil {}
+                while (try? channel.readInbound(as: ByteBuffer.self)) ?? nil != nil {}
+                offset = end
+            }
+        } catch {
+            // Errors close the connection: the server refused the input, as it should.
+        }
+        channel.embeddedEventLoop.advanceTime(by: .seconds(120))
+    }
+}
