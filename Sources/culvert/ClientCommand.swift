@@ -40,7 +40,7 @@ struct ClientCommand: AsyncParsableCommand {
 
     @OptionGroup var proxyOptions: ProxyOptions
 
-    @OptionGroup(title: "TLS (https:// servers)") var tlsOptions: ClientTLSOptions
+    @OptionGroup(title: "TLS") var tlsOptions: ClientTLSOptions
 
     @Option(help: "Extra request header NAME:VALUE on every tunnel request. Repeatable.")
     var header: [String] = []

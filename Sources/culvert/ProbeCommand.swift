@@ -17,7 +17,7 @@ struct ProbeCommand: AsyncParsableCommand {
 
     @OptionGroup var proxyOptions: ProxyOptions
 
-    @OptionGroup(title: "TLS (https:// servers)") var tlsOptions: ClientTLSOptions
+    @OptionGroup(title: "TLS") var tlsOptions: ClientTLSOptions
 
     @OptionGroup var tokenOptions: TokenOptions
 

@@ -885,6 +885,12 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         self.endpoints.removeAll()
         self.transport?.close()
         self.transport = nil
+        // The owners' callbacks capture their owners (a client holds its session): let go of them, or an ended
+        // session and its client would keep each other alive.
+        self.targetOpener = nil
+        self.onDetached = nil
+        self.onResumed = nil
+        self.resumeHandler = nil
         self.establishedPromise.fail(reason)
         self.endedPromise.succeed(reason)
     }
