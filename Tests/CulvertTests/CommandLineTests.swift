@@ -42,6 +42,20 @@ import Testing
         return Outcome(status: process.terminationStatus, standardError: String(decoding: data, as: UTF8.self))
     }
 
+    /// Runs culvert with `arguments` to its end and parses its standard output as one JSON object.
+    func runJSON(_ arguments: [String]) throws -> (status: Int32, object: [String: Any]) {
+        let process = Process()
+        process.executableURL = Self.executable
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let object = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        return (process.terminationStatus, object)
+    }
+
     func freePort() throws -> Int {
         let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(socket) }
@@ -159,16 +173,8 @@ import Testing
             server.terminate()
             server.waitUntilExit()
         }
-        let process = Process()
-        process.executableURL = Self.executable
-        process.arguments = ["probe", "http://127.0.0.1:\(port)", "--token", "t", "--json"]
-        let output = Pipe()
-        process.standardOutput = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
-        let report = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let (status, report) = try self.runJSON(["probe", "http://127.0.0.1:\(port)", "--token", "t", "--json"])
+        #expect(status == 0)
         #expect(report["choice"] as? String == "websocket")
         let transports = try #require(report["transports"] as? [[String: Any]])
         #expect(transports.map { $0["name"] as? String } == ["websocket", "connect", "chunked", "polling"])
@@ -259,16 +265,8 @@ import Testing
         }
         let (server, pin, port) = try startAndReadPin()
         #expect(pin.hasPrefix("sha256:") && pin.count == 51)
-        let trusted = Process()
-        trusted.executableURL = Self.executable
-        trusted.arguments = ["probe", "https://127.0.0.1:\(port)", "--token", "t", "--tls-pin", pin, "--json"]
-        let output = Pipe()
-        trusted.standardOutput = output
-        try trusted.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        trusted.waitUntilExit()
-        #expect(trusted.terminationStatus == 0)
-        let report = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let (status, report) = try self.runJSON(["probe", "https://127.0.0.1:\(port)", "--token", "t", "--tls-pin", pin, "--json"])
+        #expect(status == 0)
         let transports = try #require(report["transports"] as? [[String: Any]])
         #expect(transports.allSatisfy { $0["works"] as? Bool == true })
 
