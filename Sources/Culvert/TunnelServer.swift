@@ -172,8 +172,8 @@ public final class TunnelServer: Sendable {
     }
 }
 
-/// One phrase for why a listener could not bind.
-func describeBindError(_ error: any Error) -> String {
+/// One phrase for why a listener could not bind, saying what to do where there is something to do.
+public func describeBindError(_ error: any Error) -> String {
     if let ioError = error as? IOError {
         switch ioError.errnoCode {
         case 98: return "address already in use (another process listens there; pick another port)"

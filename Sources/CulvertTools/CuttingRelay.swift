@@ -25,8 +25,8 @@ public final class CuttingRelay: Sendable {
         self.state = state
     }
 
-    /// Relays connections to 127.0.0.1:`targetPort`.
-    public static func start(targetPort: Int, group: any EventLoopGroup) async throws -> CuttingRelay {
+    /// Relays connections to 127.0.0.1:`targetPort`, listening on 127.0.0.1:`port` (0: a free port).
+    public static func start(targetPort: Int, port: Int = 0, group: any EventLoopGroup) async throws -> CuttingRelay {
         let state = NIOLockedValueBox(State())
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -64,7 +64,7 @@ public final class CuttingRelay: Sendable {
                         client.setOption(.autoRead, value: true).whenComplete { _ in }
                     }
             }
-            .bind(host: "127.0.0.1", port: 0)
+            .bind(host: "127.0.0.1", port: port)
             .get()
         return CuttingRelay(channel: channel, state: state)
     }

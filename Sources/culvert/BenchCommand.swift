@@ -6,15 +6,16 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
-/// `culvert bench`: measures the tunnel against the direct path and a socat relay in the same run.
+/// `culvert bench`: measures the tunnel against the direct path, a socat relay, two chained socat relays and two
+/// chained SwiftNIO relays in the same run.
 struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure throughput, latency and concurrency through the tunnel, next to direct and socat paths.",
         discussion: """
-            Starts the targets in this process, and `culvert server`, `culvert client` and socat (Debian package \
-            socat) as separate processes on loopback. Build with `swift build -c release` first: a debug build's \
-            figures mean nothing.
+            Starts the targets in this process, and `culvert server`, `culvert client`, socat (Debian package \
+            socat) relays and plain SwiftNIO relays (`culvert relay`) as separate processes on loopback. Build \
+            with `swift build -c release` first: a debug build's figures mean nothing.
             """
     )
 
@@ -70,24 +71,49 @@ struct BenchCommand: AsyncParsableCommand {
         let echo = try await EchoServer.start(group: group)
         let targetPorts = [targets.sinkPort, targets.sourcePort, echo.port]
 
-        var processes: [ChildProcess] = []
-        defer { for process in processes.reversed() { process.stop() } }
+        let processes = SpawnedProcesses()
+        defer { processes.stopAll() }
+        // A signal stops the relays and tunnel processes too, instead of leaving them running.
+        let signals = SignalWaiter.install()
+        Task {
+            let signal = await SignalWaiter.wait(signals)
+            processes.stopAll()
+            Foundation.exit(128 + signal)
+        }
 
-        // socat relays, one per target.
+        // socat relays, one per target; and two socat relays chained per target, the shape of any tunnel with a
+        // client and a server process (the floor for culvert's latency: two relays to wake instead of one).
         var socatPorts: [Int] = []
-        for port in targetPorts {
+        var chainedSocatPorts: [Int] = []
+        func startSocat(to port: Int) throws -> Int {
             let listen = try freePort()
-            processes.append(try ChildProcess.spawn(socat, ["TCP-LISTEN:\(listen),bind=127.0.0.1,fork,reuseaddr,nodelay",
-                                                "TCP:127.0.0.1:\(port),nodelay"]))
-            socatPorts.append(listen)
+            processes.add(try ChildProcess.spawn(socat, ["TCP-LISTEN:\(listen),bind=127.0.0.1,fork,reuseaddr,nodelay",
+                                                        "TCP:127.0.0.1:\(port),nodelay"]))
+            return listen
+        }
+        for port in targetPorts {
+            socatPorts.append(try startSocat(to: port))
+            chainedSocatPorts.append(try startSocat(to: try startSocat(to: port)))
+        }
+        // Two plain SwiftNIO relays chained per target (`culvert relay`, no tunnel in them): what waking two SwiftNIO
+        // processes costs before culvert does any work of its own.
+        let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        var chainedRelayPorts: [Int] = []
+        func startRelay(to port: Int) async throws -> Int {
+            let listen = try freePort()
+            processes.add(try ChildProcess.spawn(me, ["relay", "--listen", "\(listen)", "--to", "\(port)"]))
+            try await waitForPort(listen)
+            return listen
+        }
+        for port in targetPorts {
+            chainedRelayPorts.append(try await startRelay(to: try await startRelay(to: port)))
         }
         // The tunnel: server and client processes of this same binary.
-        let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
         let serverPort = try freePort()
         let token = UUID().uuidString
         var serverArguments = ["server", "--listen", "127.0.0.1:\(serverPort)", "--token", token, "--log-level", "error"]
         for port in targetPorts { serverArguments += ["--allow", "127.0.0.1:\(port)"] }
-        processes.append(try ChildProcess.spawn(me, serverArguments))
+        processes.add(try ChildProcess.spawn(me, serverArguments))
         try await waitForPort(serverPort)
         var tunnelPorts: [Int] = []
         var clientArguments = ["client", "http://127.0.0.1:\(serverPort)", "--token", token, "--transport", kind.rawValue,
@@ -97,19 +123,20 @@ struct BenchCommand: AsyncParsableCommand {
             tunnelPorts.append(local)
             clientArguments += ["-L", "127.0.0.1:\(local):127.0.0.1:\(port)"]
         }
-        processes.append(try ChildProcess.spawn(me, clientArguments))
-        for port in socatPorts + tunnelPorts { try await waitForPort(port) }
+        processes.add(try ChildProcess.spawn(me, clientArguments))
+        for port in socatPorts + chainedSocatPorts + tunnelPorts { try await waitForPort(port) }
 
-        var paths: [(String, [Int])] = [("direct", targetPorts), ("socat", socatPorts), ("culvert", tunnelPorts)]
+        var paths: [(String, [Int])] = [("direct", targetPorts), ("socat", socatPorts), ("socat+socat", chainedSocatPorts),
+                                        ("nio+nio", chainedRelayPorts), ("culvert", tunnelPorts)]
         // GNU httptunnel (Debian package httptunnel) beside the polling transport: one hts/htc pair per target.
         if kind == .polling, let hts = findExecutable("hts"), let htc = findExecutable("htc") {
             var httptunnelPorts: [Int] = []
             for port in targetPorts {
                 let serverPort = try freePort()
-                processes.append(try ChildProcess.spawn(hts, ["--no-daemon", "--forward-port", "127.0.0.1:\(port)", "127.0.0.1:\(serverPort)"]))
+                processes.add(try ChildProcess.spawn(hts, ["--no-daemon", "--forward-port", "127.0.0.1:\(port)", "127.0.0.1:\(serverPort)"]))
                 try await waitForPort(serverPort)
                 let local = try freePort()
-                processes.append(try ChildProcess.spawn(htc, ["--no-daemon", "--forward-port", "\(local)", "127.0.0.1:\(serverPort)"]))
+                processes.add(try ChildProcess.spawn(htc, ["--no-daemon", "--forward-port", "\(local)", "127.0.0.1:\(serverPort)"]))
                 httptunnelPorts.append(local)
             }
             try await Task.sleep(for: .milliseconds(300))
@@ -119,76 +146,66 @@ struct BenchCommand: AsyncParsableCommand {
         }
         let bytes = self.mib * 1024 * 1024
         var table: [String: [String: Double]] = [:]
-        for (name, ports) in paths {
-            // A path that cannot do a measurement (httptunnel carries one connection at a time) shows n/a.
-            let required = name != "httptunnel"
-            var row: [String: Double] = [:]
-            progress("\(name): upload")
-            row["upload"] = try await self.measure(required: required) {
-                Double(bytes) / 1_048_576 / (try await LoadGenerator.upload(port: ports[0], byteCount: bytes, group: group))
-            }
-            progress("\(name): download")
-            row["download"] = try await self.measure(required: required) {
-                Double(bytes) / 1_048_576 / (try await LoadGenerator.download(port: ports[1], byteCount: bytes, group: group))
-            }
-            progress("\(name): ping-pong")
-            // Latency runs are repeated like the others; the run with the lowest median counts.
-            var bestSamples: [Double] = []
-            for _ in 0..<max(1, self.repeats) {
-                guard let samples = try await self.attempt(required: required, {
+        var bestPings: [String: [Double]] = [:]
+        // Rounds go through every path in turn, so that a slow spell of the machine does not fall on one path alone.
+        for round in 1...max(1, self.repeats) {
+            for (name, ports) in paths {
+                // A path that cannot do a measurement (httptunnel carries one connection at a time) shows n/a.
+                let required = name != "httptunnel"
+                var row = table[name] ?? [:]
+                progress("round \(round): \(name): upload")
+                if let value = try await self.attempt(required: required, {
+                    Double(bytes) / 1_048_576 / (try await LoadGenerator.upload(port: ports[0], byteCount: bytes, group: group))
+                }) { row["upload"] = max(row["upload"] ?? 0, value) }
+                progress("round \(round): \(name): download")
+                if let value = try await self.attempt(required: required, {
+                    Double(bytes) / 1_048_576 / (try await LoadGenerator.download(port: ports[1], byteCount: bytes, group: group))
+                }) { row["download"] = max(row["download"] ?? 0, value) }
+                progress("round \(round): \(name): ping-pong")
+                // The run with the lowest median counts.
+                if let samples = try await self.attempt(required: required, {
                     try await LoadGenerator.pingPong(port: ports[2], count: self.pings, group: group).sorted()
-                }) else { break }
-                if bestSamples.isEmpty || samples[samples.count / 2] < bestSamples[bestSamples.count / 2] {
-                    bestSamples = samples
+                }), !samples.isEmpty {
+                    let best = bestPings[name] ?? []
+                    if best.isEmpty || samples[samples.count / 2] < best[best.count / 2] {
+                        bestPings[name] = samples
+                        row["p50"] = samples[samples.count / 2] * 1e6
+                        row["p99"] = samples[min(samples.count - 1, samples.count * 99 / 100)] * 1e6
+                    }
                 }
-            }
-            if !bestSamples.isEmpty {
-                row["p50"] = bestSamples[bestSamples.count / 2] * 1e6
-                row["p99"] = bestSamples[min(bestSamples.count - 1, bestSamples.count * 99 / 100)] * 1e6
-            }
-            if required {
-                progress("\(name): \(self.streams) streams")
-                row["rtps"] = try await self.measure(required: true) {
-                    try await LoadGenerator.concurrentRoundTrips(port: ports[2], streams: self.streams, seconds: self.seconds, group: group)
+                if required {
+                    progress("round \(round): \(name): \(self.streams) streams")
+                    if let value = try await self.attempt(required: true, {
+                        try await LoadGenerator.concurrentRoundTrips(port: ports[2], streams: self.streams, seconds: self.seconds, group: group)
+                    }) { row["rtps"] = max(row["rtps"] ?? 0, value) }
                 }
+                table[name] = row
             }
-            table[name] = row
         }
 
         let names = paths.map(\.0)
+        let ratios = ["socat", "socat+socat", "nio+nio"] + (names.contains("httptunnel") ? ["httptunnel"] : [])
         print("culvert bench: transport \(kind), loopback, \(ProcessInfo.processInfo.activeProcessorCount) cores, best of \(self.repeats)")
-        print(pad("", 34) + names.map { pad($0, 12) }.joined() + "culvert/socat"
-              + (names.contains("httptunnel") ? "  culvert/httptunnel" : ""))
-        let rows: [(String, String, Bool)] = [
-            ("upload", "single stream up, MiB/s", true),
-            ("download", "single stream down, MiB/s", true),
-            ("p50", "1-byte ping-pong p50, µs", false),
-            ("p99", "1-byte ping-pong p99, µs", false),
-            ("rtps", "\(self.streams) streams, round trips/s", true),
+        print(pad("", 34) + names.map { pad($0, 13) }.joined() + ratios.map { pad("culvert/\($0)", 21) }.joined())
+        let rows: [(String, String)] = [
+            ("upload", "single stream up, MiB/s"),
+            ("download", "single stream down, MiB/s"),
+            ("p50", "1-byte ping-pong p50, µs"),
+            ("p99", "1-byte ping-pong p99, µs"),
+            ("rtps", "\(self.streams) streams, round trips/s"),
         ]
-        for (key, label, _) in rows {
-            let values = names.map { table[$0]?[key] }
-            let socatValue = table["socat"]![key]!, tunnel = table["culvert"]![key]!
-            var line = pad(label, 34) + values.map { pad($0.map(format) ?? "n/a", 12) }.joined()
-            line += pad(String(format: "%.2f×", tunnel / socatValue), 15)
-            if names.contains("httptunnel") {
-                line += table["httptunnel"]?[key].map { String(format: "%.2f×", tunnel / $0) } ?? "n/a"
+        for (key, label) in rows {
+            let tunnel = table["culvert"]?[key]
+            var line = pad(label, 34) + names.map { pad(table[$0]?[key].map(format) ?? "n/a", 13) }.joined()
+            for reference in ratios {
+                let ratio = tunnel.flatMap { tunnel in table[reference]?[key].map { String(format: "%.2f×", tunnel / $0) } }
+                line += pad(ratio ?? "n/a", 21)
             }
             while line.hasSuffix(" ") { line.removeLast() }
             print(line)
         }
         await targets.close()
         try? await echo.close()
-    }
-
-    /// Runs a measurement `repeats` times and keeps the highest value; nil when an optional path failed it.
-    private func measure(required: Bool, _ measure: @escaping @Sendable () async throws -> Double) async throws -> Double? {
-        var best: Double?
-        for _ in 0..<max(1, self.repeats) {
-            guard let value = try await self.attempt(required: required, measure) else { return best }
-            best = max(best ?? 0, value)
-        }
-        return best
     }
 
     /// One measurement, given at most two minutes; a failure of an optional path is reported and yields nil.
@@ -255,4 +272,22 @@ private func waitForPort(_ port: Int) async throws {
         try await Task.sleep(for: .milliseconds(50))
     }
     fail("nothing listens on 127.0.0.1:\(port) after 15 s: a benchmark process did not start")
+}
+
+/// The benchmark's child processes, stopped by PID when it ends or is interrupted.
+private final class SpawnedProcesses: Sendable {
+    private let processes = NIOLockedValueBox<[ChildProcess]>([])
+
+    func add(_ process: ChildProcess) {
+        self.processes.withLockedValue { $0.append(process) }
+    }
+
+    /// Stops every process, the last started first; safe to call more than once.
+    func stopAll() {
+        let all = self.processes.withLockedValue { processes in
+            defer { processes = [] }
+            return processes
+        }
+        for process in all.reversed() { process.stop() }
+    }
 }

@@ -9,7 +9,8 @@ struct CulvertCommand: AsyncParsableCommand {
         commandName: "culvert",
         abstract: "Carry TCP connections through HTTP proxies and firewalls.",
         version: CulvertVersion.string,
-        subcommands: [ServerCommand.self, ClientCommand.self, ProbeCommand.self, DemoCommand.self, BenchCommand.self]
+        subcommands: [ServerCommand.self, ClientCommand.self, ProbeCommand.self, DemoCommand.self, BenchCommand.self,
+                      RelayCommand.self]
     )
 
     /// Runs the command; bad arguments exit with status 2 (not ArgumentParser's 64), as scripts expect.

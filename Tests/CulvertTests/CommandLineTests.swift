@@ -44,16 +44,23 @@ import Testing
 
     /// Runs culvert with `arguments` to its end and parses its standard output as one JSON object.
     func runJSON(_ arguments: [String]) throws -> (status: Int32, object: [String: Any]) {
+        let (status, output) = try self.runForOutput(arguments)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any])
+        return (status, object)
+    }
+
+    /// Runs culvert with `arguments` to its end and returns its exit status and standard output.
+    func runForOutput(_ arguments: [String]) throws -> (status: Int32, output: String) {
         let process = Process()
         process.executableURL = Self.executable
         process.arguments = arguments
         let output = Pipe()
         process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
         try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        let object = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
-        return (process.terminationStatus, object)
+        return (process.terminationStatus, text)
     }
 
     func freePort() throws -> Int {
@@ -229,16 +236,8 @@ import Testing
     /// `demo --through-faulty-proxy` shows the negotiator at work: WebSocket and CONNECT fail at the proxy, the
     /// demo runs over chunked, and every byte comes back.
     @Test func demoThroughAFaultyProxyNegotiatesChunked() throws {
-        let process = Process()
-        process.executableURL = Self.executable
-        process.arguments = ["demo", "--mib", "1", "--streams", "2", "--through-faulty-proxy"]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
+        let (status, text) = try self.runForOutput(["demo", "--mib", "1", "--streams", "2", "--through-faulty-proxy"])
+        #expect(status == 0)
         #expect(text.contains("websocket  fails: Upgrade stripped on the way"))
         #expect(text.contains("connect    fails: CONNECT refused"))
         #expect(text.contains("over chunked"))

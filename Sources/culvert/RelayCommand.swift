@@ -1,0 +1,35 @@
+import ArgumentParser
+import Culvert
+import CulvertTools
+import Foundation
+import NIOPosix
+
+/// `culvert relay` (not listed in the help): a plain TCP relay on loopback built on SwiftNIO, with no tunnel in it.
+///
+/// `culvert bench` chains two of these as a reference path: the cost of waking two SwiftNIO processes per round
+/// trip, which any tunnel with a client and a server process built on SwiftNIO pays before doing any work of its own.
+struct RelayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "relay",
+        abstract: "Relay TCP connections from one loopback port to another (the benchmark's SwiftNIO reference).",
+        shouldDisplay: false
+    )
+
+    @Option(help: "Loopback port to listen on.")
+    var listen: Int
+
+    @Option(help: "Loopback port to relay each connection to.")
+    var to: Int
+
+    func run() async throws {
+        let signals = SignalWaiter.install()
+        let relay: CuttingRelay
+        do {
+            relay = try await CuttingRelay.start(targetPort: self.to, port: self.listen, group: MultiThreadedEventLoopGroup.singleton)
+        } catch {
+            fail("cannot listen on 127.0.0.1:\(self.listen): \(describeBindError(error))")
+        }
+        _ = await SignalWaiter.wait(signals)
+        try? await relay.close()
+    }
+}
