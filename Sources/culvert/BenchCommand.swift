@@ -85,10 +85,12 @@ struct BenchCommand: AsyncParsableCommand {
         // client and a server process (the floor for culvert's latency: two relays to wake instead of one).
         var socatPorts: [Int] = []
         var chainedSocatPorts: [Int] = []
+        var socatListeners: [Int] = []
         func startSocat(to port: Int) throws -> Int {
             let listen = try freePort()
             processes.add(try ChildProcess.spawn(socat, ["TCP-LISTEN:\(listen),bind=127.0.0.1,fork,reuseaddr,nodelay",
                                                         "TCP:127.0.0.1:\(port),nodelay"]))
+            socatListeners.append(listen)
             return listen
         }
         for port in targetPorts {
@@ -124,7 +126,7 @@ struct BenchCommand: AsyncParsableCommand {
             clientArguments += ["-L", "127.0.0.1:\(local):127.0.0.1:\(port)"]
         }
         processes.add(try ChildProcess.spawn(me, clientArguments))
-        for port in socatPorts + chainedSocatPorts + tunnelPorts { try await waitForPort(port) }
+        for port in socatListeners + tunnelPorts { try await waitForPort(port) }
 
         var paths: [(String, [Int])] = [("direct", targetPorts), ("socat", socatPorts), ("socat+socat", chainedSocatPorts),
                                         ("nio+nio", chainedRelayPorts), ("culvert", tunnelPorts)]
@@ -147,23 +149,29 @@ struct BenchCommand: AsyncParsableCommand {
         let bytes = self.mib * 1024 * 1024
         var table: [String: [String: Double]] = [:]
         var bestPings: [String: [Double]] = [:]
+        // A measurement an optional path failed is not tried again in later rounds.
+        var failed: Set<String> = []
         // Rounds go through every path in turn, so that a slow spell of the machine does not fall on one path alone.
         for round in 1...max(1, self.repeats) {
             for (name, ports) in paths {
                 // A path that cannot do a measurement (httptunnel carries one connection at a time) shows n/a.
                 let required = name != "httptunnel"
                 var row = table[name] ?? [:]
-                progress("round \(round): \(name): upload")
-                if let value = try await self.attempt(required: required, {
+                func attempt<T: Sendable>(_ figure: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T? {
+                    guard !failed.contains("\(name) \(figure)") else { return nil }
+                    progress("round \(round): \(name): \(figure)")
+                    let result = try await self.attempt(required: required, body)
+                    if result == nil { failed.insert("\(name) \(figure)") }
+                    return result
+                }
+                if let value = try await attempt("upload", {
                     Double(bytes) / 1_048_576 / (try await LoadGenerator.upload(port: ports[0], byteCount: bytes, group: group))
                 }) { row["upload"] = max(row["upload"] ?? 0, value) }
-                progress("round \(round): \(name): download")
-                if let value = try await self.attempt(required: required, {
+                if let value = try await attempt("download", {
                     Double(bytes) / 1_048_576 / (try await LoadGenerator.download(port: ports[1], byteCount: bytes, group: group))
                 }) { row["download"] = max(row["download"] ?? 0, value) }
-                progress("round \(round): \(name): ping-pong")
                 // The run with the lowest median counts.
-                if let samples = try await self.attempt(required: required, {
+                if let samples = try await attempt("ping-pong", {
                     try await LoadGenerator.pingPong(port: ports[2], count: self.pings, group: group).sorted()
                 }), !samples.isEmpty {
                     let best = bestPings[name] ?? []
@@ -173,11 +181,10 @@ struct BenchCommand: AsyncParsableCommand {
                         row["p99"] = samples[min(samples.count - 1, samples.count * 99 / 100)] * 1e6
                     }
                 }
-                if required {
-                    progress("round \(round): \(name): \(self.streams) streams")
-                    if let value = try await self.attempt(required: true, {
-                        try await LoadGenerator.concurrentRoundTrips(port: ports[2], streams: self.streams, seconds: self.seconds, group: group)
-                    }) { row["rtps"] = max(row["rtps"] ?? 0, value) }
+                if required, let value = try await attempt("\(self.streams) streams", {
+                    try await LoadGenerator.concurrentRoundTrips(port: ports[2], streams: self.streams, seconds: self.seconds, group: group)
+                }) {
+                    row["rtps"] = max(row["rtps"] ?? 0, value)
                 }
                 table[name] = row
             }
