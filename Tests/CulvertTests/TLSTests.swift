@@ -84,11 +84,7 @@ import Testing
             tls: try ClientTLS(verification: .certificateAuthorities(file: pki.caFile)),
             proxy: tinyproxy.map { ProxyConfiguration(host: "127.0.0.1", port: $0.port) }
         )
-        let transfer = try await TransferClient.echoTransfer(
-            host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 8 * 1024 * 1024, seed: 11, group: self.group
-        )
-        #expect(transfer.digestsMatch)
-        #expect(transfer.bytesReceived == 8 * 1024 * 1024)
+        try await self.expectIntactEcho(through: client, byteCount: 8 * 1024 * 1024)
         if let tinyproxy {
             // The proxy saw CONNECT lines only, never a request path of the tunnel.
             let log = tinyproxy.log
@@ -134,10 +130,7 @@ import Testing
         let server = try await self.startServer(tls: second, echoPort: echo.port)
         for tls in [try ClientTLS(verification: .pinned(first.pin)), try ClientTLS(verification: .none)] {
             let client = try await self.connect(serverPort: server.localAddress!.port!, echoPort: echo.port, transport: .websocket, tls: tls)
-            let transfer = try await TransferClient.echoTransfer(
-                host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 1024 * 1024, group: self.group
-            )
-            #expect(transfer.digestsMatch)
+            try await self.expectIntactEcho(through: client, byteCount: 1024 * 1024)
             await client.shutdown(gracePeriod: .zero)
         }
         await server.shutdown(gracePeriod: .zero)
@@ -153,13 +146,20 @@ import Testing
             serverPort: server.localAddress!.port!, echoPort: echo.port, transport: .chunked,
             tls: try ClientTLS(verification: .certificateAuthorities(file: pki.caFile), serverName: "tunnel.test")
         )
-        let transfer = try await TransferClient.echoTransfer(
-            host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 1024 * 1024, group: self.group
-        )
-        #expect(transfer.digestsMatch)
+        try await self.expectIntactEcho(through: client, byteCount: 1024 * 1024)
         await client.shutdown(gracePeriod: .zero)
         await server.shutdown(gracePeriod: .zero)
         try await echo.close()
+    }
+
+    /// Sends `byteCount` bytes to the echo target through the client's first forward and checks, by sha256, that all
+    /// of them came back intact.
+    private func expectIntactEcho(through client: TunnelClient, byteCount: Int) async throws {
+        let transfer = try await TransferClient.echoTransfer(
+            host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: byteCount, seed: 11, group: self.group
+        )
+        #expect(transfer.digestsMatch)
+        #expect(transfer.bytesReceived == byteCount)
     }
 
     private func expectRefusal(
