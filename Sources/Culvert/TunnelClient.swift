@@ -27,6 +27,9 @@ public final class TunnelClient: Sendable {
         public var fallbacks: [TransportKind] = []
         public var failuresBeforeFallback = 3
         public var fallbackWindow: TimeAmount = .seconds(600)
+        /// How long the first connection keeps trying while the server turns it away for now (it throttles this
+        /// address, or is at its session limit), waiting the reconnect backoff between tries.
+        public var maximumRefusalWait: TimeAmount = .seconds(120)
 
         public init(
             server: ServerEndpoint,
@@ -102,7 +105,7 @@ public final class TunnelClient: Sendable {
         logger: Logger
     ) async throws -> TunnelClient {
         let eventLoop = group.next()
-        let session = try await Self.startSession(configuration: configuration, eventLoop: eventLoop, logger: logger)
+        let session = try await Self.startFirstSession(configuration: configuration, eventLoop: eventLoop, logger: logger)
         logger.info("tunnel established to \(configuration.server) over \(configuration.transport)")
         let client = TunnelClient(configuration: configuration, eventLoop: eventLoop, logger: logger, session: session)
         var listeners: [any Channel] = []
@@ -118,6 +121,27 @@ public final class TunnelClient: Sendable {
         client.listeners.withLockedValue { $0 = listeners }
         try await eventLoop.submit { client.watch(session) }.get()
         return client
+    }
+
+    /// Starts the first session, waiting and trying again while the server turns it away for now: a throttled
+    /// address or a full server is a delay, not a reason to give up.
+    private static func startFirstSession(
+        configuration: Configuration,
+        eventLoop: any EventLoop,
+        logger: Logger
+    ) async throws -> TunnelSession {
+        var backoff = configuration.reconnect
+        var waited = TimeAmount.zero
+        while true {
+            do {
+                return try await Self.startSession(configuration: configuration, eventLoop: eventLoop, logger: logger)
+            } catch let error as SessionError where error.isRetryableRefusal && waited < configuration.maximumRefusalWait {
+                let delay = max(backoff.nextDelay(now: .now()), .seconds(1))
+                logger.warning("\(error); trying again in \(Int(delay.seconds.rounded(.up))) s")
+                try await Task.sleep(nanoseconds: UInt64(delay.nanoseconds))
+                waited = waited + delay
+            }
+        }
     }
 
     /// Dials the transport and runs a new session's handshake on `eventLoop`.

@@ -71,7 +71,7 @@ public final class TunnelServer: Sendable {
     ) async throws -> TunnelServer {
         let sessions = NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>([:])
         // Established sessions by id, for resumption.
-        let resumable = NIOLockedValueBox<[[UInt8]: TunnelSession]>([:])
+        let resumable = NIOLockedValueBox<[[UInt8]: ResumableSession]>([:])
         let connector = TargetConnector(
             allowlist: configuration.allowlist,
             connectTimeout: configuration.targetConnectTimeout
@@ -100,18 +100,12 @@ public final class TunnelServer: Sendable {
                     logger: sessionLogger
                 )
                 session.targetOpener = { session, id, target in connector.open(session: session, id: id, target: target) }
-                session.resumeHandler = { newSession, id, transport, hello in
-                    guard let existing = resumable.withLockedValue({ $0[id] }) else {
-                        newSession.logger.info("a client asked to resume a session this server does not have (expired, or the server restarted)")
-                        return false
+                session.resumeLookup = { id in
+                    let found = resumable.withLockedValue { $0[id] }
+                    if found == nil {
+                        session.logger.info("a client asked to resume a session this server does not have (expired, or the server restarted)")
                     }
-                    // The connection may live on another loop than the session: bridge it (this also makes the
-                    // bridge its delegate at once, so nothing it receives from now on reaches the new session).
-                    let adopted: any TransportConnection =
-                        existing.eventLoop === transport.eventLoop
-                        ? transport : LoopBridgedTransport(transport, to: existing.eventLoop)
-                    existing.eventLoop.execute { existing.adopt(adopted, hello: hello) }
-                    return true
+                    return found
                 }
                 let key = ObjectIdentifier(session)
                 let address = connection.peerAddress?.ipAddress ?? "unknown"
@@ -120,32 +114,43 @@ public final class TunnelServer: Sendable {
                     return table.count
                 }
                 session.start()
-                if let wait = throttle.withLockedValue({ $0.retryAfter(address, now: .now()) }) {
-                    session.logger.debug("refused: too many failed authentications from \(address)")
+                // Every connection is an authentication attempt from the moment it starts (a new session or a
+                // resumption): counted now, not when its proof has been checked, so concurrent attempts cannot
+                // outrun the limit.
+                let attempt = AuthenticationAttempt(address: address, throttle: throttle)
+                if let wait = throttle.withLockedValue({ $0.beginAttempt(address, now: .now()) }) {
+                    session.logger.debug("refused unheard: too many authentication attempts from \(address)")
                     session.refuse(
-                        .authenticationFailed,
-                        "too many failed authentications from \(address); try again in \(Int(wait.seconds.rounded(.up))) s"
+                        .throttled,
+                        "too many authentication attempts from \(address) (earlier ones failed); try again in \(Int(wait.seconds.rounded(.up))) s"
                     )
-                } else if sessionCount > configuration.maximumSessions {
-                    session.logger.warning("refused a session: the server has its maximum of \(configuration.maximumSessions) sessions (--max-sessions)")
-                    session.refuse(.overloaded, "the server has its maximum of \(configuration.maximumSessions) sessions; try again later")
+                } else {
+                    attempt.begun()
+                    if sessionCount > configuration.maximumSessions {
+                        session.logger.warning("refused a session: the server has its maximum of \(configuration.maximumSessions) sessions (--max-sessions)")
+                        session.refuse(.overloaded, "the server has its maximum of \(configuration.maximumSessions) sessions; try again later")
+                    }
                 }
                 session.established.whenSuccess { outcome in
-                    resumable.withLockedValue { $0[outcome.sessionID] = session }
+                    attempt.finish(failed: false)
+                    let sessionID = outcome.sessionID.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+                    resumable.withLockedValue {
+                        $0[outcome.sessionID] = ResumableSession(
+                            session: session, key: outcome.sessionKey, capabilities: outcome.capabilities, sessionIDString: sessionID
+                        )
+                    }
                     session.logger.info("session established over \(connection.kind)")
                 }
                 session.ended.whenSuccess { reason in
                     sessions.withLockedValue { _ = $0.removeValue(forKey: key) }
-                    if reason.isAuthenticationFailure {
-                        let throttled = throttle.withLockedValue { throttle in
-                            throttle.recordFailure(address, now: .now())
-                            return throttle.retryAfter(address, now: .now()) != nil
-                        }
-                        if throttled { session.logger.warning("\(address) failed to authenticate \(configuration.authenticationFailuresPerMinute) times within a minute: refusing it for a while") }
+                    if attempt.finish(failed: reason.isAuthenticationFailure), reason.isAuthenticationFailure,
+                        throttle.withLockedValue({ $0.retryAfter(address, now: .now()) }) != nil
+                    {
+                        session.logger.warning("\(address) failed to authenticate \(configuration.authenticationFailuresPerMinute) times within a minute: refusing it for a while")
                     }
                     if case .refused = reason { return }
                     resumable.withLockedValue { table in
-                        if let id = table.first(where: { $0.value === session })?.key { table.removeValue(forKey: id) }
+                        if let id = table.first(where: { $0.value.session === session })?.key { table.removeValue(forKey: id) }
                     }
                     if case .handedOver = reason { return }
                     let stats = session.statistics
@@ -186,4 +191,33 @@ public func describeBindError(_ error: any Error) -> String {
         return "cannot resolve the address (\(socketError))"
     }
     return "\(error)"
+}
+
+/// One connection's place among its address's authentication attempts: taken when the connection starts, given back
+/// once, when its session is established (or has handed its connection to the session it resumed) or has ended.
+private final class AuthenticationAttempt: Sendable {
+    private let address: String
+    private let throttle: NIOLockedValueBox<AuthenticationThrottle>
+    private let underWay = NIOLockedValueBox(false)
+
+    init(address: String, throttle: NIOLockedValueBox<AuthenticationThrottle>) {
+        self.address = address
+        self.throttle = throttle
+    }
+
+    func begun() {
+        self.underWay.withLockedValue { $0 = true }
+    }
+
+    /// Gives the place back (recording a failure when `failed`); returns whether this call did.
+    @discardableResult
+    func finish(failed: Bool) -> Bool {
+        let wasUnderWay = self.underWay.withLockedValue { underWay in
+            defer { underWay = false }
+            return underWay
+        }
+        guard wasUnderWay else { return false }
+        self.throttle.withLockedValue { $0.finishAttempt(self.address, failed: failed, now: .now()) }
+        return true
+    }
 }

@@ -40,6 +40,14 @@ public final class ChannelTransportConnection: TransportConnection, ChannelInbou
         self.channel.close(promise: nil)
     }
 
+    /// Lifts the pre-authentication byte budget of a server connection (a client's has none).
+    public func sessionAuthenticated(key: [UInt8]) {
+        let pipeline = self.channel.pipeline.syncOperations
+        if let limit = try? pipeline.handler(type: PreAuthenticationLimitHandler.self) {
+            pipeline.removeHandler(limit, promise: nil)
+        }
+    }
+
     // MARK: ChannelInboundHandler
 
     public func handlerAdded(context: ChannelHandlerContext) {

@@ -14,8 +14,13 @@ enum HTTPServerUpgrade {
         return headers
     }
 
-    /// Removes the request handler and adds `handlers` followed by a ``ChannelTransportConnection`` of `kind`,
-    /// which it returns.
+    /// Bytes an upgraded connection may send before its session has authenticated the peer: a handshake is a few
+    /// hundred bytes; without a bound, a stranger could make the server buffer a 16 MiB WebSocket frame per
+    /// connection.
+    static let preAuthenticationBudget = 16 * 1024
+
+    /// Removes the request handler and adds a ``PreAuthenticationLimitHandler``, `handlers` and a
+    /// ``ChannelTransportConnection`` of `kind`, which it returns.
     static func installTransport(
         kind: TransportKind,
         context: ChannelHandlerContext,
@@ -26,7 +31,7 @@ enum HTTPServerUpgrade {
             pipeline.removeHandler(requestHandler, promise: nil)
         }
         let connection = ChannelTransportConnection(kind: kind, channel: context.channel)
-        try pipeline.addHandlers(handlers + [connection])
+        try pipeline.addHandlers([PreAuthenticationLimitHandler(budget: Self.preAuthenticationBudget)] + handlers + [connection])
         return connection
     }
 }

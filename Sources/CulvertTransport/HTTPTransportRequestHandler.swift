@@ -4,8 +4,11 @@ import NIOHTTP1
 /// Serves the HTTP requests that no upgrade took, under the path prefix:
 ///
 /// - `POST <prefix>/open?t=chunked|polling` creates a chunked or polling connection and answers its id;
-/// - `GET <prefix>/down?c=ID&m=stream|poll&a=ACK` carries downstream bytes;
-/// - `POST <prefix>/up?c=ID` carries upstream records;
+/// - `GET <prefix>/down?m=stream|poll&a=ACK&n=COUNTER` carries downstream bytes;
+/// - `POST <prefix>/up?o=OFFSET&n=COUNTER` carries upstream records;
+///
+/// `down` and `up` name their connection in a `Culvert-Connection` header (or, from older clients, `c=ID`) and, once
+/// its session is authenticated, carry a `Culvert-Auth` signature (``HTTPRequestSigner``) or get 403.
 /// - `GET <prefix>/probe?n=N&i=MS` answers N small chunks sent MS milliseconds apart, so that the negotiator can
 ///   see whether the path delivers a streaming response as it is sent;
 /// - `<prefix>/ws` or `<prefix>/raw` without `Upgrade` gets 426 (a proxy stripped it), anything else 404,
@@ -18,7 +21,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
         case idle
         /// A request whose answer waits for its end.
         case pending(HTTPRequestHead)
-        case upload(HTTPServerTransportConnection, HTTPRequestHead)
+        case upload(HTTPServerTransportConnection, HTTPRequestHead, signed: Bool)
         case download(HTTPServerTransportConnection)
         /// A request being answered with an error; its body is ignored.
         case discarding
@@ -28,8 +31,16 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
     private let registry: HTTPConnectionRegistry
     private let maximumRecordPayload: Int
     private let maximumPendingRequests: Int
+    private let settings: HTTPTransportServerSettings
     private let onConnection: @Sendable (any TransportConnection) -> Void
     private var state = State.idle
+    /// Cuts a request body that is too slow or too long in coming (a descriptor held open by a trickle).
+    private var bodyTimer: Scheduled<Void>?
+    /// Re-arms ``bodyTimer`` on every body part when set (a signed streaming upload may idle only this long).
+    private var bodyIdleTimeout: TimeAmount?
+    /// Body bytes an unsigned upload may still send.
+    private var unsignedBodyBudget = 0
+    private var uploadTotalTimer: Scheduled<Void>?
     /// Called at the end of every request that this handler took: puts an upgrade handler back in front of it, so
     /// that the connection's next request may be an upgrade too.
     var rearmUpgrade: ((ChannelHandlerContext) -> Void)?
@@ -40,9 +51,11 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
         registry: HTTPConnectionRegistry,
         maximumRecordPayload: Int,
         maximumPendingRequests: Int,
+        settings: HTTPTransportServerSettings,
         onConnection: @escaping @Sendable (any TransportConnection) -> Void
     ) {
         self.maximumPendingRequests = maximumPendingRequests
+        self.settings = settings
         self.pathPrefix = pathPrefix
         self.registry = registry
         self.maximumRecordPayload = maximumRecordPayload
@@ -52,29 +65,89 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch self.unwrapInboundIn(data) {
         case .head(let head):
+            self.armBodyTimer(context: context, head: head)
             self.begin(context: context, head: head)
         case .body(let body):
-            guard case .upload(let connection, _) = self.state else { return }
-            self.decodeUpload(context: context, connection: connection, body: body)
+            if let idle = self.bodyIdleTimeout { self.scheduleBodyTimer(context: context, in: idle) }
+            guard case .upload(let connection, _, let signed) = self.state else { return }
+            if !signed {
+                self.unsignedBodyBudget -= body.readableBytes
+                guard self.unsignedBodyBudget >= 0 else {
+                    self.abandonUpload(connection, channel: context.channel)
+                    self.respondError(context: context, head: nil, status: .payloadTooLarge,
+                                      "more than \(self.settings.unauthenticatedBodyBytes) bytes before the session is authenticated")
+                    return
+                }
+            }
+            self.decodeUpload(context: context, connection: connection, body: body, signed: signed)
         case .end:
+            self.cancelBodyTimer()
             self.finish(context: context)
             self.rearmUpgrade?(context)
         }
     }
 
+    // MARK: Body deadlines
+
+    /// A request with a body gets a deadline: a stranger's (anything but a signed upload) has a short one; a
+    /// signed upload an idle timeout, a total one and, when it says its length, a minimum rate.
+    private func armBodyTimer(context: ChannelHandlerContext, head: HTTPRequestHead) {
+        self.cancelBodyTimer()
+        let length = head.headers["Content-Length"].first.flatMap { Int($0) } ?? 0
+        let chunked = head.headers["Transfer-Encoding"].contains { $0.lowercased().contains("chunked") }
+        guard length > 0 || chunked else { return }
+        self.scheduleBodyTimer(context: context, in: self.settings.unauthenticatedBodyTimeout)
+    }
+
+    /// A signed upload: longer limits than a stranger's.
+    private func armSignedUploadTimer(context: ChannelHandlerContext, head: HTTPRequestHead) {
+        let length = head.headers["Content-Length"].first.flatMap { Int64($0) }
+        var total = self.settings.uploadMaximumAge
+        if let length {
+            let rate = Int64(max(1, self.settings.minimumUploadBytesPerSecond))
+            total = min(total, .seconds(10) + .milliseconds(length * 1000 / rate))
+        }
+        self.bodyIdleTimeout = self.settings.uploadIdleTimeout
+        self.scheduleBodyTimer(context: context, in: self.settings.uploadIdleTimeout)
+        // The total deadline stands beside the idle one (which each body part re-arms).
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        self.uploadTotalTimer = context.eventLoop.assumeIsolated().scheduleTask(in: total) { loopBound.value.close(promise: nil) }
+    }
+
+    private func scheduleBodyTimer(context: ChannelHandlerContext, in delay: TimeAmount) {
+        self.bodyTimer?.cancel()
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        self.bodyTimer = context.eventLoop.assumeIsolated().scheduleTask(in: delay) { loopBound.value.close(promise: nil) }
+    }
+
+    private func cancelBodyTimer() {
+        self.bodyTimer?.cancel()
+        self.bodyTimer = nil
+        self.uploadTotalTimer?.cancel()
+        self.uploadTotalTimer = nil
+        self.bodyIdleTimeout = nil
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
+        self.cancelBodyTimer()
         switch self.state {
         case .download(let connection):
             let channel = context.channel
             connection.eventLoop.execute { connection.downChannelClosed(channel) }
-        case .upload(let connection, _):
-            connection.pendingUploads.withLockedValue { $0 -= 1 }
-            connection.eventLoop.execute { _ = connection.uploadFinished() }
+        case .upload(let connection, _, _):
+            self.abandonUpload(connection, channel: context.channel)
         case .idle, .pending, .discarding:
             break
         }
         self.state = .idle
         context.fireChannelInactive()
+    }
+
+    /// The upload on `channel` ends without an answer (its connection closed, or it is refused).
+    private func abandonUpload(_ connection: HTTPServerTransportConnection, channel: any Channel) {
+        connection.pendingUploads.withLockedValue { $0 -= 1 }
+        connection.eventLoop.execute { _ = connection.uploadFinished(channel: channel) }
+        self.decoder = nil
     }
 
     private func begin(context: ChannelHandlerContext, head: HTTPRequestHead) {
@@ -93,14 +166,27 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
                 self.respondError(context: context, head: head, status: .badRequest, "down needs m=stream|poll and a=OFFSET")
                 return
             }
+            guard let signed = self.admit(context: context, head: head, connection: connection, endpoint: "down", offset: acknowledged) else {
+                return
+            }
             self.state = .download(connection)
             let channel = context.channel
             let version = head.version
             connection.eventLoop.execute {
-                connection.downRequest(channel: channel, version: version, mode: mode, acknowledged: acknowledged)
+                connection.downRequest(channel: channel, version: version, mode: mode, acknowledged: acknowledged, signed: signed)
             }
         case "up" where head.method == .POST:
             guard let connection = self.lookup(context: context, head: head, query: query) else { return }
+            let offset = query["o"].flatMap { UInt64($0) } ?? 0
+            guard let signed = self.admit(context: context, head: head, connection: connection, endpoint: "up", offset: offset) else {
+                return
+            }
+            let declaredLength = head.headers["Content-Length"].first.flatMap { Int($0) } ?? 0
+            if !signed && declaredLength > self.settings.unauthenticatedBodyBytes {
+                self.respondError(context: context, head: head, status: .payloadTooLarge,
+                                  "more than \(self.settings.unauthenticatedBodyBytes) bytes before the session is authenticated")
+                return
+            }
             let limit = self.maximumPendingRequests
             guard connection.pendingUploads.withLockedValue({ count in
                 guard count < limit else { return false }
@@ -110,40 +196,65 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
                 self.respondError(context: context, head: head, status: .tooManyRequests, "more than \(limit) uploads at once on one connection")
                 return
             }
-            self.state = .upload(connection, head)
+            self.state = .upload(connection, head, signed: signed)
+            // Before the session is authenticated a record is a handshake frame: a few hundred bytes.
+            let recordLimit = signed ? self.maximumRecordPayload : 4096
             self.decoder = NIOSingleStepByteToMessageProcessor(
-                HTTPTransportRecordDecoder(maximumPayloadLength: self.maximumRecordPayload),
-                maximumBufferSize: self.maximumRecordPayload + 64
+                HTTPTransportRecordDecoder(maximumPayloadLength: recordLimit),
+                maximumBufferSize: recordLimit + 64
             )
-            connection.eventLoop.execute { connection.uploadStarted() }
+            if signed {
+                self.armSignedUploadTimer(context: context, head: head)
+            } else {
+                self.unsignedBodyBudget = self.settings.unauthenticatedBodyBytes
+            }
+            let channel = context.channel
+            connection.eventLoop.execute { connection.uploadStarted(channel: channel) }
         default:
             self.state = .pending(head)
         }
     }
 
+    /// Whether the request may go on (and signed or not); answers 403 and returns nil when it may not.
+    private func admit(
+        context: ChannelHandlerContext, head: HTTPRequestHead, connection: HTTPServerTransportConnection,
+        endpoint: String, offset: UInt64
+    ) -> Bool? {
+        let signature = head.headers[HTTPRequestSigner.headerName].first
+        switch connection.admit(method: head.method.rawValue, endpoint: endpoint, offset: offset, signature: signature) {
+        case .unsigned:
+            return false
+        case .signed:
+            return true
+        case .refused(let reason):
+            self.respondError(context: context, head: head, status: .forbidden, reason)
+            return nil
+        }
+    }
+
     private func lookup(context: ChannelHandlerContext, head: HTTPRequestHead, query: HTTPQuery) -> HTTPServerTransportConnection? {
-        guard let id = query["c"], let connection = self.registry.connection(id: id) else {
+        let id = head.headers[HTTPRequestSigner.connectionHeaderName].first ?? query["c"]
+        guard let id, let connection = self.registry.connection(id: id) else {
             self.respondError(context: context, head: head, status: .notFound, "unknown or expired connection")
             return nil
         }
         return connection
     }
 
-    private func decodeUpload(context: ChannelHandlerContext, connection: HTTPServerTransportConnection, body: ByteBuffer) {
+    private func decodeUpload(
+        context: ChannelHandlerContext, connection: HTTPServerTransportConnection, body: ByteBuffer, signed: Bool
+    ) {
         var records: [HTTPTransportRecord] = []
         do {
             try self.decoder?.process(buffer: body) { records.append($0) }
         } catch {
-            connection.pendingUploads.withLockedValue { $0 -= 1 }
-            connection.eventLoop.execute { _ = connection.uploadFinished() }
-            if case .upload(_, let head) = self.state {
-                self.respondError(context: context, head: head, status: .badRequest, "malformed upload: \(error)")
-            }
+            self.abandonUpload(connection, channel: context.channel)
+            self.respondError(context: context, head: nil, status: .badRequest, "malformed upload: \(error)")
             return
         }
         if !records.isEmpty {
             let decoded = records
-            connection.eventLoop.execute { connection.uploadRecords(decoded) }
+            connection.eventLoop.execute { connection.uploadRecords(decoded, signed: signed) }
         }
     }
 
@@ -152,7 +263,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
         case .pending(let head):
             self.state = .idle
             self.answer(context: context, head: head)
-        case .upload(let connection, let head):
+        case .upload(let connection, let head, _):
             self.state = .idle
             connection.pendingUploads.withLockedValue { $0 -= 1 }
             let truncated: Bool
@@ -165,7 +276,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
             self.decoder = nil
             let channel = context.channel
             connection.eventLoop.execute {
-                let acknowledged = connection.uploadFinished()
+                let acknowledged = connection.uploadFinished(channel: channel)
                 if truncated {
                     Self.writeError(channel: channel, version: head.version, status: .badRequest, "the body ended inside a record")
                 } else {
@@ -236,10 +347,22 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
         }
     }
 
-    private func respondError(context: ChannelHandlerContext, head: HTTPRequestHead, status: HTTPResponseStatus, _ message: String) {
+    /// Answers the request with an error and ignores the rest of its body; a request whose body is still coming
+    /// is answered with `Connection: close` and its connection closed, rather than read to its end.
+    private func respondError(context: ChannelHandlerContext, head: HTTPRequestHead?, status: HTTPResponseStatus, _ message: String) {
+        let version: HTTPVersion
+        switch (head, self.state) {
+        case (let head?, _): version = head.version
+        case (nil, .upload(_, let uploadHead, _)): version = uploadHead.version
+        default: version = .http1_1
+        }
+        let bodyComing = head.map { head in
+            (head.headers["Content-Length"].first.flatMap { Int($0) } ?? 0) > 0
+                || head.headers["Transfer-Encoding"].contains { $0.lowercased().contains("chunked") }
+        } ?? true
         self.state = .discarding
         self.decoder = nil
-        Self.writeError(channel: context.channel, version: head.version, status: status, message)
+        Self.writeError(channel: context.channel, version: version, status: status, message, closeConnection: bodyComing)
     }
 
     static func writeError(
@@ -247,16 +370,19 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
         version: HTTPVersion,
         status: HTTPResponseStatus,
         _ message: String,
-        extra: [(String, String)] = []
+        extra: [(String, String)] = [],
+        closeConnection: Bool = false
     ) {
         let body = "culvert: \(message)\n"
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
         headers.add(name: "Content-Length", value: String(body.utf8.count))
         headers.add(name: "Cache-Control", value: "no-store")
+        if closeConnection { headers.add(name: "Connection", value: "close") }
         for (name, value) in extra { headers.add(name: name, value: value) }
         channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: version, status: status, headers: headers)), promise: nil)
         channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: body))), promise: nil)
-        channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: nil)
+        let ended = channel.writeAndFlush(HTTPServerResponsePart.end(nil))
+        if closeConnection { ended.whenComplete { _ in channel.close(promise: nil) } }
     }
 }

@@ -42,6 +42,11 @@ public final class LoopBridgedTransport: TransportConnection, TransportConnectio
         inner.eventLoop.execute { inner.close() }
     }
 
+    public func sessionAuthenticated(key: [UInt8]) {
+        let inner = self.inner
+        inner.eventLoop.execute { inner.sessionAuthenticated(key: key) }
+    }
+
     // MARK: TransportConnectionDelegate (on inner's loop)
 
     public func transport(_ transport: any TransportConnection, didReceive message: ByteBuffer) {

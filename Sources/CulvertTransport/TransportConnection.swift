@@ -26,10 +26,16 @@ public protocol TransportConnection: AnyObject, Sendable {
     /// Whether upstream bytes go as short requests because the path holds or cuts streaming request bodies (the
     /// chunked transport's fallback); false for every transport that streams upstream.
     var upstreamUsesShortRequests: Bool { get }
+    /// The session above has authenticated its peer and holds `key`, a secret both ends derived and that never
+    /// crossed the wire. Limits kept for unauthenticated peers are lifted, and a transport made of many HTTP
+    /// requests signs (client) or requires (server) a MAC under a key derived from `key` on every later request, so
+    /// that its connection id alone reads, writes and ends nothing.
+    func sessionAuthenticated(key: [UInt8])
 }
 
 extension TransportConnection {
     public var upstreamUsesShortRequests: Bool { false }
+    public func sessionAuthenticated(key: [UInt8]) {}
     public var peerAddress: SocketAddress? { nil }
 }
 

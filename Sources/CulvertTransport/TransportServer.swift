@@ -87,6 +87,9 @@ public final class TransportServer: Sendable {
         if let tls = configuration.tls {
             try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context))
         }
+        // A peer that does not read what it is sent (404s to pipelined requests, pongs to a ping flood) stops being
+        // read until it does, so what waits for it stays within the channel's write buffer.
+        try channel.pipeline.syncOperations.addHandler(BackPressureHandler())
         let webSocket = WebSocketServerUpgrader(
             path: prefix + "/ws",
             maximumFrameSize: configuration.maximumMessageSize,
@@ -121,6 +124,7 @@ public final class TransportServer: Sendable {
             registry: registry,
             maximumRecordPayload: configuration.maximumMessageSize,
             maximumPendingRequests: configuration.http.maximumPendingRequests,
+            settings: configuration.http,
             onConnection: onConnection
         )
         // (The request handler comes from the context, not captured: it holds this closure.)

@@ -132,11 +132,12 @@ import Testing
         #expect(clientOutcome.peerReceived == 17)
     }
 
-    /// A resumption with a wrong session key is refused with GOAWAY(resumeRefused).
+    /// A resumption with a wrong session key is refused with GOAWAY(resumeRefused), and the server learns that the
+    /// proof was wrong (it counts as a failed authentication).
     @Test func resumptionWithAWrongSessionKeyIsRefused() {
         let id = Array(repeating: UInt8(7), count: 16)
         let (_, server) = self.resume(id: id, clientKey: Array(repeating: 1, count: 32), serverKey: Array(repeating: 2, count: 32))
-        guard case .fail(.resumeRefused, .goAway(.resumeRefused, _)?) = server else {
+        guard case .fail(.resumeProofInvalid, .goAway(.resumeRefused, _)?) = server else {
             Issue.record("got \(server)")
             return
         }

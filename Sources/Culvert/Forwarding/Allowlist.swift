@@ -15,7 +15,7 @@ public struct Allowlist: Hashable, Sendable {
             guard let (host, port) = HostPortParser.split(text), !host.isEmpty, !port.isEmpty else {
                 throw .invalidAllow(text, "expected HOST:PORT (host may be *, port may be * or A-B)")
             }
-            self.host = host == "*" ? nil : host.lowercased()
+            self.host = host == "*" ? nil : Self.asciiLowercased(host)
             if port == "*" {
                 self.ports = 1...65535
             } else if let dash = port.firstIndex(of: "-") {
@@ -34,7 +34,13 @@ public struct Allowlist: Hashable, Sendable {
         }
 
         public func matches(_ target: TargetAddress) -> Bool {
-            (self.host == nil || self.host == target.host.lowercased()) && self.ports.contains(target.port)
+            (self.host == nil || self.host == Self.asciiLowercased(target.host)) && self.ports.contains(target.port)
+        }
+
+        /// `text` with A–Z folded to a–z and nothing else: host names compare case-insensitively in ASCII only
+        /// (RFC 4343), so that `K` (KELVIN SIGN) or `ſ` never fold into a name that the allowlist names.
+        static func asciiLowercased(_ text: String) -> String {
+            String(decoding: text.utf8.map { (0x41...0x5A).contains($0) ? $0 + 0x20 : $0 }, as: UTF8.self)
         }
 
         public var description: String {

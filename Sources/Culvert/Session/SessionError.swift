@@ -47,11 +47,20 @@ public enum SessionError: Error, Sendable, CustomStringConvertible {
     /// Whether the token was wrong (on either side of the check).
     public var isAuthenticationFailure: Bool {
         switch self {
-        case .handshake(.clientProofInvalid), .handshake(.serverProofInvalid),
+        case .handshake(.clientProofInvalid), .handshake(.serverProofInvalid), .handshake(.resumeProofInvalid),
             .handshake(.refusedByPeer(.authenticationFailed, _)):
             true
         default:
             false
+        }
+    }
+
+    /// Whether the server turned the session away for now (it throttles the address, or is at a limit) and the
+    /// client should wait and try again: the token was not judged.
+    public var isRetryableRefusal: Bool {
+        switch self {
+        case .handshake(.refusedByPeer(.throttled, _)), .handshake(.refusedByPeer(.overloaded, _)): true
+        default: false
         }
     }
 }

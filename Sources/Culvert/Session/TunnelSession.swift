@@ -4,6 +4,11 @@ import CulvertTransport
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// One tunnel session: drives the handshake, multiplexer, sequencer and keepalive state machines over a
 /// ``TransportConnection``, and moves bytes between the streams' local sockets and the transport.
@@ -57,9 +62,12 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     var onDetached: ((TunnelSession, SessionError) -> Void)?
     /// Client: the session was resumed on a new transport connection.
     var onResumed: ((TunnelSession) -> Void)?
-    /// Server: a HELLO on this (new) connection names session `id`; returns true when that session took the
-    /// connection over.
-    var resumeHandler: ((TunnelSession, [UInt8], any TransportConnection, Frame) -> Bool)?
+    /// Server: the live session a HELLO on this (new) connection names, if this server has it. The resumption's
+    /// proof is checked here, on the new connection, with that session's key; only a proof that verifies hands the
+    /// connection to that session, so a stranger who saw its id cannot touch it.
+    var resumeLookup: (([UInt8]) -> ResumableSession?)?
+    /// Server: the session this connection's HELLO asked to resume, while its proof is awaited.
+    private var resumeTarget: ResumableSession?
     /// The session id and key, once established (kept to resume the session).
     private(set) var sessionID: [UInt8] = []
     private var sessionKey: [UInt8] = []
@@ -237,8 +245,14 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             return
         }
         self.endpoints.removeValue(forKey: id)
-        if let frame = self.mux?.localReset(id, code: .cancelled, message: "the local connection closed") {
-            self.logger.debug("stream \(id): local connection closed before the stream finished; resetting")
+        // A socket that failed (a TCP reset, above all) is carried as RST `connection reset`, so that the other side
+        // resets its socket too: a truncated transfer must never reach an application as a clean end.
+        let (code, message): (ResetCode, String) =
+            afterError
+            ? (.connectionReset, self.role == .server ? "the target reset the connection" : "the local connection was reset")
+            : (.cancelled, "the local connection closed")
+        if let frame = self.mux?.localReset(id, code: code, message: message) {
+            self.logger.debug("stream \(id): \(message) before the stream finished; resetting")
             self.statistics.streamsReset += 1
             self.enqueue(frame)
         }
@@ -373,15 +387,23 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             transport.close()
             return
         }
-        self.beginResumption(on: transport, role: .resumingClient(
-            sessionID: self.sessionID, sessionKey: self.sessionKey, received: self.sequencer.received
-        ))
-        self.sendHandshakeFrame(self.handshake.start())
+        self.handshake = HandshakeStateMachine(
+            role: .resumingClient(sessionID: self.sessionID, sessionKey: self.sessionKey, received: self.sequencer.received),
+            capabilities: self.compressionEnabled ? [.compression] : [],
+            maximumDataPayload: UInt32(self.configuration.mux.maximumDataPayload)
+        )
+        // The HELLO is made before the transport delivers anything: a refusal already waiting on the new
+        // connection (a GOAWAY the server sent the moment it saw it) must meet a handshake that has started.
+        let hello = self.handshake.start()
+        self.beginResumption(on: transport)
+        guard !self.isEnded, self.resuming, self.transport === transport else { return }
+        self.sendHandshakeFrame(hello)
     }
 
-    /// Server: takes over `transport`, on which a client asks with `hello` to resume this session. A connection
-    /// the session still holds (the client saw it fail first) is closed.
-    func adopt(_ transport: any TransportConnection, hello: Frame) {
+    /// Server: takes over `transport`, on which a client has just proven (with this session's key) that it
+    /// resumes this session. A connection the session still holds (the client saw it fail first) is closed, the
+    /// WELCOME goes out with what this side has received, then what the client missed.
+    func adopt(_ transport: any TransportConnection, outcome: HandshakeStateMachine.Outcome, welcome: Frame?) {
         self.eventLoop.preconditionInEventLoop()
         guard !self.isEnded else {
             transport.close()
@@ -392,22 +414,22 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             old.close()
         }
         self.detachTimer?.cancel()
-        self.isDetached = true
-        self.beginResumption(on: transport, role: .resumingServer(
-            sessionID: self.sessionID, sessionKey: self.sessionKey, received: self.sequencer.received
-        ))
-        self.handleHandshake(hello)
+        self.transport = transport
+        self.decoder = Self.makeDecoder(self.configuration)
+        transport.start(delegate: self)
+        guard !self.isEnded, self.transport === transport else { return }
+        if case .welcome(var reply)? = welcome {
+            reply.received = self.sequencer.received
+            self.sendHandshakeFrame(.welcome(reply))
+        }
+        self.completeResumption(outcome, reply: nil)
     }
 
-    private func beginResumption(on transport: any TransportConnection, role: HandshakeStateMachine.Role) {
+    /// Client: runs the resumption handshake on `transport`.
+    private func beginResumption(on transport: any TransportConnection) {
         self.transport = transport
         self.resuming = true
         self.decoder = Self.makeDecoder(self.configuration)
-        self.handshake = HandshakeStateMachine(
-            role: role,
-            capabilities: self.compressionEnabled ? [.compression] : [],
-            maximumDataPayload: UInt32(self.configuration.mux.maximumDataPayload)
-        )
         transport.start(delegate: self)
         let timeout = self.configuration.handshakeTimeout
         self.handshakeTimer?.cancel()
@@ -430,6 +452,9 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     /// The resumption handshake finished: send the peer what it missed, then what waited, and carry on.
     private func completeResumption(_ outcome: HandshakeStateMachine.Outcome, reply: Frame?) {
         guard let transport = self.transport else { return }
+        // The client signs every request from here on (nothing may go out unsigned after the WELCOME); the
+        // server lifts its limits once its WELCOME is out, below.
+        if self.role == .client { transport.sessionAuthenticated(key: self.sessionKey) }
         self.resuming = false
         self.isDetached = false
         self.handshakeTimer?.cancel()
@@ -451,6 +476,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         self.resumptions += 1
         self.logger.info("session resumed over \(transport.kind) (\(replay.count) frames sent again)")
         self.flushNow()
+        if self.role == .server { transport.sessionAuthenticated(key: self.sessionKey) }
         self.resumeReads()
         self.onResumed?(self)
     }
@@ -496,13 +522,20 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     }
 
     private func handleHandshake(_ frame: Frame) {
-        if case .server = self.role, !self.resuming, case .hello(let hello) = frame, !hello.resumeSessionID.isEmpty,
-            let transport = self.transport, let handler = self.resumeHandler,
-            handler(self, hello.resumeSessionID, transport, frame)
+        if case .server = self.role, self.resumeTarget == nil, case .hello(let hello) = frame,
+            !hello.resumeSessionID.isEmpty, let target = self.resumeLookup?(hello.resumeSessionID)
         {
-            // The session the HELLO names has taken this connection over.
-            self.transport = nil
-            self.end(.handedOver)
+            // Checked on this connection with the named session's key: that session is not touched unless the
+            // client's AUTH proves it holds the key.
+            self.resumeTarget = target
+            self.handshake = HandshakeStateMachine(
+                role: .resumingServer(sessionID: hello.resumeSessionID, sessionKey: target.key, received: 0),
+                capabilities: target.capabilities,
+                maximumDataPayload: UInt32(self.configuration.mux.maximumDataPayload)
+            )
+        }
+        if let target = self.resumeTarget {
+            self.handleResumptionOnServer(frame, target: target)
             return
         }
         if self.resuming {
@@ -511,6 +544,12 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
                 self.sendHandshakeFrame(reply)
             case .established(let outcome, let reply):
                 self.completeResumption(outcome, reply: reply)
+            case .fail(.refusedByPeer(let code, let message), _) where code == .overloaded || code == .throttled:
+                // The server is busy, not refusing the session: it keeps it; wait and try again.
+                self.logger.warning("the server cannot resume the session now (\(message)); trying again")
+                let refused = self.transport
+                self.transportLost(.handshake(.refusedByPeer(code, message)))
+                refused?.close()
             case .fail(let error, let reply):
                 if let reply { self.sendHandshakeFrame(reply) }
                 self.logger.warning("resumption failed: \(error)")
@@ -525,6 +564,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         case .established(let outcome, let reply):
             self.sessionID = outcome.sessionID
             self.sessionKey = outcome.sessionKey
+            if self.role == .client { self.transport?.sessionAuthenticated(key: outcome.sessionKey) }
             if let reply { self.enqueue(reply) }
             self.handshakeTimer?.cancel()
             self.mux = MuxStateMachine(
@@ -537,12 +577,37 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             self.compressionEnabled = outcome.capabilities.contains(.compression)
             self.logCompressionOutcome()
             self.flushNow()
+            if self.role == .server { self.transport?.sessionAuthenticated(key: outcome.sessionKey) }
             self.establishedPromise.succeed(outcome)
         case .fail(let error, let reply):
             if let reply {
                 self.enqueue(reply)
                 self.flushNow()
             }
+            self.end(.handshake(error))
+        }
+    }
+
+    /// Server: the resumption handshake of `target`, run on this connection. A proof that verifies hands the
+    /// connection to `target` (on its loop) and ends this session; one that does not ends only this connection.
+    private func handleResumptionOnServer(_ frame: Frame, target: ResumableSession) {
+        switch self.handshake.receive(frame) {
+        case .send(let reply):
+            self.sendHandshakeFrame(reply)
+        case .established(let outcome, let welcome):
+            guard let transport = self.transport else { return }
+            self.transport = nil
+            // The connection may live on another loop than the session: bridge it (this also makes the bridge its
+            // delegate at once, so nothing it receives from now on reaches this session).
+            let adopted: any TransportConnection =
+                target.session.eventLoop === transport.eventLoop
+                ? transport : LoopBridgedTransport(transport, to: target.session.eventLoop)
+            let session = target.session
+            session.eventLoop.execute { session.adopt(adopted, outcome: outcome, welcome: welcome) }
+            self.end(.handedOver)
+        case .fail(let error, let reply):
+            if let reply { self.sendHandshakeFrame(reply) }
+            self.logger.warning("refused a resumption of session \(target.sessionIDString.prefix(8)): \(error)")
             self.end(.handshake(error))
         }
     }
@@ -594,13 +659,13 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             }
         case .reset(let id, let code, let message):
             self.statistics.streamsReset += 1
-            if let endpoint = self.dropEndpoint(id) {
+            if let endpoint = self.dropEndpoint(id, abort: true) {
                 self.logger.debug("stream \(id) to \(endpoint.target) reset by peer: \(code) \(message)")
             }
         case .reply(let reply, let closeStream, let reason):
             self.logger.warning("\(reason)")
             self.enqueue(reply)
-            if let id = closeStream, self.dropEndpoint(id) != nil {
+            if let id = closeStream, self.dropEndpoint(id, abort: true) != nil {
                 self.statistics.streamsReset += 1
             }
         case .ignore(let reason):
@@ -674,14 +739,21 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     private func resetStream(_ id: StreamID, _ code: ResetCode, _ message: String) {
         self.logger.warning("stream \(id): \(message)")
         if let frame = self.mux?.localReset(id, code: code, message: message) { self.enqueue(frame) }
-        if self.dropEndpoint(id) != nil { self.statistics.streamsReset += 1 }
+        if self.dropEndpoint(id, abort: true) != nil { self.statistics.streamsReset += 1 }
     }
 
-    /// Forgets stream `id`'s socket and closes it; returns it (for logs) if there was one.
+    /// Forgets stream `id`'s socket and closes it, with a TCP reset when `abort` (the stream was reset: the
+    /// application must not take what it got for the whole); returns it (for logs) if there was one.
     @discardableResult
-    private func dropEndpoint(_ id: StreamID) -> StreamEndpoint? {
+    private func dropEndpoint(_ id: StreamID, abort: Bool = false) -> StreamEndpoint? {
         guard let endpoint = self.endpoints.removeValue(forKey: id) else { return nil }
-        endpoint.channel.close(promise: nil)
+        let channel = endpoint.channel
+        if abort, let options = channel as? any SocketOptionProvider {
+            // SO_LINGER with a zero timeout makes close() send RST instead of FIN.
+            options.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in channel.close(promise: nil) }
+        } else {
+            channel.close(promise: nil)
+        }
         return endpoint
     }
 
@@ -890,7 +962,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         self.targetOpener = nil
         self.onDetached = nil
         self.onResumed = nil
-        self.resumeHandler = nil
+        self.resumeLookup = nil
+        self.resumeTarget = nil
         self.establishedPromise.fail(reason)
         self.endedPromise.succeed(reason)
     }

@@ -49,6 +49,9 @@ public struct ResetCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     public static let connectionError = ResetCode(rawValue: 5)
     /// A compressed frame inflated past the maximum frame size.
     public static let decompressionBomb = ResetCode(rawValue: 6)
+    /// The target (or the local application) reset its TCP connection: the receiver resets its socket too, so the
+    /// application on its side sees a reset, never a clean end of a truncated transfer.
+    public static let connectionReset = ResetCode(rawValue: 7)
 
     public var description: String {
         switch self {
@@ -58,6 +61,7 @@ public struct ResetCode: RawRepresentable, Hashable, Sendable, CustomStringConve
         case .protocolError: "protocol error"
         case .connectionError: "connection error"
         case .decompressionBomb: "decompression bomb"
+        case .connectionReset: "connection reset"
         default: "code \(self.rawValue)"
         }
     }
@@ -86,6 +90,9 @@ public struct GoAwayCode: RawRepresentable, Hashable, Sendable, CustomStringConv
     public static let overloaded = GoAwayCode(rawValue: 7)
     /// An unexpected internal failure.
     public static let internalError = GoAwayCode(rawValue: 8)
+    /// Too many authentication attempts from the client's address: it waits and tries again (the message says how
+    /// long); the token was not checked.
+    public static let throttled = GoAwayCode(rawValue: 9)
 
     public var description: String {
         switch self {
@@ -98,6 +105,7 @@ public struct GoAwayCode: RawRepresentable, Hashable, Sendable, CustomStringConv
         case .resumeRefused: "resume refused"
         case .overloaded: "overloaded"
         case .internalError: "internal error"
+        case .throttled: "throttled"
         default: "code \(self.rawValue)"
         }
     }

@@ -207,7 +207,7 @@ public struct HandshakeStateMachine: Sendable {
         where self.resumption != nil:
             let resumption = self.resumption!
             guard HandshakeKeys.proofsMatch(auth.proof, resumption.keys.clientResumeProof(transcript: transcript)) else {
-                return self.fail(.resumeRefused, goAway: .resumeRefused)
+                return self.fail(.resumeProofInvalid, goAway: .resumeRefused)
             }
             let welcome = Welcome(
                 proof: resumption.keys.serverResumeProof(transcript: transcript, sessionID: resumption.sessionID),
@@ -281,6 +281,9 @@ public enum HandshakeError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The server's proof did not verify: it does not hold the client's token.
     case serverProofInvalid
     case resumeRefused
+    /// A resumption named a session this server has, with a proof made without its key: someone who saw the
+    /// session's id, not its client.
+    case resumeProofInvalid
     case protocolViolation(String)
     /// The peer ended the handshake with GOAWAY.
     case refusedByPeer(GoAwayCode, String)
@@ -295,6 +298,8 @@ public enum HandshakeError: Error, Hashable, Sendable, CustomStringConvertible {
             "the server could not prove it knows the token (wrong token, or a server started with --no-auth)"
         case .resumeRefused:
             "session resumption refused"
+        case .resumeProofInvalid:
+            "session resumption refused: the proof does not verify with the session's key"
         case .protocolViolation(let reason):
             "protocol violation: \(reason)"
         case .refusedByPeer(let code, let message):

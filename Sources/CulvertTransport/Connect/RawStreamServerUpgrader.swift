@@ -15,7 +15,7 @@ struct RawStreamServerUpgrader: HTTPServerProtocolUpgrader, Sendable {
         upgradeRequest: HTTPRequestHead,
         initialResponseHeaders: HTTPHeaders
     ) -> EventLoopFuture<HTTPHeaders> {
-        guard upgradeRequest.pathWithoutQuery == self.path else {
+        guard upgradeRequest.method == .GET, upgradeRequest.pathWithoutQuery == self.path else {
             return channel.eventLoop.makeFailedFuture(HTTPServerUpgradeErrors.invalidHTTPOrdering)
         }
         let headers = HTTPServerUpgrade.responseHeaders(initialResponseHeaders, protocolName: ConnectClientTransport.upgradeProtocol)

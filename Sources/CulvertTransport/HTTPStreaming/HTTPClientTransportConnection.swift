@@ -73,6 +73,10 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
     /// Cleared when the path turns out to close connections after each response (tinyproxy does, without
     /// saying so): from then on every request gets a fresh connection instead of failing on a stale one.
     private var reuseConnections = true
+    /// Signs every request once the session is authenticated (see ``HTTPRequestSigner``).
+    private var signer: HTTPRequestSigner?
+    /// Requests made on this connection; each carries its number, signed, and the server takes none twice.
+    private var requestCounter: UInt64 = 0
 
     init(
         id: String,
@@ -122,6 +126,32 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
         self.closeNow(error: nil)
     }
 
+    /// Every request from now on is signed. The streaming POST still open went out unsigned (it carried the
+    /// handshake), and the server takes nothing more from it: end it, the next one is signed.
+    func sessionAuthenticated(key: [UInt8]) {
+        self.eventLoop.preconditionInEventLoop()
+        self.signer = HTTPRequestSigner(sessionKey: key, connectionID: self.id)
+        self.endStream()
+    }
+
+    /// A request head for `endpoint`: the connection named in a header, not the URL (access logs keep URLs),
+    /// the request's number in the URL (no two URLs alike, so no cache can answer one for another), and the
+    /// signature once there is a signer.
+    private func requestHead(_ method: HTTPMethod, endpoint: String, offset: UInt64, query: String, headers extra: HTTPHeaders = [:]) -> HTTPRequestHead {
+        self.requestCounter += 1
+        var headers = self.route.baseHeaders()
+        headers.add(name: HTTPRequestSigner.connectionHeaderName, value: self.id)
+        if let signer = self.signer {
+            headers.add(
+                name: HTTPRequestSigner.headerName,
+                value: signer.signature(method: method.rawValue, endpoint: endpoint, offset: offset, counter: self.requestCounter)
+            )
+        }
+        headers.add(contentsOf: extra)
+        let target = self.route.requestTarget("\(endpoint)?\(query)&n=\(self.requestCounter)")
+        return HTTPRequestHead(version: .http1_1, method: method, uri: target, headers: headers)
+    }
+
     // MARK: Downstream
 
     private func issueDown() {
@@ -134,8 +164,7 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
             let received = self.downCursor.received
             self.downAckSent = max(self.downAckSent, received)
             self.downDecoder = self.makeDecoder()
-            let target = self.route.requestTarget("down?c=\(self.id)&m=\(self.downMode.rawValue)&a=\(received)")
-            let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: target, headers: self.route.baseHeaders())
+            let head = self.requestHead(.GET, endpoint: "down", offset: received, query: "m=\(self.downMode.rawValue)&a=\(received)")
             let timeout = self.downMode == .poll ? self.settings.pollResponseTimeout : self.settings.requestTimeout
             self.downTimer = self.eventLoop.scheduleTask(in: timeout) { [self] in
                 guard generation == self.downGeneration else { return }
@@ -278,15 +307,16 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
         }
     }
 
-    private func uploadHead(streaming: Bool, contentLength: Int) -> HTTPRequestHead {
-        var headers = self.route.baseHeaders()
+    /// A POST's head; `offset` is where its first DATA record starts (signed with it).
+    private func uploadHead(streaming: Bool, contentLength: Int, offset: UInt64) -> HTTPRequestHead {
+        var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: "application/octet-stream")
         if streaming {
             headers.add(name: "Transfer-Encoding", value: "chunked")
         } else {
             headers.add(name: "Content-Length", value: String(contentLength))
         }
-        return HTTPRequestHead(version: .http1_1, method: .POST, uri: self.route.requestTarget("up?c=\(self.id)"), headers: headers)
+        return self.requestHead(.POST, endpoint: "up", offset: offset, query: "o=\(offset)", headers: headers)
     }
 
     private func openStream() {
@@ -298,7 +328,7 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
             self.upSentUpTo = self.upLog.acknowledged
             self.upRequestBytes = 0
             self.upDecoder = self.makeDecoder()
-            channel.send(self.uploadHead(streaming: true, contentLength: 0), body: nil, end: false) { [self] event in
+            channel.send(self.uploadHead(streaming: true, contentLength: 0, offset: self.upSentUpTo), body: nil, end: false) { [self] event in
                 guard generation == self.upGeneration else { return }
                 self.upEvent(event)
             }
@@ -399,6 +429,7 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
             self.downAckSent = self.downCursor.received
             HTTPTransportRecord.acknowledge(self.downAckSent).write(to: &body)
             let budget = self.settings.maximumPostBodyBytes - 64
+            let firstOffset = self.upSentUpTo
             for piece in self.upLog.pieces(from: self.upSentUpTo, limit: budget) {
                 HTTPTransportRecord.data(offset: piece.offset, payload: piece.bytes).write(to: &body)
                 self.upSentUpTo = piece.offset + UInt64(piece.bytes.readableBytes)
@@ -408,7 +439,7 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
                 guard generation == self.upGeneration else { return }
                 self.upFailed(TransportError.timedOut(self.kind, phase: "upstream request", seconds: self.settings.requestTimeout.seconds))
             }
-            channel.send(self.uploadHead(streaming: false, contentLength: body.readableBytes), body: body, end: true) { [self] event in
+            channel.send(self.uploadHead(streaming: false, contentLength: body.readableBytes, offset: firstOffset), body: body, end: true) { [self] event in
                 guard generation == self.upGeneration else { return }
                 self.upEvent(event)
             }
@@ -576,7 +607,7 @@ final class HTTPClientTransportConnection: TransportConnection, @unchecked Senda
             channel.channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.channel.close(promise: nil) }
             return
         }
-        let head = self.uploadHead(streaming: false, contentLength: 1)
+        let head = self.uploadHead(streaming: false, contentLength: 1, offset: self.upSentUpTo)
         let route = self.route
         HTTPClientChannel.dial(route: route, on: self.eventLoop, timeout: self.connectTimeout)
             .assumeIsolated()

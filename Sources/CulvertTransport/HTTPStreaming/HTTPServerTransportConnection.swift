@@ -26,6 +26,25 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
         /// An HTTP/1.0 request (e.g. from nginx's default `proxy_http_version 1.0`): a streaming answer cannot be
         /// chunked, so its body runs to the end of the connection.
         var closeDelimited = false
+        /// Admitted before the session was authenticated (unsigned): ended once it is.
+        var signed: Bool
+    }
+
+    /// How a request on this connection is let in.
+    enum Admission: Equatable {
+        /// Unsigned: taken with the limits for strangers; once the session is authenticated such a request gets
+        /// nothing that came after the handshake (it may be the client's own, sent before it had the key).
+        case unsigned
+        /// Signed with the session's key.
+        case signed
+        /// Refused: the request carries a signature that does not verify, or one used before.
+        case refused(String)
+    }
+
+    /// The signer and the counters seen, once the session is authenticated.
+    private struct Verifier {
+        let signer: HTTPRequestSigner
+        var window = RequestCounterWindow()
     }
 
     let id: String
@@ -44,6 +63,17 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
     private var ackWriteScheduled = false
     private var ackWritten: UInt64 = 0
     private var wasWritable = true
+    /// Set once the session is authenticated (on eventLoop).
+    private(set) var isAuthenticated = false
+    /// The downstream offset where the handshake ended: all an unsigned request may ever read.
+    private var handshakeEnd: UInt64 = 0
+    /// The TCP connections carrying uploads now, closed with this connection so that none outlives it.
+    private var uploadChannels: [ObjectIdentifier: any Channel] = [:]
+    /// After a close with downstream bytes the client has not fetched (a GOAWAY, say), the id stays known until
+    /// this ends, so that the client's next GET still gets them and the close record.
+    private var lingerTask: Scheduled<Void>?
+    /// Read and written by request handlers on any loop.
+    private let verifier = NIOLockedValueBox<Verifier?>(nil)
     /// Called once, on close, so the registry forgets the id.
     var onClose: (() -> Void)?
 
@@ -83,19 +113,49 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
         self.closeNow(error: nil, sendCloseRecord: true)
     }
 
+    /// From now on every request must be signed; the unsigned GET still open (it carried the WELCOME) is ended, so
+    /// the client's next one is signed.
+    func sessionAuthenticated(key: [UInt8]) {
+        self.eventLoop.preconditionInEventLoop()
+        let signer = HTTPRequestSigner(sessionKey: key, connectionID: self.id)
+        self.verifier.withLockedValue { $0 = Verifier(signer: signer) }
+        self.isAuthenticated = true
+        self.handshakeEnd = self.down.produced
+        if let responder = self.responder, !responder.signed { self.finishResponder(responder) }
+    }
+
+    /// How a request may go on: a signature must verify (with a counter not seen before) once the session is
+    /// authenticated; an unsigned request goes on as a stranger's. Called by request handlers on any loop.
+    func admit(method: String, endpoint: String, offset: UInt64, signature: String?) -> Admission {
+        self.verifier.withLockedValue { verifier in
+            guard let signature else { return .unsigned }
+            guard var current = verifier else { return .unsigned }
+            guard let counter = current.signer.verify(signature, method: method, endpoint: endpoint, offset: offset) else {
+                return .refused("the request's signature does not verify with the session's key")
+            }
+            guard current.window.accept(counter) else { return .refused("the request's signature was used before") }
+            verifier = current
+            return .signed
+        }
+    }
+
     // MARK: Requests (called on eventLoop by HTTPTransportRequestHandler)
 
     /// A GET for downstream bytes arrived on `channel`; `acknowledged` is what the client has received.
-    func downRequest(channel: any Channel, version: HTTPVersion, mode: DownMode, acknowledged: UInt64) {
+    func downRequest(channel: any Channel, version: HTTPVersion, mode: DownMode, acknowledged: UInt64, signed: Bool) {
         self.lastActivity = .now()
         guard !self.closed else {
-            Self.respondEmpty(channel: channel, records: [.close])
+            self.answerAfterClose(channel: channel, acknowledged: acknowledged)
+            return
+        }
+        guard signed || !self.isAuthenticated else {
+            self.answerUnsigned(channel: channel, version: version, from: acknowledged)
             return
         }
         guard self.applyAcknowledgement(acknowledged) else { return }
         // A newer request replaces an older one (the client gave up on it): answer the old one empty.
         if let old = self.responder { self.finishResponder(old) }
-        var responder = DownResponder(channel: channel, mode: mode, nextOffset: self.down.acknowledged)
+        var responder = DownResponder(channel: channel, mode: mode, nextOffset: self.down.acknowledged, signed: signed)
         switch mode {
         case .stream:
             responder.timer = self.eventLoop.scheduleTask(in: self.settings.streamResponseMaxAge) { [self] in
@@ -130,17 +190,25 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
         self.responder = nil
     }
 
-    func uploadStarted() {
+    func uploadStarted(channel: any Channel) {
         self.lastActivity = .now()
         self.openUploads += 1
+        if self.closed {
+            channel.close(promise: nil)
+        } else {
+            self.uploadChannels[ObjectIdentifier(channel)] = channel
+        }
     }
 
-    /// Records from a POST body.
-    func uploadRecords(_ records: [HTTPTransportRecord]) {
+    /// Records from a POST body; `signed` says how the POST was admitted.
+    func uploadRecords(_ records: [HTTPTransportRecord], signed: Bool) {
         self.lastActivity = .now()
         guard !self.closed else { return }
         var delivered = false
         for record in records {
+            // An upload admitted before the session was authenticated carries nothing after it (the client ends
+            // it and signs the next one): whatever else arrives on it is not the client's.
+            guard signed || !self.isAuthenticated else { break }
             switch record {
             case .data(let offset, let payload):
                 switch self.up.accept(offset: offset, payload: payload) {
@@ -167,10 +235,11 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
         }
     }
 
-    /// A POST body ended; returns the upstream acknowledgement for its response.
-    func uploadFinished() -> UInt64 {
+    /// A POST body ended (or its TCP connection closed); returns the upstream acknowledgement for its response.
+    func uploadFinished(channel: any Channel) -> UInt64 {
         self.lastActivity = .now()
         self.openUploads -= 1
+        self.uploadChannels.removeValue(forKey: ObjectIdentifier(channel))
         return self.up.received
     }
 
@@ -272,6 +341,7 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
         let delegateWaits = self.relay.markClosed(error: error)
         self.idleTask?.cancel()
         self.idleTask = nil
+        let hadResponder = self.responder != nil
         if let responder = self.responder {
             if sendCloseRecord {
                 self.finishResponder(responder)
@@ -281,13 +351,58 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
                 responder.channel.close(promise: nil)
             }
         }
-        self.down = OutboundByteLog()
-        self.onClose?()
-        self.onClose = nil
+        for channel in self.uploadChannels.values { channel.close(promise: nil) }
+        self.uploadChannels = [:]
+        if sendCloseRecord && !hadResponder && self.down.unacknowledgedBytes > 0 {
+            // What the session sent last (a GOAWAY that refuses a resumption, say) has not been fetched: keep it,
+            // and the id, for the client's next GET.
+            self.lingerTask = self.eventLoop.scheduleTask(in: self.settings.pollHoldTime) { [self] in self.forget() }
+        } else {
+            self.forget()
+        }
         if delegateWaits {
             // Reported from a fresh stack: close() may be called from inside a delegate callback.
             self.eventLoop.execute { [self] in self.relay.reportClose(for: self) }
         }
+    }
+
+    /// An unsigned GET after the session was authenticated: the client's own when it asked before it had the key
+    /// (the WELCOME was still on its way), so it gets the rest of the handshake, never a byte after it; from anyone
+    /// else, nothing.
+    private func answerUnsigned(channel: any Channel, version: HTTPVersion, from offset: UInt64) {
+        let start = max(offset, self.down.acknowledged)
+        guard start < self.handshakeEnd else {
+            HTTPTransportRequestHandler.writeError(channel: channel, version: version, status: .forbidden,
+                                                   "the request is not signed with the session's key")
+            return
+        }
+        let records = self.down.pieces(from: start, limit: Int(self.handshakeEnd - start)).map {
+            HTTPTransportRecord.data(offset: $0.offset, payload: $0.bytes)
+        }
+        Self.respondEmpty(channel: channel, records: records)
+    }
+
+    /// Frees what a closed connection kept and lets the registry forget its id.
+    private func forget() {
+        self.lingerTask?.cancel()
+        self.lingerTask = nil
+        self.down = OutboundByteLog()
+        self.onClose?()
+        self.onClose = nil
+    }
+
+    /// A GET on a closed connection: what the client has not received yet, then the close record.
+    private func answerAfterClose(channel: any Channel, acknowledged: UInt64) {
+        var records: [HTTPTransportRecord] = []
+        if self.lingerTask != nil {
+            _ = self.down.acknowledge(acknowledged)
+            for piece in self.down.pieces(from: self.down.acknowledged, limit: self.settings.maximumPollResponseBytes) {
+                records.append(.data(offset: piece.offset, payload: piece.bytes))
+            }
+        }
+        records.append(.close)
+        Self.respondEmpty(channel: channel, records: records)
+        self.forget()
     }
 
     // MARK: Responses

@@ -24,6 +24,17 @@ public struct HTTPTransportServerSettings: Sendable {
     /// Upstream POSTs at once on one chunked or polling connection (a client sends one at a time; a held GET is one
     /// at a time anyway, a newer one replaces it); more get 429.
     public var maximumPendingRequests: Int = 4
+    /// Largest request body a stranger may send: any request on a connection whose session has not authenticated
+    /// (a handshake takes a few hundred bytes), and any request outside the transport's endpoints.
+    public var unauthenticatedBodyBytes: Int = 64 * 1024
+    /// Time such a body has, in all, to arrive.
+    public var unauthenticatedBodyTimeout: TimeAmount = .seconds(10)
+    /// A signed upload that sends nothing for this long is cut (the session's keepalive sends every 25 s).
+    public var uploadIdleTimeout: TimeAmount = .seconds(60)
+    /// A signed upload is cut after this long in all (clients end theirs after 50 s).
+    public var uploadMaximumAge: TimeAmount = .seconds(300)
+    /// A signed upload that declares its length must arrive at this rate at least (after a first 10 s).
+    public var minimumUploadBytesPerSecond: Int = 16 * 1024
 
     public init(
         pollHoldTime: TimeAmount = .seconds(25),

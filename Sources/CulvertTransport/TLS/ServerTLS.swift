@@ -1,5 +1,8 @@
 import Crypto
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import NIOCore
 import NIOSSL
 import SwiftASN1
@@ -51,16 +54,40 @@ public struct ServerTLS: Sendable {
         let files = FileManager.default
         if !files.fileExists(atPath: certificateFile) || !files.fileExists(atPath: keyFile) {
             do {
-                try files.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+                try Self.makePrivateDirectory(directory)
                 let (certificatePEM, keyPEM) = try Self.makeSelfSigned(names: names, validFrom: Date(), days: 3650)
-                try Data(keyPEM.utf8).write(to: URL(fileURLWithPath: keyFile), options: .withoutOverwriting)
-                try files.setAttributes([.posixPermissions: 0o600], ofItemAtPath: keyFile)
+                try Self.writePrivateFile(keyFile, contents: keyPEM)
                 try Data(certificatePEM.utf8).write(to: URL(fileURLWithPath: certificateFile))
             } catch {
                 throw TransportError.invalidTLSSetting("cannot create a self-signed certificate in \(directory): \(error)")
             }
         }
         return try ServerTLS(certificateFile: certificateFile, keyFile: keyFile)
+    }
+
+    /// Creates `path` and any missing parent as 0700 from the start (never readable by others, not even for a moment).
+    static func makePrivateDirectory(_ path: String) throws {
+        var current = path.hasPrefix("/") ? "" : "."
+        for component in path.split(separator: "/") {
+            current += "/" + component
+            if mkdir(current, 0o700) != 0 && errno != EEXIST {
+                throw TLSFileError(path: current, operation: "create the directory", code: errno)
+            }
+        }
+    }
+
+    /// Writes a new file created as 0600, so a key is never on disk with wider permissions; fails if it exists.
+    static func writePrivateFile(_ path: String, contents: String) throws {
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+        guard descriptor >= 0 else { throw TLSFileError(path: path, operation: "create", code: errno) }
+        defer { close(descriptor) }
+        let bytes = Array(contents.utf8)
+        var written = 0
+        while written < bytes.count {
+            let result = bytes[written...].withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+            guard result > 0 else { throw TLSFileError(path: path, operation: "write", code: errno) }
+            written += result
+        }
     }
 
     /// A self-signed certificate and its P-256 key, as PEM, for `names`; `issuer` signs it when given (a CA, for
@@ -120,4 +147,13 @@ public struct ServerTLS: Sendable {
         )
         return (try certificate.serializeAsPEM().pemString, key.pemRepresentation)
     }
+}
+
+/// A file or directory of the TLS identity could not be made.
+struct TLSFileError: Error, CustomStringConvertible {
+    let path: String
+    let operation: String
+    let code: Int32
+
+    var description: String { "cannot \(self.operation) \(self.path): \(String(cString: strerror(self.code)))" }
 }

@@ -29,6 +29,11 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
             self.closeWithError(context: context, code: .protocolError, reason: "client frames must be masked")
             return
         }
+        // No extension is negotiated, so every reserved bit must be clear (RFC 6455 section 5.2).
+        if frame.rsv1 || frame.rsv2 || frame.rsv3 {
+            self.closeWithError(context: context, code: .protocolError, reason: "reserved bits set without a negotiated extension")
+            return
+        }
         switch frame.opcode {
         case .binary:
             guard !self.inFragmentedMessage else {
@@ -63,11 +68,11 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
         if let error = error as? NIOWebSocketError, !self.closeSent {
             let code: WebSocketErrorCode = error == .multiByteControlFrameLength || error == .fragmentedControlFrame
                 ? .protocolError : .messageTooLarge
-            context.fireErrorCaught(TransportError.protocolViolation("WebSocket: \(error)"))
             self.closeSent = true
             var data = context.channel.allocator.buffer(capacity: 2)
             data.write(webSocketErrorCode: code)
             self.writeFrameThenClose(context: context, opcode: .connectionClose, payload: data)
+            context.fireErrorCaught(TransportError.protocolViolation("WebSocket: \(error)"))
             return
         }
         context.fireErrorCaught(error)
@@ -110,16 +115,19 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
         self.writeFrameThenClose(context: context, opcode: .connectionClose, payload: Self.unmasked(frame))
     }
 
+    /// Sends a close frame with `code`, then reports the error. The close frame goes first: the error makes the
+    /// handlers above close the channel, and that close must not be the first to speak (it would say 1000,
+    /// a normal closure).
     private func closeWithError(context: ChannelHandlerContext, code: WebSocketErrorCode, reason: String) {
-        context.fireErrorCaught(TransportError.protocolViolation("WebSocket: \(reason)"))
-        guard !self.closeSent else {
+        if self.closeSent {
             context.close(promise: nil)
-            return
+        } else {
+            self.closeSent = true
+            var data = context.channel.allocator.buffer(capacity: 2)
+            data.write(webSocketErrorCode: code)
+            self.writeFrameThenClose(context: context, opcode: .connectionClose, payload: data)
         }
-        self.closeSent = true
-        var data = context.channel.allocator.buffer(capacity: 2)
-        data.write(webSocketErrorCode: code)
-        self.writeFrameThenClose(context: context, opcode: .connectionClose, payload: data)
+        context.fireErrorCaught(TransportError.protocolViolation("WebSocket: \(reason)"))
     }
 
     private func writeFrameThenClose(context: ChannelHandlerContext, opcode: WebSocketOpcode, payload: ByteBuffer) {

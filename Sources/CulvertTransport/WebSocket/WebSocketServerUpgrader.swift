@@ -21,7 +21,8 @@ struct WebSocketServerUpgrader: HTTPServerProtocolUpgrader, Sendable {
         initialResponseHeaders: HTTPHeaders
     ) -> EventLoopFuture<HTTPHeaders> {
         let keys = upgradeRequest.headers["Sec-WebSocket-Key"]
-        guard upgradeRequest.pathWithoutQuery == self.path else {
+        // RFC 6455 section 4.1: the opening handshake is a GET; anything else is not an upgrade.
+        guard upgradeRequest.method == .GET, upgradeRequest.pathWithoutQuery == self.path else {
             return channel.eventLoop.makeFailedFuture(NIOWebSocketUpgradeError.unsupportedWebSocketTarget)
         }
         guard keys.count == 1, upgradeRequest.headers["Sec-WebSocket-Version"] == ["13"] else {
