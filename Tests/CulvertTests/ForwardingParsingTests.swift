@@ -59,4 +59,12 @@ import Testing
             #expect(throws: ForwardingError.self, "\(text)") { _ = try Allowlist.Entry(parsing: text) }
         }
     }
+
+    /// Host names fold case in ASCII only: KELVIN SIGN (U+212A) does not pass an entry for `k8s.example`, while
+    /// `K8S.EXAMPLE` does.
+    @Test func allowlistFoldsCaseInASCIIOnly() throws {
+        let allowlist = Allowlist(entries: [try Allowlist.Entry(parsing: "k8s.example:443")])
+        #expect(allowlist.permits(TargetAddress(host: "K8S.EXAMPLE", port: 443)))
+        #expect(!allowlist.permits(TargetAddress(host: "\u{212A}8s.example", port: 443)))
+    }
 }

@@ -18,7 +18,17 @@ final class ScriptedTransport: TransportConnection, @unchecked Sendable {
     /// Frames the session sent, in order.
     private(set) var sentFrames: [Frame] = []
 
-    func start(delegate: any TransportConnectionDelegate) { self.delegate = delegate }
+    /// Frames "the peer" sent before the session started this transport: delivered inside `start(delegate:)`, as a
+    /// real transport delivers what it had already read.
+    var preloaded: [Frame] = []
+
+    func start(delegate: any TransportConnectionDelegate) {
+        self.delegate = delegate
+        let waiting = self.preloaded
+        self.preloaded = []
+        for frame in waiting { delegate.transport(self, didReceive: FrameEncoder().encode(frame)) }
+        if !waiting.isEmpty { delegate.transportDidReadComplete(self) }
+    }
 
     func send(_ message: ByteBuffer) {
         var message = message

@@ -187,4 +187,19 @@ import Testing
         await server.shutdown(gracePeriod: .zero)
         try await echo.close()
     }
+
+    /// The self-signed key is created readable by its owner only (0600, never wider for a moment) in a directory
+    /// that is 0700, parents included.
+    @Test func selfSignedKeyAndDirectoryArePrivate() throws {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("culvert-tls-\(UInt32.random(in: 0...UInt32.max))").path
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        let directory = base + "/nested/tls"
+        _ = try ServerTLS.selfSigned(directory: directory, names: ["localhost"])
+        func mode(_ path: String) throws -> Int {
+            try (FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int) ?? -1
+        }
+        #expect(try mode(directory + "/key.pem") == 0o600)
+        #expect(try mode(directory) == 0o700)
+        #expect(try mode(base + "/nested") == 0o700)
+    }
 }

@@ -34,6 +34,40 @@ func writtenFrames(_ channel: EmbeddedChannel) throws -> [WebSocketFrame] {
         #expect(try channel.readInbound(as: ByteBuffer.self) == ByteBuffer(bytes: [3]))
     }
 
+    /// A handler that closes on any error, as the transport connection above the WebSocket handler does.
+    final class CloseOnError: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
+    }
+
+    /// The close code of the first close frame the handler wrote.
+    func closeCode(after frame: WebSocketFrame) throws -> WebSocketErrorCode? {
+        let channel = EmbeddedChannel()
+        defer { _ = try? channel.finish() }
+        try channel.pipeline.syncOperations.addHandlers([WebSocketMessageHandler(isClient: false), CloseOnError()])
+        try channel.writeInbound(frame)
+        guard var data = try writtenFrames(channel).first(where: { $0.opcode == .connectionClose })?.data else { return nil }
+        return data.readWebSocketErrorCode()
+    }
+
+    /// A text frame gets close code 1003 (unacceptable data), even when the layer above closes on the error: the
+    /// close frame is sent before the error is reported, so it never says 1000.
+    @Test func textFrameIsClosedWithUnacceptableData() throws {
+        #expect(try self.closeCode(after: self.masked(.text, [0x41])) == .unacceptableData)
+    }
+
+    /// A frame with a reserved bit set (no extension was negotiated) gets close code 1002 (protocol error).
+    @Test func reservedBitsAreAProtocolError() throws {
+        var frame = self.masked(.binary, [1])
+        frame.rsv1 = true
+        #expect(try self.closeCode(after: frame) == .protocolError)
+    }
+
+    /// An unmasked client frame gets 1002 as well.
+    @Test func unmaskedClientFrameIsAProtocolError() throws {
+        #expect(try self.closeCode(after: WebSocketFrame(fin: true, opcode: .binary, data: ByteBuffer(bytes: [1]))) == .protocolError)
+    }
+
     /// A ping is answered with a pong carrying the same data.
     @Test func pingIsAnsweredWithPong() throws {
         let channel = EmbeddedChannel(handler: WebSocketMessageHandler(isClient: false))
