@@ -4,6 +4,9 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The server end of the tunnel: accepts transport connections, runs a session on each, and connects the streams
 /// that clients open to their targets, within the allowlist.
@@ -48,6 +51,7 @@ public final class TunnelServer: Sendable {
 
     private let transportServer: TransportServer
     private let sessions: NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>
+    private let memoryTrimming = NIOLockedValueBox<RepeatedTask?>(nil)
 
     /// The bound address (useful when listening on port 0).
     public var localAddress: SocketAddress? { self.transportServer.localAddress }
@@ -163,12 +167,30 @@ public final class TunnelServer: Sendable {
             throw ForwardingError.bindFailed(address: listenAddress, reason: describeBindError(error))
         }
         connector.listenPort.withLockedValue { $0 = transportServer.localAddress?.port }
-        return TunnelServer(transportServer: transportServer, sessions: sessions)
+        let server = TunnelServer(transportServer: transportServer, sessions: sessions)
+        server.startReturningFreedMemory(on: group.next())
+        return server
+    }
+
+    /// glibc keeps memory freed by other threads in their arenas: after a burst (an attack, a crowd of clients
+    /// leaving) the process would stay at its peak size. Every 10 s in which connections came and went, freed
+    /// memory is handed back to the system.
+    private func startReturningFreedMemory(on eventLoop: any EventLoop) {
+        #if canImport(Glibc)
+        let lastSeen = NIOLockedValueBox(-1)
+        let task = eventLoop.scheduleRepeatedTask(initialDelay: .seconds(10), delay: .seconds(10)) { [transportServer = self.transportServer] _ in
+            let accepted = transportServer.acceptedConnections
+            guard lastSeen.withLockedValue({ seen in defer { seen = accepted }; return seen != accepted }) else { return }
+            _ = glibcMallocTrim(0)
+        }
+        self.memoryTrimming.withLockedValue { $0 = task }
+        #endif
     }
 
     /// Stops accepting connections, sends GOAWAY to every session, lets open streams finish for up to
     /// `gracePeriod`, then closes what is left.
     public func shutdown(gracePeriod: TimeAmount = .seconds(5)) async {
+        self.memoryTrimming.withLockedValue { $0?.cancel() }
         try? await self.transportServer.close().get()
         let sessions = self.sessions.withLockedValue { Array($0.values) }
         // All sessions drain at once, so shutdown takes one grace period, not one per session.
@@ -221,3 +243,9 @@ private final class AuthenticationAttempt: Sendable {
         return true
     }
 }
+
+#if canImport(Glibc)
+/// glibc's `malloc_trim` (malloc.h, which the Glibc module does not export): returns freed heap memory to the system.
+@_silgen_name("malloc_trim")
+private func glibcMallocTrim(_ pad: Int) -> Int32
+#endif
