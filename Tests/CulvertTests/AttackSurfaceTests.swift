@@ -114,16 +114,7 @@ import Testing
         let channel = try await ClientBootstrap(group: self.group).connect(host: "127.0.0.1", port: server.localAddress!.port!).get()
         try await channel.writeAndFlush(ByteBuffer(string: "POST \(path) HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\nx"))
         let started = NIODeadline.now()
-        // The server closes it; nothing here waits on a clock but the test's own bound.
-        try await withThrowingTaskGroup(of: Void.self) { tasks in
-            tasks.addTask { try await channel.closeFuture.get() }
-            tasks.addTask {
-                try await Task.sleep(for: .seconds(10))
-                throw RawConnection.Failure(description: "the trickling body was not cut within 10 s")
-            }
-            try await tasks.next()
-            tasks.cancelAll()
-        }
+        try await Self.awaitServerClose(channel, failure: "the trickling body was not cut within 10 s")
         #expect(NIODeadline.now() - started < .seconds(5))
         await server.shutdown(gracePeriod: .zero)
     }
@@ -140,15 +131,7 @@ import Testing
         var frame = ByteBuffer(bytes: [0x82, 0xFF, 0, 0, 0, 0, 0x01, 0, 0, 0, 1, 2, 3, 4])
         frame.writeRepeatingByte(0x55, count: 64 * 1024)
         channel.writeAndFlush(frame, promise: nil)
-        try await withThrowingTaskGroup(of: Void.self) { tasks in
-            tasks.addTask { try await channel.closeFuture.get() }
-            tasks.addTask {
-                try await Task.sleep(for: .seconds(10))
-                throw RawConnection.Failure(description: "the server kept reading an unauthenticated 16 MiB frame")
-            }
-            try await tasks.next()
-            tasks.cancelAll()
-        }
+        try await Self.awaitServerClose(channel, failure: "the server kept reading an unauthenticated 16 MiB frame")
         await server.shutdown(gracePeriod: .zero)
     }
 
@@ -163,6 +146,20 @@ import Testing
         #expect(ending == .reset, "the application saw \(ending)")
         await TunnelHarness(server: server, client: client).stop()
         try await target.close()
+    }
+
+    /// Waits for the server to close `channel`; fails with `failure` if it has not within 10 s (the test's own bound,
+    /// not a synchronisation: the close is the event awaited).
+    static func awaitServerClose(_ channel: any Channel, failure: String) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await channel.closeFuture.get() }
+            tasks.addTask {
+                try await Task.sleep(for: .seconds(10))
+                throw RawConnection.Failure(description: failure)
+            }
+            try await tasks.next()
+            tasks.cancelAll()
+        }
     }
 }
 

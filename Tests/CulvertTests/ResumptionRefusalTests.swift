@@ -32,25 +32,16 @@ import Testing
         return (session, transport.loop)
     }
 
-    /// GOAWAY(overloaded) already buffered on the new connection: the resumption fails without a crash and the
-    /// session stays detached, streams kept, to try again.
-    @Test func aBufferedBusyRefusalLeavesTheSessionWaitingToResume() throws {
+    /// GOAWAY(overloaded) or GOAWAY(throttled) already buffered on the new connection (sent before the HELLO was
+    /// even read): the resumption fails without a crash and the session stays detached, streams kept, to try again.
+    @Test(arguments: [GoAwayCode.overloaded, .throttled])
+    func aBufferedBusyRefusalLeavesTheSessionWaitingToResume(code: GoAwayCode) throws {
         let (session, _) = try self.detachedClientSession()
         let refusing = ScriptedTransport()
-        refusing.preloaded = [.goAway(code: .overloaded, message: "the server has its maximum of 1 sessions")]
+        refusing.preloaded = [.goAway(code: code, message: "busy; try again in 3 s")]
         session.resume(on: refusing)
         #expect(session.isDetached)
         #expect(refusing.closed)
-        #expect(!session.ended.isFulfilledForTests)
-    }
-
-    /// GOAWAY(throttled) before the HELLO was even sent is waited out the same way.
-    @Test func aBufferedThrottleRefusalLeavesTheSessionWaitingToResume() throws {
-        let (session, _) = try self.detachedClientSession()
-        let refusing = ScriptedTransport()
-        refusing.preloaded = [.goAway(code: .throttled, message: "too many authentication attempts; try again in 3 s")]
-        session.resume(on: refusing)
-        #expect(session.isDetached)
         #expect(!session.ended.isFulfilledForTests)
     }
 
