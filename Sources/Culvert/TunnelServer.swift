@@ -137,10 +137,9 @@ public final class TunnelServer: Sendable {
                 }
                 session.established.whenSuccess { outcome in
                     attempt.finish(failed: false)
-                    let sessionID = outcome.sessionID.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
                     resumable.withLockedValue {
                         $0[outcome.sessionID] = ResumableSession(
-                            session: session, key: outcome.sessionKey, capabilities: outcome.capabilities, sessionIDString: sessionID
+                            session: session, key: outcome.sessionKey, capabilities: outcome.capabilities, sessionIDString: outcome.sessionIDString
                         )
                     }
                     session.logger.info("session established over \(connection.kind)")

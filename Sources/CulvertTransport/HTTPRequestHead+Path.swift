@@ -13,4 +13,14 @@ extension HTTPRequestHead {
         guard let query = target.firstIndex(of: "?") else { return String(target) }
         return String(target[..<query])
     }
+
+    /// The body length the request declares in `Content-Length`, if it does.
+    var declaredBodyLength: Int? {
+        self.headers["Content-Length"].first.flatMap { Int($0) }
+    }
+
+    /// Whether a body follows the head: a non-zero `Content-Length`, or `Transfer-Encoding: chunked`.
+    var hasBody: Bool {
+        (self.declaredBodyLength ?? 0) > 0 || self.headers["Transfer-Encoding"].contains { $0.lowercased().contains("chunked") }
+    }
 }

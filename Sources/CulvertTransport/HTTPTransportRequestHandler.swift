@@ -6,13 +6,13 @@ import NIOHTTP1
 /// - `POST <prefix>/open?t=chunked|polling` creates a chunked or polling connection and answers its id;
 /// - `GET <prefix>/down?m=stream|poll&a=ACK&n=COUNTER` carries downstream bytes;
 /// - `POST <prefix>/up?o=OFFSET&n=COUNTER` carries upstream records;
-///
-/// `down` and `up` name their connection in a `Culvert-Connection` header (or, from older clients, `c=ID`) and, once
-/// its session is authenticated, carry a `Culvert-Auth` signature (``HTTPRequestSigner``) or get 403.
 /// - `GET <prefix>/probe?n=N&i=MS` answers N small chunks sent MS milliseconds apart, so that the negotiator can
 ///   see whether the path delivers a streaming response as it is sent;
 /// - `<prefix>/ws` or `<prefix>/raw` without `Upgrade` gets 426 (a proxy stripped it), anything else 404,
 ///   so that a client and the negotiator can tell the cases apart.
+///
+/// `down` and `up` name their connection in a `Culvert-Connection` header (or, from older clients, `c=ID`) and, once
+/// its session is authenticated, carry a `Culvert-Auth` signature (``HTTPRequestSigner``) or get 403.
 final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
@@ -93,19 +93,16 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
     /// signed upload an idle timeout, a total one and, when it says its length, a minimum rate.
     private func armBodyTimer(context: ChannelHandlerContext, head: HTTPRequestHead) {
         self.cancelBodyTimer()
-        let length = head.headers["Content-Length"].first.flatMap { Int($0) } ?? 0
-        let chunked = head.headers["Transfer-Encoding"].contains { $0.lowercased().contains("chunked") }
-        guard length > 0 || chunked else { return }
+        guard head.hasBody else { return }
         self.scheduleBodyTimer(context: context, in: self.settings.unauthenticatedBodyTimeout)
     }
 
     /// A signed upload: longer limits than a stranger's.
     private func armSignedUploadTimer(context: ChannelHandlerContext, head: HTTPRequestHead) {
-        let length = head.headers["Content-Length"].first.flatMap { Int64($0) }
         var total = self.settings.uploadMaximumAge
-        if let length {
+        if let length = head.declaredBodyLength {
             let rate = Int64(max(1, self.settings.minimumUploadBytesPerSecond))
-            total = min(total, .seconds(10) + .milliseconds(length * 1000 / rate))
+            total = min(total, .seconds(10) + .milliseconds(Int64(length) * 1000 / rate))
         }
         self.bodyIdleTimeout = self.settings.uploadIdleTimeout
         self.scheduleBodyTimer(context: context, in: self.settings.uploadIdleTimeout)
@@ -181,8 +178,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
             guard let signed = self.admit(context: context, head: head, connection: connection, endpoint: "up", offset: offset) else {
                 return
             }
-            let declaredLength = head.headers["Content-Length"].first.flatMap { Int($0) } ?? 0
-            if !signed && declaredLength > self.settings.unauthenticatedBodyBytes {
+            if !signed && (head.declaredBodyLength ?? 0) > self.settings.unauthenticatedBodyBytes {
                 self.respondError(context: context, head: head, status: .payloadTooLarge,
                                   "more than \(self.settings.unauthenticatedBodyBytes) bytes before the session is authenticated")
                 return
@@ -356,10 +352,8 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
         case (nil, .upload(_, let uploadHead, _)): version = uploadHead.version
         default: version = .http1_1
         }
-        let bodyComing = head.map { head in
-            (head.headers["Content-Length"].first.flatMap { Int($0) } ?? 0) > 0
-                || head.headers["Transfer-Encoding"].contains { $0.lowercased().contains("chunked") }
-        } ?? true
+        // Without a head the error comes in the middle of a body.
+        let bodyComing = head?.hasBody ?? true
         self.state = .discarding
         self.decoder = nil
         Self.writeError(channel: context.channel, version: version, status: status, message, closeConnection: bodyComing)

@@ -572,7 +572,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
                 configuration: self.configuration.mux,
                 peerMaximumDataPayload: Int(outcome.peerMaximumDataPayload)
             )
-            self.sessionIDString = outcome.sessionID.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+            self.sessionIDString = outcome.sessionIDString
             self.logger[metadataKey: "session"] = "\(self.sessionIDString.prefix(8))"
             self.compressionEnabled = outcome.capabilities.contains(.compression)
             self.logCompressionOutcome()

@@ -24,6 +24,11 @@ public struct HandshakeStateMachine: Sendable {
         public var peerMaximumDataPayload: UInt32
         /// Reliable frames the peer says it has received (non-zero only when resuming).
         public var peerReceived: UInt64
+
+        /// The session id in lower-case hex, as logs show it.
+        public var sessionIDString: String {
+            self.sessionID.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+        }
     }
 
     /// What the driver must do after an event.
