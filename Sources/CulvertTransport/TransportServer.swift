@@ -109,6 +109,7 @@ public final class TransportServer: Sendable {
             HTTPServerPipelineHandler(),
             NIOHTTPResponseHeadersValidator(),
             HTTPServerProtocolErrorHandler(),
+            HTTPConnectionCloseHandler(),
             HTTPRequestHeadTimeoutHandler(
                 firstHead: configuration.http.requestHeadTimeout, betweenRequests: configuration.http.idleTimeout
             ),

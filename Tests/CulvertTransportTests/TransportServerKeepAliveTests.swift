@@ -36,6 +36,32 @@ import Testing
         try await server.close().get()
     }
 
+    /// A request with `Connection: close` (tinyproxy sends every request so, then relays the next one on the same
+    /// connection) is answered with `Connection: close` and the connection closed: the request behind it is never
+    /// read by a parser that has seen the end, which answered it 400.
+    @Test(.timeLimit(.minutes(1))) func aRequestWithConnectionCloseEndsTheConnectionAfterItsAnswer() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let server = try await TransportServer.bind(
+            configuration: .init(host: "127.0.0.1", port: 0), group: group, onConnection: { $0.close() }
+        ).get()
+        let received = NIOLockedValueBox("")
+        let channel = try await ClientBootstrap(group: group)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(TextCollector(received)) }
+            }
+            .connect(host: "127.0.0.1", port: server.localAddress!.port!).get()
+        try await channel.writeAndFlush(ByteBuffer(string:
+            "GET /culvert/nothing HTTP/1.1\r\nHost: server\r\nConnection: close\r\n\r\n"
+            + "GET /culvert/other HTTP/1.1\r\nHost: server\r\n\r\n"))
+        try await channel.closeFuture.get()
+        let text = received.withLockedValue { $0 }
+        #expect(text.components(separatedBy: "HTTP/1.1 ").count == 2, "expected one answer, got: \(text)")
+        #expect(text.contains("404"))
+        #expect(text.lowercased().contains("connection: close"))
+        #expect(!text.contains("400"))
+        try await server.close().get()
+    }
+
     private static func waitFor(_ text: NIOLockedValueBox<String>, _ condition: @Sendable (String) -> Bool) async throws {
         for _ in 0..<200 {
             if condition(text.withLockedValue { $0 }) { return }
