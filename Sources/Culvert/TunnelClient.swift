@@ -216,6 +216,11 @@ public final class TunnelClient: Sendable {
             self.scheduleResume(of: session)
         }
         session.onResumed = { [self] _ in self.state.withLockedValue { $0.backoff.connected(now: .now()) } }
+        if session.isDetached {
+            // It lost its connection before anyone was watching (between its handshake and the listeners binding).
+            self.logger.info("the tunnel connection dropped before the listeners were open; resuming")
+            self.scheduleResume(of: session)
+        }
         session.ended.whenSuccess { [self] reason in
             guard !self.state.withLockedValue({ $0.stopping }) else {
                 self.finish(reason)
