@@ -158,6 +158,80 @@ import Testing
         try await echo.close()
     }
 
+    /// The upload attack of a stranger without the token against a `culvert server` process: 32 connection ids,
+    /// 4 POSTs each, every one a single DATA record announcing almost 16 MiB (2 GiB offered in all), while a client
+    /// with the token moves 16 MiB. The server refuses each upload at once (it buffered them whole, +2 GiB), the
+    /// client's data arrives intact, and the server's resident memory grows by less than 32 MiB.
+    @Test func unauthenticatedUploadsDoNotPinMemoryWhileAClientMovesData() async throws {
+        let echo = try await EchoServer.start(group: self.group)
+        let started = try await RealProxy.startOnFreePort { port -> (ChildProcess, Int)? in
+            let process = try ChildProcess.spawn(
+                CommandLineTests.executable.path,
+                ["server", "--listen", "127.0.0.1:\(port)", "--token", "right", "--allow", "127.0.0.1:\(echo.port)",
+                 "--log-level", "error"]
+            )
+            if try await RealProxy.waitForListener(port: port, startedBy: process) { return (process, port) }
+            process.stop()
+            return nil
+        }
+        let (server, port) = try #require(started)
+        defer { server.stop() }
+        let endpoint = ServerEndpoint(host: "127.0.0.1", port: port)
+        // Brings the server to its working size first.
+        try await Self.moveData(to: endpoint, echoPort: echo.port, bytes: 1 << 20, group: self.group)
+        let before = Self.residentMiB(pid: server.pid)
+        let offeredPerUpload = 16 << 20
+        // The attacker keeps every upload connection open once it has written what the server took.
+        let held = try await withThrowingTaskGroup(of: [any Channel].self) { tasks in
+            for _ in 0..<32 {
+                tasks.addTask {
+                    let open = try await RawConnection.exchange(
+                        port: port, request: "POST /culvert/open?t=polling HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+                        group: self.group
+                    )
+                    let id = try #require(open.split(separator: "\r\n\r\n").last?.split(separator: "\n").first.map(String.init))
+                    var channels: [any Channel] = []
+                    for _ in 0..<4 {
+                        channels.append(try await Self.offerUpload(port: port, connectionID: id, bytes: offeredPerUpload, group: self.group))
+                    }
+                    return channels
+                }
+            }
+            tasks.addTask {
+                try await Self.moveData(to: endpoint, echoPort: echo.port, bytes: 16 << 20, group: self.group)
+                return []
+            }
+            return try await tasks.reduce(into: []) { $0 += $1 }
+        }
+        let during = Self.residentMiB(pid: server.pid)
+        for channel in held { try? await channel.close() }
+        #expect(during - before < 32, "with the uploads held open the server's resident memory grew from \(before) to \(during) MiB")
+        try await echo.close()
+    }
+
+    /// A stranger's POST /up of one DATA record of `bytes`, written as fast as the server takes it, until it is all
+    /// written or the server closes the connection; returns the connection, left open.
+    private static func offerUpload(port: Int, connectionID: String, bytes: Int, group: any EventLoopGroup) async throws -> any Channel {
+        let channel = try await ClientBootstrap(group: group).connect(host: "127.0.0.1", port: port).get()
+        var head = ByteBuffer(string: "POST /culvert/up?o=0 HTTP/1.1\r\nHost: x\r\nCulvert-Connection: \(connectionID)\r\n"
+            + "Content-Length: \(bytes)\r\n\r\n")
+        head.writeInteger(UInt8(ascii: "D"))
+        head.writeInteger(UInt64(0))
+        head.writeInteger(UInt32(bytes - 13))
+        let block = ByteBuffer(repeating: 0x55, count: 256 * 1024)
+        do {
+            try await channel.writeAndFlush(head)
+            var sent = 13
+            while sent < bytes {
+                try await channel.writeAndFlush(block)
+                sent += block.readableBytes
+            }
+        } catch {
+            // The server closed the connection: the upload was refused, which is the point.
+        }
+        return channel
+    }
+
     /// One session handshake with `token`; the error's text ("" when it succeeded).
     private static func handshakeError(endpoint: ServerEndpoint, token: String, options: TransportOptions, group: any EventLoopGroup) async -> String {
         let eventLoop = group.next()
