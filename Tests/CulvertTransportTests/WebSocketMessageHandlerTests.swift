@@ -45,6 +45,8 @@ func writtenFrames(_ channel: EmbeddedChannel) throws -> [WebSocketFrame] {
         let channel = EmbeddedChannel()
         defer { _ = try? channel.finish() }
         try channel.pipeline.syncOperations.addHandlers([WebSocketMessageHandler(isClient: false), CloseOnError()])
+        // Active, as a real connection is: only then does a close from above speak for itself (with 1000).
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
         try channel.writeInbound(frame)
         guard var data = try writtenFrames(channel).first(where: { $0.opcode == .connectionClose })?.data else { return nil }
         return data.readWebSocketErrorCode()
