@@ -62,6 +62,37 @@ import Testing
         try await server.close().get()
     }
 
+    /// Only a GET upgrades (RFC 6455 §4.1): a POST with upgrade headers is an ordinary request, answered without a
+    /// 101 and without a transport connection.
+    @Test(.timeLimit(.minutes(1)), arguments: [("ws", "websocket"), ("raw", "culvert")])
+    func aPostWithUpgradeHeadersIsNotUpgraded(endpoint: String, upgrade: String) async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let connections = NIOLockedValueBox(0)
+        let server = try await TransportServer.bind(
+            configuration: .init(host: "127.0.0.1", port: 0), group: group,
+            onConnection: { connection in
+                connections.withLockedValue { $0 += 1 }
+                connection.close()
+            }
+        ).get()
+        let received = NIOLockedValueBox("")
+        let channel = try await ClientBootstrap(group: group)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(TextCollector(received)) }
+            }
+            .connect(host: "127.0.0.1", port: server.localAddress!.port!).get()
+        var request = "POST /culvert/\(endpoint) HTTP/1.1\r\nHost: server\r\nUpgrade: \(upgrade)\r\nConnection: upgrade, close\r\n"
+            + "Content-Length: 0\r\n"
+        if upgrade == "websocket" { request += "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" }
+        try await channel.writeAndFlush(ByteBuffer(string: request + "\r\n"))
+        try await channel.closeFuture.get()
+        let text = received.withLockedValue { $0 }
+        #expect(!text.contains("101"), "a POST was upgraded: \(text)")
+        #expect(text.hasPrefix("HTTP/1.1 4"))
+        #expect(connections.withLockedValue { $0 } == 0)
+        try await server.close().get()
+    }
+
     private static func waitFor(_ text: NIOLockedValueBox<String>, _ condition: @Sendable (String) -> Bool) async throws {
         for _ in 0..<200 {
             if condition(text.withLockedValue { $0 }) { return }
