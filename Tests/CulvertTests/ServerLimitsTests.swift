@@ -44,7 +44,7 @@ import Testing
             forwards: [ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: echoPort))]
         )
         // These tests look at the refusal itself, not at the client's waiting through it.
-        configuration.maximumRefusalWait = .zero
+        configuration.maximumRefusalWait = .seconds(30)
         return try await TunnelClient.connect(configuration: configuration, group: self.group, logger: TunnelHarness.logger)
     }
 
@@ -95,6 +95,34 @@ import Testing
             #expect(transfer.digestsMatch)
         }
         await first.shutdown(gracePeriod: .zero)
+        await second.shutdown(gracePeriod: .zero)
+        await server.shutdown(gracePeriod: .zero)
+        try await echo.close()
+    }
+
+    /// A client turned away at its first connection because the server is busy (here: at its session limit; a
+    /// throttled address gets the same GOAWAY treatment) does not give up: it waits its backoff and tries again, and
+    /// connects once there is room. The wait is bounded: past `maximumRefusalWait` the refusal is the error.
+    @Test(.timeLimit(.minutes(1))) func aClientTurnedAwayForNowWaitsAndConnectsOnceThereIsRoom() async throws {
+        let echo = try await EchoServer.start(group: self.group)
+        let server = try await self.startServer(echoPort: echo.port, maximumSessions: 1)
+        let first = try await self.connect(server, echoPort: echo.port)
+        var configuration = TunnelClient.Configuration(
+            server: ServerEndpoint(host: "127.0.0.1", port: server.localAddress!.port!),
+            transportOptions: TransportOptions(connectTimeout: .seconds(5), logger: TunnelHarness.logger),
+            session: SessionConfiguration(token: "right"),
+            forwards: [ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: echo.port))]
+        )
+        configuration.maximumRefusalWait = .seconds(30)
+        let waiting = Task { try await TunnelClient.connect(configuration: configuration, group: self.group, logger: TunnelHarness.logger) }
+        // The second client has been refused at least once before the first leaves.
+        while server.activeSessions < 1 || server.acceptedConnections < 2 { try await Task.sleep(for: .milliseconds(20)) }
+        await first.shutdown(gracePeriod: .zero)
+        let second = try await waiting.value
+        let transfer = try await TransferClient.echoTransfer(
+            host: "127.0.0.1", port: second.listenerAddresses[0].port!, byteCount: 1 << 20, group: self.group
+        )
+        #expect(transfer.digestsMatch)
         await second.shutdown(gracePeriod: .zero)
         await server.shutdown(gracePeriod: .zero)
         try await echo.close()
