@@ -133,17 +133,7 @@ import Testing
     /// token moves data meanwhile, and after), and its resident memory stays flat.
     @Test func tenThousandWrongTokenAttemptsLeaveTheServerResponsive() async throws {
         let echo = try await EchoServer.start(group: self.group)
-        let started = try await RealProxy.startOnFreePort { port -> (ChildProcess, Int)? in
-            let process = try ChildProcess.spawn(
-                CommandLineTests.executable.path,
-                ["server", "--listen", "127.0.0.1:\(port)", "--token", "right", "--allow", "127.0.0.1:\(echo.port)",
-                 "--auth-failures-per-minute", "5", "--log-level", "error"]
-            )
-            if try await RealProxy.waitForListener(port: port, startedBy: process) { return (process, port) }
-            process.stop()
-            return nil
-        }
-        let (server, port) = try #require(started)
+        let (server, port) = try await Self.startServerProcess(echoPort: echo.port, ["--auth-failures-per-minute", "5"])
         defer { server.stop() }
         let endpoint = ServerEndpoint(host: "127.0.0.1", port: port)
         let refusedUnheard = NIOLockedValueBox(0)
@@ -192,17 +182,7 @@ import Testing
     /// client's data arrives intact, and the server's resident memory grows by less than 32 MiB.
     @Test func unauthenticatedUploadsDoNotPinMemoryWhileAClientMovesData() async throws {
         let echo = try await EchoServer.start(group: self.group)
-        let started = try await RealProxy.startOnFreePort { port -> (ChildProcess, Int)? in
-            let process = try ChildProcess.spawn(
-                CommandLineTests.executable.path,
-                ["server", "--listen", "127.0.0.1:\(port)", "--token", "right", "--allow", "127.0.0.1:\(echo.port)",
-                 "--log-level", "error"]
-            )
-            if try await RealProxy.waitForListener(port: port, startedBy: process) { return (process, port) }
-            process.stop()
-            return nil
-        }
-        let (server, port) = try #require(started)
+        let (server, port) = try await Self.startServerProcess(echoPort: echo.port)
         defer { server.stop() }
         let endpoint = ServerEndpoint(host: "127.0.0.1", port: port)
         // Brings the server to its working size first.
@@ -258,6 +238,22 @@ import Testing
             // The server closed the connection: the upload was refused, which is the point.
         }
         return channel
+    }
+
+    /// A `culvert server` process on a free loopback port, token "right", allowing the echo target, with `extra`
+    /// arguments; returns it once it listens.
+    private static func startServerProcess(echoPort: Int, _ extra: [String] = []) async throws -> (ChildProcess, Int) {
+        let started = try await RealProxy.startOnFreePort { port -> (ChildProcess, Int)? in
+            let process = try ChildProcess.spawn(
+                CommandLineTests.executable.path,
+                ["server", "--listen", "127.0.0.1:\(port)", "--token", "right", "--allow", "127.0.0.1:\(echoPort)",
+                 "--log-level", "error"] + extra
+            )
+            if try await RealProxy.waitForListener(port: port, startedBy: process) { return (process, port) }
+            process.stop()
+            return nil
+        }
+        return try #require(started)
     }
 
     /// One session handshake with `token`; the error's text ("" when it succeeded).
