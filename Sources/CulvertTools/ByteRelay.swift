@@ -12,6 +12,8 @@ final class ByteRelay: ChannelDuplexHandler {
     private var pendingRead = false
     /// Bytes this side may still read before both connections are cut (nil: no limit).
     private var budget: Int?
+    /// Called once when the budget runs out and both connections are cut.
+    private var onCut: (() -> Void)?
     /// Read bytes are dropped, not passed on: a black hole (a lost NAT mapping) rather than a cut.
     private var blackHoled = false
 
@@ -19,11 +21,12 @@ final class ByteRelay: ChannelDuplexHandler {
         self.budget = budget
     }
 
-    /// Two joined handlers: add one to each channel's pipeline. After `cutAfter` bytes read by the first, both
-    /// connections are closed (a proxy that cuts long responses).
-    static func pair(cutAfter: Int? = nil) -> (ByteRelay, ByteRelay) {
+    /// Two joined handlers: add one to each channel's pipeline. After `cutAfter` bytes read by the second (from
+    /// upstream), both connections are closed (a proxy that cuts long responses) and `onCut` is called.
+    static func pair(cutAfter: Int? = nil, onCut: (() -> Void)? = nil) -> (ByteRelay, ByteRelay) {
         let first = ByteRelay(budget: nil)
         let second = ByteRelay(budget: cutAfter)
+        second.onCut = onCut
         first.partner = second
         second.partner = first
         return (first, second)
@@ -103,6 +106,8 @@ final class ByteRelay: ChannelDuplexHandler {
                 if budget > 0 { self.partner?.partnerWrite(NIOAny(part.readSlice(length: budget)!)) }
                 self.partner?.partnerFlush()
                 self.budget = 0
+                self.onCut?()
+                self.onCut = nil
                 self.partner?.partnerCloseFull()
                 context.close(promise: nil)
                 return

@@ -26,7 +26,17 @@ public final class CuttingRelay: Sendable {
     }
 
     /// Relays connections to 127.0.0.1:`targetPort`, listening on 127.0.0.1:`port` (0: a free port).
-    public static func start(targetPort: Int, port: Int = 0, group: any EventLoopGroup) async throws -> CuttingRelay {
+    ///
+    /// With `cutEachConnectionAfter`, the relay also cuts a connection by itself once it has passed a number of
+    /// bytes from upstream drawn from that range, up to `automaticCuts` times: cuts that land mid-transfer at
+    /// any speed, so a test needs only a few MiB to see many of them.
+    public static func start(
+        targetPort: Int,
+        port: Int = 0,
+        cutEachConnectionAfter budgets: ClosedRange<Int>? = nil,
+        automaticCuts: Int = 0,
+        group: any EventLoopGroup
+    ) async throws -> CuttingRelay {
         let state = NIOLockedValueBox(State())
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -37,7 +47,14 @@ public final class CuttingRelay: Sendable {
                 let refusing = state.withLockedValue { $0.refusing }
                 guard !refusing else { return client.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel) }
                 // Both connections live on the accepted one's loop, where the relay handlers are created and used.
-                let relays = NIOLoopBound(ByteRelay.pair(), eventLoop: client.eventLoop)
+                let budget: Int? = state.withLockedValue { state in
+                    guard let budgets, state.cuts < automaticCuts else { return nil }
+                    return Int.random(in: budgets)
+                }
+                let pair = ByteRelay.pair(cutAfter: budget) {
+                    state.withLockedValue { $0.cuts += 1 }
+                }
+                let relays = NIOLoopBound(pair, eventLoop: client.eventLoop)
                 return ClientBootstrap(group: client.eventLoop)
                     .channelOption(.tcpOption(.tcp_nodelay), value: 1)
                     .channelOption(.allowRemoteHalfClosure, value: true)

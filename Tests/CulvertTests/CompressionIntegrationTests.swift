@@ -12,7 +12,7 @@ import Testing
         try await TunnelHarness.withEchoTunnel(compress: true) { client, port in
             #expect(client.session.compressionEnabled)
             let result = try await TransferClient.echoTransfer(
-                host: "127.0.0.1", port: port, byteCount: 8 * 1024 * 1024, content: .text, group: self.group
+                host: "127.0.0.1", port: port, byteCount: 2 << 20, content: .text, group: self.group
             )
             #expect(result.digestsMatch)
             let stats = client.session.statistics
@@ -28,7 +28,7 @@ import Testing
     @Test func incompressibleDataStopsBeingCompressed() async throws {
         try await TunnelHarness.withEchoTunnel(compress: true) { client, port in
             let result = try await TransferClient.echoTransfer(
-                host: "127.0.0.1", port: port, byteCount: 8 * 1024 * 1024, content: .random, group: self.group
+                host: "127.0.0.1", port: port, byteCount: 2 << 20, content: .random, group: self.group
             )
             #expect(result.digestsMatch)
             let stats = client.session.statistics

@@ -7,7 +7,7 @@ import Testing
 
 /// One proxy misbehaviour at a time (and combinations seen in the field), injected by the Swift test proxy as a
 /// forward or a reverse proxy: the probes name the failure mode of each transport it breaks, `auto` settles on the
-/// best transport that still works and moves 16 MiB each way intact through the faulty proxy, and so does every other
+/// best transport that still works and moves 4 MiB each way intact through the faulty proxy, and so does every other
 /// transport the fault bears on.
 @Suite(.serialized, .timeLimit(.minutes(2))) struct FaultInjectionTests {
     struct Case: Sendable, CustomTestStringConvertible {
@@ -17,7 +17,7 @@ import Testing
         let choice: TransportKind
         /// Working transports whose probe must report upstream in short POSTs (polling always does).
         var shortPosts: Set<TransportKind> = [.polling]
-        /// Transports that carry the 16 MiB besides the choice, because the fault bears on them.
+        /// Transports that carry the 4 MiB besides the choice, because the fault bears on them.
         var alsoCarry: [TransportKind] = []
         /// Words the failed transports' details must contain, where the failure code alone does not say enough.
         var details: [TransportKind: String] = [:]
@@ -102,12 +102,12 @@ import Testing
                 : try await TunnelClient.connect(configuration: configuration, group: group, logger: TunnelHarness.logger)
             #expect(client.currentTransport == transport ?? faultCase.choice)
             let transfer = try await TransferClient.echoTransfer(
-                host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 16 * 1024 * 1024, seed: 9, group: group
+                host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 4 << 20, seed: 9, group: group
             )
             #expect(transfer.digestsMatch, "\(client.currentTransport)")
-            #expect(transfer.bytesReceived == 16 * 1024 * 1024, "\(client.currentTransport)")
+            #expect(transfer.bytesReceived == 4 << 20, "\(client.currentTransport)")
             if faultCase.faults.contains(.limitRequestBodies(bytes: 1024 * 1024)) && transport == .chunked {
-                // 16 MiB in one streaming POST reaches the limit: the 413 moved upstream to short POSTs.
+                // 4 MiB in one streaming POST reaches the 1 MiB limit: the 413 moved upstream to short POSTs.
                 let session = client.session
                 #expect(try await session.eventLoop.submit { session.upstreamUsesShortRequests }.get())
             }
@@ -143,7 +143,7 @@ import Testing
             waited += 1
         }
         #expect(try await session.eventLoop.submit { session.upstreamUsesShortRequests }.get())
-        let transfer = try await TransferClient.echoTransfer(host: "127.0.0.1", port: localPort, byteCount: 16 * 1024 * 1024, seed: 3, group: group)
+        let transfer = try await TransferClient.echoTransfer(host: "127.0.0.1", port: localPort, byteCount: 4 << 20, seed: 3, group: group)
         #expect(transfer.digestsMatch)
         #expect(client.sessionsStarted == 1)
         await client.shutdown(gracePeriod: .zero)

@@ -16,7 +16,7 @@ import Testing
         server serverSettings: HTTPTransportServerSettings = .init(),
         client clientSettings: HTTPTransportClientSettings = .init(),
         proxy: FaultProxy? = nil,
-        byteCount: Int = 16 * 1024 * 1024
+        byteCount: Int = 4 << 20
     ) async throws -> TransferClient.Result {
         let echo = try await EchoServer.start(group: self.group)
         let server = try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"], http: serverSettings)
@@ -42,7 +42,7 @@ import Testing
             client: HTTPTransportClientSettings(streamRequestLimitBytes: 256 * 1024, streamRequestMaxAge: .milliseconds(200))
         )
         #expect(result.digestsMatch)
-        #expect(result.bytesReceived == 16 * 1024 * 1024)
+        #expect(result.bytesReceived == 4 << 20)
     }
 
     /// Polling with 64 KiB bodies both ways (many requests per megabyte) delivers everything in order.
@@ -53,7 +53,7 @@ import Testing
             client: HTTPTransportClientSettings(maximumPostBodyBytes: 64 * 1024)
         )
         #expect(result.digestsMatch)
-        #expect(result.bytesReceived == 16 * 1024 * 1024)
+        #expect(result.bytesReceived == 4 << 20)
     }
 
     /// A proxy that cuts every connection after 300 KB from the server: requests are retried and lost
@@ -61,9 +61,9 @@ import Testing
     @Test(arguments: [TransportKind.chunked, .polling])
     func connectionsCutMidResponseLoseNothing(transport: TransportKind) async throws {
         let proxy = try await FaultProxy.start(configuration: .init(cutAfterBytes: 300_000), group: self.group)
-        let result = try await self.transfer(transport: transport, proxy: proxy, byteCount: 8 * 1024 * 1024)
+        let result = try await self.transfer(transport: transport, proxy: proxy, byteCount: 4 << 20)
         #expect(result.digestsMatch)
-        #expect(result.bytesReceived == 8 * 1024 * 1024)
+        #expect(result.bytesReceived == 4 << 20)
         try await proxy.close()
     }
 

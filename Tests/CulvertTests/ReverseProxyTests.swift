@@ -32,7 +32,7 @@ import Testing
     }
 
     /// nginx holds a streaming request body until it ends: the chunked transport sees no acknowledgement, switches
-    /// upstream to short POSTs, and 16 MiB each way still arrive intact (downstream keeps streaming).
+    /// upstream to short POSTs, and 4 MiB each way still arrive intact (downstream keeps streaming).
     @Test func chunkedBehindNginxFallsBackToShortPOSTsAndDeliversEverything() async throws {
         try await self.withServerBehindNginx { nginxPort, echoPort in
             let client = try await TunnelHarness.connectClient(
@@ -40,11 +40,11 @@ import Testing
                 http: HTTPTransportClientSettings(upstreamAckTimeout: .milliseconds(500))
             )
             let result = try await TransferClient.echoTransfer(
-                host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 16 * 1024 * 1024, seed: 5,
+                host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 4 << 20, seed: 5,
                 group: self.group
             )
             #expect(result.digestsMatch)
-            #expect(result.bytesReceived == 16 * 1024 * 1024)
+            #expect(result.bytesReceived == 4 << 20)
             let modes = try await client.session.eventLoop.submit {
                 let connection = client.session.transport as? HTTPClientTransportConnection
                 return (connection?.upMode, connection?.downMode)
@@ -55,12 +55,12 @@ import Testing
         }
     }
 
-    /// Polling needs nothing nginx's defaults withhold: 16 MiB each way arrive intact.
+    /// Polling needs nothing nginx's defaults withhold: 4 MiB each way arrive intact.
     @Test func pollingBehindNginxDeliversEverything() async throws {
         try await self.withServerBehindNginx { nginxPort, echoPort in
             let client = try await TunnelHarness.connectClient(serverPort: nginxPort, targets: [echoPort], transport: .polling)
             let result = try await TransferClient.echoTransfer(
-                host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 16 * 1024 * 1024, seed: 6,
+                host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 4 << 20, seed: 6,
                 group: self.group
             )
             #expect(result.digestsMatch)

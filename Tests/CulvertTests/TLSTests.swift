@@ -84,7 +84,7 @@ import Testing
             tls: try ClientTLS(verification: .certificateAuthorities(file: pki.caFile)),
             proxy: tinyproxy.map { ProxyConfiguration(host: "127.0.0.1", port: $0.port) }
         )
-        try await self.expectIntactEcho(through: client, byteCount: 8 * 1024 * 1024)
+        try await self.expectIntactEcho(through: client, byteCount: 2 << 20)
         if let tinyproxy {
             // The proxy saw CONNECT lines only, never a request path of the tunnel.
             let log = tinyproxy.log

@@ -57,15 +57,18 @@ struct TunnelHarness {
         transport: TransportKind = .websocket,
         proxy: ProxyConfiguration? = nil,
         http: HTTPTransportClientSettings = .init(),
-        connectTimeout: TimeAmount = .seconds(5)
+        connectTimeout: TimeAmount = .seconds(5),
+        mux: MuxConfiguration = MuxConfiguration(),
+        reconnect: ReconnectBackoff = ReconnectBackoff()
     ) async throws -> TunnelClient {
         try await TunnelClient.connect(
             configuration: .init(
                 server: ServerEndpoint(host: "127.0.0.1", port: serverPort, pathPrefix: path),
                 transport: transport,
                 transportOptions: TransportOptions(connectTimeout: connectTimeout, proxy: proxy, http: http, logger: Self.logger),
-                session: SessionConfiguration(token: token, compression: CompressionSettings(enabled: compress)),
-                forwards: targets.map { ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: $0)) }
+                session: SessionConfiguration(token: token, mux: mux, compression: CompressionSettings(enabled: compress)),
+                forwards: targets.map { ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: $0)) },
+                reconnect: reconnect
             ),
             group: Self.group,
             logger: Self.logger

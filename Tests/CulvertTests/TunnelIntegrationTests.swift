@@ -30,7 +30,7 @@ import Testing
         let harness = try await TunnelHarness.start(targets: [echo.port])
         var idle: [any Channel] = []
         for _ in 0..<3 {
-            idle.append(try await RawConnection.echoAndStayOpen(port: harness.localPort(), byteCount: 48 * 1024 * 1024, group: self.group))
+            idle.append(try await RawConnection.echoAndStayOpen(port: harness.localPort(), byteCount: 8 << 20, group: self.group))
         }
         let rate = try await LoadGenerator.concurrentRoundTrips(
             port: harness.localPort(), streams: 200, seconds: 0.5, group: self.group
