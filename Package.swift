@@ -14,8 +14,6 @@ let package = Package(
         .library(name: "Culvert", targets: ["Culvert"]),
         .library(name: "CulvertCore", targets: ["CulvertCore"]),
         .library(name: "CulvertTransport", targets: ["CulvertTransport"]),
-        .library(name: "CulvertTools", targets: ["CulvertTools"]),
-        .library(name: "CulvertFuzzing", targets: ["CulvertFuzzing"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
