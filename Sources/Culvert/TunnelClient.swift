@@ -12,7 +12,7 @@ import NIOPosix
 /// session: streams stay open, applications see a pause. When the server cannot resume it (it expired, or the
 /// server restarted) or ends it with GOAWAY, the client starts a new session and keeps its listeners open
 /// throughout; streams of the old session are lost and the log says so.
-public final class TunnelClient: Sendable {
+public final class TunnelClient: StreamOpening, Sendable {
     public struct Configuration: Sendable {
         public var server: ServerEndpoint
         public var transport: TransportKind
@@ -175,34 +175,8 @@ public final class TunnelClient: Sendable {
     }
 
     private func listen(_ forward: ForwardSpec, group: any EventLoopGroup) async throws -> any Channel {
-        let target = forward.target
-        let logger = self.logger
-        do {
-            // Accepted connections live on the sessions' loop (every session of this client uses it).
-            let channel = try await ServerBootstrap(group: group, childGroup: self.eventLoop)
-                .serverChannelOption(.backlog, value: 256)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-                .childChannelOption(.autoRead, value: false)
-                .childChannelOption(.allowRemoteHalfClosure, value: true)
-                .childChannelInitializer { [self] channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        let session = self.session
-                        let handler = StreamChannelHandler(session: session, streamID: nil)
-                        try channel.pipeline.syncOperations.addHandler(handler)
-                        guard session.openStream(channel: channel, handler: handler, target: target) else {
-                            throw SessionError.shutdown
-                        }
-                    }
-                }
-                .bind(host: forward.bindHost, port: forward.bindPort)
-                .get()
-            logger.info("forwarding \(channel.localAddress.map { "\($0)" } ?? forward.bindHost) -> \(target)")
-            return channel
-        } catch {
-            let bind = forward.bindHost.contains(":") ? "[\(forward.bindHost)]" : forward.bindHost
-            throw ForwardingError.bindFailed(address: "\(bind):\(forward.bindPort)", reason: describeBindError(error))
-        }
+        // Accepted connections live on the sessions' loop (every session of this client uses it).
+        try await LocalPortListener.bind(forward, group: group, streamLoop: self.eventLoop, tunnel: self, logger: self.logger)
     }
 
     // MARK: Reconnecting
@@ -340,6 +314,11 @@ public final class TunnelClient: Sendable {
             session.logger.info("moving the session to the \(kind) transport")
             session.dropTransport()
         }
+    }
+
+    /// Carries a listener's connection as a stream of the current session (on the sessions' loop).
+    func carry(_ channel: any Channel, to target: TargetAddress, completion: @escaping (StreamOpenResult) -> Void) {
+        self.session.carry(channel, to: target, completion: completion)
     }
 
     /// Sets the transports to fall back to when the current one keeps failing (see ``Configuration/fallbacks``).

@@ -103,7 +103,7 @@ public final class TunnelServer: Sendable {
                     configuration: configuration.session,
                     logger: sessionLogger
                 )
-                session.targetOpener = { session, id, target in connector.open(session: session, id: id, target: target) }
+                session.connector = connector
                 session.resumeLookup = { id in
                     let found = resumable.withLockedValue { $0[id] }
                     if found == nil {

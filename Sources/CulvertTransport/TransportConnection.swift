@@ -23,9 +23,6 @@ public protocol TransportConnection: AnyObject, Sendable {
     func send(_ message: ByteBuffer)
     /// Closes the connection; the delegate then gets ``TransportConnectionDelegate/transportDidClose(_:error:)``.
     func close()
-    /// Whether upstream bytes go as short requests because the path holds or cuts streaming request bodies (the
-    /// chunked transport's fallback); false for every transport that streams upstream.
-    var upstreamUsesShortRequests: Bool { get }
     /// The session above has authenticated its peer and holds `key`, a secret both ends derived and that never
     /// crossed the wire. Limits kept for unauthenticated peers are lifted, and a transport made of many HTTP
     /// requests signs (client) or requires (server) a MAC under a key derived from `key` on every later request, so
@@ -34,7 +31,6 @@ public protocol TransportConnection: AnyObject, Sendable {
 }
 
 extension TransportConnection {
-    public var upstreamUsesShortRequests: Bool { false }
     public func sessionAuthenticated(key: [UInt8]) {}
     public var peerAddress: SocketAddress? { nil }
 }
@@ -47,4 +43,18 @@ public protocol TransportConnectionDelegate: AnyObject {
     func transportWritabilityChanged(_ transport: any TransportConnection)
     /// The connection is gone; `error` says why if it was not a clean close.
     func transportDidClose(_ transport: any TransportConnection, error: (any Error)?)
+}
+
+/// A transport whose upstream may fall back from one streaming request body to short requests (the chunked
+/// transport, when the path holds or cuts streaming bodies). Only that transport's business, so not part of
+/// ``TransportConnection``: the probe and the tests ask for it by casting.
+public protocol UpstreamModeReporting {
+    /// Whether upstream bytes go as short requests now (read on the connection's loop).
+    var upstreamUsesShortRequests: Bool { get }
+}
+
+extension TransportConnection {
+    /// Whether upstream bytes go as short requests because the path holds or cuts streaming request bodies; false
+    /// for every transport that streams upstream (read on the connection's loop).
+    public var upstreamUsesShortRequests: Bool { (self as? any UpstreamModeReporting)?.upstreamUsesShortRequests ?? false }
 }

@@ -35,15 +35,28 @@ import Testing
 }
 
 @Suite struct KeepaliveStateMachineTests {
-    /// Quiet for the interval: ping; pong in time: alive; no pong within the timeout: dead. No sleeping.
+    /// Quiet for the interval: ping; pong in time: alive (its round trip measured at the next tick); no pong within
+    /// the timeout: dead. No sleeping.
     @Test func pingsWhenQuietAndDeclaresDeadWithoutPong() {
         let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
         var keepalive = KeepaliveStateMachine(interval: .seconds(25), timeout: .seconds(10), now: start)
         #expect(keepalive.tick(now: start + .seconds(10)) == .none)
         guard case .sendPing(let id) = keepalive.tick(now: start + .seconds(25)) else { Issue.record("no ping"); return }
-        keepalive.receivedPong(id, now: start + .seconds(26))
+        keepalive.receivedPong(id)
+        #expect(keepalive.tick(now: start + .seconds(26)) == .none)
         #expect(keepalive.lastRoundTrip == .seconds(1))
         guard case .sendPing = keepalive.tick(now: start + .seconds(51)) else { Issue.record("no second ping"); return }
         guard case .declareDead = keepalive.tick(now: start + .seconds(61)) else { Issue.record("not dead"); return }
+    }
+
+    /// Traffic between ticks counts as heard at the next tick: no ping while frames keep arriving.
+    @Test func trafficBetweenTicksPostponesThePing() {
+        let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        var keepalive = KeepaliveStateMachine(interval: .seconds(25), timeout: .seconds(10), now: start)
+        for second in stride(from: 5, through: 100, by: 5) {
+            keepalive.receivedAnything()
+            #expect(keepalive.tick(now: start + .seconds(Int64(second))) == .none)
+        }
+        guard case .sendPing = keepalive.tick(now: start + .seconds(125)) else { Issue.record("no ping after silence"); return }
     }
 }

@@ -84,9 +84,7 @@ import Testing
             role: .server, transport: transport,
             configuration: SessionConfiguration(token: "t", compression: CompressionSettings(enabled: true)), logger: logger
         )
-        session.targetOpener = { session, id, target in
-            session.targetConnected(id, channel: EmbeddedChannel(loop: transport.loop), target: target)
-        }
+        session.connector = EmbeddedTargetConnector()
         session.start()
         var client = HandshakeStateMachine(role: .client(token: "t"), capabilities: [.compression], maximumDataPayload: 32768)
         transport.inject(client.start())
@@ -131,3 +129,12 @@ struct HarnessError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
+
+/// Connects every stream to a new `EmbeddedChannel` on the session's (embedded) loop: a target that takes
+/// whatever it is sent.
+struct EmbeddedTargetConnector: StreamConnector {
+    func connect(to target: TargetAddress, on eventLoop: any EventLoop, logger: Logger) -> EventLoopFuture<any Channel> {
+        let loop = eventLoop as! EmbeddedEventLoop
+        return eventLoop.makeSucceededFuture(EmbeddedChannel(loop: loop))
+    }
+}

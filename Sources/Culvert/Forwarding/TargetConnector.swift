@@ -1,15 +1,16 @@
 import CulvertCore
 import CulvertTransport
+import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
-/// Connects peer-opened streams to their targets on the server side, after checking the allowlist; never to the
+/// Connects peer-opened streams to their TCP targets on the server side, after checking the allowlist; never to the
 /// server's own listener (a stream into the tunnel itself would loop).
-struct TargetConnector: Sendable {
+struct TargetConnector: StreamConnector {
     var allowlist: Allowlist
     var connectTimeout: TimeAmount
-    /// The server's listening port, once bound.
+    /// The server's listening port, once bound (set once at start, read by every stream's connection).
     let listenPort = NIOLockedValueBox<Int?>(nil)
 
     /// Whether `channel`, connected to a target, reached this server's own listener: the target's address is this
@@ -22,49 +23,38 @@ struct TargetConnector: Sendable {
         return isLoopback || remoteIP == channel.localAddress?.ipAddress
     }
 
-    func open(session: TunnelSession, id: StreamID, target: TargetAddress) {
+    func connect(to target: TargetAddress, on eventLoop: any EventLoop, logger: Logger) -> EventLoopFuture<any Channel> {
         guard self.allowlist.permits(target) else {
-            session.logger.warning("refused stream to \(target): not in the server's --allow list")
-            session.targetFailed(
-                id,
-                reason: .notAllowed,
-                message: "\(target) is not allowed by the server (add --allow \(target) to culvert server)"
+            logger.warning("refused stream to \(target): not in the server's --allow list")
+            return eventLoop.makeFailedFuture(
+                StreamOpenFailure(.notAllowed, "\(target) is not allowed by the server (add --allow \(target) to culvert server)")
             )
-            return
         }
-        ClientBootstrap(group: session.eventLoop)
+        return ClientBootstrap(group: eventLoop)
             .connectTimeout(self.connectTimeout)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelOption(.autoRead, value: false)
             .channelOption(.allowRemoteHalfClosure, value: true)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(StreamChannelHandler(session: session, streamID: id))
-                }
-            }
             .connect(host: target.host, port: target.port)
-            .whenComplete { result in
-                switch result {
-                case .success(let channel):
-                    if self.reachesOwnListener(channel) {
-                        channel.close(promise: nil)
-                        session.logger.warning("refused stream to \(target): it is this server's own listener")
-                        session.targetFailed(id, reason: .notAllowed, message: "\(target) is the culvert server itself")
-                        return
+            .flatMapErrorThrowing { error in
+                let reason = TransportDialer.describe(error)
+                let code: OpenFailReason =
+                    switch reason {
+                    case "connection refused": .connectionRefused
+                    case "host not found": .unresolvable
+                    case "connection timed out": .timedOut
+                    default: .other
                     }
-                    session.targetConnected(id, channel: channel, target: target)
-                case .failure(let error):
-                    let reason = TransportDialer.describe(error)
-                    let code: OpenFailReason =
-                        switch reason {
-                        case "connection refused": .connectionRefused
-                        case "host not found": .unresolvable
-                        case "connection timed out": .timedOut
-                        default: .other
-                        }
-                    session.logger.info("stream \(id): cannot connect to \(target): \(reason)")
-                    session.targetFailed(id, reason: code, message: "cannot connect to \(target): \(reason)")
+                logger.info("cannot connect to \(target): \(reason)")
+                throw StreamOpenFailure(code, "cannot connect to \(target): \(reason)")
+            }
+            .flatMapThrowing { channel in
+                guard !self.reachesOwnListener(channel) else {
+                    channel.close(promise: nil)
+                    logger.warning("refused stream to \(target): it is this server's own listener")
+                    throw StreamOpenFailure(.notAllowed, "\(target) is the culvert server itself")
                 }
+                return channel
             }
     }
 }

@@ -64,3 +64,38 @@ public enum SessionError: Error, Sendable, CustomStringConvertible {
         }
     }
 }
+
+extension SessionError {
+    /// The error a session's state machine reports when it ends.
+    init(_ reason: SessionEndReason) {
+        switch reason {
+        case .handshake(let error): self = .handshake(error)
+        case .handshakeTimedOut(let seconds): self = .handshakeTimedOut(seconds: seconds)
+        case .transportClosed(let reason): self = .transportClosed(reason)
+        case .protocolViolation(let code, let message): self = .protocolViolation(code, message)
+        case .peerWentAway(let code, let message): self = .peerWentAway(code, message)
+        case .keepaliveTimeout(let seconds): self = .keepaliveTimeout(seconds: seconds)
+        case .detachedExpired(let seconds): self = .detachedExpired(seconds: seconds)
+        case .handedOver: self = .handedOver
+        case .refused(let code, let message): self = .refused(code, message)
+        case .shutdown: self = .shutdown
+        }
+    }
+
+    /// This error as the state machine records it.
+    var endReason: SessionEndReason {
+        switch self {
+        case .handshake(let error): .handshake(error)
+        case .handshakeTimedOut(let seconds): .handshakeTimedOut(seconds: seconds)
+        case .transport(let error): .transportClosed("\(error)")
+        case .transportClosed(let reason): .transportClosed(reason)
+        case .protocolViolation(let code, let message): .protocolViolation(code, message)
+        case .peerWentAway(let code, let message): .peerWentAway(code, message)
+        case .keepaliveTimeout(let seconds): .keepaliveTimeout(seconds: seconds)
+        case .detachedExpired(let seconds): .detachedExpired(seconds: seconds)
+        case .handedOver: .handedOver
+        case .refused(let code, let message): .refused(code, message)
+        case .shutdown: .shutdown
+        }
+    }
+}

@@ -2,62 +2,59 @@ import CompressNIO
 import CulvertCore
 import CulvertTransport
 import Logging
-import NIOConcurrencyHelpers
 import NIOCore
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
-/// One tunnel session: drives the handshake, multiplexer, sequencer and keepalive state machines over a
-/// ``TransportConnection``, and moves bytes between the streams' local sockets and the transport.
+/// One tunnel session on one event loop: a thin driver of ``SessionStateMachine`` that moves its frames over a
+/// ``TransportConnection`` and its streams' bytes to and from their sockets (``StreamChannelHandler``).
 ///
-/// A session and all its stream sockets live on one event loop, so the data path takes no locks and makes no
-/// thread hops. Every method must be called on ``eventLoop``.
+/// What the protocol decides (handshake, detach, resume, going away, keepalive, flow control) is the state
+/// machine's; this class does the I/O it asks for: batching frames into transport messages, flushing at the end of
+/// each read (as nio-http2 does), zlib per stream, timers. A session and all its stream sockets live on one event
+/// loop, so the data path takes no locks and makes no thread hops. Every method must be called on ``eventLoop``;
+/// the public properties are for reading on it.
 public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendable {
-    // @unchecked: all mutable state is confined to `eventLoop`.
+    // @unchecked: every mutable property is confined to `eventLoop`; owners on other threads reach the session only
+    // through `eventLoop.execute` / `submit` (shutdown, close) and its futures.
 
     public enum Role: Sendable {
         case client
         case server
     }
 
-    /// Server side: asked to connect a peer-opened stream to its target. Answer with
-    /// ``targetConnected(_:channel:)`` or ``targetFailed(_:reason:message:)``.
-    typealias TargetOpener = (TunnelSession, StreamID, TargetAddress) -> Void
-
     public let role: Role
     public let eventLoop: any EventLoop
     public let configuration: SessionConfiguration
     private(set) var logger: Logger
 
+    private var machine: SessionStateMachine
     private(set) var transport: (any TransportConnection)?
-    private var handshake: HandshakeStateMachine
-    private var mux: MuxStateMachine?
-    private var sequencer = ReliableSequencer()
-    private var keepalive: KeepaliveStateMachine
     private var decoder: NIOSingleStepByteToMessageProcessor<FrameDecoder>
     private let encoder = FrameEncoder()
+    /// The batch of frames for the next transport message.
     private var outbound: ByteBuffer
     /// Where the reliable frames of the unsent batch lie in `outbound`. They are handed to the replay buffer (as
     /// slices) only when the batch is sent: a slice taken earlier would make every later write into `outbound`
     /// copy the whole buffer.
     private var unsentReliableFrames: [(start: Int, length: Int)] = []
+    /// A read (of the transport or a stream socket) is under way: what it queues goes out at its read-complete.
+    private var flushAtReadComplete = false
     private var flushScheduled = false
-    private var endpoints: [StreamID: StreamEndpoint] = [:]
-    private var unflushedEndpoints: [StreamEndpoint] = []
+    private var streams: [StreamID: StreamChannelHandler] = [:]
+    /// Streams written to in this read, flushed together at its end.
+    private var unflushedStreams: [StreamChannelHandler] = []
+    /// Streams that stopped reading because the session could not send (transport full, replay buffer full,
+    /// detached): read again when that changes. Streams short of their own credit are woken by their WINDOW.
+    private var waitingForRoom: [StreamChannelHandler] = []
+    private var timers: [SessionStateMachine.Timer: Scheduled<Void>] = [:]
     private var ackTimer: Scheduled<Void>?
-    private var handshakeTimer: Scheduled<Void>?
     private var keepaliveTask: RepeatedTask?
-    private var goingAway = false
-    /// Both sides agreed on compression in the handshake.
-    public private(set) var compressionEnabled = false
-    private var isEnded = false
+    /// The session's resources (sockets, timers, callbacks) have been released.
+    private var finished = false
     private let establishedPromise: EventLoopPromise<HandshakeStateMachine.Outcome>
     private let endedPromise: EventLoopPromise<SessionError>
 
-    var targetOpener: TargetOpener?
+    /// Server: opens the targets of streams the peer asks for; without one every OPEN is refused.
+    var connector: (any StreamConnector)?
     /// Client: the transport was lost and the session waits, streams open, for ``resume(on:)``.
     var onDetached: ((TunnelSession, SessionError) -> Void)?
     /// Client: the session was resumed on a new transport connection.
@@ -66,25 +63,15 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     /// proof is checked here, on the new connection, with that session's key; only a proof that verifies hands the
     /// connection to that session, so a stranger who saw its id cannot touch it.
     var resumeLookup: (([UInt8]) -> ResumableSession?)?
-    /// Server: the session this connection's HELLO asked to resume, while its proof is awaited.
+    /// Server: the session this connection's HELLO asked to resume, while its proof is checked.
     private var resumeTarget: ResumableSession?
-    /// The session id and key, once established (kept to resume the session).
-    private(set) var sessionID: [UInt8] = []
-    private var sessionKey: [UInt8] = []
-    /// A resumption handshake runs on the current transport.
-    private var resuming = false
-    /// The transport was lost; the session waits to be resumed.
-    public private(set) var isDetached = false
-    private var detachTimer: Scheduled<Void>?
-    /// Times the session was resumed on a new transport connection.
-    public private(set) var resumptions = 0
-    /// Set when the server refused this session before its handshake.
-    private var refusal: (code: GoAwayCode, message: String)?
+
     /// The session's counters so far.
     public private(set) var statistics = SessionStatistics()
     /// The session id, once established (hex).
     public private(set) var sessionIDString = ""
-
+    /// The session id, once established (empty before).
+    var sessionID: [UInt8] { self.machine.sessionID ?? [] }
     /// Succeeds when the handshake completes; fails with ``SessionError`` when it does not.
     public var established: EventLoopFuture<HandshakeStateMachine.Outcome> { self.establishedPromise.futureResult }
     /// Succeeds, with the reason, when the session has ended.
@@ -92,10 +79,16 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     /// The transport that carries the session.
     public var transportKind: TransportKind? { self.transport?.kind }
     /// Whether the current transport sends upstream in short requests because the path holds or cuts streaming
-    /// request bodies (read on ``eventLoop``).
+    /// request bodies (the chunked transport's fallback).
     public var upstreamUsesShortRequests: Bool { self.transport?.upstreamUsesShortRequests ?? false }
     /// Streams currently open.
-    public var streamCount: Int { self.endpoints.count }
+    public var streamCount: Int { self.streams.count }
+    /// The transport was lost; the session waits to be resumed.
+    public var isDetached: Bool { self.machine.isDetached }
+    /// Times the session was resumed on a new transport connection.
+    public var resumptions: Int { self.machine.resumptions }
+    /// Both sides agreed on compression in the handshake.
+    public var compressionEnabled: Bool { self.machine.compressionEnabled }
 
     init(role: Role, transport: any TransportConnection, configuration: SessionConfiguration, logger: Logger) {
         self.role = role
@@ -103,23 +96,23 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         self.configuration = configuration
         self.logger = logger
         self.transport = transport
-        let handshakeRole: HandshakeStateMachine.Role =
-            switch role {
-            case .client: .client(token: configuration.token)
-            case .server: .server(token: configuration.token, authenticationRequired: configuration.authenticationRequired)
-            }
-        self.handshake = HandshakeStateMachine(
-            role: handshakeRole,
-            capabilities: configuration.compression.enabled ? [.compression] : [],
-            maximumDataPayload: UInt32(configuration.mux.maximumDataPayload)
-        )
-        self.keepalive = KeepaliveStateMachine(
-            interval: configuration.keepaliveInterval,
-            timeout: configuration.keepaliveTimeout,
+        self.machine = SessionStateMachine(
+            role: role == .client ? .client : .server,
+            settings: SessionStateMachine.Settings(
+                token: configuration.token,
+                authenticationRequired: configuration.authenticationRequired,
+                compression: configuration.compression.enabled,
+                mux: configuration.mux,
+                handshakeTimeout: configuration.handshakeTimeout,
+                keepaliveInterval: configuration.keepaliveInterval,
+                keepaliveTimeout: configuration.keepaliveTimeout,
+                resumption: configuration.resumption,
+                detachedGracePeriod: configuration.detachedGracePeriod
+            ),
             now: .now()
         )
         self.decoder = Self.makeDecoder(configuration)
-        self.outbound = Self.makeOutboundBuffer()
+        self.outbound = ByteBufferAllocator().buffer(capacity: Self.smallBatchCapacity)
         self.establishedPromise = transport.eventLoop.makePromise()
         self.endedPromise = transport.eventLoop.makePromise()
     }
@@ -139,142 +132,182 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         guard let transport = self.transport else { return }
         // The client's HELLO comes first, before anything that arrived already is read (a server's refusal may be
         // waiting there).
-        if case .client = self.role { self.enqueue(self.handshake.start()) }
+        if let hello = self.machine.start() { self.enqueue(hello) }
         transport.start(delegate: self)
         // What had arrived may have ended the session already (a refusal): then no timer may start, or it would
         // keep the ended session alive.
-        guard !self.isEnded else { return }
+        guard !self.finished else { return }
         if case .client = self.role { self.flushNow() }
-        let timeout = self.configuration.handshakeTimeout
-        self.handshakeTimer = self.eventLoop.scheduleTask(in: timeout) { [self] in
-            guard !self.handshake.isEstablished else { return }
-            self.end(.handshakeTimedOut(seconds: timeout.seconds))
-        }
+        self.schedule(.handshake, in: self.configuration.handshakeTimeout)
         let shortest = min(self.configuration.keepaliveInterval, self.configuration.keepaliveTimeout)
         let tick = TimeAmount.nanoseconds(max(100_000_000, shortest.nanoseconds / 4))
         self.keepaliveTask = self.eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { [self] _ in
-            self.keepaliveTick()
+            guard !self.finished, self.transport != nil else { return }
+            self.perform(self.machine.keepaliveTick(now: .now()))
         }
     }
 
-    // MARK: Streams opened by this side (client forwarding)
+    // MARK: Streams opened by this side (listeners)
 
-    /// Opens a stream to `target` for an accepted local connection. Returns false (and the caller closes the
-    /// connection) when the session cannot take a stream now.
-    func openStream(channel: any Channel, handler: StreamChannelHandler, target: TargetAddress) -> Bool {
+    /// Carries `channel`, a connection a listener accepted (on this loop), as a new stream to `target`.
+    /// `completion` learns whether the peer opened the target, so that the listener can answer its own client.
+    /// When the session cannot take a stream now, it closes the channel and says why.
+    func carry(_ channel: any Channel, to target: TargetAddress, completion: @escaping (StreamOpenResult) -> Void) {
         self.eventLoop.preconditionInEventLoop()
-        // The multiplexer is mutated in place through `self.mux!` throughout: copying it out would copy its stream
-        // table on the next mutation.
-        guard !self.isEnded, !self.goingAway, self.mux != nil else {
-            self.logger.warning("refusing local connection for \(target): the tunnel session is not accepting streams")
-            return false
-        }
-        let opened: (StreamID, Frame)
+        let opened: (StreamID, Frame)?
         do {
-            opened = try self.mux!.openStream(to: target)
+            opened = self.machine.acceptsNewStreams && !self.finished
+                ? try self.machine.withEstablished { try $0.mux.openStream(to: target) } : nil
         } catch {
             self.logger.warning("refusing local connection for \(target): \(error)")
-            return false
+            channel.close(promise: nil)
+            completion(.unavailable("\(error)"))
+            return
         }
-        let (id, frame) = opened
-        handler.streamID = id
-        self.endpoints[id] = StreamEndpoint(id: id, channel: channel, target: target)
+        guard let (id, frame) = opened else {
+            self.logger.warning("refusing local connection for \(target): the tunnel session is not accepting streams")
+            channel.close(promise: nil)
+            completion(.unavailable("the tunnel session is not accepting streams"))
+            return
+        }
+        let handler = StreamChannelHandler(id: id, target: target, session: self)
+        handler.openCompletion = completion
+        do {
+            try channel.pipeline.syncOperations.addHandler(handler)
+        } catch {
+            channel.close(promise: nil)
+            self.enqueueIfAny(self.machine.withEstablished { $0.mux.localReset(id, code: .cancelled, message: "the local connection closed") } ?? nil)
+            completion(.unavailable("the local connection closed"))
+            return
+        }
+        self.streams[id] = handler
         self.statistics.streamsOpened += 1
         self.logger.debug("stream \(id): opening to \(target)")
         self.enqueue(frame)
-        return true
     }
 
-    // MARK: Streams opened by the peer (server forwarding)
+    // MARK: Streams opened by the peer (connectors)
 
-    /// The target of stream `id` is connected on `channel` (which must be on this session's loop).
-    func targetConnected(_ id: StreamID, channel: any Channel, target: TargetAddress) {
-        self.eventLoop.preconditionInEventLoop()
-        guard !self.isEnded, let frame = self.mux?.acceptSucceeded(id) else {
+    private func openRequested(_ id: StreamID, target: TargetAddress) {
+        guard let connector = self.connector else {
+            self.targetFailed(id, StreamOpenFailure(.other, "this side does not open targets"))
+            return
+        }
+        connector.connect(to: target, on: self.eventLoop, logger: self.logger).whenComplete { [self] result in
+            switch result {
+            case .success(let channel):
+                self.targetConnected(id, channel: channel, target: target)
+            case .failure(let failure as StreamOpenFailure):
+                self.targetFailed(id, failure)
+            case .failure(let error):
+                self.targetFailed(id, StreamOpenFailure(.other, "cannot connect to \(target): \(error)"))
+            }
+        }
+    }
+
+    /// The target of stream `id` is connected on `channel` (on this session's loop).
+    private func targetConnected(_ id: StreamID, channel: any Channel, target: TargetAddress) {
+        guard !self.finished, let frame = self.machine.withEstablished({ $0.mux.acceptSucceeded(id) }) ?? nil else {
             // The stream was reset (or the session ended) while connecting.
             channel.close(promise: nil)
             return
         }
-        let endpoint = StreamEndpoint(id: id, channel: channel, target: target)
-        self.endpoints[id] = endpoint
+        let handler = StreamChannelHandler(id: id, target: target, session: self)
+        do {
+            try channel.pipeline.syncOperations.addHandler(handler)
+        } catch {
+            channel.close(promise: nil)
+            self.enqueueIfAny(self.machine.withEstablished { $0.mux.localReset(id, code: .cancelled, message: "the target closed") } ?? nil)
+            return
+        }
+        self.streams[id] = handler
         self.statistics.streamsOpened += 1
         self.logger.debug("stream \(id): connected to \(target)")
         self.enqueue(frame)
-        self.readIfAllowed(endpoint)
+        self.readIfAllowed(handler)
     }
 
-    /// The target of stream `id` could not be reached.
-    func targetFailed(_ id: StreamID, reason: OpenFailReason, message: String) {
-        self.eventLoop.preconditionInEventLoop()
-        guard !self.isEnded, let frame = self.mux?.acceptFailed(id, reason: reason, message: message) else { return }
+    private func targetFailed(_ id: StreamID, _ failure: StreamOpenFailure) {
+        guard !self.finished,
+            let frame = self.machine.withEstablished({ $0.mux.acceptFailed(id, reason: failure.reason, message: failure.message) }) ?? nil
+        else { return }
+        self.logger.info("stream \(id): \(failure.message)")
         self.statistics.streamsRefused += 1
         self.enqueue(frame)
     }
 
     // MARK: Events from stream sockets
 
-    func localRead(_ id: StreamID, _ buffer: ByteBuffer) {
-        guard let endpoint = self.endpoints[id] else { return }
-        if endpoint.pendingSend == nil {
-            endpoint.pendingSend = buffer
+    func localRead(_ stream: StreamChannelHandler, _ buffer: ByteBuffer) {
+        self.flushAtReadComplete = true
+        if stream.pendingSend == nil {
+            stream.pendingSend = buffer
         } else {
             var incoming = buffer
-            endpoint.pendingSend!.writeBuffer(&incoming)
+            stream.pendingSend!.writeBuffer(&incoming)
         }
-        self.pump(endpoint)
+        self.pump(stream)
     }
 
-    func localReadComplete(_ id: StreamID) {
-        guard let endpoint = self.endpoints[id] else { return }
-        self.readIfAllowed(endpoint)
+    func localReadComplete(_ stream: StreamChannelHandler) {
+        if self.flushAtReadComplete {
+            self.flushAtReadComplete = false
+            self.flushNow()
+        }
+        if self.streams[stream.id] === stream { self.readIfAllowed(stream) }
     }
 
-    func localInputClosed(_ id: StreamID) {
-        self.logger.trace("stream \(id): local EOF")
-        guard let endpoint = self.endpoints[id] else { return }
-        endpoint.finPending = true
-        if endpoint.pendingSend == nil { self.sendFin(endpoint) }
+    /// The socket can take writes again: credit the peer for what it held.
+    func localWritable(_ stream: StreamChannelHandler) {
+        guard stream.uncreditedBytes > 0, self.streams[stream.id] === stream else { return }
+        let bytes = stream.uncreditedBytes
+        stream.uncreditedBytes = 0
+        self.credit(stream, bytes: bytes)
+    }
+
+    func localInputClosed(_ stream: StreamChannelHandler) {
+        self.logger.trace("stream \(stream.id): local EOF")
+        guard self.streams[stream.id] === stream else { return }
+        stream.finPending = true
+        if stream.pendingSend == nil { self.sendFin(stream) }
     }
 
     /// The socket closed. A clean EOF after this side shut the socket's output closes the channel without an
     /// `inputClosed` event, so that case is a FIN; anything else before the stream finished is an abort.
-    func localClosed(_ id: StreamID, afterError: Bool) {
-        guard let endpoint = self.endpoints[id] else { return }
-        if !afterError && endpoint.shutdownOutputWhenDrained && endpoint.outstandingWrites == 0 {
-            self.localInputClosed(id)
+    func localClosed(_ stream: StreamChannelHandler, afterError: Bool) {
+        guard self.streams[stream.id] === stream else { return }
+        if !afterError && stream.outputShutRequested {
+            self.localInputClosed(stream)
             return
         }
-        self.endpoints.removeValue(forKey: id)
+        self.removeStream(stream, result: .unavailable("the local connection closed"))
         // A socket that failed (a TCP reset, above all) is carried as RST `connection reset`, so that the other side
         // resets its socket too: a truncated transfer must never reach an application as a clean end.
         let (code, message): (ResetCode, String) =
             afterError
             ? (.connectionReset, self.role == .server ? "the target reset the connection" : "the local connection was reset")
             : (.cancelled, "the local connection closed")
-        if let frame = self.mux?.localReset(id, code: code, message: message) {
-            self.logger.debug("stream \(id): \(message) before the stream finished; resetting")
+        if let frame = self.machine.withEstablished({ $0.mux.localReset(stream.id, code: code, message: message) }) ?? nil {
+            self.logger.debug("stream \(stream.id): \(message) before the stream finished; resetting")
             self.statistics.streamsReset += 1
             self.enqueue(frame)
         }
     }
 
+    /// Whether `stream` may read its socket now (asked by its handler for every read).
+    func mayReadLocally(_ stream: StreamChannelHandler) -> Bool {
+        self.streams[stream.id] === stream && self.canRead(stream)
+    }
+
     // MARK: Shutdown
 
     /// Ends the session gracefully: GOAWAY, no new streams, open streams finish; after `gracePeriod` whatever is
-    /// left is closed.
+    /// left is closed. A session that carries no streams now (handshaking, detached) ends at once.
     public func shutdown(gracePeriod: TimeAmount) -> EventLoopFuture<SessionError> {
         self.eventLoop.execute { [self] in
-            guard !self.isEnded else { return }
-            guard self.mux != nil else {
-                self.end(.shutdown)
-                return
-            }
-            if !self.goingAway {
-                self.goingAway = true
-                self.mux?.beginGoingAway()
-                self.enqueue(.goAway(code: .normal, message: "shutting down"))
-                self.flushNow()
-            }
+            guard !self.finished else { return }
+            self.perform(self.machine.shutdown())
+            guard !self.finished else { return }
             self.endIfDrained()
             self.eventLoop.scheduleTask(in: gracePeriod) { [self] in self.end(.shutdown) }
         }
@@ -286,10 +319,9 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     /// read; the session ends when the client has closed the connection, or after two seconds.
     func refuse(_ code: GoAwayCode, _ message: String) {
         self.eventLoop.preconditionInEventLoop()
-        guard !self.isEnded, self.refusal == nil else { return }
-        self.refusal = (code, message)
-        self.handshakeTimer?.cancel()
-        self.encoder.encode(.goAway(code: code, message: message), into: &self.outbound)
+        guard !self.finished, let goAway = self.machine.refuse(code, message) else { return }
+        self.timers.removeValue(forKey: .handshake)?.cancel()
+        self.encoder.encode(goAway, into: &self.outbound)
         self.flushNow()
         self.eventLoop.scheduleTask(in: .seconds(2)) { [self] in self.end(.refused(code, message)) }
     }
@@ -302,32 +334,31 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     // MARK: TransportConnectionDelegate
 
     public func transport(_ transport: any TransportConnection, didReceive message: ByteBuffer) {
-        guard !self.isEnded, self.refusal == nil, transport === self.transport else { return }
-        self.keepalive.receivedAnything(now: .now())
+        guard !self.finished, transport === self.transport, !self.machine.isRefusing else { return }
+        self.flushAtReadComplete = true
         do {
             try self.decoder.process(buffer: message) { frame in
-                if !self.isEnded { self.handle(frame) }
+                if !self.finished { self.handle(frame) }
             }
         } catch let error as FrameDecodingError {
-            self.protocolFailure(error.goAwayCode, error.description)
+            self.perform(self.machine.decodingFailed(error.goAwayCode, error.description))
         } catch {
-            self.protocolFailure(.protocolError, "\(error)")
+            self.perform(self.machine.decodingFailed(.protocolError, "\(error)"))
         }
     }
 
     public func transportDidReadComplete(_ transport: any TransportConnection) {
-        guard !self.isEnded else { return }
-        for endpoint in self.unflushedEndpoints where endpoint.needsFlush {
-            endpoint.needsFlush = false
-            endpoint.channel.flush()
-        }
-        self.unflushedEndpoints.removeAll(keepingCapacity: true)
-        if self.sequencer.ackDueNow {
-            self.scheduleFlush()
-        } else if self.sequencer.hasUnacknowledged && self.ackTimer == nil {
+        guard !self.finished else { return }
+        for stream in self.unflushedStreams where stream.needsFlush { stream.flush() }
+        self.unflushedStreams.removeAll(keepingCapacity: true)
+        self.flushAtReadComplete = false
+        let ack = self.machine.readEstablished { (due: $0.sequencer.ackDueNow, waiting: $0.sequencer.hasUnacknowledged) }
+        if self.outbound.readableBytes > 0 || ack?.due == true {
+            self.flushNow()
+        } else if ack?.waiting == true && self.ackTimer == nil {
             self.ackTimer = self.eventLoop.scheduleTask(in: self.configuration.ackDelay) { [self] in
                 self.ackTimer = nil
-                if self.sequencer.hasUnacknowledged { self.flushNow() }
+                self.flushNow()
             }
         }
     }
@@ -340,64 +371,32 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     public func transportDidClose(_ transport: any TransportConnection, error: (any Error)?) {
         guard transport === self.transport else { return }
         let reason = error.map { "\($0)" } ?? "closed by the peer or a proxy in between"
-        self.transportLost(.transportClosed(reason))
+        self.perform(self.machine.transportLost(.transportClosed(reason), now: .now()))
     }
 
     // MARK: Resumption
-
-    /// The transport is gone: an established session that may be resumed waits for a new one, streams open;
-    /// anything else ends.
-    private func transportLost(_ reason: SessionError) {
-        guard !self.isEnded else { return }
-        guard self.configuration.resumption, self.mux != nil, !self.sessionID.isEmpty, !self.goingAway else {
-            self.end(reason)
-            return
-        }
-        self.transport = nil
-        self.resuming = false
-        self.isDetached = true
-        self.handshakeTimer?.cancel()
-        self.decoder = Self.makeDecoder(self.configuration)
-        self.logger.info("tunnel connection lost (\(reason)); streams stay open while the session waits to be resumed")
-        if self.role == .server {
-            let grace = self.configuration.detachedGracePeriod
-            self.detachTimer?.cancel()
-            self.detachTimer = self.eventLoop.scheduleTask(in: grace) { [self] in
-                guard self.isDetached else { return }
-                self.logger.info("not resumed within \(grace.seconds) s: closing its \(self.endpoints.count) streams")
-                self.end(.detachedExpired(seconds: grace.seconds))
-            }
-        }
-        self.onDetached?(self, reason)
-    }
 
     /// Closes the transport on purpose (to move the session to another one): the session detaches as if the
     /// connection had dropped, and is resumed on the next.
     func dropTransport() {
         self.eventLoop.preconditionInEventLoop()
-        guard let transport = self.transport, !self.isEnded else { return }
-        self.transportLost(.transportClosed("moved to another transport"))
-        transport.close()
+        guard self.transport != nil, !self.finished else { return }
+        self.perform(self.machine.transportLost(.transportClosed("moved to another transport"), now: .now()))
     }
 
     /// Client: resumes the detached session on `transport` (dialled on this session's loop).
     func resume(on transport: any TransportConnection) {
         self.eventLoop.preconditionInEventLoop()
-        guard self.isDetached, !self.isEnded else {
+        // The HELLO is made before the transport delivers anything: a refusal already waiting on the new
+        // connection (a GOAWAY the server sent the moment it saw it) must meet a handshake that has started.
+        guard !self.finished, let hello = self.machine.resume(now: .now()) else {
             transport.close()
             return
         }
-        self.handshake = HandshakeStateMachine(
-            role: .resumingClient(sessionID: self.sessionID, sessionKey: self.sessionKey, received: self.sequencer.received),
-            capabilities: self.compressionEnabled ? [.compression] : [],
-            maximumDataPayload: UInt32(self.configuration.mux.maximumDataPayload)
-        )
-        // The HELLO is made before the transport delivers anything: a refusal already waiting on the new
-        // connection (a GOAWAY the server sent the moment it saw it) must meet a handshake that has started.
-        let hello = self.handshake.start()
-        self.beginResumption(on: transport)
-        guard !self.isEnded, self.resuming, self.transport === transport else { return }
-        self.sendHandshakeFrame(hello)
+        self.attach(transport)
+        self.schedule(.handshake, in: self.configuration.handshakeTimeout)
+        guard !self.finished, self.machine.isResuming, self.transport === transport else { return }
+        self.sendAhead(hello)
     }
 
     /// Server: takes over `transport`, on which a client has just proven (with this session's key) that it
@@ -405,7 +404,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     /// WELCOME goes out with what this side has received, then what the client missed.
     func adopt(_ transport: any TransportConnection, outcome: HandshakeStateMachine.Outcome, welcome: Frame?) {
         self.eventLoop.preconditionInEventLoop()
-        guard !self.isEnded else {
+        guard !self.finished else {
             transport.close()
             return
         }
@@ -413,387 +412,329 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             self.transport = nil
             old.close()
         }
-        self.detachTimer?.cancel()
+        self.attach(transport)
+        guard !self.finished, self.transport === transport else { return }
+        self.perform(self.machine.adopt(outcome, welcome: welcome, now: .now()))
+    }
+
+    /// Makes `transport` the session's and starts it (what it had read is delivered now).
+    private func attach(_ transport: any TransportConnection) {
         self.transport = transport
         self.decoder = Self.makeDecoder(self.configuration)
         transport.start(delegate: self)
-        guard !self.isEnded, self.transport === transport else { return }
-        if case .welcome(var reply)? = welcome {
-            reply.received = self.sequencer.received
-            self.sendHandshakeFrame(.welcome(reply))
-        }
-        self.completeResumption(outcome, reply: nil)
     }
 
-    /// Client: runs the resumption handshake on `transport`.
-    private func beginResumption(on transport: any TransportConnection) {
-        self.transport = transport
-        self.resuming = true
-        self.decoder = Self.makeDecoder(self.configuration)
-        transport.start(delegate: self)
-        let timeout = self.configuration.handshakeTimeout
-        self.handshakeTimer?.cancel()
-        self.handshakeTimer = self.eventLoop.scheduleTask(in: timeout) { [self] in
-            guard self.resuming, let transport = self.transport else { return }
-            self.logger.warning("no answer to the resumption within \(timeout.seconds) s")
-            transport.close()
-        }
-    }
-
-    /// Sends a handshake frame at once, ahead of the stream frames waiting in the batch (during a resumption the
-    /// batch holds frames for after it).
-    private func sendHandshakeFrame(_ frame: Frame) {
-        guard let transport = self.transport else { return }
-        var buffer = ByteBufferAllocator().buffer(capacity: 128)
-        self.encoder.encode(frame, into: &buffer)
-        transport.send(buffer)
-    }
-
-    /// The resumption handshake finished: send the peer what it missed, then what waited, and carry on.
-    private func completeResumption(_ outcome: HandshakeStateMachine.Outcome, reply: Frame?) {
-        guard let transport = self.transport else { return }
-        // The client signs every request from here on (nothing may go out unsigned after the WELCOME); the
-        // server lifts its limits once its WELCOME is out, below.
-        if self.role == .client { transport.sessionAuthenticated(key: self.sessionKey) }
-        self.resuming = false
-        self.isDetached = false
-        self.handshakeTimer?.cancel()
-        self.detachTimer?.cancel()
-        self.keepalive = KeepaliveStateMachine(
-            interval: self.configuration.keepaliveInterval, timeout: self.configuration.keepaliveTimeout, now: .now()
-        )
-        let replay: [ByteBuffer]
-        do {
-            replay = try self.sequencer.framesToReplay(peerReceived: outcome.peerReceived)
-        } catch {
-            self.protocolFailure(.protocolError, "resumption: \(error)")
-            return
-        }
-        if let reply { self.sendHandshakeFrame(reply) }
-        var batch = ByteBufferAllocator().buffer(capacity: replay.reduce(0) { $0 + $1.readableBytes })
-        for frame in replay { batch.writeImmutableBuffer(frame) }
-        if batch.readableBytes > 0 { transport.send(batch) }
-        self.resumptions += 1
-        self.logger.info("session resumed over \(transport.kind) (\(replay.count) frames sent again)")
-        self.flushNow()
-        if self.role == .server { transport.sessionAuthenticated(key: self.sessionKey) }
-        self.resumeReads()
-        self.onResumed?(self)
-    }
-
-    // MARK: Frame handling
+    // MARK: Performing the state machine's actions
 
     private func handle(_ frame: Frame) {
-        guard self.mux != nil, !self.resuming else {
-            self.handleHandshake(frame)
-            return
-        }
-        if frame.type.isReliable {
-            self.sequencer.recordReceived(byteCount: frame.wireSize)
-            self.handleStreamFrame(frame)
-            return
-        }
-        switch frame {
-        case .ack(let received):
-            do {
-                try self.sequencer.receiveAck(received)
-            } catch {
-                self.protocolFailure(.protocolError, error.description)
-                return
-            }
-            if self.sequencer.replayBytes < self.configuration.mux.sessionMemoryLimit / 2 { self.resumeReads() }
-        case .ping(let value):
-            self.enqueue(.pong(value))
-        case .pong(let value):
-            self.keepalive.receivedPong(value, now: .now())
-        case .goAway(let code, let message):
-            if code == .normal {
-                self.logger.info("peer is shutting down: open streams finish, new ones are refused")
-                self.goingAway = true
-                self.mux?.beginGoingAway()
-                self.endIfDrained()
-            } else {
-                self.logger.error("peer ended the session: \(code): \(message)")
-                self.end(.peerWentAway(code, message))
-            }
-        default:
-            self.protocolFailure(.protocolError, "\(frame.type) frame after the handshake")
+        let action = self.machine.receive(frame, now: .now())
+        if case .lookUpResumption(let id) = action {
+            let target = self.resumeLookup?(id)
+            self.resumeTarget = target
+            self.perform(self.machine.resumptionLookedUp(target.map { ($0.key, $0.capabilities) }, hello: frame, now: .now()))
+        } else {
+            self.perform(action)
         }
     }
 
-    private func handleHandshake(_ frame: Frame) {
-        if case .server = self.role, self.resumeTarget == nil, case .hello(let hello) = frame,
-            !hello.resumeSessionID.isEmpty, let target = self.resumeLookup?(hello.resumeSessionID)
-        {
-            // Checked on this connection with the named session's key: that session is not touched unless the
-            // client's AUTH proves it holds the key.
-            self.resumeTarget = target
-            self.handshake = HandshakeStateMachine(
-                role: .resumingServer(sessionID: hello.resumeSessionID, sessionKey: target.key, received: 0),
-                capabilities: target.capabilities,
-                maximumDataPayload: UInt32(self.configuration.mux.maximumDataPayload)
-            )
-        }
-        if let target = self.resumeTarget {
-            self.handleResumptionOnServer(frame, target: target)
-            return
-        }
-        if self.resuming {
-            switch self.handshake.receive(frame) {
-            case .send(let reply):
-                self.sendHandshakeFrame(reply)
-            case .established(let outcome, let reply):
-                self.completeResumption(outcome, reply: reply)
-            case .fail(.refusedByPeer(let code, let message), _) where code == .overloaded || code == .throttled:
-                // The server is busy, not refusing the session: it keeps it; wait and try again.
-                self.logger.warning("the server cannot resume the session now (\(message)); trying again")
-                let refused = self.transport
-                self.transportLost(.handshake(.refusedByPeer(code, message)))
-                refused?.close()
-            case .fail(let error, let reply):
-                if let reply { self.sendHandshakeFrame(reply) }
-                self.logger.warning("resumption failed: \(error)")
-                self.end(.handshake(error))
-            }
-            return
-        }
-        switch self.handshake.receive(frame) {
-        case .send(let reply):
-            self.enqueue(reply)
+    private func perform(_ action: SessionStateMachine.Action) {
+        switch action {
+        case .none, .lookUpResumption:
+            break
+        case .stream(let action):
+            self.handleStreamAction(action)
+        case .sendNow(let frame):
+            self.enqueue(frame)
             self.flushNow()
+        case .sendAhead(let frame):
+            self.sendAhead(frame)
+        case .acknowledged(let mayResumeReads):
+            if mayResumeReads { self.resumeReads() }
         case .established(let outcome, let reply):
-            self.sessionID = outcome.sessionID
-            self.sessionKey = outcome.sessionKey
-            if self.role == .client { self.transport?.sessionAuthenticated(key: outcome.sessionKey) }
-            if let reply { self.enqueue(reply) }
-            self.handshakeTimer?.cancel()
-            self.mux = MuxStateMachine(
-                role: self.role == .client ? .client : .server,
-                configuration: self.configuration.mux,
-                peerMaximumDataPayload: Int(outcome.peerMaximumDataPayload)
-            )
-            self.sessionIDString = outcome.sessionIDString
-            self.logger[metadataKey: "session"] = "\(self.sessionIDString.prefix(8))"
-            self.compressionEnabled = outcome.capabilities.contains(.compression)
-            self.logCompressionOutcome()
-            self.flushNow()
-            if self.role == .server { self.transport?.sessionAuthenticated(key: outcome.sessionKey) }
-            self.establishedPromise.succeed(outcome)
-        case .fail(let error, let reply):
+            self.didEstablish(outcome, reply: reply)
+        case .resumed(let outcome, let reply, let replay):
+            self.didResume(outcome, reply: reply, replay: replay)
+        case .handOver(let outcome, let welcome):
+            self.handOver(outcome, welcome: welcome)
+        case .peerGoingAway:
+            self.logger.info("peer is shutting down: open streams finish, new ones are refused")
+            self.endIfDrained()
+        case .detach(let reason, let expiry):
+            self.didDetach(SessionError(reason), expiry: expiry)
+        case .abandonResumption:
+            self.logger.warning("no answer to the resumption within \(self.configuration.handshakeTimeout.seconds) s")
+            self.transport?.close()
+        case .end(let reason, let reply):
             if let reply {
                 self.enqueue(reply)
                 self.flushNow()
             }
-            self.end(.handshake(error))
-        }
-    }
-
-    /// Server: the resumption handshake of `target`, run on this connection. A proof that verifies hands the
-    /// connection to `target` (on its loop) and ends this session; one that does not ends only this connection.
-    private func handleResumptionOnServer(_ frame: Frame, target: ResumableSession) {
-        switch self.handshake.receive(frame) {
-        case .send(let reply):
-            self.sendHandshakeFrame(reply)
-        case .established(let outcome, let welcome):
-            guard let transport = self.transport else { return }
-            self.transport = nil
-            // The connection may live on another loop than the session: bridge it (this also makes the bridge its
-            // delegate at once, so nothing it receives from now on reaches this session).
-            let adopted: any TransportConnection =
-                target.session.eventLoop === transport.eventLoop
-                ? transport : LoopBridgedTransport(transport, to: target.session.eventLoop)
-            let session = target.session
-            session.eventLoop.execute { session.adopt(adopted, outcome: outcome, welcome: welcome) }
-            self.end(.handedOver)
-        case .fail(let error, let reply):
-            if let reply { self.sendHandshakeFrame(reply) }
-            self.logger.warning("refused a resumption of session \(target.sessionIDString.prefix(8)): \(error)")
-            self.end(.handshake(error))
-        }
-    }
-
-    private func handleStreamFrame(_ frame: Frame) {
-        guard self.mux != nil else { return }
-        self.handleMuxAction(self.mux!.receive(frame))
-    }
-
-    private func handleMuxAction(_ action: MuxInboundAction) {
-        switch action {
-        case .openRequested(let id, let target):
-            guard let opener = self.targetOpener else {
-                self.targetFailed(id, reason: .other, message: "this side does not open targets")
-                return
+            if case .peerWentAway(let code, let message) = reason { self.logger.error("peer ended the session: \(code): \(message)") }
+            if case .handshake(let error) = reason, self.machine.hasSession || self.resumeTarget != nil {
+                self.logger.warning("resumption failed: \(error)")
             }
-            opener(self, id, target)
+            self.finish(SessionError(reason))
+        case .protocolFailure(let goAway, let reason):
+            if case .protocolViolation(_, let message) = reason { self.logger.error("protocol error: \(message); ending the session") }
+            self.outbound.clear()
+            self.unsentReliableFrames.removeAll()
+            self.encoder.encode(goAway, into: &self.outbound)
+            self.flushNow()
+            self.finish(SessionError(reason))
+        }
+    }
+
+    private func didEstablish(_ outcome: HandshakeStateMachine.Outcome, reply: Frame?) {
+        self.sessionIDString = outcome.sessionIDString
+        self.logger[metadataKey: "session"] = "\(self.sessionIDString.prefix(8))"
+        // The client signs every request from here on (nothing may go out unsigned after the handshake); the
+        // server lifts its limits once its WELCOME is out.
+        if self.role == .client { self.transport?.sessionAuthenticated(key: outcome.sessionKey) }
+        if let reply { self.enqueue(reply) }
+        self.timers.removeValue(forKey: .handshake)?.cancel()
+        self.logCompressionOutcome()
+        self.flushNow()
+        if self.role == .server { self.transport?.sessionAuthenticated(key: outcome.sessionKey) }
+        self.establishedPromise.succeed(outcome)
+    }
+
+    /// The resumption handshake finished: send the peer what it missed, then what waited, and carry on.
+    private func didResume(_ outcome: HandshakeStateMachine.Outcome, reply: Frame?, replay: [ByteBuffer]) {
+        guard let transport = self.transport else { return }
+        if self.role == .client { transport.sessionAuthenticated(key: outcome.sessionKey) }
+        self.timers.removeValue(forKey: .handshake)?.cancel()
+        self.timers.removeValue(forKey: .detachedExpiry)?.cancel()
+        if let reply { self.sendAhead(reply) }
+        var batch = ByteBufferAllocator().buffer(capacity: replay.reduce(0) { $0 + $1.readableBytes })
+        for frame in replay { batch.writeImmutableBuffer(frame) }
+        if batch.readableBytes > 0 { transport.send(batch) }
+        self.logger.info("session resumed over \(transport.kind) (\(replay.count) frames sent again)")
+        self.flushNow()
+        if self.role == .server { transport.sessionAuthenticated(key: outcome.sessionKey) }
+        self.resumeReads()
+        self.onResumed?(self)
+    }
+
+    /// Server: hands this connection to the session it proved to resume (on that session's loop) and ends.
+    private func handOver(_ outcome: HandshakeStateMachine.Outcome, welcome: Frame?) {
+        guard let transport = self.transport, let target = self.resumeTarget else { return }
+        self.transport = nil
+        // The connection may live on another loop than the session: bridge it (this also makes the bridge its
+        // delegate at once, so nothing it receives from now on reaches this session).
+        let adopted: any TransportConnection =
+            target.session.eventLoop === transport.eventLoop
+            ? transport : LoopBridgedTransport(transport, to: target.session.eventLoop)
+        let session = target.session
+        session.eventLoop.execute { session.adopt(adopted, outcome: outcome, welcome: welcome) }
+        self.finish(.handedOver)
+    }
+
+    /// The transport is gone: the session waits for a new one, streams open. The old connection is closed.
+    private func didDetach(_ reason: SessionError, expiry: NIODeadline?) {
+        let old = self.transport
+        self.transport = nil
+        self.flushAtReadComplete = false
+        self.decoder = Self.makeDecoder(self.configuration)
+        self.timers.removeValue(forKey: .handshake)?.cancel()
+        if case .keepaliveTimeout = reason { self.logger.error("no keepalive answer; declaring the tunnel connection dead") }
+        if case .handshake(.refusedByPeer(_, let message)) = reason {
+            self.logger.warning("the server cannot resume the session now (\(message)); trying again")
+        }
+        self.logger.info("tunnel connection lost (\(reason)); streams stay open while the session waits to be resumed")
+        if let expiry {
+            self.timers[.detachedExpiry]?.cancel()
+            self.timers[.detachedExpiry] = self.eventLoop.scheduleTask(deadline: expiry) { [self] in
+                self.logger.info("not resumed within \(self.configuration.detachedGracePeriod.seconds) s: closing its \(self.streams.count) streams")
+                self.perform(self.machine.timerFired(.detachedExpiry, now: .now()))
+            }
+        }
+        self.onDetached?(self, reason)
+        old?.close()
+    }
+
+    private func schedule(_ timer: SessionStateMachine.Timer, in delay: TimeAmount) {
+        self.timers[timer]?.cancel()
+        self.timers[timer] = self.eventLoop.scheduleTask(in: delay) { [self] in
+            self.perform(self.machine.timerFired(timer, now: .now()))
+        }
+    }
+
+    // MARK: Stream frames
+
+    private func handleStreamAction(_ action: MuxInboundAction) {
+        switch action {
+        case .deliver(let id, let flags, let payload):
+            guard let stream = self.streams[id] else { return }
+            if flags.contains(.compressed) {
+                self.deliverCompressed(stream, payload)
+            } else {
+                self.deliver(stream, payload)
+            }
+        case .creditAvailable(let id):
+            if let stream = self.streams[id] {
+                self.pump(stream)
+                self.readIfAllowed(stream)
+            }
+        case .openRequested(let id, let target):
+            self.openRequested(id, target: target)
         case .opened(let id):
-            if let endpoint = self.endpoints[id] {
-                self.logger.debug("stream \(id): open to \(endpoint.target)")
-                self.pump(endpoint)
-                self.readIfAllowed(endpoint)
+            if let stream = self.streams[id] {
+                self.logger.debug("stream \(id): open to \(stream.target)")
+                stream.openCompletion?(.opened)
+                stream.openCompletion = nil
+                self.pump(stream)
+                self.readIfAllowed(stream)
             }
         case .openFailed(let id, let reason, let message):
             self.statistics.streamsRefused += 1
-            if let endpoint = self.dropEndpoint(id) {
-                self.logger.warning("server refused target \(endpoint.target): \(reason): \(message)")
-            }
-        case .deliver(let id, let flags, let payload):
-            if flags.contains(.compressed) {
-                self.deliverCompressed(id, payload)
-            } else {
-                self.deliver(id, payload)
-            }
-        case .creditAvailable(let id):
-            self.logger.trace("stream \(id): credit now \(self.mux?.sendableBytes(id) ?? -1)")
-            if let endpoint = self.endpoints[id] {
-                self.pump(endpoint)
-                self.readIfAllowed(endpoint)
+            if let stream = self.streams[id] {
+                self.logger.warning("server refused target \(stream.target): \(reason): \(message)")
+                self.removeStream(stream, result: .refused(reason, message))
+                stream.close(abort: false)
             }
         case .remoteFinished(let id, let complete):
             self.logger.trace("stream \(id): FIN received, complete: \(complete)")
-            guard let endpoint = self.endpoints[id] else { return }
+            guard let stream = self.streams[id] else { return }
             if complete {
-                self.finishEndpoint(endpoint)
+                self.finishStream(stream)
             } else {
-                endpoint.shutdownOutputWhenDrained = true
-                if endpoint.outstandingWrites == 0 { endpoint.channel.close(mode: .output, promise: nil) }
+                stream.outputShutRequested = true
+                stream.shutOutputAfterWrites()
             }
         case .reset(let id, let code, let message):
             self.statistics.streamsReset += 1
-            if let endpoint = self.dropEndpoint(id, abort: true) {
-                self.logger.debug("stream \(id) to \(endpoint.target) reset by peer: \(code) \(message)")
+            if let stream = self.streams[id] {
+                self.logger.debug("stream \(id) to \(stream.target) reset by peer: \(code) \(message)")
+                self.removeStream(stream, result: .refused(.other, message))
+                stream.close(abort: true)
             }
         case .reply(let reply, let closeStream, let reason):
             self.logger.warning("\(reason)")
             self.enqueue(reply)
-            if let id = closeStream, self.dropEndpoint(id, abort: true) != nil {
+            if let id = closeStream, let stream = self.streams[id] {
                 self.statistics.streamsReset += 1
+                self.removeStream(stream, result: .unavailable(reason))
+                stream.close(abort: true)
             }
         case .ignore(let reason):
             self.logger.trace("\(reason)")
         case .sessionError(let code, let message):
-            self.protocolFailure(code, message)
+            self.perform(self.machine.decodingFailed(code, message))
         }
     }
 
-    private func deliver(_ id: StreamID, _ payload: ByteBuffer) {
-        guard let endpoint = self.endpoints[id] else { return }
+    /// Writes a DATA payload to the stream's socket, and credits the peer at once while the socket takes writes
+    /// (what a relay does): a socket that stops taking them holds its credit until it drains.
+    private func deliver(_ stream: StreamChannelHandler, _ payload: ByteBuffer) {
         let count = payload.readableBytes
         self.statistics.bytesReceived += count
-        endpoint.outstandingWrites += 1
-        if !endpoint.needsFlush {
-            endpoint.needsFlush = true
-            self.unflushedEndpoints.append(endpoint)
+        stream.write(payload)
+        if !stream.needsFlush {
+            stream.needsFlush = true
+            self.unflushedStreams.append(stream)
         }
-        endpoint.channel.write(payload).whenComplete { [self] result in
-            self.writeCompleted(endpoint, bytes: count, success: (try? result.get()) != nil)
+        if stream.isWritable && stream.uncreditedBytes == 0 {
+            self.credit(stream, bytes: count)
+        } else {
+            stream.uncreditedBytes += count
         }
+    }
+
+    private func credit(_ stream: StreamChannelHandler, bytes: Int) {
+        guard let (frames, complete) = self.machine.withEstablished({ $0.mux.consumed(stream.id, bytes: bytes) }) else { return }
+        for frame in frames { self.enqueue(frame) }
+        if complete { self.finishStream(stream) }
     }
 
     /// Inflates a compressed DATA payload with the stream's own context, charges the inflated size against the
     /// stream's credit, and delivers it. A payload that inflates past the maximum DATA size (a decompression bomb)
     /// or does not inflate ends this stream only.
-    private func deliverCompressed(_ id: StreamID, _ payload: ByteBuffer) {
-        guard self.compressionEnabled else {
-            self.resetStream(id, .protocolError, "compressed DATA without negotiated compression")
+    private func deliverCompressed(_ stream: StreamChannelHandler, _ payload: ByteBuffer) {
+        guard self.machine.compressionEnabled else {
+            self.resetStream(stream, .protocolError, "compressed DATA without negotiated compression")
             return
         }
-        guard let endpoint = self.endpoints[id] else { return }
         let limit = self.configuration.mux.maximumDataPayload
         var input = payload
         var output = ByteBufferAllocator().buffer(capacity: limit + 1)
         do {
-            if endpoint.decompressor == nil {
-                endpoint.decompressor = try ZlibDecompressor(algorithm: .deflate, windowSize: 15)
+            if stream.decompressor == nil {
+                stream.decompressor = try ZlibDecompressor(algorithm: .deflate, windowSize: 15)
             }
-            try endpoint.decompressor!.inflate(from: &input, to: &output)
+            try stream.decompressor!.inflate(from: &input, to: &output)
         } catch let error as CompressNIOError where error == .bufferOverflow {
-            self.resetStream(id, .decompressionBomb, "compressed DATA inflates past the \(limit)-byte maximum")
+            self.resetStream(stream, .decompressionBomb, "compressed DATA inflates past the \(limit)-byte maximum")
             return
         } catch {
-            self.resetStream(id, .protocolError, "compressed DATA does not inflate: \(error)")
+            self.resetStream(stream, .protocolError, "compressed DATA does not inflate: \(error)")
             return
         }
         guard input.readableBytes == 0 else {
-            self.resetStream(id, .decompressionBomb, "compressed DATA inflates past the \(limit)-byte maximum")
+            self.resetStream(stream, .decompressionBomb, "compressed DATA inflates past the \(limit)-byte maximum")
             return
         }
-        if let violation = self.mux?.receivedInflated(id, bytes: output.readableBytes) {
-            self.handleMuxAction(violation)
+        if let violation = self.machine.withEstablished({ $0.mux.receivedInflated(stream.id, bytes: output.readableBytes) }) ?? nil {
+            self.handleStreamAction(violation)
             return
         }
-        self.deliver(id, output)
+        self.deliver(stream, output)
     }
 
-    private func writeCompleted(_ endpoint: StreamEndpoint, bytes: Int, success: Bool) {
-        endpoint.outstandingWrites -= 1
-        guard success, self.endpoints[endpoint.id] === endpoint, self.mux != nil else { return }
-        let (frames, complete) = self.mux!.consumed(endpoint.id, bytes: bytes)
-        for frame in frames { self.enqueue(frame) }
-        if complete {
-            self.finishEndpoint(endpoint)
-        } else if endpoint.outstandingWrites == 0 && endpoint.shutdownOutputWhenDrained {
-            endpoint.channel.close(mode: .output, promise: nil)
+    private func resetStream(_ stream: StreamChannelHandler, _ code: ResetCode, _ message: String) {
+        self.logger.warning("stream \(stream.id): \(message)")
+        self.enqueueIfAny(self.machine.withEstablished { $0.mux.localReset(stream.id, code: code, message: message) } ?? nil)
+        if self.streams[stream.id] === stream {
+            self.statistics.streamsReset += 1
+            self.removeStream(stream, result: .unavailable(message))
+            stream.close(abort: true)
         }
     }
 
-    private func resetStream(_ id: StreamID, _ code: ResetCode, _ message: String) {
-        self.logger.warning("stream \(id): \(message)")
-        if let frame = self.mux?.localReset(id, code: code, message: message) { self.enqueue(frame) }
-        if self.dropEndpoint(id, abort: true) != nil { self.statistics.streamsReset += 1 }
-    }
-
-    /// Forgets stream `id`'s socket and closes it, with a TCP reset when `abort` (the stream was reset: the
-    /// application must not take what it got for the whole); returns it (for logs) if there was one.
-    @discardableResult
-    private func dropEndpoint(_ id: StreamID, abort: Bool = false) -> StreamEndpoint? {
-        guard let endpoint = self.endpoints.removeValue(forKey: id) else { return nil }
-        let channel = endpoint.channel
-        if abort, let options = channel as? any SocketOptionProvider {
-            // SO_LINGER with a zero timeout makes close() send RST instead of FIN.
-            options.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in channel.close(promise: nil) }
-        } else {
-            channel.close(promise: nil)
+    /// Forgets `stream`; a listener still waiting for its opening hears `result`.
+    private func removeStream(_ stream: StreamChannelHandler, result: StreamOpenResult) {
+        self.streams.removeValue(forKey: stream.id)
+        if let completion = stream.openCompletion {
+            stream.openCompletion = nil
+            completion(result)
         }
-        return endpoint
     }
 
-    /// Both directions finished and everything was written: close the socket and forget the stream.
-    private func finishEndpoint(_ endpoint: StreamEndpoint) {
-        self.endpoints.removeValue(forKey: endpoint.id)
-        self.logger.debug("stream \(endpoint.id) to \(endpoint.target) finished")
-        endpoint.channel.close(promise: nil)
+    /// Both directions finished: close the socket once what was written is out, and forget the stream.
+    private func finishStream(_ stream: StreamChannelHandler) {
+        self.removeStream(stream, result: .opened)
+        self.logger.debug("stream \(stream.id) to \(stream.target) finished")
+        stream.closeAfterWrites()
         self.endIfDrained()
     }
 
     // MARK: Sending stream data
 
-    /// Frames as much of the endpoint's pending bytes as its credit allows; sends FIN once they are all out.
-    private func pump(_ endpoint: StreamEndpoint) {
-        guard self.mux != nil else { return }
-        while var pending = endpoint.pendingSend {
-            let sendable = self.mux!.sendableBytes(endpoint.id)
+    /// Frames as much of the stream's pending bytes as its credit allows; sends FIN once they are all out.
+    private func pump(_ stream: StreamChannelHandler) {
+        while var pending = stream.pendingSend {
+            let sendable = self.machine.readEstablished { $0.mux.sendableBytes(stream.id) } ?? 0
             guard sendable > 0 else { break }
             let slice = pending.readSlice(length: min(sendable, pending.readableBytes))!
             self.statistics.bytesSent += slice.readableBytes
-            let frame = self.makeDataFrame(endpoint, slice)
-            endpoint.pendingSend = pending.readableBytes > 0 ? pending : nil
+            stream.pendingSend = pending.readableBytes > 0 ? pending : nil
+            guard let frame = self.makeDataFrame(stream, slice) else { return }
             self.enqueue(frame)
         }
-        if endpoint.finPending && endpoint.pendingSend == nil { self.sendFin(endpoint) }
+        if stream.finPending && stream.pendingSend == nil { self.sendFin(stream) }
     }
 
     /// A DATA frame for `slice`, compressed with the stream's own deflate context when compression is on and pays
     /// for this stream's data. Once bytes went through the compressor they must go out compressed: the peer's
     /// inflate context has to see every compressed block, in order.
-    private func makeDataFrame(_ endpoint: StreamEndpoint, _ slice: ByteBuffer) -> Frame {
+    private func makeDataFrame(_ stream: StreamChannelHandler, _ slice: ByteBuffer) -> Frame? {
         let original = slice.readableBytes
-        if self.compressionEnabled, original > 0, !endpoint.compressionFailed,
-            endpoint.compressionPolicy.shouldCompress(bytes: original)
+        if self.machine.compressionEnabled, original > 0, !stream.compressionFailed,
+            stream.compressionPolicy.shouldCompress(bytes: original)
         {
             do {
-                if endpoint.compressor == nil {
+                if stream.compressor == nil {
                     let settings = self.configuration.compression
-                    endpoint.compressor = try ZlibCompressor(
+                    stream.compressor = try ZlibCompressor(
                         algorithm: .deflate,
                         configuration: ZlibConfiguration(
                             windowSize: settings.windowBits,
@@ -803,25 +744,27 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
                     )
                 }
                 var input = slice
-                let compressed = try input.compressStream(with: endpoint.compressor!, flush: .sync)
-                endpoint.compressionPolicy.record(original: original, compressed: compressed.readableBytes)
+                let compressed = try input.compressStream(with: stream.compressor!, flush: .sync)
+                stream.compressionPolicy.record(original: original, compressed: compressed.readableBytes)
                 self.statistics.compressedFramesSent += 1
                 self.statistics.payloadBytesOnWireSent += compressed.readableBytes
-                return self.mux!.sendData(endpoint.id, payload: compressed, flags: .compressed, originalBytes: original)
+                return self.machine.withEstablished {
+                    $0.mux.sendData(stream.id, payload: compressed, flags: .compressed, originalBytes: original)
+                }
             } catch {
                 // zlib failing here (out of memory) leaves the context unusable: stop compressing this stream.
-                self.logger.error("stream \(endpoint.id): compression failed (\(error)); sending it uncompressed")
-                endpoint.compressionFailed = true
-                endpoint.compressor = nil
+                self.logger.error("stream \(stream.id): compression failed (\(error)); sending it uncompressed")
+                stream.compressionFailed = true
+                stream.compressor = nil
             }
         }
         self.statistics.rawFramesSent += 1
         self.statistics.payloadBytesOnWireSent += original
-        return self.mux!.sendData(endpoint.id, payload: slice)
+        return self.machine.withEstablished { $0.mux.sendData(stream.id, payload: slice) }
     }
 
     private func logCompressionOutcome() {
-        switch (self.role, self.configuration.compression.enabled, self.compressionEnabled) {
+        switch (self.role, self.configuration.compression.enabled, self.machine.compressionEnabled) {
         case (_, _, true):
             self.logger.info("compression on: zlib level \(self.configuration.compression.level), one context per stream")
         case (.client, true, false):
@@ -833,40 +776,51 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         }
     }
 
-    private func sendFin(_ endpoint: StreamEndpoint) {
-        endpoint.finPending = false
-        guard let (frame, complete) = self.mux?.localFinished(endpoint.id) else { return }
+    private func sendFin(_ stream: StreamChannelHandler) {
+        stream.finPending = false
+        guard let (frame, complete) = self.machine.withEstablished({ $0.mux.localFinished(stream.id) }) ?? nil else { return }
         self.enqueue(frame)
-        if complete { self.finishEndpoint(endpoint) }
+        if complete { self.finishStream(stream) }
     }
 
-    private func canRead(_ endpoint: StreamEndpoint) -> Bool {
-        guard self.mux != nil, !self.resuming, let transport = self.transport else { return false }
-        return endpoint.pendingSend == nil && !endpoint.finPending && self.mux!.sendableBytes(endpoint.id) > 0
-            && transport.isWritable && self.sequencer.replayBytes < self.configuration.mux.sessionMemoryLimit
+    /// Whether `stream` may read its socket now. A stream held back by the session (not by its own credit) is
+    /// remembered, and read again when the session can send.
+    private func canRead(_ stream: StreamChannelHandler) -> Bool {
+        let room =
+            self.machine.isCarryingStreams && (self.transport?.isWritable ?? false)
+            && (self.machine.readEstablished { $0.sequencer.replayBytes < self.configuration.mux.sessionMemoryLimit } ?? false)
+        guard room else {
+            if !stream.awaitsSessionRoom {
+                stream.awaitsSessionRoom = true
+                self.waitingForRoom.append(stream)
+            }
+            return false
+        }
+        guard stream.pendingSend == nil, !stream.finPending else { return false }
+        return (self.machine.readEstablished { $0.mux.sendableBytes(stream.id) } ?? 0) > 0
     }
 
-    /// Whether stream `id` may read its local socket now (asked by the stream's handler for every read).
-    func mayReadLocally(_ id: StreamID) -> Bool {
-        guard let endpoint = self.endpoints[id] else { return false }
-        return self.canRead(endpoint)
+    private func readIfAllowed(_ stream: StreamChannelHandler) {
+        if self.canRead(stream) { stream.requestRead() }
     }
 
-    private func readIfAllowed(_ endpoint: StreamEndpoint) {
-        if self.canRead(endpoint) {
-            endpoint.channel.read()
-        } else {
-            self.logger.trace(
-                "stream \(endpoint.id): not reading (pending \(endpoint.pendingSend?.readableBytes ?? 0), credit \(self.mux?.sendableBytes(endpoint.id) ?? -1), writable \(self.transport?.isWritable ?? false), replay \(self.sequencer.replayBytes))"
-            )
+    /// The session can send again: the streams it held back read again (only those: the others are waiting for
+    /// their own credit, so this costs nothing per idle stream).
+    private func resumeReads() {
+        guard !self.waitingForRoom.isEmpty else { return }
+        let waiting = self.waitingForRoom
+        self.waitingForRoom.removeAll(keepingCapacity: true)
+        for stream in waiting {
+            stream.awaitsSessionRoom = false
+            if self.streams[stream.id] === stream { self.readIfAllowed(stream) }
         }
     }
 
-    private func resumeReads() {
-        for endpoint in self.endpoints.values { self.readIfAllowed(endpoint) }
-    }
-
     // MARK: Output
+
+    private func enqueueIfAny(_ frame: Frame?) {
+        if let frame { self.enqueue(frame) }
+    }
 
     private func enqueue(_ frame: Frame) {
         let start = self.outbound.writerIndex
@@ -876,11 +830,13 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         }
         if self.outbound.readableBytes >= self.configuration.maximumBatchSize {
             self.flushNow()
-        } else {
+        } else if !self.flushAtReadComplete {
             self.scheduleFlush()
         }
     }
 
+    /// Frames queued outside a read (a timer, a socket that drained, a connector that answered) go out on the
+    /// next loop tick.
     private func scheduleFlush() {
         guard !self.flushScheduled else { return }
         self.flushScheduled = true
@@ -889,90 +845,86 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
 
     private func flushNow() {
         self.flushScheduled = false
-        guard self.transport != nil, !self.resuming else { return }
-        if self.mux != nil && self.sequencer.hasUnacknowledged && !self.isEnded {
-            // The ACK timer, if scheduled, is left to fire: it finds nothing to acknowledge, which is cheaper than
-            // cancelling and rescheduling it for every batch.
-            self.encoder.encode(self.sequencer.makeAck(), into: &self.outbound)
+        guard let transport = self.transport, !self.machine.isResuming else { return }
+        if !self.finished,
+            let ack = self.machine.withEstablished({ $0.sequencer.hasUnacknowledged ? $0.sequencer.makeAck() : nil }) ?? nil
+        {
+            self.encoder.encode(ack, into: &self.outbound)
         }
-        guard self.outbound.readableBytes > 0, let transport = self.transport else { return }
-        for (start, length) in self.unsentReliableFrames {
-            self.sequencer.recordSent(self.outbound.getSlice(at: start, length: length)!)
+        guard self.outbound.readableBytes > 0 else { return }
+        if !self.unsentReliableFrames.isEmpty {
+            let batch = self.outbound
+            self.machine.withEstablished { established in
+                for (start, length) in self.unsentReliableFrames {
+                    established.sequencer.recordSent(batch.getSlice(at: start, length: length)!)
+                }
+            }
+            self.unsentReliableFrames.removeAll(keepingCapacity: true)
         }
-        self.unsentReliableFrames.removeAll(keepingCapacity: true)
+        let sent = self.outbound.readableBytes
         transport.send(self.outbound)
         self.statistics.transportMessagesSent += 1
-        self.outbound = Self.makeOutboundBuffer()
+        self.outbound = ByteBufferAllocator().buffer(capacity: sent > Self.smallBatchCapacity ? Self.largeBatchCapacity : Self.smallBatchCapacity)
     }
 
-    /// A batch buffer: room for two full DATA frames, below malloc's mmap threshold so that it is reused cheaply.
-    private static func makeOutboundBuffer() -> ByteBuffer {
-        ByteBufferAllocator().buffer(capacity: 66 * 1024)
+    /// A batch buffer after a small batch (interactive traffic): grows if it must.
+    private static let smallBatchCapacity = 2048
+    /// After a large one (bulk): room for two full DATA frames, below malloc's mmap threshold so that it is reused
+    /// cheaply.
+    private static let largeBatchCapacity = 66 * 1024
+
+    /// Sends a handshake frame at once, ahead of the stream frames waiting in the batch (during a resumption the
+    /// batch holds frames for after it).
+    private func sendAhead(_ frame: Frame) {
+        guard let transport = self.transport else { return }
+        var buffer = ByteBufferAllocator().buffer(capacity: 128)
+        self.encoder.encode(frame, into: &buffer)
+        transport.send(buffer)
     }
 
     // MARK: Ending
 
-    private func keepaliveTick() {
-        guard !self.isEnded, self.transport != nil, !self.resuming else { return }
-        switch self.keepalive.tick(now: .now()) {
-        case .none:
-            break
-        case .sendPing(let id):
-            guard self.mux != nil else { return }
-            self.enqueue(.ping(id))
-            self.flushNow()
-        case .declareDead(let silentFor):
-            self.logger.error("no keepalive answer; declaring the tunnel connection dead")
-            let dead = self.transport
-            self.transportLost(.keepaliveTimeout(seconds: silentFor.seconds))
-            dead?.close()
-        }
-    }
-
-    private func protocolFailure(_ code: GoAwayCode, _ message: String) {
-        guard !self.isEnded else { return }
-        self.logger.error("protocol error: \(message); ending the session")
-        self.outbound.clear()
-        self.unsentReliableFrames.removeAll()
-        self.encoder.encode(.goAway(code: code, message: message), into: &self.outbound)
-        self.flushNow()
-        self.end(.protocolViolation(code, message))
-    }
-
     private func endIfDrained() {
-        if self.goingAway && self.endpoints.isEmpty && !self.isEnded {
+        if self.machine.isGoingAway && self.streams.isEmpty && !self.finished {
             self.flushNow()
             self.end(.shutdown)
         }
     }
 
     private func end(_ reason: SessionError) {
-        guard !self.isEnded else { return }
-        self.isEnded = true
-        self.handshakeTimer?.cancel()
-        self.detachTimer?.cancel()
+        _ = self.machine.end(reason.endReason)
+        self.finish(reason)
+    }
+
+    /// Releases everything the session holds and reports how it ended.
+    private func finish(_ reason: SessionError) {
+        guard !self.finished else { return }
+        self.finished = true
+        for timer in self.timers.values { timer.cancel() }
+        self.timers.removeAll()
         self.ackTimer?.cancel()
         self.keepaliveTask?.cancel()
-        for endpoint in self.endpoints.values { endpoint.channel.close(promise: nil) }
-        self.endpoints.removeAll()
+        let streams = self.streams.values
+        self.streams.removeAll()
+        self.waitingForRoom.removeAll()
+        self.unflushedStreams.removeAll()
+        for stream in streams {
+            if let completion = stream.openCompletion {
+                stream.openCompletion = nil
+                completion(.unavailable("the tunnel session ended: \(reason)"))
+            }
+            stream.close(abort: false)
+        }
         self.transport?.close()
         self.transport = nil
         // The owners' callbacks capture their owners (a client holds its session): let go of them, or an ended
         // session and its client would keep each other alive.
-        self.targetOpener = nil
+        self.connector = nil
         self.onDetached = nil
         self.onResumed = nil
         self.resumeLookup = nil
         self.resumeTarget = nil
         self.establishedPromise.fail(reason)
         self.endedPromise.succeed(reason)
-    }
-}
-
-extension Frame {
-    /// Encoded size in bytes (exact for DATA, close enough for the rest, which only feeds ACK pacing).
-    var wireSize: Int {
-        if case .data(_, _, let payload) = self { return FrameEncoder.headerLength + payload.readableBytes }
-        return FrameEncoder.headerLength + 16
     }
 }

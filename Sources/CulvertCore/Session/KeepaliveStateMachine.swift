@@ -2,9 +2,10 @@ import NIOCore
 
 /// Decides when to ping and when the transport is dead, from times passed in (no clock of its own).
 ///
-/// The driver calls ``tick(now:)`` on a timer and ``receivedPong(_:now:)``/``receivedAnything(now:)`` as frames
-/// arrive. A ping is sent after ``interval`` without any inbound traffic; the transport is declared dead when its
-/// pong has not come within ``timeout``.
+/// The driver calls ``tick(now:)`` on a timer, and ``receivedAnything()`` / ``receivedPong(_:)`` as frames arrive.
+/// Those two only set a flag (no clock read per message): the next tick takes its time as the last time something
+/// arrived, so silence is measured to within one tick. A ping is sent after ``interval`` without inbound traffic;
+/// the transport is declared dead when its pong has not come within ``timeout``.
 public struct KeepaliveStateMachine: Sendable {
     public enum Action: Hashable, Sendable {
         case none
@@ -16,9 +17,13 @@ public struct KeepaliveStateMachine: Sendable {
     public let interval: TimeAmount
     public let timeout: TimeAmount
     private var lastInbound: NIODeadline
+    /// Something arrived since the last tick.
+    private var heardSinceTick = false
+    /// The pong for the outstanding ping arrived since the last tick.
+    private var pongSinceTick = false
     private var outstanding: (id: UInt64, sentAt: NIODeadline)?
     private var nextPingID: UInt64 = 1
-    /// The round-trip time measured by the last pong.
+    /// The round-trip time measured by the last pong (to within one tick).
     public private(set) var lastRoundTrip: TimeAmount?
 
     public init(interval: TimeAmount, timeout: TimeAmount, now: NIODeadline) {
@@ -27,24 +32,30 @@ public struct KeepaliveStateMachine: Sendable {
         self.lastInbound = now
     }
 
-    public mutating func receivedAnything(now: NIODeadline) {
-        self.lastInbound = now
+    public mutating func receivedAnything() {
+        self.heardSinceTick = true
     }
 
-    public mutating func receivedPong(_ id: UInt64, now: NIODeadline) {
-        self.lastInbound = now
-        if let outstanding = self.outstanding, outstanding.id == id {
-            self.lastRoundTrip = now - outstanding.sentAt
-            self.outstanding = nil
-        }
+    public mutating func receivedPong(_ id: UInt64) {
+        self.heardSinceTick = true
+        if let outstanding = self.outstanding, outstanding.id == id { self.pongSinceTick = true }
     }
 
     public mutating func tick(now: NIODeadline) -> Action {
+        if self.heardSinceTick {
+            self.heardSinceTick = false
+            self.lastInbound = now
+        }
         if let outstanding = self.outstanding {
-            if now - outstanding.sentAt >= self.timeout {
+            if self.pongSinceTick {
+                self.pongSinceTick = false
+                self.lastRoundTrip = now - outstanding.sentAt
+                self.outstanding = nil
+            } else if now - outstanding.sentAt >= self.timeout {
                 return .declareDead(silentFor: now - self.lastInbound)
+            } else {
+                return .none
             }
-            return .none
         }
         guard now - self.lastInbound >= self.interval else { return .none }
         let id = self.nextPingID

@@ -12,7 +12,7 @@ import NIOHTTP1
 /// means the path buffers request bodies: upstream then switches to short POSTs, from the last acknowledgement.
 ///
 /// Confined to ``eventLoop``.
-final class HTTPClientTransportConnection: TransportConnection, @unchecked Sendable {
+final class HTTPClientTransportConnection: TransportConnection, UpstreamModeReporting, @unchecked Sendable {
     enum UpMode: String {
         case stream
         case batch

@@ -1,0 +1,559 @@
+import NIOCore
+
+/// One tunnel session's protocol logic, for either role, as a pure state machine: the handshake, the established
+/// session's multiplexer, sequencer and keepalive, detaching when the transport is lost, resuming on a new one, going
+/// away and ending.
+///
+/// ```
+/// handshaking ──► established ──► goingAway ──► ended
+///      │              │  ▲   ▲
+///      │   lost       ▼  │   │ resumed
+///      │           detached ─► resuming        (server: handshaking ──► ended(handedOver) when the HELLO
+///      ▼                                        resumes another session and its proof verifies)
+///    ended
+/// ```
+/// The driver feeds it events (frames, a lost transport, timer firings, the time passed in) and performs the
+/// returned action; it reads no clock and owns no socket. The data path's calls (``receive(_:)`` for DATA, the
+/// ``withEstablished(_:)`` accessors for sending) cost one switch each.
+public struct SessionStateMachine: Sendable {
+    public enum Role: Sendable {
+        case client
+        case server
+    }
+
+    public struct Settings: Sendable {
+        public var token: String?
+        public var authenticationRequired: Bool
+        /// This side asks for (client) or agrees to (server) per-stream compression.
+        public var compression: Bool
+        public var mux: MuxConfiguration
+        public var handshakeTimeout: TimeAmount
+        public var keepaliveInterval: TimeAmount
+        public var keepaliveTimeout: TimeAmount
+        /// Whether an established session survives the loss of its transport.
+        public var resumption: Bool
+        /// Server: how long a detached session waits for its client.
+        public var detachedGracePeriod: TimeAmount
+
+        public init(
+            token: String?, authenticationRequired: Bool, compression: Bool, mux: MuxConfiguration,
+            handshakeTimeout: TimeAmount, keepaliveInterval: TimeAmount, keepaliveTimeout: TimeAmount,
+            resumption: Bool, detachedGracePeriod: TimeAmount
+        ) {
+            self.token = token
+            self.authenticationRequired = authenticationRequired
+            self.compression = compression
+            self.mux = mux
+            self.handshakeTimeout = handshakeTimeout
+            self.keepaliveInterval = keepaliveInterval
+            self.keepaliveTimeout = keepaliveTimeout
+            self.resumption = resumption
+            self.detachedGracePeriod = detachedGracePeriod
+        }
+    }
+
+    /// What an established session carries through every transport it uses.
+    public struct Established: Sendable {
+        public var mux: MuxStateMachine
+        public var sequencer: ReliableSequencer
+        public var keepalive: KeepaliveStateMachine
+        public let sessionID: [UInt8]
+        public let sessionKey: [UInt8]
+        public let capabilities: Capabilities
+    }
+
+    /// The timers the driver runs for the machine; when one fires the driver calls ``timerFired(_:now:)``, which
+    /// checks the deadline itself (a timer that outlived its state does nothing).
+    public enum Timer: Hashable, Sendable {
+        /// The handshake (or a resumption's handshake) must finish by then.
+        case handshake
+        /// Server: a detached session not resumed by then ends.
+        case detachedExpiry
+    }
+
+    enum State {
+        case handshaking(HandshakeStateMachine, deadline: NIODeadline)
+        /// Server: this connection's HELLO resumes another session, whose proof is checked here.
+        case resumingAnother(HandshakeStateMachine, deadline: NIODeadline)
+        /// Server: refused before its handshake; nothing more is read.
+        case refusing
+        case established(Established)
+        /// No new streams; open ones finish.
+        case goingAway(Established)
+        /// The transport was lost; streams stay open. `expiry` only on the server.
+        case detached(Established, expiry: NIODeadline?)
+        /// Client: the resumption handshake runs on a new transport.
+        case resuming(Established, HandshakeStateMachine, deadline: NIODeadline)
+        case ended(SessionEndReason)
+        /// Transient, while an accessor mutates the established state in place (no copy of the stream table).
+        case modifying
+    }
+
+    /// What the driver must do after a frame or an event.
+    public enum Action {
+        case none
+        /// Queue this frame with the batch and send the batch now.
+        case sendNow(Frame)
+        /// Send this frame at once, ahead of what waits in the batch (a resumption's handshake frames).
+        case sendAhead(Frame)
+        /// The handshake completed: send `reply` (if any) and carry streams from now on.
+        case established(HandshakeStateMachine.Outcome, reply: Frame?)
+        /// A resumption completed: send `reply` (if any), then `replay` (what the peer missed), then the batch.
+        case resumed(HandshakeStateMachine.Outcome, reply: Frame?, replay: [ByteBuffer])
+        /// Server: this connection proved it resumes the session the driver looked up; hand it over. Ended.
+        case handOver(HandshakeStateMachine.Outcome, welcome: Frame?)
+        /// Server: a HELLO asks to resume this session id: look it up and call ``resumptionLookedUp(_:hello:now:)``.
+        case lookUpResumption([UInt8])
+        /// A frame for the multiplexer's streams.
+        case stream(MuxInboundAction)
+        /// The peer acknowledged frames; `mayResumeReads` when the replay buffer fell below half its limit.
+        case acknowledged(mayResumeReads: Bool)
+        /// The peer goes away: no new streams; end once the open ones finished.
+        case peerGoingAway
+        /// The transport is gone (or must be dropped): close it; the session waits to be resumed, streams open.
+        /// `expiry`: when a detached server session ends (schedule ``Timer/detachedExpiry``).
+        case detach(SessionEndReason, expiry: NIODeadline?)
+        /// Client: no answer to the resumption in time: close its transport (the session detaches again).
+        case abandonResumption
+        /// Send `reply` (if any, at once) and end the session.
+        case end(SessionEndReason, reply: Frame?)
+        /// A protocol violation: drop the batch, send this GOAWAY alone, end.
+        case protocolFailure(goAway: Frame, SessionEndReason)
+    }
+
+    public let role: Role
+    public let settings: Settings
+    private(set) var state: State
+    /// Times the session was resumed on a new transport connection.
+    public private(set) var resumptions = 0
+
+    public init(role: Role, settings: Settings, now: NIODeadline) {
+        self.role = role
+        self.settings = settings
+        let handshakeRole: HandshakeStateMachine.Role =
+            switch role {
+            case .client: .client(token: settings.token)
+            case .server: .server(token: settings.token, authenticationRequired: settings.authenticationRequired)
+            }
+        self.state = .handshaking(
+            HandshakeStateMachine(
+                role: handshakeRole,
+                capabilities: settings.compression ? [.compression] : [],
+                maximumDataPayload: UInt32(settings.mux.maximumDataPayload)
+            ),
+            deadline: now + settings.handshakeTimeout
+        )
+    }
+
+    // MARK: Reading the state
+
+    /// Established (or going away) with a transport attached: stream frames flow.
+    public var isCarryingStreams: Bool {
+        switch self.state {
+        case .established, .goingAway: true
+        default: false
+        }
+    }
+
+    /// The session's established state exists (it may be detached or resuming).
+    public var hasSession: Bool {
+        switch self.state {
+        case .established, .goingAway, .detached, .resuming: true
+        default: false
+        }
+    }
+
+    public var isDetached: Bool {
+        switch self.state {
+        case .detached, .resuming: true
+        default: false
+        }
+    }
+
+    public var isResuming: Bool {
+        if case .resuming = self.state { return true }
+        return false
+    }
+
+    public var isGoingAway: Bool {
+        if case .goingAway = self.state { return true }
+        return false
+    }
+
+    public var isEnded: Bool {
+        if case .ended = self.state { return true }
+        return false
+    }
+
+    /// Server: refused before its handshake.
+    public var isRefusing: Bool {
+        if case .refusing = self.state { return true }
+        return false
+    }
+
+    /// New streams may be opened (the session exists and is not going away).
+    public var acceptsNewStreams: Bool {
+        switch self.state {
+        case .established, .detached, .resuming: true
+        default: false
+        }
+    }
+
+    public var sessionID: [UInt8]? { self.established?.sessionID }
+    public var sessionKey: [UInt8]? { self.established?.sessionKey }
+    public var compressionEnabled: Bool { self.established?.capabilities.contains(.compression) ?? false }
+
+    private var established: Established? {
+        switch self.state {
+        case .established(let e), .goingAway(let e), .detached(let e, _), .resuming(let e, _, _): e
+        default: nil
+        }
+    }
+
+    /// Runs `body` on the established state in place, whatever the transport is doing; nil when there is none.
+    public mutating func withEstablished<Result>(_ body: (inout Established) throws -> Result) rethrows -> Result? {
+        switch self.state {
+        case .established(var e):
+            self.state = .modifying
+            defer { self.state = .established(e) }
+            return try body(&e)
+        case .goingAway(var e):
+            self.state = .modifying
+            defer { self.state = .goingAway(e) }
+            return try body(&e)
+        case .detached(var e, let expiry):
+            self.state = .modifying
+            defer { self.state = .detached(e, expiry: expiry) }
+            return try body(&e)
+        case .resuming(var e, let handshake, let deadline):
+            self.state = .modifying
+            defer { self.state = .resuming(e, handshake, deadline: deadline) }
+            return try body(&e)
+        case .handshaking, .resumingAnother, .refusing, .ended, .modifying:
+            return nil
+        }
+    }
+
+    /// Reads the established state; nil when there is none.
+    public func readEstablished<Result>(_ body: (Established) -> Result) -> Result? {
+        self.established.map(body)
+    }
+
+    // MARK: Events
+
+    /// The session starts on its first transport: the client's HELLO (the server waits for one).
+    public mutating func start() -> Frame? {
+        guard case .client = self.role, case .handshaking(var handshake, let deadline) = self.state else { return nil }
+        let hello = handshake.start()
+        self.state = .handshaking(handshake, deadline: deadline)
+        return hello
+    }
+
+    /// A frame arrived on the current transport.
+    /// `now` is read only when the frame moves the session between states (never for a frame of an established
+    /// session), so the data path reads no clock.
+    public mutating func receive(_ frame: Frame, now: @autoclosure () -> NIODeadline) -> Action {
+        switch self.state {
+        case .established(var e):
+            self.state = .modifying
+            let action = self.receiveEstablished(frame, &e, goingAway: false)
+            if case .modifying = self.state { self.state = .established(e) }
+            return action
+        case .goingAway(var e):
+            self.state = .modifying
+            let action = self.receiveEstablished(frame, &e, goingAway: true)
+            if case .modifying = self.state { self.state = .goingAway(e) }
+            return action
+        case .handshaking(var handshake, let deadline):
+            if case .server = self.role, case .hello(let hello) = frame, !hello.resumeSessionID.isEmpty {
+                return .lookUpResumption(hello.resumeSessionID)
+            }
+            let action = handshake.receive(frame)
+            self.state = .handshaking(handshake, deadline: deadline)
+            return self.handshakeFinished(action, now: now())
+        case .resumingAnother(var handshake, let deadline):
+            switch handshake.receive(frame) {
+            case .send(let reply):
+                self.state = .resumingAnother(handshake, deadline: deadline)
+                return .sendAhead(reply)
+            case .established(let outcome, let welcome):
+                self.state = .ended(.handedOver)
+                return .handOver(outcome, welcome: welcome)
+            case .fail(let error, let reply):
+                self.state = .ended(.handshake(error))
+                return .end(.handshake(error), reply: reply)
+            }
+        case .resuming(let e, var handshake, let deadline):
+            switch handshake.receive(frame) {
+            case .send(let reply):
+                self.state = .resuming(e, handshake, deadline: deadline)
+                return .sendAhead(reply)
+            case .established(let outcome, let reply):
+                return self.completeResumption(e, outcome, reply: reply, goingAway: false, now: now())
+            case .fail(.refusedByPeer(let code, let message), _) where code == .overloaded || code == .throttled:
+                // The server is busy, not refusing the session: it keeps it; wait and try again.
+                self.state = .detached(e, expiry: nil)
+                return .detach(.handshake(.refusedByPeer(code, message)), expiry: nil)
+            case .fail(let error, let reply):
+                self.state = .ended(.handshake(error))
+                return .end(.handshake(error), reply: reply)
+            }
+        case .refusing, .detached, .ended, .modifying:
+            return .none
+        }
+    }
+
+    /// Server: the session a resumption HELLO named, as the driver found it (`nil`: this server does not have it).
+    /// The proof is then checked on this connection with that session's key.
+    public mutating func resumptionLookedUp(
+        _ target: (sessionKey: [UInt8], capabilities: Capabilities)?,
+        hello: Frame,
+        now: NIODeadline
+    ) -> Action {
+        guard case .handshaking(var handshake, let deadline) = self.state, case .hello(let body) = hello else { return .none }
+        guard let target else {
+            let action = handshake.receive(hello)
+            self.state = .handshaking(handshake, deadline: deadline)
+            return self.handshakeFinished(action, now: now)
+        }
+        var resumption = HandshakeStateMachine(
+            role: .resumingServer(sessionID: body.resumeSessionID, sessionKey: target.sessionKey, received: 0),
+            capabilities: target.capabilities,
+            maximumDataPayload: UInt32(self.settings.mux.maximumDataPayload)
+        )
+        let action = resumption.receive(hello)
+        self.state = .resumingAnother(resumption, deadline: deadline)
+        guard case .send(let reply) = action else {
+            if case .fail(let error, let reply) = action {
+                self.state = .ended(.handshake(error))
+                return .end(.handshake(error), reply: reply)
+            }
+            return .none
+        }
+        return .sendAhead(reply)
+    }
+
+    /// The frames cannot be decoded: a protocol violation.
+    public mutating func decodingFailed(_ code: GoAwayCode, _ message: String) -> Action {
+        self.protocolFailure(code, message)
+    }
+
+    /// The current transport closed or failed (`reason` says how): an established session detaches, anything else ends.
+    public mutating func transportLost(_ reason: SessionEndReason, now: NIODeadline) -> Action {
+        switch self.state {
+        case .established(let e) where self.settings.resumption, .resuming(let e, _, _) where self.settings.resumption:
+            let expiry: NIODeadline? = self.role == .server ? now + self.settings.detachedGracePeriod : nil
+            self.state = .detached(e, expiry: expiry)
+            return .detach(reason, expiry: expiry)
+        case .ended, .detached:
+            return .none
+        default:
+            self.state = .ended(reason)
+            return .end(reason, reply: nil)
+        }
+    }
+
+    /// Client: a new transport connection for the detached session: the resumption's HELLO, to send at once; nil
+    /// when the session is not detached (close the connection).
+    public mutating func resume(now: NIODeadline) -> Frame? {
+        guard case .detached(let e, _) = self.state else { return nil }
+        var handshake = HandshakeStateMachine(
+            role: .resumingClient(sessionID: e.sessionID, sessionKey: e.sessionKey, received: e.sequencer.received),
+            capabilities: e.capabilities.contains(.compression) ? [.compression] : [],
+            maximumDataPayload: UInt32(self.settings.mux.maximumDataPayload)
+        )
+        let hello = handshake.start()
+        self.state = .resuming(e, handshake, deadline: now + self.settings.handshakeTimeout)
+        return hello
+    }
+
+    /// Server: a connection on which a client proved it resumes this session takes over. Returns what to send:
+    /// the WELCOME (with what this side has received), then what the peer missed.
+    public mutating func adopt(_ outcome: HandshakeStateMachine.Outcome, welcome: Frame?, now: NIODeadline) -> Action {
+        let e: Established
+        let goingAway: Bool
+        switch self.state {
+        case .established(let established), .detached(let established, _):
+            (e, goingAway) = (established, false)
+        case .goingAway(let established):
+            (e, goingAway) = (established, true)
+        default:
+            return .none
+        }
+        var reply = welcome
+        if case .welcome(var body)? = welcome {
+            body.received = e.sequencer.received
+            reply = .welcome(body)
+        }
+        return self.completeResumption(e, outcome, reply: reply, goingAway: goingAway, now: now)
+    }
+
+    /// The keepalive timer ticked: maybe ping; a transport whose pong is overdue is dead.
+    public mutating func keepaliveTick(now: NIODeadline) -> Action {
+        let action: KeepaliveStateMachine.Action? = self.withCarryingEstablished { $0.keepalive.tick(now: now) }
+        switch action {
+        case .sendPing(let id)?:
+            return .sendNow(.ping(id))
+        case .declareDead(let silentFor)?:
+            return self.transportLost(.keepaliveTimeout(seconds: Double(silentFor.nanoseconds) / 1e9), now: now)
+        case .none?, nil:
+            return .none
+        }
+    }
+
+    /// A timer the driver scheduled fired.
+    public mutating func timerFired(_ timer: Timer, now: NIODeadline) -> Action {
+        switch (timer, self.state) {
+        case (.handshake, .handshaking(_, let deadline)) where now >= deadline,
+            (.handshake, .resumingAnother(_, let deadline)) where now >= deadline:
+            let reason = SessionEndReason.handshakeTimedOut(seconds: Double(self.settings.handshakeTimeout.nanoseconds) / 1e9)
+            self.state = .ended(reason)
+            return .end(reason, reply: nil)
+        case (.handshake, .resuming(_, _, let deadline)) where now >= deadline:
+            return .abandonResumption
+        case (.detachedExpiry, .detached(_, let expiry?)) where now >= expiry:
+            let reason = SessionEndReason.detachedExpired(seconds: Double(self.settings.detachedGracePeriod.nanoseconds) / 1e9)
+            self.state = .ended(reason)
+            return .end(reason, reply: nil)
+        default:
+            return .none
+        }
+    }
+
+    /// Ends the session gracefully: a GOAWAY to send, no new streams. A session not (or no longer) carrying streams
+    /// ends at once.
+    public mutating func shutdown() -> Action {
+        switch self.state {
+        case .established(var e):
+            e.mux.beginGoingAway()
+            self.state = .goingAway(e)
+            return .sendNow(.goAway(code: .normal, message: "shutting down"))
+        case .goingAway, .ended:
+            return .none
+        default:
+            self.state = .ended(.shutdown)
+            return .end(.shutdown, reply: nil)
+        }
+    }
+
+    /// Server: refuses the session before its handshake with a GOAWAY; nothing more is read.
+    public mutating func refuse(_ code: GoAwayCode, _ message: String) -> Frame? {
+        guard case .handshaking = self.state else { return nil }
+        self.state = .refusing
+        return .goAway(code: code, message: message)
+    }
+
+    /// Ends the session now. Returns false when it had ended already.
+    public mutating func end(_ reason: SessionEndReason) -> Bool {
+        if case .ended = self.state { return false }
+        self.state = .ended(reason)
+        return true
+    }
+
+    // MARK: Established frames
+
+    private mutating func receiveEstablished(_ frame: Frame, _ e: inout Established, goingAway: Bool) -> Action {
+        e.keepalive.receivedAnything()
+        if frame.type.isReliable {
+            e.sequencer.recordReceived(byteCount: frame.wireSize)
+            return .stream(e.mux.receive(frame))
+        }
+        switch frame {
+        case .ack(let received):
+            do {
+                try e.sequencer.receiveAck(received)
+            } catch {
+                return self.protocolFailure(.protocolError, error.description)
+            }
+            return .acknowledged(mayResumeReads: e.sequencer.replayBytes < e.mux.configuration.sessionMemoryLimit / 2)
+        case .ping(let value):
+            return .sendNow(.pong(value))
+        case .pong(let value):
+            e.keepalive.receivedPong(value)
+            return .none
+        case .goAway(let code, let message):
+            if code == .normal {
+                guard !goingAway else { return .none }
+                e.mux.beginGoingAway()
+                self.state = .goingAway(e)
+                return .peerGoingAway
+            }
+            self.state = .ended(.peerWentAway(code, message))
+            return .end(.peerWentAway(code, message), reply: nil)
+        default:
+            return self.protocolFailure(.protocolError, "\(frame.type) frame after the handshake")
+        }
+    }
+
+    private mutating func protocolFailure(_ code: GoAwayCode, _ message: String) -> Action {
+        if case .ended = self.state { return .none }
+        self.state = .ended(.protocolViolation(code, message))
+        return .protocolFailure(goAway: .goAway(code: code, message: message), .protocolViolation(code, message))
+    }
+
+    private mutating func handshakeFinished(_ action: HandshakeStateMachine.Action, now: NIODeadline) -> Action {
+        switch action {
+        case .send(let reply):
+            return .sendNow(reply)
+        case .established(let outcome, let reply):
+            let sequencer = ReliableSequencer()
+            self.state = .established(
+                Established(
+                    mux: MuxStateMachine(
+                        role: self.role == .client ? .client : .server,
+                        configuration: self.settings.mux,
+                        peerMaximumDataPayload: Int(outcome.peerMaximumDataPayload)
+                    ),
+                    sequencer: sequencer,
+                    keepalive: self.makeKeepalive(now: now),
+                    sessionID: outcome.sessionID,
+                    sessionKey: outcome.sessionKey,
+                    capabilities: outcome.capabilities
+                )
+            )
+            return .established(outcome, reply: reply)
+        case .fail(let error, let reply):
+            self.state = .ended(.handshake(error))
+            return .end(.handshake(error), reply: reply)
+        }
+    }
+
+    private mutating func completeResumption(
+        _ e: Established, _ outcome: HandshakeStateMachine.Outcome, reply: Frame?, goingAway: Bool, now: NIODeadline
+    ) -> Action {
+        var e = e
+        self.state = .modifying
+        let replay: [ByteBuffer]
+        do {
+            replay = try e.sequencer.framesToReplay(peerReceived: outcome.peerReceived)
+        } catch {
+            self.state = .ended(.protocolViolation(.protocolError, "resumption: \(error)"))
+            return .protocolFailure(
+                goAway: .goAway(code: .protocolError, message: "resumption: \(error)"),
+                .protocolViolation(.protocolError, "resumption: \(error)")
+            )
+        }
+        e.keepalive = self.makeKeepalive(now: now)
+        self.state = goingAway ? .goingAway(e) : .established(e)
+        self.resumptions += 1
+        return .resumed(outcome, reply: reply, replay: replay)
+    }
+
+    private func makeKeepalive(now: NIODeadline) -> KeepaliveStateMachine {
+        KeepaliveStateMachine(interval: self.settings.keepaliveInterval, timeout: self.settings.keepaliveTimeout, now: now)
+    }
+
+    /// `body` on the established state only while a transport carries it (not detached or resuming).
+    private mutating func withCarryingEstablished<Result>(_ body: (inout Established) -> Result) -> Result? {
+        guard self.isCarryingStreams else { return nil }
+        return self.withEstablished(body)
+    }
+}
+
+extension Frame {
+    /// Encoded size in bytes (exact for DATA, close enough for the rest, which only feeds ACK pacing).
+    public var wireSize: Int {
+        if case .data(_, _, let payload) = self { return FrameEncoder.headerLength + payload.readableBytes }
+        return FrameEncoder.headerLength + 16
+    }
+}
