@@ -16,9 +16,11 @@ public struct ChildProcess: Sendable {
         public var description: String
     }
 
-    /// Starts `path` with `arguments` (the environment is this process's); with `outputPath`, its standard output
-    /// and error go to that file (appended), else to this process's.
-    public static func spawn(_ path: String, _ arguments: [String], outputPath: String? = nil) throws -> ChildProcess {
+    /// Starts `path` with `arguments` (the environment is this process's, with `environment` added); with
+    /// `outputPath`, its standard output and error go to that file (appended), else to this process's.
+    public static func spawn(
+        _ path: String, _ arguments: [String], outputPath: String? = nil, environment: [String: String] = [:]
+    ) throws -> ChildProcess {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -45,7 +47,23 @@ public struct ChildProcess: Sendable {
         let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
         var pid: pid_t = 0
-        let result = posix_spawn(&pid, path, &actions, &attributes, argv, environ)
+        let result: Int32
+        if environment.isEmpty {
+            result = posix_spawn(&pid, path, &actions, &attributes, argv, environ)
+        } else {
+            var inherited: [String] = []
+            var entry = environ
+            while let pointer = entry.pointee {
+                let text = String(cString: pointer)
+                let key = text.split(separator: "=", maxSplits: 1).first.map(String.init) ?? text
+                if environment[key] == nil { inherited.append(text) }
+                entry += 1
+            }
+            let added = environment.map { "\($0.key)=\($0.value)" }
+            let envp: [UnsafeMutablePointer<CChar>?] = (inherited + added).map { strdup($0) } + [nil]
+            defer { for pointer in envp { free(pointer) } }
+            result = posix_spawn(&pid, path, &actions, &attributes, argv, envp)
+        }
         guard result == 0 else { throw SpawnError(description: "cannot start \(path): \(String(cString: strerror(result)))") }
         return ChildProcess(pid: pid)
     }

@@ -70,6 +70,44 @@ public enum LoadGenerator {
         return samples
     }
 
+    /// `count` connections that each make one round trip (so the stream is open end to end) and then stay open and
+    /// idle, opened 200 at a time; the caller closes them.
+    public static func openIdleConnections(port: Int, count: Int, group: any EventLoopGroup) async throws -> [any Channel] {
+        var channels: [any Channel] = []
+        channels.reserveCapacity(count)
+        while channels.count < count {
+            var batch: [(EventLoopFuture<any Channel>, EventLoopFuture<[Double]>)] = []
+            for _ in 0..<min(200, count - channels.count) {
+                let done = group.next().makePromise(of: [Double].self)
+                let channel = ClientBootstrap(group: done.futureResult.eventLoop)
+                    .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+                    .channelInitializer { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(PingPongHandler(limit: .count(1), done: done))
+                        }
+                    }
+                    .connect(host: "127.0.0.1", port: port)
+                batch.append((channel, done.futureResult))
+            }
+            for (channel, roundTrip) in batch {
+                channels.append(try await channel.get())
+                _ = try await roundTrip.get()
+            }
+        }
+        return channels
+    }
+
+    /// Opens and closes `count` connections, `concurrency` at a time, each after one round trip: stream churn.
+    public static func churn(port: Int, count: Int, concurrency: Int = 32, group: any EventLoopGroup) async throws {
+        var done = 0
+        while done < count {
+            let batch = min(concurrency, count - done)
+            let channels = try await Self.openIdleConnections(port: port, count: batch, group: group)
+            for channel in channels { try? await channel.close() }
+            done += batch
+        }
+    }
+
     /// `streams` connections each doing one-byte round trips for `seconds`: returns round trips per second.
     public static func concurrentRoundTrips(port: Int, streams: Int, seconds: Double,
                                             group: any EventLoopGroup) async throws -> Double {

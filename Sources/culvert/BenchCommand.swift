@@ -49,6 +49,12 @@ struct BenchCommand: AsyncParsableCommand {
     @Flag(help: "Measure negotiation instead: time to the first usable and to the final transport under injected proxy faults.")
     var negotiation = false
 
+    @Option(help: "Also measure culvert and ssh -L with this many idle streams open: the 1-byte round trip beside them and both processes' resident memory (0: skip).")
+    var idleStreams: Int = 0
+
+    @Option(help: "Also open and close this many streams through culvert and report the processes' resident memory before and after (0: skip).")
+    var churn: Int = 0
+
     func run() async throws {
         if self.negotiation {
             try await NegotiationBenchmark(repeats: self.repeats).run()
@@ -73,6 +79,20 @@ struct BenchCommand: AsyncParsableCommand {
 
         let processes = SpawnedProcesses()
         defer { processes.stopAll() }
+        // Every process of the SwiftNIO paths counts its heap allocations (an LD_PRELOAD library built here).
+        let scratch = NSTemporaryDirectory() + "culvert-bench-\(getpid())"
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let counterLibrary = AllocationCounterLibrary.build(in: scratch)
+        if counterLibrary == nil { benchProgress("no C compiler (cc): allocations are not counted") }
+        var counterPaths: [String: [String]] = [:]
+        func counted(_ path: String, name: String) -> [String: String] {
+            guard let counterLibrary else { return [:] }
+            let counter = "\(scratch)/\(name)-\(counterPaths[path, default: []].count).count"
+            counterPaths[path, default: []].append(counter)
+            return AllocationCounterLibrary.environment(library: counterLibrary, counterPath: counter)
+        }
+        var pids: [String: [pid_t]] = [:]
         // A signal stops the relays and tunnel processes too, instead of leaving them running.
         let signals = SignalWaiter.install()
         Task {
@@ -103,40 +123,64 @@ struct BenchCommand: AsyncParsableCommand {
         var chainedRelayPorts: [Int] = []
         func startRelay(to port: Int) async throws -> Int {
             let listen = try freePort()
-            processes.add(try ChildProcess.spawn(me, ["relay", "--listen", "\(listen)", "--to", "\(port)"]))
-            try await waitForPort(listen)
+            let relay = try ChildProcess.spawn(me, ["relay", "--listen", "\(listen)", "--to", "\(port)"], environment: counted("nio+nio", name: "relay"))
+            processes.add(relay)
+            pids["nio+nio", default: []].append(relay.pid)
+            try await waitUntilListening(listen)
             return listen
         }
         for port in targetPorts {
             chainedRelayPorts.append(try await startRelay(to: try await startRelay(to: port)))
         }
+        // Idle streams need a target process of their own (their descriptors would not fit beside the others').
+        var idleEchoPort: Int?
+        if self.idleStreams > 0 {
+            let port = try freePort()
+            processes.add(try ChildProcess.spawn(me, ["relay", "--listen", "\(port)", "--echo"]))
+            try await waitUntilListening(port)
+            idleEchoPort = port
+        }
+        let tunnelTargets = targetPorts + (idleEchoPort.map { [$0] } ?? [])
         // The tunnel: server and client processes of this same binary.
         let serverPort = try freePort()
         let token = UUID().uuidString
         var serverArguments = ["server", "--listen", "127.0.0.1:\(serverPort)", "--token", token, "--log-level", "error"]
-        for port in targetPorts { serverArguments += ["--allow", "127.0.0.1:\(port)"] }
-        processes.add(try ChildProcess.spawn(me, serverArguments))
-        try await waitForPort(serverPort)
+        for port in tunnelTargets { serverArguments += ["--allow", "127.0.0.1:\(port)"] }
+        let tunnelServer = try ChildProcess.spawn(me, serverArguments, environment: counted("culvert", name: "server"))
+        processes.add(tunnelServer)
+        try await waitUntilListening(serverPort)
         var tunnelPorts: [Int] = []
         var clientArguments = ["client", "http://127.0.0.1:\(serverPort)", "--token", token, "--transport", kind.rawValue,
                                "--log-level", "error"]
-        for port in targetPorts {
+        for port in tunnelTargets {
             let local = try freePort()
             tunnelPorts.append(local)
             clientArguments += ["-L", "127.0.0.1:\(local):127.0.0.1:\(port)"]
         }
-        processes.add(try ChildProcess.spawn(me, clientArguments))
-        for port in socatListeners + tunnelPorts { try await waitForPort(port) }
+        let tunnelClient = try ChildProcess.spawn(me, clientArguments, environment: counted("culvert", name: "client"))
+        processes.add(tunnelClient)
+        pids["culvert"] = [tunnelServer.pid, tunnelClient.pid]
+        for port in socatListeners + tunnelPorts { try await waitUntilListening(port) }
 
         var paths: [(String, [Int])] = [("direct", targetPorts), ("socat", socatPorts), ("socat+socat", chainedSocatPorts),
                                         ("nio+nio", chainedRelayPorts), ("culvert", tunnelPorts)]
+        // ssh -L, the tunnel most people use today (OpenSSH, aes128-gcm), beside culvert.
+        let ssh = try await SSHReference.start(targets: tunnelTargets, freePort: freePort)
+        if let ssh {
+            for process in ssh.processes { processes.add(process) }
+            paths.insert(("ssh -L", ssh.ports), at: paths.count - 1)
+        }
+        let meters = pids.mapValues { ProcessMeter(pids: $0, counterPaths: []) }
+            .merging(counterPaths.mapValues { ProcessMeter(pids: [], counterPaths: $0) }) { cpu, allocations in
+                ProcessMeter(pids: cpu.pids, counterPaths: allocations.counterPaths)
+            }
         // GNU httptunnel (Debian package httptunnel) beside the polling transport: one hts/htc pair per target.
         if kind == .polling, let hts = findExecutable("hts"), let htc = findExecutable("htc") {
             var httptunnelPorts: [Int] = []
             for port in targetPorts {
                 let serverPort = try freePort()
                 processes.add(try ChildProcess.spawn(hts, ["--no-daemon", "--forward-port", "127.0.0.1:\(port)", "127.0.0.1:\(serverPort)"]))
-                try await waitForPort(serverPort)
+                try await waitUntilListening(serverPort)
                 let local = try freePort()
                 processes.add(try ChildProcess.spawn(htc, ["--no-daemon", "--forward-port", "\(local)", "127.0.0.1:\(serverPort)"]))
                 httptunnelPorts.append(local)
@@ -144,7 +188,7 @@ struct BenchCommand: AsyncParsableCommand {
             try await Task.sleep(for: .milliseconds(300))
             paths.append(("httptunnel", httptunnelPorts))
         } else if kind == .polling {
-            progress("GNU httptunnel (hts/htc) is not installed: `apt-get install -y httptunnel` adds it to the comparison")
+            benchProgress("GNU httptunnel (hts/htc) is not installed: `apt-get install -y httptunnel` adds it to the comparison")
         }
         let bytes = self.mib * 1024 * 1024
         var table: [String: [String: Double]] = [:]
@@ -159,7 +203,7 @@ struct BenchCommand: AsyncParsableCommand {
                 var row = table[name] ?? [:]
                 func attempt<T: Sendable>(_ figure: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T? {
                     guard !failed.contains("\(name) \(figure)") else { return nil }
-                    progress("round \(round): \(name): \(figure)")
+                    benchProgress("round \(round): \(name): \(figure)")
                     let result = try await self.attempt(required: required, body)
                     if result == nil { failed.insert("\(name) \(figure)") }
                     return result
@@ -170,10 +214,19 @@ struct BenchCommand: AsyncParsableCommand {
                 if let value = try await attempt("download", {
                     Double(bytes) / 1_048_576 / (try await LoadGenerator.download(port: ports[1], byteCount: bytes, group: group))
                 }) { row["download"] = max(row["download"] ?? 0, value) }
-                // The run with the lowest median counts.
+                // The run with the lowest median counts; CPU and allocations per round trip of the processes that make
+                // the path, over the whole run (the lowest of the rounds).
+                let before = meters[name]?.sample()
                 if let samples = try await attempt("ping-pong", {
                     try await LoadGenerator.pingPong(port: ports[2], count: self.pings, group: group).sorted()
                 }), !samples.isEmpty {
+                    if let before, let after = meters[name]?.sample() {
+                        let cpu = (after.cpuSeconds - before.cpuSeconds) / Double(samples.count) * 1e6
+                        row["cpu"] = min(row["cpu"] ?? .infinity, cpu)
+                        if let first = before.allocations, let last = after.allocations {
+                            row["allocs"] = min(row["allocs"] ?? .infinity, Double(last - first) / Double(samples.count))
+                        }
+                    }
                     let best = bestPings[name] ?? []
                     if best.isEmpty || samples[samples.count / 2] < best[best.count / 2] {
                         bestPings[name] = samples
@@ -191,7 +244,8 @@ struct BenchCommand: AsyncParsableCommand {
         }
 
         let names = paths.map(\.0)
-        let ratios = ["socat", "socat+socat", "nio+nio"] + (names.contains("httptunnel") ? ["httptunnel"] : [])
+        let ratios = ["socat", "socat+socat", "nio+nio"] + (names.contains("ssh -L") ? ["ssh -L"] : [])
+            + (names.contains("httptunnel") ? ["httptunnel"] : [])
         print("culvert bench: transport \(kind), loopback, \(ProcessInfo.processInfo.activeProcessorCount) cores, best of \(self.repeats)")
         print(pad("", 34) + names.map { pad($0, 13) }.joined() + ratios.map { pad("culvert/\($0)", 21) }.joined())
         let rows: [(String, String)] = [
@@ -200,6 +254,8 @@ struct BenchCommand: AsyncParsableCommand {
             ("p50", "1-byte ping-pong p50, µs"),
             ("p99", "1-byte ping-pong p99, µs"),
             ("rtps", "\(self.streams) streams, round trips/s"),
+            ("cpu", "CPU per round trip, µs"),
+            ("allocs", "allocations per round trip"),
         ]
         for (key, label) in rows {
             let tunnel = table["culvert"]?[key]
@@ -211,8 +267,44 @@ struct BenchCommand: AsyncParsableCommand {
             while line.hasSuffix(" ") { line.removeLast() }
             print(line)
         }
+        if let idleEchoPort, let idlePort = tunnelPorts.last {
+            var idlePaths = [("culvert", idlePort, pids["culvert"] ?? [])]
+            if let ssh { idlePaths.append(("ssh -L", ssh.ports.last!, ssh.processes.map(\.pid))) }
+            _ = idleEchoPort
+            try await self.measureIdleStreams(idlePaths, pingPort: { $0 == "culvert" ? tunnelPorts[2] : ssh!.ports[2] }, group: group)
+        }
+        if self.churn > 0, let meter = meters["culvert"] {
+            let before = meter.sample().residentBytes
+            try await LoadGenerator.churn(port: tunnelPorts[2], count: self.churn, group: group)
+            let after = meter.sample().residentBytes
+            print("culvert: \(self.churn) streams opened and closed: client+server resident \(before >> 20) MiB before, \(after >> 20) MiB after")
+        }
         await targets.close()
         try? await echo.close()
+    }
+
+    /// For each path: the 1-byte round trip p50 with no idle streams, then with ``idleStreams`` open and idle, and
+    /// the resident memory of the path's processes with them open.
+    private func measureIdleStreams(
+        _ paths: [(name: String, idlePort: Int, pids: [pid_t])], pingPort: (String) -> Int, group: any EventLoopGroup
+    ) async throws {
+        let pings = min(self.pings, 2000)
+        for (name, idlePort, pids) in paths {
+            let meter = ProcessMeter(pids: pids, counterPaths: [])
+            benchProgress("\(name): round trips with no idle streams")
+            let quiet = try await LoadGenerator.pingPong(port: pingPort(name), count: pings, group: group).sorted()
+            let quietMemory = meter.sample().residentBytes
+            benchProgress("\(name): opening \(self.idleStreams) idle streams")
+            let idle = try await LoadGenerator.openIdleConnections(port: idlePort, count: self.idleStreams, group: group)
+            let crowded = try await LoadGenerator.pingPong(port: pingPort(name), count: pings, group: group).sorted()
+            let crowdedMemory = meter.sample().residentBytes
+            let (p50Quiet, p50Crowded) = (quiet[quiet.count / 2] * 1e6, crowded[crowded.count / 2] * 1e6)
+            print(
+                "\(name): 1-byte p50 \(format(p50Quiet)) µs with no idle streams, \(format(p50Crowded)) µs with \(self.idleStreams) (\(String(format: "%.2f×", p50Crowded / p50Quiet))); resident \(quietMemory >> 20) MiB → \(crowdedMemory >> 20) MiB"
+            )
+            for channel in idle { channel.close(promise: nil) }
+            for channel in idle { try? await channel.closeFuture.get() }
+        }
     }
 
     /// One measurement, given at most two minutes; a failure of an optional path is reported and yields nil.
@@ -234,14 +326,14 @@ struct BenchCommand: AsyncParsableCommand {
                 }
             }
         } catch where !required {
-            progress("measurement failed: \(error)")
+            benchProgress("measurement failed: \(error)")
             return nil
         }
     }
 }
 
 /// One line of progress on standard error, so that a stuck measurement shows where it is.
-private func progress(_ text: String) {
+func benchProgress(_ text: String) {
     FileHandle.standardError.write(Data("culvert bench: \(text)\n".utf8))
 }
 
@@ -253,7 +345,7 @@ private func format(_ value: Double) -> String {
     value >= 100 ? String(format: "%.0f", value) : String(format: "%.1f", value)
 }
 
-private func findExecutable(_ name: String) -> String? {
+func findExecutable(_ name: String) -> String? {
     let paths = (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":")
     return paths.map { "\($0)/\(name)" }.first { FileManager.default.isExecutableFile(atPath: $0) }
 }
@@ -267,7 +359,7 @@ private func freePort() throws -> Int {
 }
 
 /// Waits until something accepts connections on `port` (up to 15 s).
-private func waitForPort(_ port: Int) async throws {
+func waitUntilListening(_ port: Int) async throws {
     let deadline = ContinuousClock.now + .seconds(15)
     while ContinuousClock.now < deadline {
         if let channel = try? await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)

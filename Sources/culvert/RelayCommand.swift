@@ -8,6 +8,8 @@ import NIOPosix
 ///
 /// `culvert bench` chains two of these as a reference path: the cost of waking two SwiftNIO processes per round
 /// trip, which any tunnel with a client and a server process built on SwiftNIO pays before doing any work of its own.
+/// With `--echo` it is an echo target instead (the benchmark's idle-stream targets, which need a process of their own
+/// for their file descriptors).
 struct RelayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "relay",
@@ -19,13 +21,31 @@ struct RelayCommand: AsyncParsableCommand {
     var listen: Int
 
     @Option(help: "Loopback port to relay each connection to.")
-    var to: Int
+    var to: Int?
+
+    @Flag(help: "Echo what each connection sends instead of relaying it.")
+    var echo = false
+
+    func validate() throws {
+        guard self.echo || self.to != nil else { throw ValidationError("give --to PORT, or --echo") }
+    }
 
     func run() async throws {
         let signals = SignalWaiter.install()
+        if self.echo {
+            let echo: EchoServer
+            do {
+                echo = try await EchoServer.start(port: self.listen, group: MultiThreadedEventLoopGroup.singleton)
+            } catch {
+                fail("cannot listen on 127.0.0.1:\(self.listen): \(describeBindError(error))")
+            }
+            _ = await SignalWaiter.wait(signals)
+            try? await echo.close()
+            return
+        }
         let relay: CuttingRelay
         do {
-            relay = try await CuttingRelay.start(targetPort: self.to, port: self.listen, group: MultiThreadedEventLoopGroup.singleton)
+            relay = try await CuttingRelay.start(targetPort: self.to!, port: self.listen, group: MultiThreadedEventLoopGroup.singleton)
         } catch {
             fail("cannot listen on 127.0.0.1:\(self.listen): \(describeBindError(error))")
         }
