@@ -2,6 +2,7 @@ import ArgumentParser
 import Culvert
 import CulvertTransport
 import Logging
+import NIOCore
 import NIOPosix
 
 /// The `--transport` values: one transport, or `auto`.

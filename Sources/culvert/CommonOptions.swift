@@ -4,6 +4,7 @@ import CulvertCore
 import CulvertTransport
 import Foundation
 import Logging
+import NIOCore
 
 /// `--token`, `--token-file` and `CULVERT_TOKEN`, shared by server and client.
 struct TokenOptions: ParsableArguments {

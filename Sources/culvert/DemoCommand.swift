@@ -1,9 +1,11 @@
 import ArgumentParser
 import Culvert
+import CulvertCore
 import CulvertTools
 import CulvertTransport
 import Foundation
 import Logging
+import NIOCore
 import NIOPosix
 
 /// `culvert demo`: server, client and an echo target in one process on loopback, with data pushed through and

@@ -2,6 +2,7 @@ import ArgumentParser
 import Culvert
 import CulvertTransport
 import Foundation
+import Logging
 import NIOPosix
 
 /// `culvert probe`: which transports get through to a server, why the others do not, and which `auto` would use.

@@ -2,6 +2,7 @@ import ArgumentParser
 import Culvert
 import CulvertTransport
 import Logging
+import NIOCore
 import NIOPosix
 
 /// `culvert server`: accepts tunnels and connects their streams to allowed targets.

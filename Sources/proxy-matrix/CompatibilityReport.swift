@@ -1,4 +1,5 @@
 import Culvert
+import CulvertTools
 import CulvertTransport
 import Foundation
 

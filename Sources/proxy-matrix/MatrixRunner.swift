@@ -1,4 +1,5 @@
 import Culvert
+import CulvertCore
 import CulvertTools
 import CulvertTransport
 import Logging

@@ -1,4 +1,5 @@
 import CulvertCore
+import NIOCore
 import Testing
 
 @Suite struct HandshakeStateMachineTests {

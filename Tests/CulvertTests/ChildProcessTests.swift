@@ -1,5 +1,6 @@
 import CulvertTools
 import Foundation
+import NIOCore
 import NIOPosix
 import Testing
 

@@ -34,7 +34,7 @@ import Testing
 
     private func connect(
         _ server: TunnelServer, echoPort: Int, token: String = "right", transport: TransportKind = .websocket,
-        sourceAddress: String? = nil
+        sourceAddress: String? = nil, refusalWait: TimeAmount = .zero
     ) async throws -> TunnelClient {
         var options = TransportOptions(connectTimeout: .seconds(5), logger: TunnelHarness.logger)
         options.sourceAddress = try sourceAddress.map { try SocketAddress(ipAddress: $0, port: 0) }
@@ -43,8 +43,8 @@ import Testing
             transportOptions: options, session: SessionConfiguration(token: token),
             forwards: [ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: echoPort))]
         )
-        // These tests look at the refusal itself, not at the client's waiting through it.
-        configuration.maximumRefusalWait = .seconds(30)
+        // These tests look at the refusal itself, not at the client's waiting through it (which has its own test).
+        configuration.maximumRefusalWait = refusalWait
         return try await TunnelClient.connect(configuration: configuration, group: self.group, logger: TunnelHarness.logger)
     }
 

@@ -1,6 +1,7 @@
 import Culvert
 import CulvertTools
 import CulvertTransport
+import NIOCore
 import NIOPosix
 import Testing
 

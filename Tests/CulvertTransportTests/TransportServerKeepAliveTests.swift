@@ -1,4 +1,5 @@
 import CulvertTransport
+import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix

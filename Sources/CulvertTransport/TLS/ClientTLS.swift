@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOSSL
+import SwiftASN1
 import X509
 
 /// How the client checks the server's certificate on `https://` and `wss://` URLs: against the system's trust store

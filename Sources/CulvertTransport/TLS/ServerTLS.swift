@@ -105,8 +105,9 @@ public struct ServerTLS: Sendable {
         for name in names {
             if let address = try? SocketAddress(ipAddress: name, port: 0) {
                 switch address {
-                case .v4(let v4): alternativeNames.append(.ipAddress(ASN1OctetString(contentBytes: ArraySlice(withUnsafeBytes(of: v4.address.sin_addr.s_addr) { Array($0) }))))
-                case .v6(let v6): alternativeNames.append(.ipAddress(ASN1OctetString(contentBytes: ArraySlice(withUnsafeBytes(of: v6.address.sin6_addr) { Array($0) }))))
+                // The address bytes of sockaddr_in (from offset 4) and sockaddr_in6 (from offset 8), in network order.
+                case .v4(let v4): alternativeNames.append(.ipAddress(ASN1OctetString(contentBytes: withUnsafeBytes(of: v4.address) { Array($0)[4..<8] })))
+                case .v6(let v6): alternativeNames.append(.ipAddress(ASN1OctetString(contentBytes: withUnsafeBytes(of: v6.address) { Array($0)[8..<24] })))
                 default: break
                 }
             } else {
