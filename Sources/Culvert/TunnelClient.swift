@@ -1,8 +1,8 @@
-import CulvertCore
-import CulvertTransport
-import Logging
+public import CulvertCore
+public import CulvertTransport
+public import Logging
 import NIOConcurrencyHelpers
-import NIOCore
+public import NIOCore
 import NIOPosix
 
 /// The client end of the tunnel: connects a session to the server over the chosen transport and carries every

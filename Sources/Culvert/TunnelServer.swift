@@ -1,8 +1,8 @@
 import CulvertCore
-import CulvertTransport
-import Logging
+public import CulvertTransport
+public import Logging
 import NIOConcurrencyHelpers
-import NIOCore
+public import NIOCore
 import NIOPosix
 #if canImport(Glibc)
 import Glibc

@@ -1,5 +1,5 @@
 import NIOConcurrencyHelpers
-import NIOCore
+public import NIOCore
 import NIOPosix
 
 /// A TCP relay on loopback that can cut every connection through it at a moment of the caller's choosing, and

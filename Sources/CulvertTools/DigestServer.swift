@@ -1,5 +1,5 @@
 import Crypto
-import NIOCore
+public import NIOCore
 import NIOPosix
 
 /// A TCP service on loopback that reads until the client half-closes, then answers `BYTES SHA256HEX\n` and closes.

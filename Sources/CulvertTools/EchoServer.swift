@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 import NIOPosix
 
 /// A TCP echo service on loopback: writes back every byte it reads, and half-closes its side once the peer has

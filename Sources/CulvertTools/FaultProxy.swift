@@ -1,5 +1,5 @@
 import Foundation
-import NIOCore
+public import NIOCore
 import NIOPosix
 
 /// A small HTTP proxy on loopback for tests, the demo and the benchmark, that injects the faults of widely deployed

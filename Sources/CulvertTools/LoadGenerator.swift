@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 import NIOPosix
 
 /// Drives benchmark load with channel handlers (no async sequences in the data path), so that the generator is not

@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 import NIOPosix
 
 /// Benchmark targets on loopback: a sink that counts what it receives and a source that sends what it is asked for

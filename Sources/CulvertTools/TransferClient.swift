@@ -1,5 +1,5 @@
 import Crypto
-import NIOCore
+public import NIOCore
 import NIOPosix
 
 /// Pushes bytes through a TCP connection to an echo target and reads them back, hashing both directions.

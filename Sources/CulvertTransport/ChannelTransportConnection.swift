@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 
 /// A ``TransportConnection`` over a channel whose pipeline already turns the wire into `ByteBuffer` messages; it
 /// is the last handler of that pipeline.

@@ -1,5 +1,5 @@
-import Logging
-import NIOCore
+public import Logging
+public import NIOCore
 
 /// Options every transport dialer takes.
 public struct TransportOptions: Sendable {

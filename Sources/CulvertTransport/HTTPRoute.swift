@@ -1,5 +1,5 @@
-import NIOCore
-import NIOHTTP1
+public import NIOCore
+public import NIOHTTP1
 
 /// How HTTP requests reach the server: directly, through a forward proxy with absolute-form request targets
 /// (RFC 9112 §3.2.2) and `Proxy-Authorization`, or, for an `https` server, inside TLS (through the proxy's CONNECT

@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 
 /// Presents a ``TransportConnection`` that lives on one event loop to a session on another: every call and every
 /// delegate callback hops loops, in order. Used when a resumed session adopts a connection the server accepted on

@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 
 /// One established transport connection: it moves opaque byte messages, in order, between client and server.
 ///

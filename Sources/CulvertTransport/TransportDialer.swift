@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 import NIOPosix
 
 /// Opens the TCP connection every transport starts with, with TCP_NODELAY, and turns connect failures into

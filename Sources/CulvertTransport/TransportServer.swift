@@ -1,5 +1,5 @@
 import NIOConcurrencyHelpers
-import NIOCore
+public import NIOCore
 import NIOHTTP1
 import NIOSSL
 import NIOPosix

@@ -1,4 +1,4 @@
-import CulvertCore
+public import CulvertCore
 
 /// Which targets a server lets streams reach: `--allow HOST:PORT` entries, or everything with `--allow-any`.
 ///

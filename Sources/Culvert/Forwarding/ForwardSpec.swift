@@ -1,4 +1,4 @@
-import CulvertCore
+public import CulvertCore
 
 /// A local forward, `-L [BIND:]PORT:HOST:HOSTPORT`: connections accepted on BIND:PORT become streams to
 /// HOST:HOSTPORT on the server's side.

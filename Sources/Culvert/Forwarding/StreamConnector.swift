@@ -1,4 +1,4 @@
-import CulvertCore
+public import CulvertCore
 import Logging
 import NIOCore
 

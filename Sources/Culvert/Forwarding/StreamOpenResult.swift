@@ -1,4 +1,4 @@
-import CulvertCore
+public import CulvertCore
 
 /// How the opening of a stream for a listener's connection ended: what a listener needs to answer its own client
 /// (a SOCKS reply, an HTTP proxy's status line) before any byte flows.

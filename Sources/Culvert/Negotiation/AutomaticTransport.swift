@@ -1,6 +1,6 @@
-import CulvertTransport
-import Logging
-import NIOCore
+public import CulvertTransport
+public import Logging
+public import NIOCore
 
 /// `--transport auto` as a library call: connects a ``TunnelClient`` over the best transport that really gets through.
 ///

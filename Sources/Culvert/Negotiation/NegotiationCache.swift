@@ -1,5 +1,5 @@
-import CulvertTransport
-import Foundation
+public import CulvertTransport
+public import Foundation
 
 /// Remembers which transport won the negotiation for each (server, proxy), in `culvert/transports.json` under the
 /// user's cache directory (`$XDG_CACHE_HOME`, else `~/.cache`), so that the next start tries it first.

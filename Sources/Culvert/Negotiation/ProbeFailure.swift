@@ -1,4 +1,4 @@
-import CulvertTransport
+public import CulvertTransport
 
 /// Why a transport's probe failed, as a short stable code (for `culvert probe --json`) and a phrase.
 public enum ProbeFailure: String, Sendable, Codable, CaseIterable {

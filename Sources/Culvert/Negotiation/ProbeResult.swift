@@ -1,4 +1,4 @@
-import CulvertTransport
+public import CulvertTransport
 import NIOCore
 
 /// The outcome of one transport's probe.

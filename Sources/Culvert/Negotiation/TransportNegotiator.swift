@@ -1,7 +1,7 @@
 import CulvertCore
-import CulvertTransport
-import Logging
-import NIOCore
+public import CulvertTransport
+public import Logging
+public import NIOCore
 import NIOPosix
 
 /// Finds which transports really get through to a server, by running a real session handshake over each (so a

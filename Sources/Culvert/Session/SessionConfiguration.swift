@@ -1,5 +1,5 @@
-import CulvertCore
-import NIOCore
+public import CulvertCore
+public import NIOCore
 
 /// Settings of one tunnel session, the same for client and server unless noted.
 public struct SessionConfiguration: Sendable {

@@ -1,5 +1,5 @@
-import CulvertCore
-import CulvertTransport
+public import CulvertCore
+public import CulvertTransport
 
 /// Why a session ended or could not start. Each description is one line for the user.
 public enum SessionError: Error, Sendable, CustomStringConvertible {

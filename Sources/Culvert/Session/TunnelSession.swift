@@ -1,8 +1,8 @@
 import CompressNIO
-import CulvertCore
-import CulvertTransport
+public import CulvertCore
+public import CulvertTransport
 import Logging
-import NIOCore
+public import NIOCore
 
 /// One tunnel session on one event loop: a thin driver of ``SessionStateMachine`` that moves its frames over a
 /// ``TransportConnection`` and its streams' bytes to and from their sockets (``StreamChannelHandler``).

@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 
 /// Limits authentication attempts per source address. An attempt counts from the moment it begins, not when its
 /// proof has been checked: `limit` minus the failures within `window` is how many attempts an address may have under

@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 
 /// A stream identifier. Streams opened by the client have odd ids, streams opened by the server even ids; `0` names
 /// the session itself.

@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 
 /// Reads frames from a byte stream; the inverse of ``FrameEncoder``.
 ///

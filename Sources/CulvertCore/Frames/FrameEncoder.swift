@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 
 /// Writes frames in the Culvert wire format.
 ///

@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 
 /// What the driver does after the multiplexer handled a received stream frame.
 public enum MuxInboundAction: Hashable, Sendable {

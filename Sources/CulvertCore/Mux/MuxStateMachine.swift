@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 
 /// The stream multiplexer as a pure state machine: stream table, half-close, and per-stream credit flow control
 /// bounded by a session-wide memory limit.

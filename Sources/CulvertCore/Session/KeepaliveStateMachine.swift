@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 
 /// Decides when to ping and when the transport is dead, from times passed in (no clock of its own).
 ///

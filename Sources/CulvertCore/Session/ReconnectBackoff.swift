@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 
 /// When to try reconnecting after a transport connection was lost: jittered exponential backoff.
 ///

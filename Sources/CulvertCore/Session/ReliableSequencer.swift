@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 
 /// Sequence numbers, acknowledgements and the replay buffer of a session.
 ///

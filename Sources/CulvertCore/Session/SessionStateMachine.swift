@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 
 /// One tunnel session's protocol logic, for either role, as a pure state machine: the handshake, the established
 /// session's multiplexer, sequencer and keepalive, detaching when the transport is lost, resuming on a new one, going

@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 import NIOHTTP1
 
 /// The CONNECT transport: through a forward proxy, `CONNECT server:port`; then (or directly without a proxy) an

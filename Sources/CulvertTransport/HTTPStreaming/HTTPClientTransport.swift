@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 import NIOHTTP1
 
 /// Dials the chunked or polling transport: `POST <prefix>/open?t=KIND` gets a connection id from the server,

@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 
 /// Client-side limits and timers of the chunked and polling transports.
 public struct HTTPTransportClientSettings: Sendable {

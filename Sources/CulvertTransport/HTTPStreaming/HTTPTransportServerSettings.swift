@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 
 /// Server-side limits and timers of the HTTP listener (every transport starts with an HTTP request) and of the chunked
 /// and polling transports.

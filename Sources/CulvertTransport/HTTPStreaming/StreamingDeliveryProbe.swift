@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 import NIOHTTP1
 
 /// Asks the server for a streaming response of small chunks sent at a steady pace (`GET <prefix>/probe`) and judges

@@ -1,6 +1,6 @@
 import Crypto
 import Foundation
-import NIOSSL
+public import NIOSSL
 
 /// A pinned server public key: the SHA-256 of its SubjectPublicKeyInfo, written `sha256:BASE64` (as HPKP did and
 /// as `culvert server --tls-self-signed` prints it). A pin trusts that key whatever certificate carries it, which is

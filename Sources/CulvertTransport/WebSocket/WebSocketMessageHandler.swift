@@ -1,5 +1,5 @@
-import NIOCore
-import NIOWebSocket
+public import NIOCore
+public import NIOWebSocket
 
 /// Turns WebSocket frames into opaque `ByteBuffer` messages and back (RFC 6455).
 ///
