@@ -55,6 +55,12 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Also open and close this many streams through culvert and report the processes' resident memory before and after (0: skip).")
     var churn: Int = 0
 
+    @Option(help: "Run the tunnel's server and client from this culvert binary instead of this one.")
+    var tunnelBinary: String?
+
+    @Option(help: "Also run a tunnel from this (earlier) culvert binary, as the path \"before\", to compare two builds in one run.")
+    var compareBinary: String?
+
     func run() async throws {
         if self.negotiation {
             try await NegotiationBenchmark(repeats: self.repeats).run()
@@ -141,29 +147,38 @@ struct BenchCommand: AsyncParsableCommand {
             idleEchoPort = port
         }
         let tunnelTargets = targetPorts + (idleEchoPort.map { [$0] } ?? [])
-        // The tunnel: server and client processes of this same binary.
-        let serverPort = try freePort()
+        // The tunnel: server and client processes of this same binary (or of --tunnel-binary), and with
+        // --compare-binary a second tunnel from that build beside it, as the path "before".
         let token = UUID().uuidString
-        var serverArguments = ["server", "--listen", "127.0.0.1:\(serverPort)", "--token", token, "--log-level", "error"]
-        for port in tunnelTargets { serverArguments += ["--allow", "127.0.0.1:\(port)"] }
-        let tunnelServer = try ChildProcess.spawn(me, serverArguments, environment: counted("culvert", name: "server"))
-        processes.add(tunnelServer)
-        try await waitUntilListening(serverPort)
-        var tunnelPorts: [Int] = []
-        var clientArguments = ["client", "http://127.0.0.1:\(serverPort)", "--token", token, "--transport", kind.rawValue,
-                               "--log-level", "error"]
-        for port in tunnelTargets {
-            let local = try freePort()
-            tunnelPorts.append(local)
-            clientArguments += ["-L", "127.0.0.1:\(local):127.0.0.1:\(port)"]
+        func startTunnel(binary: String, path: String) async throws -> [Int] {
+            let serverPort = try freePort()
+            var serverArguments = ["server", "--listen", "127.0.0.1:\(serverPort)", "--token", token, "--log-level", "error"]
+            for port in tunnelTargets { serverArguments += ["--allow", "127.0.0.1:\(port)"] }
+            let server = try ChildProcess.spawn(binary, serverArguments, environment: counted(path, name: "server"))
+            processes.add(server)
+            try await waitUntilListening(serverPort)
+            var ports: [Int] = []
+            var clientArguments = ["client", "http://127.0.0.1:\(serverPort)", "--token", token, "--transport", kind.rawValue,
+                                   "--log-level", "error"]
+            for port in tunnelTargets {
+                let local = try freePort()
+                ports.append(local)
+                clientArguments += ["-L", "127.0.0.1:\(local):127.0.0.1:\(port)"]
+            }
+            let client = try ChildProcess.spawn(binary, clientArguments, environment: counted(path, name: "client"))
+            processes.add(client)
+            pids[path] = [server.pid, client.pid]
+            for port in ports { try await waitUntilListening(port) }
+            return ports
         }
-        let tunnelClient = try ChildProcess.spawn(me, clientArguments, environment: counted("culvert", name: "client"))
-        processes.add(tunnelClient)
-        pids["culvert"] = [tunnelServer.pid, tunnelClient.pid]
-        for port in socatListeners + tunnelPorts { try await waitUntilListening(port) }
+        let tunnelPorts = try await startTunnel(binary: self.tunnelBinary ?? me, path: "culvert")
+        for port in socatListeners { try await waitUntilListening(port) }
 
         var paths: [(String, [Int])] = [("direct", targetPorts), ("socat", socatPorts), ("socat+socat", chainedSocatPorts),
                                         ("nio+nio", chainedRelayPorts), ("culvert", tunnelPorts)]
+        if let compareBinary = self.compareBinary {
+            paths.insert(("before", try await startTunnel(binary: compareBinary, path: "before")), at: paths.count - 1)
+        }
         // ssh -L, the tunnel most people use today (OpenSSH, aes128-gcm), beside culvert.
         let ssh = try await SSHReference.start(targets: tunnelTargets, freePort: freePort)
         if let ssh {
@@ -245,6 +260,7 @@ struct BenchCommand: AsyncParsableCommand {
 
         let names = paths.map(\.0)
         let ratios = ["socat", "socat+socat", "nio+nio"] + (names.contains("ssh -L") ? ["ssh -L"] : [])
+            + (names.contains("before") ? ["before"] : [])
             + (names.contains("httptunnel") ? ["httptunnel"] : [])
         print("culvert bench: transport \(kind), loopback, \(ProcessInfo.processInfo.activeProcessorCount) cores, best of \(self.repeats)")
         print(pad("", 34) + names.map { pad($0, 13) }.joined() + ratios.map { pad("culvert/\($0)", 21) }.joined())
@@ -267,17 +283,22 @@ struct BenchCommand: AsyncParsableCommand {
             while line.hasSuffix(" ") { line.removeLast() }
             print(line)
         }
-        if let idleEchoPort, let idlePort = tunnelPorts.last {
-            var idlePaths = [("culvert", idlePort, pids["culvert"] ?? [])]
-            if let ssh { idlePaths.append(("ssh -L", ssh.ports.last!, ssh.processes.map(\.pid))) }
-            _ = idleEchoPort
-            try await self.measureIdleStreams(idlePaths, pingPort: { $0 == "culvert" ? tunnelPorts[2] : ssh!.ports[2] }, group: group)
+        // The paths that also forward to the idle-stream target (its port is each one's fourth).
+        let tunnels = paths.filter { ["culvert", "before", "ssh -L"].contains($0.0) }
+        if idleEchoPort != nil {
+            try await self.measureIdleStreams(
+                tunnels.map { (name: $0.0, idlePort: $0.1[3], pingPort: $0.1[2], pids: pids[$0.0] ?? ssh?.processes.map(\.pid) ?? []) },
+                group: group
+            )
         }
-        if self.churn > 0, let meter = meters["culvert"] {
-            let before = meter.sample().residentBytes
-            try await LoadGenerator.churn(port: tunnelPorts[2], count: self.churn, group: group)
-            let after = meter.sample().residentBytes
-            print("culvert: \(self.churn) streams opened and closed: client+server resident \(before >> 20) MiB before, \(after >> 20) MiB after")
+        if self.churn > 0 {
+            for (name, ports) in tunnels where name != "ssh -L" {
+                guard let meter = meters[name] else { continue }
+                let before = meter.sample().residentBytes
+                try await LoadGenerator.churn(port: ports[2], count: self.churn, group: group)
+                let after = meter.sample().residentBytes
+                print("\(name): \(self.churn) streams opened and closed: client+server resident \(before >> 20) MiB before, \(after >> 20) MiB after")
+            }
         }
         await targets.close()
         try? await echo.close()
@@ -286,17 +307,17 @@ struct BenchCommand: AsyncParsableCommand {
     /// For each path: the 1-byte round trip p50 with no idle streams, then with ``idleStreams`` open and idle, and
     /// the resident memory of the path's processes with them open.
     private func measureIdleStreams(
-        _ paths: [(name: String, idlePort: Int, pids: [pid_t])], pingPort: (String) -> Int, group: any EventLoopGroup
+        _ paths: [(name: String, idlePort: Int, pingPort: Int, pids: [pid_t])], group: any EventLoopGroup
     ) async throws {
         let pings = min(self.pings, 2000)
-        for (name, idlePort, pids) in paths {
+        for (name, idlePort, pingPort, pids) in paths {
             let meter = ProcessMeter(pids: pids, counterPaths: [])
             benchProgress("\(name): round trips with no idle streams")
-            let quiet = try await LoadGenerator.pingPong(port: pingPort(name), count: pings, group: group).sorted()
+            let quiet = try await LoadGenerator.pingPong(port: pingPort, count: pings, group: group).sorted()
             let quietMemory = meter.sample().residentBytes
             benchProgress("\(name): opening \(self.idleStreams) idle streams")
             let idle = try await LoadGenerator.openIdleConnections(port: idlePort, count: self.idleStreams, group: group)
-            let crowded = try await LoadGenerator.pingPong(port: pingPort(name), count: pings, group: group).sorted()
+            let crowded = try await LoadGenerator.pingPong(port: pingPort, count: pings, group: group).sorted()
             let crowdedMemory = meter.sample().residentBytes
             let (p50Quiet, p50Crowded) = (quiet[quiet.count / 2] * 1e6, crowded[crowded.count / 2] * 1e6)
             print(
