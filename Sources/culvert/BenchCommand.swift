@@ -152,14 +152,17 @@ struct BenchCommand: AsyncParsableCommand {
         let token = UUID().uuidString
         func startTunnel(binary: String, path: String) async throws -> [Int] {
             let serverPort = try freePort()
+            // Room for the idle streams (a session takes 4,096 streams by default).
+            let streamLimit = self.idleStreams > 4000 ? ["--max-streams", "\(self.idleStreams + 256)"] : []
             var serverArguments = ["server", "--listen", "127.0.0.1:\(serverPort)", "--token", token, "--log-level", "error"]
+                + streamLimit
             for port in tunnelTargets { serverArguments += ["--allow", "127.0.0.1:\(port)"] }
             let server = try ChildProcess.spawn(binary, serverArguments, environment: counted(path, name: "server"))
             processes.add(server)
             try await waitUntilListening(serverPort)
             var ports: [Int] = []
             var clientArguments = ["client", "http://127.0.0.1:\(serverPort)", "--token", token, "--transport", kind.rawValue,
-                                   "--log-level", "error"]
+                                   "--log-level", "error"] + streamLimit
             for port in tunnelTargets {
                 let local = try freePort()
                 ports.append(local)
@@ -286,7 +289,7 @@ struct BenchCommand: AsyncParsableCommand {
         // The paths that also forward to the idle-stream target (its port is each one's fourth).
         let tunnels = paths.filter { ["culvert", "before", "ssh -L"].contains($0.0) }
         if idleEchoPort != nil {
-            try await self.measureIdleStreams(
+            await self.measureIdleStreams(
                 tunnels.map { (name: $0.0, idlePort: $0.1[3], pingPort: $0.1[2], pids: pids[$0.0] ?? ssh?.processes.map(\.pid) ?? []) },
                 group: group
             )
@@ -308,24 +311,34 @@ struct BenchCommand: AsyncParsableCommand {
     /// the resident memory of the path's processes with them open.
     private func measureIdleStreams(
         _ paths: [(name: String, idlePort: Int, pingPort: Int, pids: [pid_t])], group: any EventLoopGroup
-    ) async throws {
+    ) async {
         let pings = min(self.pings, 2000)
         for (name, idlePort, pingPort, pids) in paths {
-            let meter = ProcessMeter(pids: pids, counterPaths: [])
-            benchProgress("\(name): round trips with no idle streams")
-            let quiet = try await LoadGenerator.pingPong(port: pingPort, count: pings, group: group).sorted()
-            let quietMemory = meter.sample().residentBytes
-            benchProgress("\(name): opening \(self.idleStreams) idle streams")
-            let idle = try await LoadGenerator.openIdleConnections(port: idlePort, count: self.idleStreams, group: group)
-            let crowded = try await LoadGenerator.pingPong(port: pingPort, count: pings, group: group).sorted()
-            let crowdedMemory = meter.sample().residentBytes
-            let (p50Quiet, p50Crowded) = (quiet[quiet.count / 2] * 1e6, crowded[crowded.count / 2] * 1e6)
-            print(
-                "\(name): 1-byte p50 \(format(p50Quiet)) µs with no idle streams, \(format(p50Crowded)) µs with \(self.idleStreams) (\(String(format: "%.2f×", p50Crowded / p50Quiet))); resident \(quietMemory >> 20) MiB → \(crowdedMemory >> 20) MiB"
-            )
-            for channel in idle { channel.close(promise: nil) }
-            for channel in idle { try? await channel.closeFuture.get() }
+            do {
+                try await self.measureIdleStreams(name: name, idlePort: idlePort, pingPort: pingPort, pids: pids, pings: pings, group: group)
+            } catch {
+                print("\(name): with \(self.idleStreams) idle streams: failed: \(error)")
+            }
         }
+    }
+
+    private func measureIdleStreams(
+        name: String, idlePort: Int, pingPort: Int, pids: [pid_t], pings: Int, group: any EventLoopGroup
+    ) async throws {
+        let meter = ProcessMeter(pids: pids, counterPaths: [])
+        benchProgress("\(name): round trips with no idle streams")
+        let quiet = try await LoadGenerator.pingPong(port: pingPort, count: pings, group: group).sorted()
+        let quietMemory = meter.sample().residentBytes
+        benchProgress("\(name): opening \(self.idleStreams) idle streams")
+        let idle = try await LoadGenerator.openIdleConnections(port: idlePort, count: self.idleStreams, group: group)
+        let crowded = try await LoadGenerator.pingPong(port: pingPort, count: pings, group: group).sorted()
+        let crowdedMemory = meter.sample().residentBytes
+        let (p50Quiet, p50Crowded) = (quiet[quiet.count / 2] * 1e6, crowded[crowded.count / 2] * 1e6)
+        print(
+            "\(name): 1-byte p50 \(format(p50Quiet)) µs with no idle streams, \(format(p50Crowded)) µs with \(self.idleStreams) (\(String(format: "%.2f×", p50Crowded / p50Quiet))); resident \(quietMemory >> 20) MiB → \(crowdedMemory >> 20) MiB"
+        )
+        for channel in idle { channel.close(promise: nil) }
+        for channel in idle { try? await channel.closeFuture.get() }
     }
 
     /// One measurement, given at most two minutes; a failure of an optional path is reported and yields nil.

@@ -36,7 +36,9 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     /// slices) only when the batch is sent: a slice taken earlier would make every later write into `outbound`
     /// copy the whole buffer.
     private var unsentReliableFrames: [(start: Int, length: Int)] = []
-    /// A read (of the transport or a stream socket) is under way: what it queues goes out at its read-complete.
+    /// A read of the transport is under way: what it queues goes out at its read-complete (as nio-http2 flushes at
+    /// `channelReadComplete`). Stream sockets' reads queue a flush for the end of the loop tick instead, so that
+    /// many streams reading at once share one transport message.
     private var flushAtReadComplete = false
     private var flushScheduled = false
     private var streams: [StreamID: StreamChannelHandler] = [:]
@@ -239,7 +241,6 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     // MARK: Events from stream sockets
 
     func localRead(_ stream: StreamChannelHandler, _ buffer: ByteBuffer) {
-        self.flushAtReadComplete = true
         if stream.pendingSend == nil {
             stream.pendingSend = buffer
         } else {
@@ -249,11 +250,9 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         self.pump(stream)
     }
 
+    /// What the read queued goes out with the next flush of this loop tick (queued by ``enqueue(_:)``), not now:
+    /// streams that read in the same tick share one transport message.
     func localReadComplete(_ stream: StreamChannelHandler) {
-        if self.flushAtReadComplete {
-            self.flushAtReadComplete = false
-            self.flushNow()
-        }
         if self.streams[stream.id] === stream { self.readIfAllowed(stream) }
     }
 
@@ -835,8 +834,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         }
     }
 
-    /// Frames queued outside a read (a timer, a socket that drained, a connector that answered) go out on the
-    /// next loop tick.
+    /// Frames queued outside a transport read (stream sockets' reads, a timer, a socket that drained, a connector
+    /// that answered) go out together at the end of this loop tick.
     private func scheduleFlush() {
         guard !self.flushScheduled else { return }
         self.flushScheduled = true
