@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 public import NIOCore
 public import NIOWebSocket
 
@@ -171,13 +174,24 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
 
 /// Mask keys from the system's secure generator, fetched 1024 at a time so that a key costs no system call.
 struct MaskKeySource {
+    private typealias GetRandom = @convention(c) (UnsafeMutableRawPointer?, Int, UInt32) -> Int
+    /// glibc's `getrandom` (the Glibc module does not export sys/random.h, so it is looked up by name).
+    private static let getRandom: GetRandom? = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "getrandom").map {
+        unsafeBitCast($0, to: GetRandom.self)
+    }
     private var pool: [UInt8] = []
     private var index = 0
 
     mutating func next() -> WebSocketMaskingKey {
         if self.index + 4 > self.pool.count {
-            var generator = SystemRandomNumberGenerator()
-            self.pool = (0..<512).flatMap { _ in withUnsafeBytes(of: generator.next() as UInt64) { Array($0) } }
+            // One system call for 1,024 keys: SystemRandomNumberGenerator asks the kernel for every 8 bytes, which
+            // cost a getrandom per two messages sent.
+            self.pool = [UInt8](repeating: 0, count: 4096)
+            let filled = self.pool.withUnsafeMutableBytes { Self.getRandom?($0.baseAddress, $0.count, 0) ?? 0 }
+            if filled != self.pool.count {
+                var generator = SystemRandomNumberGenerator()
+                self.pool = (0..<512).flatMap { _ in withUnsafeBytes(of: generator.next() as UInt64) { Array($0) } }
+            }
             self.index = 0
         }
         defer { self.index += 4 }
