@@ -111,7 +111,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
                 resumption: configuration.resumption,
                 detachedGracePeriod: configuration.detachedGracePeriod
             ),
-            now: .now()
+            now: transport.eventLoop.now
         )
         self.decoder = Self.makeDecoder(configuration)
         self.outbound = ByteBufferAllocator().buffer(capacity: Self.smallBatchCapacity)
@@ -145,7 +145,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         let tick = TimeAmount.nanoseconds(max(100_000_000, shortest.nanoseconds / 4))
         self.keepaliveTask = self.eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { [self] _ in
             guard !self.finished, self.transport != nil else { return }
-            self.perform(self.machine.keepaliveTick(now: .now()))
+            self.perform(self.machine.keepaliveTick(now: self.eventLoop.now))
         }
     }
 
@@ -370,7 +370,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     public func transportDidClose(_ transport: any TransportConnection, error: (any Error)?) {
         guard transport === self.transport else { return }
         let reason = error.map { "\($0)" } ?? "closed by the peer or a proxy in between"
-        self.perform(self.machine.transportLost(.transportClosed(reason), now: .now()))
+        self.perform(self.machine.transportLost(.transportClosed(reason), now: self.eventLoop.now))
     }
 
     // MARK: Resumption
@@ -380,7 +380,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     func dropTransport() {
         self.eventLoop.preconditionInEventLoop()
         guard self.transport != nil, !self.finished else { return }
-        self.perform(self.machine.transportLost(.transportClosed("moved to another transport"), now: .now()))
+        self.perform(self.machine.transportLost(.transportClosed("moved to another transport"), now: self.eventLoop.now))
     }
 
     /// Client: resumes the detached session on `transport` (dialled on this session's loop).
@@ -388,7 +388,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         self.eventLoop.preconditionInEventLoop()
         // The HELLO is made before the transport delivers anything: a refusal already waiting on the new
         // connection (a GOAWAY the server sent the moment it saw it) must meet a handshake that has started.
-        guard !self.finished, let hello = self.machine.resume(now: .now()) else {
+        guard !self.finished, let hello = self.machine.resume(now: self.eventLoop.now) else {
             transport.close()
             return
         }
@@ -413,7 +413,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         }
         self.attach(transport)
         guard !self.finished, self.transport === transport else { return }
-        self.perform(self.machine.adopt(outcome, welcome: welcome, now: .now()))
+        self.perform(self.machine.adopt(outcome, welcome: welcome, now: self.eventLoop.now))
     }
 
     /// Makes `transport` the session's and starts it (what it had read is delivered now).
@@ -426,11 +426,11 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     // MARK: Performing the state machine's actions
 
     private func handle(_ frame: Frame) {
-        let action = self.machine.receive(frame, now: .now())
+        let action = self.machine.receive(frame, now: self.eventLoop.now)
         if case .lookUpResumption(let id) = action {
             let target = self.resumeLookup?(id)
             self.resumeTarget = target
-            self.perform(self.machine.resumptionLookedUp(target.map { ($0.key, $0.capabilities) }, hello: frame, now: .now()))
+            self.perform(self.machine.resumptionLookedUp(target.map { ($0.key, $0.capabilities) }, hello: frame, now: self.eventLoop.now))
         } else {
             self.perform(action)
         }
@@ -544,7 +544,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             self.timers[.detachedExpiry]?.cancel()
             self.timers[.detachedExpiry] = self.eventLoop.scheduleTask(deadline: expiry) { [self] in
                 self.logger.info("not resumed within \(self.configuration.detachedGracePeriod.seconds) s: closing its \(self.streams.count) streams")
-                self.perform(self.machine.timerFired(.detachedExpiry, now: .now()))
+                self.perform(self.machine.timerFired(.detachedExpiry, now: self.eventLoop.now))
             }
         }
         self.onDetached?(self, reason)
@@ -554,7 +554,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     private func schedule(_ timer: SessionStateMachine.Timer, in delay: TimeAmount) {
         self.timers[timer]?.cancel()
         self.timers[timer] = self.eventLoop.scheduleTask(in: delay) { [self] in
-            self.perform(self.machine.timerFired(timer, now: .now()))
+            self.perform(self.machine.timerFired(timer, now: self.eventLoop.now))
         }
     }
 
