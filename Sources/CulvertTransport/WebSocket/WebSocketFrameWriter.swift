@@ -37,10 +37,15 @@ enum WebSocketFrameWriter {
     /// Appends `source` XOR the repeating 4-byte `key` (starting at key index 0) to `destination`.
     static func appendMasked(_ source: ByteBuffer, key: WebSocketMaskingKey, to destination: inout ByteBuffer) {
         let count = source.readableBytes
-        let keyBytes = Array(key)
+        // The key's four bytes as a tuple (an Array of them would be a heap allocation per frame).
+        let start = key.startIndex
+        let keyBytes = (key[start], key[key.index(start, offsetBy: 1)], key[key.index(start, offsetBy: 2)], key[key.index(start, offsetBy: 3)])
         var key32: UInt32 = 0
         withUnsafeMutableBytes(of: &key32) { raw in
-            for index in 0..<4 { raw[index] = keyBytes[index] }
+            raw[0] = keyBytes.0
+            raw[1] = keyBytes.1
+            raw[2] = keyBytes.2
+            raw[3] = keyBytes.3
         }
         let key64 = UInt64(key32) | (UInt64(key32) << 32)
         destination.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { output in
@@ -52,7 +57,7 @@ enum WebSocketFrameWriter {
                     index += 8
                 }
                 while index < count {
-                    output[index] = input[index] ^ keyBytes[index % 4]
+                    output[index] = input[index] ^ withUnsafeBytes(of: key32) { $0[index % 4] }
                     index += 1
                 }
             }

@@ -1,0 +1,34 @@
+@testable import CulvertTransport
+import NIOCore
+import NIOWebSocket
+import Testing
+
+/// The client's frame writer masks payloads eight bytes at a time while copying them.
+@Suite struct WebSocketFrameWriterTests {
+    /// RFC 6455 section 5.7's example: "Hello" masked with 37 fa 21 3d is 7f 9f 4d 51 58, after the header 81 85 and
+    /// the key.
+    @Test func aMaskedFrameMatchesTheRFCExample() throws {
+        let key = try #require(WebSocketMaskingKey([0x37, 0xFA, 0x21, 0x3D]))
+        let (frame, rest) = WebSocketFrameWriter.encode(
+            opcode: .text, payload: ByteBuffer(string: "Hello"), maskKey: key, allocator: ByteBufferAllocator()
+        )
+        #expect(rest == nil)
+        #expect(Array(frame.readableBytesView) == [0x81, 0x85, 0x37, 0xFA, 0x21, 0x3D, 0x7F, 0x9F, 0x4D, 0x51, 0x58])
+    }
+
+    /// Masking is its own inverse for every length around the eight-byte words (whole words and a tail).
+    @Test(arguments: [0, 1, 3, 7, 8, 9, 15, 16, 17, 4099])
+    func maskingTwiceGivesThePayloadBack(length: Int) throws {
+        let key = try #require(WebSocketMaskingKey([0x01, 0x80, 0x7F, 0xFE]))
+        let payload = ByteBuffer(bytes: (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+        var masked = ByteBuffer()
+        WebSocketFrameWriter.appendMasked(payload, key: key, to: &masked)
+        #expect(length == 0 || masked != payload)
+        var unmasked = ByteBuffer()
+        WebSocketFrameWriter.appendMasked(masked, key: key, to: &unmasked)
+        #expect(unmasked == payload)
+        // Byte by byte, as RFC 6455 defines it.
+        let keyBytes: [UInt8] = [0x01, 0x80, 0x7F, 0xFE]
+        #expect(Array(masked.readableBytesView) == payload.readableBytesView.enumerated().map { $0.element ^ keyBytes[$0.offset % 4] })
+    }
+}
