@@ -66,16 +66,15 @@ public final class LoopBridgedTransport: TransportConnection, TransportConnectio
     }
 
     public func transportDidClose(_ transport: any TransportConnection, error: (any Error)?) {
-        let error = error.map { SendableError($0) }
+        let error = error.map { BridgedError(description: "\($0)") }
         self.eventLoop.execute {
-            self.relay.markClosed(error: error?.error)
+            self.relay.markClosed(error: error)
             self.relay.reportClose(for: self)
         }
     }
 }
 
-/// Carries an error across loops (errors here are only read for their description).
-private struct SendableError: @unchecked Sendable {
-    let error: any Error
-    init(_ error: any Error) { self.error = error }
+/// An error carried across loops as what it says (a close's error is only ever read for its description).
+private struct BridgedError: Error, Sendable, CustomStringConvertible {
+    let description: String
 }

@@ -1,6 +1,7 @@
 import Culvert
 import Dispatch
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// SIGINT and SIGTERM as an async stream, so that commands can shut down cleanly instead of dying mid-stream.
@@ -57,15 +58,14 @@ private enum SignalSources {
     static func keep(_ sources: [any DispatchSourceSignal]) { all += sources }
 }
 
-private final class OnceFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var claimed = false
+/// True for the first caller of ``claim()`` only (a continuation may be resumed once).
+private struct OnceFlag: Sendable {
+    private let claimed = NIOLockedValueBox(false)
 
     func claim() -> Bool {
-        self.lock.lock()
-        defer { self.lock.unlock() }
-        if self.claimed { return false }
-        self.claimed = true
-        return true
+        self.claimed.withLockedValue { claimed in
+            defer { claimed = true }
+            return !claimed
+        }
     }
 }
