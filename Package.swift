@@ -98,7 +98,8 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
-            swiftSettings: swiftSettings
+            swiftSettings: swiftSettings,
+            plugins: ["BuildInfoPlugin"]
         ),
         // The fuzz targets' bodies, shared by the libFuzzer executables in Fuzz/ and the regression tests.
         .target(
@@ -128,6 +129,8 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Records the git commit that `culvert --version` prints.
+        .plugin(name: "BuildInfoPlugin", capability: .buildTool()),
         .plugin(
             name: "ProxyMatrixPlugin",
             capability: .command(
