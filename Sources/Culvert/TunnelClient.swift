@@ -30,6 +30,13 @@ public final class TunnelClient: StreamOpening, Sendable {
         /// How long the first connection keeps trying while the server turns it away for now (it throttles this
         /// address, or is at its session limit), waiting the reconnect backoff between tries.
         public var maximumRefusalWait: TimeAmount = .seconds(120)
+        /// How long the first connection keeps trying while it cannot reach the server (or its proxy). nil: for
+        /// ever; zero (the default, so that a caller learns at once): it gives up at the first failure. Errors that
+        /// trying again cannot fix (a wrong token, TLS refused, …) end it at once whatever this says.
+        public var firstConnectionRetryTime: TimeAmount? = .zero
+        /// How long the client keeps trying to reconnect after its connection or its session was lost before it
+        /// gives up and ends (nil, the default: for ever).
+        public var reconnectRetryTime: TimeAmount?
 
         public init(
             server: ServerEndpoint,
@@ -49,7 +56,8 @@ public final class TunnelClient: StreamOpening, Sendable {
     }
 
     private struct State {
-        var session: TunnelSession
+        /// The session that carries new streams; nil until the first one is established.
+        var session: TunnelSession?
         var backoff: ReconnectBackoff
         /// The transport new connections use: the configured one until ``TunnelClient/switchTransport(to:)``.
         var transport: TransportKind
@@ -58,8 +66,22 @@ public final class TunnelClient: StreamOpening, Sendable {
         var fallbacks: [TransportKind]
         var stopping = false
         var finished = false
-        var sessionsStarted = 1
+        var sessionsStarted = 0
+        /// Since when the client has had no working connection to the server (nil while it has one).
+        var disconnectedSince: NIODeadline?
     }
+
+    /// A connection a listener accepted while no session was established: it waits for the first one.
+    private struct WaitingConnection {
+        var channel: any Channel
+        var target: TargetAddress
+        var completion: (StreamOpenResult) -> Void
+        /// Holds what the connection delivers while it waits.
+        var buffer: WaitingConnectionBuffer
+    }
+
+    /// At most this many accepted connections wait for the first session; more are closed at once.
+    public static let maximumWaitingConnections = 64
 
     private let configuration: Configuration
     private let eventLoop: any EventLoop
@@ -67,29 +89,39 @@ public final class TunnelClient: StreamOpening, Sendable {
     private let state: NIOLockedValueBox<State>
     private let listeners: NIOLockedValueBox<[any Channel]>
     private let endedPromise: EventLoopPromise<SessionError>
+    /// Connections waiting for the first session, on the client's loop (where listeners hand them over).
+    private let waiting: NIOLoopBoundBox<[WaitingConnection]>
 
     /// The local address of each forward, in the order of ``Configuration/forwards``.
     public var listenerAddresses: [SocketAddress] {
         self.listeners.withLockedValue { $0.compactMap(\.localAddress) }
     }
 
-    /// The session that carries the streams now (a new one after the server refused to resume the last).
-    public var session: TunnelSession { self.state.withLockedValue { $0.session } }
+    /// The session that carries the streams now (a new one after the server refused to resume the last). Only for
+    /// a client that ``connect(configuration:group:logger:)`` returned (it has a session from then on).
+    public var session: TunnelSession {
+        guard let session = self.state.withLockedValue({ $0.session }) else {
+            preconditionFailure("TunnelClient.session read before the first session was established")
+        }
+        return session
+    }
     /// Sessions started so far (1 until the server restarts or refuses a resumption).
     public var sessionsStarted: Int { self.state.withLockedValue { $0.sessionsStarted } }
 
-    private init(configuration: Configuration, eventLoop: any EventLoop, logger: Logger, session: TunnelSession) {
+    private init(configuration: Configuration, eventLoop: any EventLoop, logger: Logger) {
         self.configuration = configuration
         self.eventLoop = eventLoop
         self.logger = logger
         self.state = NIOLockedValueBox(
             State(
-                session: session, backoff: configuration.reconnect, transport: configuration.transport,
-                fallbacks: configuration.fallbacks.filter { $0 != configuration.transport }
+                backoff: configuration.reconnect, transport: configuration.transport,
+                fallbacks: configuration.fallbacks.filter { $0 != configuration.transport },
+                disconnectedSince: .now()
             )
         )
         self.listeners = NIOLockedValueBox([])
         self.endedPromise = eventLoop.makePromise()
+        self.waiting = NIOLoopBoundBox.makeBoxSendingValue([], eventLoop: eventLoop)
     }
 
     deinit {
@@ -97,51 +129,115 @@ public final class TunnelClient: StreamOpening, Sendable {
         self.finish(.shutdown)
     }
 
-    /// Connects, completes the session handshake, then opens the local listeners.
-    /// - Throws: ``SessionError`` (unreachable server, wrong token, …) or ``ForwardingError`` (a port in use).
+    /// Opens the local listeners, then connects and completes the session handshake over the configured
+    /// transport. While the server (or the proxy) cannot be reached it keeps trying, with the reconnect backoff,
+    /// for up to ``Configuration/firstConnectionRetryTime``; connections accepted meanwhile wait for the session.
+    /// - Throws: ``SessionError`` (unreachable server past the retry time, wrong token, …) or ``ForwardingError``
+    ///   (a port in use).
     public static func connect(
         configuration: Configuration,
         group: any EventLoopGroup,
         logger: Logger
     ) async throws -> TunnelClient {
-        let eventLoop = group.next()
-        let session = try await Self.startFirstSession(configuration: configuration, eventLoop: eventLoop, logger: logger)
-        logger.info("tunnel established to \(configuration.server) over \(configuration.transport)")
-        let client = TunnelClient(configuration: configuration, eventLoop: eventLoop, logger: logger, session: session)
-        var listeners: [any Channel] = []
-        do {
-            for forward in configuration.forwards {
-                listeners.append(try await client.listen(forward, group: group))
-            }
-        } catch {
-            for listener in listeners { try? await listener.close() }
-            _ = try? await session.shutdown(gracePeriod: .zero).get()
-            throw error
-        }
-        client.listeners.withLockedValue { $0 = listeners }
-        try await eventLoop.submit { client.watch(session) }.get()
+        let client = try await Self.open(configuration: configuration, group: group, logger: logger)
+        try await client.connectFirstSession { try await client.startSession(over: client.currentTransport) }
         return client
     }
 
-    /// Starts the first session, waiting and trying again while the server turns it away for now: a throttled
-    /// address or a full server is a delay, not a reason to give up.
-    private static func startFirstSession(
-        configuration: Configuration,
-        eventLoop: any EventLoop,
-        logger: Logger
-    ) async throws -> TunnelSession {
-        var backoff = configuration.reconnect
-        var waited = TimeAmount.zero
+    /// Opens the local listeners of a client that has no session yet; ``connectFirstSession(_:)`` gives it one.
+    /// - Throws: ``ForwardingError`` when a listener cannot be opened.
+    static func open(configuration: Configuration, group: any EventLoopGroup, logger: Logger) async throws -> TunnelClient {
+        let client = TunnelClient(configuration: configuration, eventLoop: group.next(), logger: logger)
+        var listeners: [any Channel] = []
+        do {
+            for forward in configuration.forwards {
+                // Accepted connections live on the sessions' loop (every session of this client uses it).
+                listeners.append(
+                    try await LocalPortListener.bind(forward, group: group, streamLoop: client.eventLoop, tunnel: client, logger: logger)
+                )
+            }
+        } catch {
+            for listener in listeners { try? await listener.close() }
+            throw error
+        }
+        client.listeners.withLockedValue { $0 = listeners }
+        return client
+    }
+
+    /// Runs `attempt` (which starts the first session) until it succeeds, waiting the reconnect backoff between
+    /// tries and saying before each wait when the next try comes. Gives up, closing the listeners, on an error
+    /// that trying again cannot fix, or once ``Configuration/firstConnectionRetryTime`` has passed (a server that turns the
+    /// client away for now is waited for at least ``Configuration/maximumRefusalWait``).
+    func connectFirstSession(_ attempt: () async throws -> Void) async throws {
+        var backoff = self.configuration.reconnect
+        let start = NIODeadline.now()
         while true {
             do {
-                return try await Self.startSession(configuration: configuration, eventLoop: eventLoop, logger: logger)
-            } catch let error as SessionError where error.isRetryableRefusal && waited < configuration.maximumRefusalWait {
-                let delay = max(backoff.nextDelay(now: .now()), .seconds(1))
-                logger.warning("\(error); trying again in \(Int(delay.seconds.rounded(.up))) s")
-                try await Task.sleep(nanoseconds: UInt64(delay.nanoseconds))
-                waited = waited + delay
+                try await attempt()
+                return
+            } catch {
+                let refusal = (error as? SessionError)?.isRetryableRefusal ?? false
+                let budget = refusal
+                    ? self.configuration.firstConnectionRetryTime.map { max(self.configuration.maximumRefusalWait, $0) }
+                    : self.configuration.firstConnectionRetryTime
+                let remaining = budget.map { $0 - (NIODeadline.now() - start) }
+                if Self.retryCannotFix(error) || remaining.map({ $0 <= .zero }) ?? false
+                    || self.state.withLockedValue({ $0.stopping })
+                {
+                    await self.closeListeners(because: "\(error)")
+                    throw error
+                }
+                var delay = backoff.nextDelay(now: .now())
+                if refusal { delay = max(delay, (error as? SessionError)?.suggestedRetryDelay ?? .seconds(1)) }
+                if let remaining { delay = min(delay, remaining) }
+                self.logger.warning("\(error); retrying in \(delay.roundedText)")
+                try await Task.sleep(nanoseconds: UInt64(max(0, delay.nanoseconds)))
             }
         }
+    }
+
+    /// Whether `error` ends the start-up at once: trying again cannot fix it (see ``SessionError/retryCannotFix``).
+    static func retryCannotFix(_ error: any Error) -> Bool {
+        switch error {
+        case let error as SessionError: error.retryCannotFix
+        case let error as TransportError: error.retryCannotFix
+        case let error as AutomaticTransport.Failure: error.retryCannotFix
+        case is ForwardingError: true
+        default: false
+        }
+    }
+
+    /// One try at the first session over `kind`: on success it carries the waiting connections and new ones.
+    func startSession(over kind: TransportKind) async throws {
+        var current = self.configuration
+        current.transport = kind
+        self.state.withLockedValue { $0.transport = kind }
+        let session = try await Self.startSession(configuration: current, eventLoop: self.eventLoop, logger: self.logger)
+        try await self.install(session, over: kind)
+    }
+
+    /// Makes `session` the one that carries new streams (and follows it), unless the client is stopping.
+    private func install(_ session: TunnelSession, over kind: TransportKind) async throws {
+        let (stopping, first) = self.state.withLockedValue { state in
+            if !state.stopping {
+                state.session = session
+                state.sessionsStarted += 1
+            }
+            return (state.stopping, state.sessionsStarted == 1)
+        }
+        if stopping {
+            _ = try? await session.shutdown(gracePeriod: .zero).get()
+            throw SessionError.shutdown
+        }
+        if first {
+            self.logger.info("tunnel established to \(self.configuration.server) over \(kind)")
+        } else {
+            self.logger.info("new session established to \(self.configuration.server) over \(kind)")
+        }
+        try await self.eventLoop.submit {
+            self.watch(session)
+            self.releaseWaitingConnections(to: session)
+        }.get()
     }
 
     /// Dials the transport and runs a new session's handshake on `eventLoop`.
@@ -174,9 +270,31 @@ public final class TunnelClient: StreamOpening, Sendable {
         return session
     }
 
-    private func listen(_ forward: ForwardSpec, group: any EventLoopGroup) async throws -> any Channel {
-        // Accepted connections live on the sessions' loop (every session of this client uses it).
-        try await LocalPortListener.bind(forward, group: group, streamLoop: self.eventLoop, tunnel: self, logger: self.logger)
+    /// Closes the listeners and the connections waiting for a session (the client gave up or stops).
+    private func closeListeners(because reason: String) async {
+        for listener in self.listeners.withLockedValue({ $0 }) { try? await listener.close() }
+        try? await self.eventLoop.submit {
+            let waiting = self.waiting.value
+            self.waiting.value = []
+            for connection in waiting {
+                connection.channel.close(promise: nil)
+                connection.completion(.unavailable("no tunnel to the server: \(reason)"))
+            }
+        }.get()
+    }
+
+    /// Hands the connections that waited for a session to `session` (on the client's loop).
+    private func releaseWaitingConnections(to session: TunnelSession) {
+        let waiting = self.waiting.value
+        self.waiting.value = []
+        if !waiting.isEmpty {
+            self.logger.info("carrying the \(waiting.count) local connection\(waiting.count == 1 ? "" : "s") that waited for the tunnel")
+        }
+        for connection in waiting {
+            session.carry(connection.channel, to: connection.target, completion: connection.completion)
+            // The stream handler now sits behind the buffer: hand it what arrived meanwhile.
+            connection.channel.pipeline.syncOperations.removeHandler(connection.buffer, promise: nil)
+        }
     }
 
     // MARK: Reconnecting
@@ -184,15 +302,26 @@ public final class TunnelClient: StreamOpening, Sendable {
     /// Follows `session` (on the client's loop): reconnects when its transport drops, and starts a new session
     /// when it ends for a reason a new session can overcome.
     private func watch(_ session: TunnelSession) {
-        self.state.withLockedValue { $0.backoff.connected(now: .now()) }
-        session.onDetached = { [self] session, reason in
-            self.noteDrop(reason)
-            self.scheduleResume(of: session)
+        self.state.withLockedValue { state in
+            state.backoff.connected(now: .now())
+            state.disconnectedSince = nil
         }
-        session.onResumed = { [self] _ in self.state.withLockedValue { $0.backoff.connected(now: .now()) } }
+        session.onDetached = { [self] session, reason in
+            if !reason.isPlannedTransportMove {
+                self.noteDrop(reason)
+                self.state.withLockedValue { state in state.disconnectedSince = state.disconnectedSince ?? .now() }
+            }
+            self.scheduleResume(of: session, planned: reason.isPlannedTransportMove)
+        }
+        session.onResumed = { [self] _ in
+            self.state.withLockedValue { state in
+                state.backoff.connected(now: .now())
+                state.disconnectedSince = nil
+            }
+        }
         if session.isDetached {
-            // It lost its connection before anyone was watching (between its handshake and the listeners binding).
-            self.logger.info("the tunnel connection dropped before the listeners were open; resuming")
+            // It lost its connection before anyone was watching (between its handshake and this call).
+            self.logger.info("the tunnel connection dropped just after the handshake; resuming")
             self.scheduleResume(of: session)
         }
         session.ended.whenSuccess { [self] reason in
@@ -205,6 +334,7 @@ public final class TunnelClient: StreamOpening, Sendable {
                 self.finish(reason)
                 return
             }
+            self.state.withLockedValue { state in state.disconnectedSince = state.disconnectedSince ?? .now() }
             let lost = session.statistics.streamsOpened > 0 ? " (its open streams were lost)" : ""
             if reason.isResumeRefusal {
                 self.logger.warning("the server no longer has the session (it expired, or the server restarted)\(lost); starting a new session")
@@ -232,20 +362,56 @@ public final class TunnelClient: StreamOpening, Sendable {
         }
         if let change {
             self.logger.warning(
-                "the \(change.from) transport dropped \(change.drops) times within \(window.seconds) s (last: \(reason)); giving it up for \(change.to)"
+                "the \(change.from) transport dropped \(change.drops) times within \(window.roundedText) (last: \(reason)); giving it up for \(change.to)"
             )
         }
     }
 
-    private func nextDelay() -> TimeAmount {
-        self.state.withLockedValue { $0.backoff.nextDelay(now: .now()) }
+    /// The delay before the next try, or nil when the client has been without a connection for longer than
+    /// ``Configuration/reconnectRetryTime`` and gives up.
+    private func nextDelay() -> TimeAmount? {
+        self.state.withLockedValue { state in
+            let delay = state.backoff.nextDelay(now: .now())
+            if let limit = self.configuration.reconnectRetryTime, let since = state.disconnectedSince,
+                NIODeadline.now() - since >= limit
+            {
+                return nil
+            }
+            return delay
+        }
+    }
+
+    /// Ends the client after a failure that waiting cannot fix, or once the retry time ran out: closes the
+    /// listeners and the session, and completes ``ended`` with `error`.
+    private func giveUp(_ error: SessionError, session: TunnelSession?) {
+        let limit = self.configuration.reconnectRetryTime
+        if error.retryCannotFix {
+            self.logger.error("giving up: \(error)")
+        } else {
+            self.logger.error("giving up: no connection to the server for \(limit?.roundedText ?? "ever") (the retry time): \(error)")
+        }
+        self.state.withLockedValue { $0.stopping = true }
+        Task {
+            await self.closeListeners(because: "\(error)")
+            if let session { session.eventLoop.execute { session.close(error) } }
+            self.finish(error)
+        }
     }
 
     /// Dials a new transport after the backoff delay and resumes `session` on it.
-    private func scheduleResume(of session: TunnelSession) {
+    private func scheduleResume(of session: TunnelSession, after lastError: SessionError? = nil, planned: Bool = false) {
         guard !self.state.withLockedValue({ $0.stopping }) else { return }
-        let delay = self.nextDelay()
-        self.logger.info("reconnecting in \(delay.seconds) s to resume the session")
+        guard let delay = self.nextDelay() else {
+            self.giveUp(lastError ?? .transportClosed("the connection was lost"), session: session)
+            return
+        }
+        if let lastError {
+            self.logger.warning("reconnect failed: \(lastError); retrying in \(delay.roundedText)")
+        } else if planned {
+            self.logger.debug("connecting the new transport in \(delay.roundedText)")
+        } else {
+            self.logger.info("reconnecting in \(delay.roundedText) to resume the session")
+        }
         let configuration = self.configuration
         self.eventLoop.scheduleTask(in: delay) { [self] in
             guard !self.state.withLockedValue({ $0.stopping }), session.isDetached else { return }
@@ -257,45 +423,39 @@ public final class TunnelClient: StreamOpening, Sendable {
                     case .success(let connection):
                         session.resume(on: connection)
                     case .failure(let error):
-                        self.logger.info("reconnect failed: \(error)")
-                        self.scheduleResume(of: session)
+                        let sessionError = (error as? TransportError).map(SessionError.transport) ?? .transportClosed("\(error)")
+                        if sessionError.retryCannotFix {
+                            self.giveUp(sessionError, session: session)
+                        } else {
+                            self.scheduleResume(of: session, after: sessionError)
+                        }
                     }
                 }
         }
     }
 
     /// Starts a new session after the backoff delay, again until one is established.
-    private func scheduleNewSession() {
+    private func scheduleNewSession(after lastError: (any Error)? = nil) {
         guard !self.state.withLockedValue({ $0.stopping }) else { return }
-        let delay = self.nextDelay()
-        let configuration = self.configuration
-        let eventLoop = self.eventLoop
-        let logger = self.logger
-        eventLoop.scheduleTask(in: delay) { [self] in
+        guard let delay = self.nextDelay() else {
+            self.giveUp((lastError as? SessionError) ?? .transportClosed(lastError.map { "\($0)" } ?? "the session ended"), session: nil)
+            return
+        }
+        if let lastError {
+            self.logger.warning("new session failed: \(lastError); retrying in \(delay.roundedText)")
+        } else {
+            self.logger.info("starting a new session in \(delay.roundedText)")
+        }
+        self.eventLoop.scheduleTask(in: delay) { [self] in
             Task {
                 do {
-                    var current = configuration
-                    current.transport = self.state.withLockedValue { $0.transport }
-                    let session = try await Self.startSession(configuration: current, eventLoop: eventLoop, logger: logger)
-                    let stopping = self.state.withLockedValue { state in
-                        if !state.stopping {
-                            state.session = session
-                            state.sessionsStarted += 1
-                        }
-                        return state.stopping
-                    }
-                    if stopping {
-                        _ = try? await session.shutdown(gracePeriod: .zero).get()
-                        return
-                    }
-                    logger.info("new session established to \(configuration.server) over \(configuration.transport)")
-                    try await eventLoop.submit { self.watch(session) }.get()
-                } catch let error as SessionError where error.isAuthenticationFailure {
-                    logger.error("the server no longer accepts the token: \(error)")
-                    self.finish(error)
+                    try await self.startSession(over: self.currentTransport)
+                } catch let error as SessionError where error.retryCannotFix {
+                    self.giveUp(error, session: nil)
+                } catch SessionError.shutdown {
+                    return
                 } catch {
-                    logger.info("new session failed: \(error)")
-                    self.scheduleNewSession()
+                    self.scheduleNewSession(after: error)
                 }
             }
         }
@@ -305,10 +465,11 @@ public final class TunnelClient: StreamOpening, Sendable {
     /// connection is closed and the session resumes on a new connection of `kind` (after the reconnect backoff's
     /// first delay). New sessions use `kind` too.
     public func switchTransport(to kind: TransportKind) {
-        let session = self.state.withLockedValue { state in
+        let current = self.state.withLockedValue { state in
             state.transport = kind
             return state.session
         }
+        guard let session = current else { return }
         session.eventLoop.execute {
             guard session.transportKind != kind else { return }
             session.logger.info("moving the session to the \(kind) transport")
@@ -316,9 +477,29 @@ public final class TunnelClient: StreamOpening, Sendable {
         }
     }
 
-    /// Carries a listener's connection as a stream of the current session (on the sessions' loop).
+    /// Carries a listener's connection as a stream of the current session (on the sessions' loop); before the first
+    /// session is established it waits for it (up to ``maximumWaitingConnections`` connections).
     func carry(_ channel: any Channel, to target: TargetAddress, completion: @escaping (StreamOpenResult) -> Void) {
-        self.session.carry(channel, to: target, completion: completion)
+        if let session = self.state.withLockedValue({ $0.session }) {
+            session.carry(channel, to: target, completion: completion)
+            return
+        }
+        guard self.waiting.value.count < Self.maximumWaitingConnections else {
+            self.logger.warning("closing a local connection for \(target): \(Self.maximumWaitingConnections) connections already wait for the tunnel")
+            channel.close(promise: nil)
+            completion(.unavailable("too many connections wait for the tunnel"))
+            return
+        }
+        let buffer = WaitingConnectionBuffer()
+        do {
+            try channel.pipeline.syncOperations.addHandler(buffer)
+        } catch {
+            channel.close(promise: nil)
+            completion(.unavailable("the local connection closed"))
+            return
+        }
+        if self.waiting.value.isEmpty { self.logger.info("a local connection for \(target) waits for the tunnel to the server") }
+        self.waiting.value.append(WaitingConnection(channel: channel, target: target, completion: completion, buffer: buffer))
     }
 
     /// Sets the transports to fall back to when the current one keeps failing (see ``Configuration/fallbacks``).
@@ -347,8 +528,8 @@ public final class TunnelClient: StreamOpening, Sendable {
             state.stopping = true
             return state.session
         }
-        for listener in self.listeners.withLockedValue({ $0 }) { try? await listener.close() }
-        _ = try? await session.shutdown(gracePeriod: gracePeriod).get()
+        await self.closeListeners(because: "the client is shutting down")
+        if let session { _ = try? await session.shutdown(gracePeriod: gracePeriod).get() }
         self.finish(.shutdown)
     }
 }

@@ -118,24 +118,29 @@ public final class TunnelServer: Sendable {
                     return table.count
                 }
                 session.start()
-                // Every connection is an authentication attempt from the moment it starts (a new session or a
-                // resumption): counted now, not when its proof has been checked, so concurrent attempts cannot
-                // outrun the limit.
+                // A connection is an authentication attempt from its first message (the HELLO, sent before any
+                // proof): counted then, not when its proof has been checked, so concurrent attempts cannot outrun
+                // the limit. A connection that has sent nothing has proved nothing and costs nothing to check: a
+                // client's probes connect every transport at once and send their HELLO one at a time.
                 let attempt = AuthenticationAttempt(address: address, throttle: throttle)
-                if let wait = throttle.withLockedValue({ $0.beginAttempt(address, now: .now()) }) {
-                    session.logger.debug("refused unheard: too many authentication attempts from \(address)")
-                    session.refuse(
-                        .throttled,
-                        "too many authentication attempts from \(address) (earlier ones failed); try again in \(Int(wait.seconds.rounded(.up))) s"
-                    )
-                } else {
-                    attempt.begun()
-                    if sessionCount > configuration.maximumSessions {
-                        session.logger.warning("refused a session: the server has its maximum of \(configuration.maximumSessions) sessions (--max-sessions)")
-                        session.refuse(.overloaded, "the server has its maximum of \(configuration.maximumSessions) sessions; try again later")
+                session.admitFirstMessage = {
+                    guard let wait = throttle.withLockedValue({ $0.beginAttempt(address, now: .now()) }) else {
+                        attempt.begun()
+                        return nil
                     }
+                    session.logger.debug("refused unheard: too many authentication attempts from \(address)")
+                    return (
+                        .throttled,
+                        "earlier attempts from \(address) failed to authenticate (the server allows \(configuration.authenticationFailuresPerMinute) a minute); try again in \(Int(wait.seconds.rounded(.up))) s"
+                    )
                 }
+                if sessionCount > configuration.maximumSessions {
+                    session.logger.warning("refused a session: the server has its maximum of \(configuration.maximumSessions) sessions (--max-sessions)")
+                    session.refuse(.overloaded, "the server has its maximum of \(configuration.maximumSessions) sessions; try again later")
+                }
+                let wasEstablished = NIOLockedValueBox(false)
                 session.established.whenSuccess { outcome in
+                    wasEstablished.withLockedValue { $0 = true }
                     attempt.finish(failed: false)
                     resumable.withLockedValue {
                         $0[outcome.sessionID] = ResumableSession(
@@ -156,9 +161,24 @@ public final class TunnelServer: Sendable {
                         if let id = table.first(where: { $0.value.session === session })?.key { table.removeValue(forKey: id) }
                     }
                     if case .handedOver = reason { return }
+                    if reason.isAuthenticationFailure {
+                        session.logger.warning("refused \(address): \(reason)")
+                        return
+                    }
+                    guard wasEstablished.withLockedValue({ $0 }) else {
+                        // A probe that gave up, a scanner, a client that went away mid-handshake: not news.
+                        session.logger.debug("connection ended before a session was established: \(reason)")
+                        return
+                    }
                     let stats = session.statistics
+                    let streams = stats.streamsOpened == 1 ? "1 stream" : "\(stats.streamsOpened) streams"
+                    let resumed = switch session.resumptions {
+                    case 0: "never resumed"
+                    case 1: "resumed once"
+                    case let count: "resumed \(count) times"
+                    }
                     session.logger.info(
-                        "session ended: \(reason) (sent \(stats.bytesSent) B, received \(stats.bytesReceived) B, \(stats.streamsOpened) streams, resumed \(session.resumptions) times)"
+                        "session ended: \(reason) (sent \(stats.bytesSent) B, received \(stats.bytesReceived) B, \(streams), \(resumed))"
                     )
                 }
             }.get()
@@ -205,11 +225,11 @@ public func describeBindError(_ error: any Error) -> String {
         case 98: return "address already in use (another process listens there; pick another port)"
         case 13: return "permission denied (ports below 1024 need root)"
         case 99: return "address not available on this machine"
-        default: return "\(ioError)"
+        default: return String(cString: strerror(ioError.errnoCode))
         }
     }
-    if let socketError = error as? SocketAddressError {
-        return "cannot resolve the address (\(socketError))"
+    if error is SocketAddressError {
+        return "the host name does not resolve (no such host, or no DNS answer)"
     }
     return "\(error)"
 }

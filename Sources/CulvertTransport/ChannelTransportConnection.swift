@@ -21,7 +21,7 @@ public final class ChannelTransportConnection: TransportConnection, ChannelInbou
         self.channel = channel
         self.eventLoop = channel.eventLoop
         self.peerAddress = channel.remoteAddress
-        self.peerDescription = channel.remoteAddress.map { "\($0)" } ?? "unknown peer"
+        self.peerDescription = channel.remoteAddress.map(\.displayText) ?? "unknown peer"
     }
 
     public var isWritable: Bool { self.channel.isWritable }

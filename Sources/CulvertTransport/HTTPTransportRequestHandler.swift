@@ -9,6 +9,7 @@ import NIOHTTP1
 /// - `POST <prefix>/up?o=OFFSET&n=COUNTER` carries upstream records;
 /// - `GET <prefix>/probe?n=N&i=MS` answers N small chunks sent MS milliseconds apart, so that the negotiator can
 ///   see whether the path delivers a streaming response as it is sent;
+/// - `GET <prefix>` (or `<prefix>/`) answers a short plain-text page naming culvert and its version;
 /// - `<prefix>/ws` or `<prefix>/raw` without `Upgrade` gets 426 (a proxy stripped it), anything else 404,
 ///   so that a client and the negotiator can tell the cases apart.
 ///
@@ -290,7 +291,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
         }
     }
 
-    /// Answers requests that carry no transport: `open`, 426 and 404.
+    /// Answers requests that carry no transport: `open`, `probe`, the endpoint's own page, 426 and 404.
     private func answer(context: ChannelHandlerContext, head: HTTPRequestHead) {
         let path = head.pathWithoutQuery
         if path == self.pathPrefix + "/open" && head.method == .POST {
@@ -300,7 +301,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
                 Self.writeError(channel: context.channel, version: head.version, status: .badRequest, "open needs t=chunked|polling")
                 return
             }
-            let peer = context.channel.remoteAddress.map { "\($0)" } ?? "unknown peer"
+            let peer = context.channel.remoteAddress.map(\.displayText) ?? "unknown peer"
             let connection = self.registry.create(
                 kind: kind, eventLoop: context.eventLoop, peerDescription: peer, peerAddress: context.channel.remoteAddress
             )
@@ -321,9 +322,30 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
             let upgrade = path.hasSuffix("/ws") ? "websocket" : ConnectClientTransport.upgradeProtocol
             Self.writeError(channel: context.channel, version: head.version, status: .upgradeRequired,
                             "this endpoint needs an upgrade to \(upgrade)", extra: [("Upgrade", upgrade)])
+        } else if path == self.pathPrefix || path == self.pathPrefix + "/", head.method == .GET || head.method == .HEAD {
+            Self.writeEndpointPage(channel: context.channel, head: head)
         } else {
             Self.writeError(channel: context.channel, version: head.version, status: .notFound, "no such endpoint")
         }
+    }
+
+    /// The page a browser or `curl` gets at the path prefix itself, so that an operator checking the server sees it
+    /// is up and what it is (a HEAD gets the headers only).
+    private static func writeEndpointPage(channel: any Channel, head: HTTPRequestHead) {
+        let body = """
+            culvert \(CulvertVersion.string)
+            This is a culvert tunnel endpoint. Connect to it with `culvert client URL` (or check it with `culvert probe URL`).
+
+            """
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
+        headers.add(name: "Content-Length", value: String(body.utf8.count))
+        headers.add(name: "Cache-Control", value: "no-store")
+        channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers)), promise: nil)
+        if head.method == .GET {
+            channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: body))), promise: nil)
+        }
+        channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: nil)
     }
 
     /// Sends `count` chunks, `interval` apart, each its index and a newline, then ends the response and closes the

@@ -21,9 +21,10 @@ enum ServerPathDialer {
                 handshakePromise.succeed()
                 return
             }
+            let (tlsHandler, pinCheck) = try route.tls.makeHandler(for: route.endpoint)
             try channel.pipeline.syncOperations.addHandlers([
-                try route.tls.makeHandler(for: route.endpoint),
-                TLSHandshakeWaiter(endpoint: "\(route.endpoint.host):\(route.endpoint.port)", promise: handshakePromise),
+                tlsHandler,
+                TLSHandshakeWaiter(endpoint: "\(route.endpoint.host):\(route.endpoint.port)", pinCheck: pinCheck, promise: handshakePromise),
             ])
         }
         let channelFuture = TransportDialer.connect(

@@ -57,4 +57,16 @@ public enum TransportDialer {
 extension TimeAmount {
     /// The amount in seconds, for messages.
     public var seconds: Double { Double(self.nanoseconds) / 1e9 }
+
+    /// The amount as people say it in a log line: `0.2 s`, `3 s`, `2 min 30 s`, `1 h 5 min`.
+    public var roundedText: String {
+        let seconds = self.seconds
+        if seconds <= 0 { return "0 s" }
+        if seconds < 0.95 { return "\(max(0.1, (seconds * 10).rounded() / 10)) s" }
+        let whole = Int(seconds.rounded())
+        if whole < 60 { return "\(whole) s" }
+        if whole < 3600 { return whole % 60 == 0 ? "\(whole / 60) min" : "\(whole / 60) min \(whole % 60) s" }
+        let minutes = (whole % 3600 + 30) / 60
+        return minutes == 0 ? "\(whole / 3600) h" : "\(whole / 3600) h \(minutes) min"
+    }
 }

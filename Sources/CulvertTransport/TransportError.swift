@@ -36,6 +36,22 @@ public enum TransportError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The TLS handshake with the server failed (its certificate was not trusted, or it does not speak TLS).
     case tlsFailed(endpoint: String, reason: String)
 
+    /// Whether trying again cannot help, only a change of settings: the proxy refuses the credentials or the port,
+    /// TLS is refused, the server has no such path, a URL or TLS setting is unusable, or the proxy relays nothing
+    /// through CONNECT. A server that is down, a timeout or a cut connection is worth waiting for.
+    public var retryCannotFix: Bool {
+        switch self {
+        case .invalidURL, .invalidProxyURL, .invalidTLSSetting, .tlsFailed, .proxyAuthenticationRequired, .proxyRefused,
+            .proxyRelaysNothing:
+            true
+        case .unexpectedStatus(_, let status, _, _):
+            status == 404
+        case .unreachable, .handshakeFailed, .timedOut, .protocolViolation, .proxyUnreachable, .proxyCannotReachServer,
+            .proxyStatus, .proxyFailed, .connectionExpired:
+            false
+        }
+    }
+
     public var description: String {
         switch self {
         case .unreachable(let endpoint, let reason):

@@ -49,6 +49,11 @@ struct ClientCommand: AsyncParsableCommand {
     @Option(help: "Seconds allowed to connect and complete the handshake.")
     var connectTimeout: Double = 10
 
+    @Option(help: ArgumentHelp(
+        "Seconds to keep trying while the server or the proxy cannot be reached, at start-up and after a drop (0: exit at the first failure; default: for ever).",
+        valueName: "seconds"))
+    var maxRetryTime: Double?
+
     @Option(help: "Seconds to let open streams finish on shutdown.")
     var shutdownGrace: Double = 5
 
@@ -60,6 +65,17 @@ struct ClientCommand: AsyncParsableCommand {
     @OptionGroup(title: "Chunked and polling transports") var http: HTTPClientTransportOptions
 
     @OptionGroup var loggingOptions: LoggingOptions
+
+    func validate() throws {
+        var forwards: [ForwardSpec] = []
+        for text in self.forwards {
+            do { forwards.append(try ForwardSpec(parsing: text)) } catch { throw ValidationError(error.description) }
+        }
+        if let problem = ForwardCheck.problem(with: forwards) { throw ValidationError(problem) }
+        if let maxRetryTime = self.maxRetryTime, !(maxRetryTime >= 0) {
+            throw ValidationError("--max-retry-time must be 0 or more seconds")
+        }
+    }
 
     func run() async throws {
         let signals = SignalWaiter.install()
@@ -87,10 +103,12 @@ struct ClientCommand: AsyncParsableCommand {
             logger: logger
         )
         let sessionConfiguration = self.tuning.sessionConfiguration(token: try self.tokenOptions.resolve(), compression: self.compress)
-        let configuration = TunnelClient.Configuration(
+        var configuration = TunnelClient.Configuration(
             server: server, transport: self.transport.resolvedKind(), transportOptions: transportOptions,
             session: sessionConfiguration, forwards: forwards
         )
+        configuration.firstConnectionRetryTime = self.maxRetryTime.map(TimeAmount.fromSeconds)
+        configuration.reconnectRetryTime = self.maxRetryTime.map(TimeAmount.fromSeconds)
         let client: TunnelClient
         do {
             if self.transport == .auto {
@@ -101,19 +119,19 @@ struct ClientCommand: AsyncParsableCommand {
             } else {
                 client = try await TunnelClient.connect(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
             }
-        } catch let error as SessionError where error.isAuthenticationFailure {
-            fail("\(error) (check --token on both sides)")
+        } catch let error as SessionError {
+            fail(error.userMessage)
         } catch {
             fail("\(error)")
         }
         switch await SignalWaiter.waitForSignal(signals, orEndOf: client.ended) {
         case .signal(let signal):
-            logger.info("signal \(signal): shutting down")
+            logger.info("\(SignalWaiter.name(of: signal)): shutting down (open streams get \(TimeAmount.fromSeconds(self.shutdownGrace).roundedText) to finish; again to exit at once)")
             await client.shutdown(gracePeriod: .milliseconds(Int64(self.shutdownGrace * 1000)))
         case .ended(let reason):
             // The client reconnects and resumes (or starts a new session) on its own; it only ends when the
             // server stops accepting its token.
-            fail(reason.isAuthenticationFailure ? "\(reason) (check --token on both sides)" : "tunnel ended: \(reason)")
+            fail(reason.isAuthenticationFailure ? reason.userMessage : "tunnel ended: \(reason)")
         }
     }
 }

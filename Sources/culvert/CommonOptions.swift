@@ -14,12 +14,26 @@ struct TokenOptions: ParsableArguments {
     @Option(help: "Read the shared secret from this file (first line).")
     var tokenFile: String?
 
+    /// Why `path` cannot be read, in words: missing, a directory, no permission, or not UTF-8 text.
+    static func whyUnreadable(_ path: String) -> String {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { return "no such file" }
+        if isDirectory.boolValue { return "it is a directory" }
+        guard FileManager.default.isReadableFile(atPath: path) else {
+            return "permission denied (the file must be readable by the user running culvert)"
+        }
+        return "it is not UTF-8 text"
+    }
+
     /// The token from the flag, the file or the environment, in that order.
     func resolve() throws -> String? {
         if let token, !token.isEmpty { return token }
         if let tokenFile {
-            guard let contents = try? String(contentsOfFile: tokenFile, encoding: .utf8) else {
-                throw CLIError("cannot read --token-file \(tokenFile)")
+            let contents: String
+            do {
+                contents = try String(contentsOfFile: tokenFile, encoding: .utf8)
+            } catch {
+                throw CLIError("cannot read --token-file \(tokenFile): \(Self.whyUnreadable(tokenFile))")
             }
             let token = contents.split(whereSeparator: \.isNewline).first.map(String.init) ?? ""
             guard !token.isEmpty else { throw CLIError("--token-file \(tokenFile) is empty") }

@@ -47,18 +47,7 @@ struct ProbeCommand: AsyncParsableCommand {
         if self.json {
             print(Self.json(results, choice: choice))
         } else {
-            print("transport   works  failure                              rtt ms   time ms  upstream")
-            for result in results {
-                print(
-                    result.transport.rawValue.padding(toLength: 12, withPad: " ", startingAt: 0)
-                        + (result.works ? "yes" : "no").padding(toLength: 7, withPad: " ", startingAt: 0)
-                        + (result.failure.map { "\($0.rawValue): \($0.phrase)" } ?? "-").padding(toLength: 37, withPad: " ", startingAt: 0)
-                        + (result.roundTripMilliseconds.map { String(format: "%.1f", $0) } ?? "-").padding(toLength: 9, withPad: " ", startingAt: 0)
-                        + String(format: "%.0f", result.elapsedMilliseconds).padding(toLength: 9, withPad: " ", startingAt: 0)
-                        + (result.upstream?.rawValue ?? "-")
-                )
-                if !result.detail.isEmpty { print("            \(result.detail)") }
-            }
+            print(ProbeTable.text(results), terminator: "")
             print("auto would use: \(choice?.rawValue ?? "nothing (no transport gets through)")")
         }
         if choice == nil { throw ExitCode(1) }

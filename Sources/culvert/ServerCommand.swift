@@ -102,9 +102,9 @@ struct ServerCommand: AsyncParsableCommand {
         } catch {
             fail("\(error)")
         }
-        logger.info("culvert server listening on \(server.localAddress.map { "\($0)" } ?? self.listen)\(configuration.tls == nil ? "" : " (HTTPS)"), path \(prefix)")
+        logger.info("culvert server listening on \(server.localAddress.map(\.displayText) ?? self.listen)\(configuration.tls == nil ? "" : " (HTTPS)"), path \(prefix)")
         let signal = await SignalWaiter.wait(signals)
-        logger.info("signal \(signal): shutting down (open streams get \(self.shutdownGrace) s to finish)")
+        logger.info("\(SignalWaiter.name(of: signal)): shutting down (open streams get \(TimeAmount.fromSeconds(self.shutdownGrace).roundedText) to finish; again to exit at once)")
         await server.shutdown(gracePeriod: .milliseconds(Int64(self.shutdownGrace * 1000)))
     }
 }

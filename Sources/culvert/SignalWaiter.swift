@@ -30,10 +30,34 @@ enum SignalWaiter {
         }
     }
 
-    /// The first signal from `signals`.
+    /// The first signal from `signals`; from then on, a second one ends the process at once (a user who presses
+    /// Ctrl-C again does not want to wait for the shutdown grace).
     static func wait(_ signals: AsyncStream<Int32>) async -> Int32 {
-        for await signal in signals { return signal }
+        for await signal in signals {
+            Self.exitOnNextSignal(signals)
+            return signal
+        }
         return SIGTERM
+    }
+
+    /// Exits with 128 + the signal's number at the next signal from `signals`, with one line saying so.
+    private static func exitOnNextSignal(_ signals: AsyncStream<Int32>) {
+        Task.detached {
+            for await signal in signals {
+                FileHandle.standardError.write(Data("culvert: second \(Self.name(of: signal)): exiting now\n".utf8))
+                exit(128 + signal)
+            }
+        }
+    }
+
+    /// `SIGINT (Ctrl-C)`, `SIGTERM`: what logs say instead of the number.
+    static func name(of signal: Int32) -> String {
+        switch signal {
+        case SIGINT: "SIGINT (Ctrl-C)"
+        case SIGTERM: "SIGTERM"
+        case SIGHUP: "SIGHUP"
+        default: "signal \(signal)"
+        }
     }
 
     /// Waits for a signal or for `ended` to complete, whichever comes first.

@@ -148,7 +148,7 @@ import Testing
                     tasks.addTask {
                         for _ in 0..<count / 10 {
                             let text = await Self.handshakeError(endpoint: endpoint, token: "wrong", options: attackerOptions, group: self.group)
-                            if text.contains("too many authentication attempts") {
+                            if text.contains("earlier attempts from") {
                                 refusedUnheard.withLockedValue { $0 += 1 }
                             } else if text.contains("token") {
                                 wrongToken.withLockedValue { $0 += 1 }

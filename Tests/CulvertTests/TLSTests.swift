@@ -115,8 +115,13 @@ import Testing
         }
     }
 
-    @Test func aWrongPinIsRefused() async throws {
-        try await self.expectRefusal(verification: { _ in .pinned(PublicKeyPin(digest: Array(repeating: 7, count: 32))) }, containing: "not trusted")
+    /// A pin that is not the server's key is refused over every transport, with both keys shown and the likely
+    /// cause (a TLS-inspecting proxy) named, not "not trusted".
+    @Test func aWrongPinIsRefusedShowingBothKeysAndTheLikelyCause() async throws {
+        let wrongPin = PublicKeyPin(digest: Array(repeating: 7, count: 32))
+        try await self.expectRefusal(verification: { _ in .pinned(wrongPin) }, containing: "does not match --tls-pin \(wrongPin)")
+        try await self.expectRefusal(verification: { _ in .pinned(wrongPin) }, containing: "TLS-inspecting proxy")
+        try await self.expectRefusal(verification: { _ in .pinned(wrongPin) }, containing: "the server's key sha256:")
     }
 
     /// A self-signed server created on first start and reused on the next, trusted by its printed pin; `--insecure`

@@ -31,7 +31,12 @@ public struct ForwardSpec: Hashable, Sendable, CustomStringConvertible {
             rest = fields[1...]
             guard !bind.isEmpty else { throw .invalidForward(text, "BIND is empty") }
         default:
-            throw .invalidForward(text, "expected [BIND:]PORT:HOST:HOSTPORT, got \(fields.count) fields")
+            if fields.count > 4 && !text.contains("[") {
+                throw .invalidForward(text, "IPv6 addresses go in brackets, e.g. [::1]:8080:db.internal:5432 or 8080:[fd00::5]:5432")
+            }
+            throw .invalidForward(
+                text, "expected [BIND:]PORT:HOST:HOSTPORT, got \(fields.count) field\(fields.count == 1 ? "" : "s")"
+            )
         }
         let values = Array(rest)
         guard let port = Int(values[0]), (0...65535).contains(port) else {

@@ -1,4 +1,5 @@
 import CulvertCore
+import CulvertTransport
 import Logging
 import NIOCore
 import NIOPosix
@@ -34,7 +35,7 @@ enum LocalPortListener {
                 }
                 .bind(host: forward.bindHost, port: forward.bindPort)
                 .get()
-            logger.info("forwarding \(channel.localAddress.map { "\($0)" } ?? forward.bindHost) -> \(target)")
+            logger.info("forwarding \(channel.localAddress.map(\.displayText) ?? forward.bindHost) -> \(target)")
             return channel
         } catch {
             let bind = forward.bindHost.contains(":") ? "[\(forward.bindHost)]" : forward.bindHost

@@ -23,9 +23,25 @@ struct TargetConnector: StreamConnector {
         return isLoopback || remoteIP == channel.localAddress?.ipAddress
     }
 
+    /// Whether `host` is a name or loopback address of the server's machine, as far as can be told without a lookup.
+    static func namesThisMachine(_ host: String) -> Bool {
+        let host = host.lowercased()
+        return host == "localhost" || host.hasPrefix("127.") || host == "::1" || host == "0.0.0.0" || host == "::"
+    }
+
     func connect(to target: TargetAddress, on eventLoop: any EventLoop, logger: Logger) -> EventLoopFuture<any Channel> {
+        if target.port == self.listenPort.withLockedValue({ $0 }), Self.namesThisMachine(target.host) {
+            logger.warning("refused stream to \(target): it is this server's own listener")
+            return eventLoop.makeFailedFuture(StreamOpenFailure(.notAllowed, "\(target) is the culvert server itself"))
+        }
         guard self.allowlist.permits(target) else {
             logger.warning("refused stream to \(target): not in the server's --allow list")
+            if target.port == self.listenPort.withLockedValue({ $0 }) {
+                // Allowing it would not help if it is this server (a stream into the tunnel itself is refused).
+                return eventLoop.makeFailedFuture(
+                    StreamOpenFailure(.notAllowed, "\(target) is not allowed by the server (its port is the culvert server's own)")
+                )
+            }
             return eventLoop.makeFailedFuture(
                 StreamOpenFailure(.notAllowed, "\(target) is not allowed by the server (add --allow \(target) to culvert server)")
             )

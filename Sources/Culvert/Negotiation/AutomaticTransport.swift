@@ -13,44 +13,74 @@ public enum AutomaticTransport {
     public enum Failure: Error, CustomStringConvertible {
         /// The server refused the token (over whichever transport reached it first).
         case tokenRefused(String)
-        /// No transport gets through; `reasons` says why for each.
-        case nothingGetsThrough(server: ServerEndpoint, reasons: [String])
+        /// No transport gets through; `failures` says why for each.
+        case nothingGetsThrough(server: ServerEndpoint, failures: [ProbeResult])
 
         public var description: String {
             switch self {
             case .tokenRefused(let detail):
-                "\(detail) (check --token on both sides)"
-            case .nothingGetsThrough(let server, let reasons):
-                "no transport gets through to \(server): \(reasons.joined(separator: "; ")); `culvert probe` explains more"
+                detail.contains("no token given") ? detail : "\(detail) (check --token on both sides)"
+            case .nothingGetsThrough(let server, let failures):
+                "no transport gets through to \(server): \(Self.reasons(failures)); `culvert probe` explains more"
+            }
+        }
+
+        /// Why each transport failed, the cause said once when every transport failed for the same reason (a
+        /// server that is down fails all four alike).
+        static func reasons(_ failures: [ProbeResult]) -> String {
+            let details = Set(failures.map(\.detail))
+            if details.count == 1, let detail = details.first, failures.count > 1 {
+                return "\(detail) (all \(failures.count) transports)"
+            }
+            return failures.map { "\($0.transport): \($0.failure?.phrase ?? "failed") (\($0.detail))" }.joined(separator: "; ")
+        }
+
+        /// Whether trying again cannot help: the token was refused, or every transport failed in a way only a
+        /// change of settings fixes (TLS refused, no such path, the proxy refusing credentials).
+        public var retryCannotFix: Bool {
+            switch self {
+            case .tokenRefused: true
+            case .nothingGetsThrough(_, let failures): !failures.isEmpty && failures.allSatisfy { $0.retryCannotFix }
             }
         }
     }
 
     /// Connects as `configuration` says, choosing its transport (``TunnelClient/Configuration/transport`` is ignored).
-    /// Throws ``Failure`` when the token is refused or no transport works, a ``ForwardingError`` when a listener
-    /// cannot be opened.
+    /// The local listeners open first; while no transport gets through it negotiates again after the reconnect
+    /// backoff, for up to ``TunnelClient/Configuration/firstConnectionRetryTime``. Throws ``Failure`` when the token is
+    /// refused or no transport works within that time, a ``ForwardingError`` when a listener cannot be opened.
     public static func connect(
         configuration: TunnelClient.Configuration,
         cache: NegotiationCache?,
         group: any EventLoopGroup,
         logger: Logger
     ) async throws -> TunnelClient {
+        let client = try await TunnelClient.open(configuration: configuration, group: group, logger: logger)
+        try await client.connectFirstSession {
+            try await Self.negotiate(client, configuration: configuration, cache: cache, group: group, logger: logger)
+        }
+        return client
+    }
+
+    /// One negotiation: starts `client`'s first session on the remembered winner or the first transport whose probe
+    /// passes, and moves it to a cheaper one whose probe passes later.
+    private static func negotiate(
+        _ client: TunnelClient,
+        configuration: TunnelClient.Configuration,
+        cache: NegotiationCache?,
+        group: any EventLoopGroup,
+        logger: Logger
+    ) async throws {
         let server = configuration.server
         let proxy = configuration.transportOptions.proxy
-        func connect(_ kind: TransportKind) async throws -> TunnelClient {
-            var attempt = configuration
-            attempt.transport = kind
-            return try await TunnelClient.connect(configuration: attempt, group: group, logger: logger)
-        }
-        var client: TunnelClient?
+        var started = false
         if let remembered = cache?.winner(server: server, proxy: proxy) {
             do {
-                client = try await connect(remembered)
+                try await client.startSession(over: remembered)
+                started = true
                 logger.info("transport auto: using \(remembered), which won last time; probing the others meanwhile")
             } catch let error as SessionError where error.isAuthenticationFailure {
                 throw Failure.tokenRefused("\(error)")
-            } catch let error as ForwardingError {
-                throw error
             } catch {
                 logger.info("transport auto: \(remembered), which won last time, failed now (\(error)); probing again")
                 cache?.remember(nil, server: server, proxy: proxy)
@@ -59,41 +89,41 @@ public enum AutomaticTransport {
         var quiet = logger
         quiet.logLevel = .critical
         var working: [TransportKind] = []
-        var reasons: [String] = []
+        var failures: [ProbeResult] = []
         for await result in TransportNegotiator.results(
             server: server, options: configuration.transportOptions, session: configuration.session, group: group, logger: quiet
         ) {
             guard result.works else {
-                if result.failure == .authentication {
-                    await client?.shutdown(gracePeriod: .zero)
-                    throw Failure.tokenRefused(result.detail)
-                }
-                reasons.append("\(result.transport): \(result.failure?.phrase ?? "failed") (\(result.detail))")
+                if result.failure == .authentication && !started { throw Failure.tokenRefused(result.detail) }
+                failures.append(result)
                 continue
             }
             working.append(result.transport)
-            if let current = client {
-                if TransportNegotiator.rank(result.transport) < TransportNegotiator.rank(current.currentTransport) {
+            if started {
+                if TransportNegotiator.rank(result.transport) < TransportNegotiator.rank(client.currentTransport) {
                     logger.info("transport auto: \(result.transport) works too and costs less; moving the session to it")
-                    current.switchTransport(to: result.transport)
+                    client.switchTransport(to: result.transport)
                 }
             } else {
                 do {
-                    client = try await connect(result.transport)
+                    try await client.startSession(over: result.transport)
+                    started = true
                     logger.info("transport auto: started on \(result.transport), the first that works; still probing the others")
-                } catch let error as ForwardingError {
-                    throw error
                 } catch {
-                    reasons.append("\(result.transport): \(error)")
+                    var failed = result
+                    failed.works = false
+                    failed.failure = ProbeFailure.classify(error, kind: result.transport, transportEstablished: false)
+                    failed.detail = "\(error)"
+                    failed.retryCannotFix = TunnelClient.retryCannotFix(error)
+                    failures.append(failed)
                 }
             }
         }
-        guard let client else { throw Failure.nothingGetsThrough(server: server, reasons: reasons) }
+        guard started else { throw Failure.nothingGetsThrough(server: server, failures: failures) }
         let chosen = client.currentTransport
         client.setFallbacks(working.sorted { TransportNegotiator.rank($0) < TransportNegotiator.rank($1) })
         cache?.remember(chosen, server: server, proxy: proxy)
-        if !reasons.isEmpty { logger.info("transport auto: not usable here: \(reasons.joined(separator: "; "))") }
+        if !failures.isEmpty { logger.info("transport auto: not usable here: \(Failure.reasons(failures))") }
         logger.info("transport auto: settled on \(chosen)")
-        return client
     }
 }

@@ -1,3 +1,4 @@
+import CulvertCore
 public import CulvertTransport
 
 /// Why a transport's probe failed, as a short stable code (for `culvert probe --json`) and a phrase.
@@ -22,6 +23,8 @@ public enum ProbeFailure: String, Sendable, Codable, CaseIterable {
     case serverUnreachableFromProxy = "proxy_cannot_reach_server"
     /// The token was refused.
     case authentication = "auth_failed"
+    /// The server turns this address away for now: earlier attempts from it failed to authenticate.
+    case throttled
     /// No answer within the probe's time.
     case timeout
     /// Some other HTTP status or protocol error.
@@ -39,6 +42,7 @@ public enum ProbeFailure: String, Sendable, Codable, CaseIterable {
         case .unreachable: "unreachable"
         case .serverUnreachableFromProxy: "proxy cannot reach the server"
         case .authentication: "token refused"
+        case .throttled: "address throttled after failed attempts"
         case .timeout: "no answer in time"
         case .other: "failed"
         }
@@ -59,6 +63,8 @@ public enum ProbeFailure: String, Sendable, Codable, CaseIterable {
                 }
             case _ where error.isAuthenticationFailure:
                 return .authentication
+            case .handshake(let handshakeError) where handshakeError.isThrottled:
+                return .throttled
             default:
                 return .other
             }

@@ -22,6 +22,8 @@ public struct ProbeResult: Sendable {
     public var elapsedMilliseconds: Double
     /// How upstream travels, when the transport works.
     public var upstream: Upstream?
+    /// For a failure: whether trying again cannot help (see ``SessionError/retryCannotFix``).
+    public var retryCannotFix = false
 
     public init(
         transport: TransportKind,
@@ -42,10 +44,11 @@ public struct ProbeResult: Sendable {
     }
 
     /// A failed probe of `transport` that started at `start`.
-    init(failed transport: TransportKind, _ failure: ProbeFailure, _ detail: String, since start: NIODeadline) {
+    init(failed transport: TransportKind, _ failure: ProbeFailure, _ detail: String, since start: NIODeadline, retryCannotFix: Bool = false) {
         self.init(
             transport: transport, works: false, failure: failure, detail: detail, roundTripMilliseconds: nil,
             elapsedMilliseconds: Double((NIODeadline.now() - start).nanoseconds) / 1e6
         )
+        self.retryCannotFix = retryCannotFix || failure == .authentication
     }
 }

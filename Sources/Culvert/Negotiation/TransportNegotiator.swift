@@ -83,10 +83,13 @@ public enum TransportNegotiator {
         probeSession.resumption = false
         let finalOptions = probeOptions
         let finalSession = probeSession
+        let gate = AuthenticationGate()
         await withTaskGroup(of: ProbeResult.self) { tasks in
             for kind in Self.preference {
                 tasks.addTask {
-                    await Self.probe(kind, server: server, options: finalOptions, session: finalSession, group: group, logger: logger)
+                    await Self.probe(
+                        kind, server: server, options: finalOptions, session: finalSession, gate: gate, group: group, logger: logger
+                    )
                 }
             }
             for await result in tasks { each(result) }
@@ -103,12 +106,14 @@ public enum TransportNegotiator {
         server: ServerEndpoint,
         options: TransportOptions,
         session: SessionConfiguration,
+        gate: AuthenticationGate,
         group: any EventLoopGroup,
         logger: Logger
     ) async -> ProbeResult {
         let start = NIODeadline.now()
         let eventLoop = group.next()
         var transportEstablished = false
+        var holdsGate = false
         // The chunked transport's downstream is a streaming response: it must arrive as it is sent.
         let delivery = kind == .chunked
             ? StreamingDeliveryProbe.run(
@@ -118,6 +123,11 @@ public enum TransportNegotiator {
         do {
             let connection = try await ClientTransports.make(kind, options: options).connect(to: server, on: eventLoop).get()
             transportEstablished = true
+            if case .refused(let reason) = await gate.enter() {
+                eventLoop.execute { connection.close() }
+                return ProbeResult(failed: kind, .authentication, reason, since: start)
+            }
+            holdsGate = true
             let handshakeStart = NIODeadline.now()
             let tunnel = try await eventLoop.submit {
                 let tunnel = TunnelSession(role: .client, transport: connection, configuration: session, logger: logger)
@@ -128,7 +138,14 @@ public enum TransportNegotiator {
             delivery?.whenSuccess { outcome in
                 if Self.heldBack(outcome.verdict) != nil { eventLoop.execute { tunnel.close() } }
             }
-            _ = try await tunnel.established.get()
+            do {
+                _ = try await tunnel.established.get()
+            } catch let error as SessionError where error.isAuthenticationFailure {
+                gate.refused("\(error) (refused over \(kind); the proof was not sent again over the others)")
+                throw error
+            }
+            gate.accepted()
+            holdsGate = false
             let handshake = NIODeadline.now() - handshakeStart
             let shortRequests = try await eventLoop.submit { connection.upstreamUsesShortRequests }.get()
             _ = try? await tunnel.shutdown(gracePeriod: .zero).get()
@@ -143,13 +160,14 @@ public enum TransportNegotiator {
                 upstream: kind == .polling || shortRequests ? .shortRequests : .stream
             )
         } catch {
+            if holdsGate { gate.inconclusive() }
             // A handshake that never came down a held-back streaming response: the delivery probe says why.
             if let delivery, let outcome = try? await delivery.get(), let held = Self.heldBack(outcome.verdict) {
                 return ProbeResult(failed: kind, .responseBuffered, held, since: start)
             }
             return ProbeResult(
                 failed: kind, ProbeFailure.classify(error, kind: kind, transportEstablished: transportEstablished), "\(error)",
-                since: start
+                since: start, retryCannotFix: TunnelClient.retryCannotFix(error)
             )
         }
     }

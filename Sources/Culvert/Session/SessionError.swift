@@ -1,5 +1,6 @@
 public import CulvertCore
 public import CulvertTransport
+public import NIOCore
 
 /// Why a session ended or could not start. Each description is one line for the user.
 public enum SessionError: Error, Sendable, CustomStringConvertible {
@@ -36,6 +37,25 @@ public enum SessionError: Error, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The description with what to do about it, for the one line a command prints when it exits: a refused token
+    /// says to check the token on both sides (a missing one already says what to pass).
+    public var userMessage: String {
+        switch self {
+        case .handshake(.noTokenGiven): "\(self)"
+        case _ where self.isAuthenticationFailure: "\(self) (check --token on both sides)"
+        default: "\(self)"
+        }
+    }
+
+    /// Whether the transport was closed on purpose, to move the session to another one (not a lost connection).
+    public var isPlannedTransportMove: Bool {
+        if case .transportClosed(let reason) = self, reason == Self.plannedTransportMoveReason { return true }
+        return false
+    }
+
+    /// The reason a session's transport closes when the client moves it to another transport.
+    static let plannedTransportMoveReason = "moved to another transport"
+
     /// Whether the server refused to resume the session (it expired, or the server restarted).
     public var isResumeRefusal: Bool {
         switch self {
@@ -48,11 +68,33 @@ public enum SessionError: Error, Sendable, CustomStringConvertible {
     public var isAuthenticationFailure: Bool {
         switch self {
         case .handshake(.clientProofInvalid), .handshake(.serverProofInvalid), .handshake(.resumeProofInvalid),
-            .handshake(.refusedByPeer(.authenticationFailed, _)):
+            .handshake(.noTokenGiven), .handshake(.refusedByPeer(.authenticationFailed, _)):
             true
         default:
             false
         }
+    }
+
+    /// Whether trying again cannot help: the token is wrong or missing, the peer speaks another protocol version, or
+    /// the transport failed in a way that only a change of settings fixes (see ``TransportError/retryCannotFix``).
+    /// A client exits on these at once instead of waiting for the server.
+    public var retryCannotFix: Bool {
+        if self.isAuthenticationFailure { return true }
+        switch self {
+        case .handshake(.unsupportedVersion), .handshake(.refusedByPeer(.unsupportedVersion, _)): return true
+        case .transport(let error): return error.retryCannotFix
+        default: return false
+        }
+    }
+
+    /// For a refusal "for now": the wait the server's message names ("try again in N s"), so that a throttled client
+    /// does not knock every second while the server has said it will not listen for a minute.
+    public var suggestedRetryDelay: TimeAmount? {
+        guard self.isRetryableRefusal, case .handshake(.refusedByPeer(_, let message)) = self,
+            let range = message.firstRange(of: "try again in ")
+        else { return nil }
+        let digits = message[range.upperBound...].prefix { $0.isNumber }
+        return Int64(digits).map { .seconds($0) }
     }
 
     /// Whether the server turned the session away for now (it throttles the address, or is at a limit) and the

@@ -61,6 +61,9 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     var onDetached: ((TunnelSession, SessionError) -> Void)?
     /// Client: the session was resumed on a new transport connection.
     var onResumed: ((TunnelSession) -> Void)?
+    /// Server: asked once, when the first message arrives (before its frames are read), whether to hear this
+    /// connection at all; a code and message refuse it with GOAWAY (the authentication throttle counts attempts here).
+    var admitFirstMessage: (() -> (GoAwayCode, String)?)?
     /// Server: the live session a HELLO on this (new) connection names, if this server has it. The resumption's
     /// proof is checked here, on the new connection, with that session's key; only a proof that verifies hands the
     /// connection to that session, so a stranger who saw its id cannot touch it.
@@ -334,6 +337,13 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
 
     public func transport(_ transport: any TransportConnection, didReceive message: ByteBuffer) {
         guard !self.finished, transport === self.transport, !self.machine.isRefusing else { return }
+        if let admit = self.admitFirstMessage {
+            self.admitFirstMessage = nil
+            if let (code, reason) = admit() {
+                self.refuse(code, reason)
+                return
+            }
+        }
         self.flushAtReadComplete = true
         do {
             try self.decoder.process(buffer: message) { frame in
@@ -380,7 +390,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     func dropTransport() {
         self.eventLoop.preconditionInEventLoop()
         guard self.transport != nil, !self.finished else { return }
-        self.perform(self.machine.transportLost(.transportClosed("moved to another transport"), now: self.eventLoop.now))
+        self.perform(self.machine.transportLost(.transportClosed(SessionError.plannedTransportMoveReason), now: self.eventLoop.now))
     }
 
     /// Client: resumes the detached session on `transport` (dialled on this session's loop).
@@ -461,7 +471,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         case .detach(let reason, let expiry):
             self.didDetach(SessionError(reason), expiry: expiry)
         case .abandonResumption:
-            self.logger.warning("no answer to the resumption within \(self.configuration.handshakeTimeout.seconds) s")
+            self.logger.warning("no answer to the resumption within \(self.configuration.handshakeTimeout.roundedText)")
             self.transport?.close()
         case .end(let reason, let reply):
             if let reply {
@@ -539,11 +549,15 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         if case .handshake(.refusedByPeer(_, let message)) = reason {
             self.logger.warning("the server cannot resume the session now (\(message)); trying again")
         }
-        self.logger.info("tunnel connection lost (\(reason)); streams stay open while the session waits to be resumed")
+        if reason.isPlannedTransportMove {
+            self.logger.info("resuming the session on the new transport; its \(self.streams.count) stream\(self.streams.count == 1 ? "" : "s") stay open")
+        } else {
+            self.logger.info("tunnel connection lost (\(reason)); streams stay open while the session waits to be resumed")
+        }
         if let expiry {
             self.timers[.detachedExpiry]?.cancel()
             self.timers[.detachedExpiry] = self.eventLoop.scheduleTask(deadline: expiry) { [self] in
-                self.logger.info("not resumed within \(self.configuration.detachedGracePeriod.seconds) s: closing its \(self.streams.count) streams")
+                self.logger.info("not resumed within \(self.configuration.detachedGracePeriod.roundedText): closing its \(self.streams.count) streams")
                 self.perform(self.machine.timerFired(.detachedExpiry, now: self.eventLoop.now))
             }
         }
@@ -769,9 +783,9 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         case (.client, true, false):
             self.logger.warning("compression off: the server does not agree to it (started with --no-compress)")
         case (.server, false, _):
-            self.logger.info("compression off: this server runs with --no-compress")
+            self.logger.debug("compression off: this server runs with --no-compress")
         default:
-            self.logger.info("compression off: not requested")
+            self.logger.debug("compression off: not requested")
         }
     }
 
@@ -919,6 +933,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         // The owners' callbacks capture their owners (a client holds its session): let go of them, or an ended
         // session and its client would keep each other alive.
         self.connector = nil
+        self.admitFirstMessage = nil
         self.onDetached = nil
         self.onResumed = nil
         self.resumeLookup = nil

@@ -73,6 +73,8 @@ public struct HandshakeStateMachine: Sendable {
     private let keys: HandshakeKeys
     private let resumption: Resumption?
     private let authenticationRequired: Bool
+    /// A client that has no token: a refusal for authentication then means the server needs one.
+    private let clientWithoutToken: Bool
     private let capabilities: Capabilities
     private let maximumDataPayload: UInt32
     private let randomBytes: @Sendable (Int) -> [UInt8]
@@ -91,9 +93,11 @@ public struct HandshakeStateMachine: Sendable {
         case .client(let token):
             self.state = .clientIdle
             self.keys = HandshakeKeys(token: token)
+            self.clientWithoutToken = token?.isEmpty ?? true
             self.authenticationRequired = true
             self.resumption = nil
         case .server(let token, let required):
+            self.clientWithoutToken = false
             self.state = .serverAwaitingHello
             self.keys = HandshakeKeys(token: token)
             self.authenticationRequired = required
@@ -101,6 +105,7 @@ public struct HandshakeStateMachine: Sendable {
         case .resumingClient(let sessionID, let sessionKey, let received),
             .resumingServer(let sessionID, let sessionKey, let received):
             if case .resumingClient = role { self.state = .clientIdle } else { self.state = .serverAwaitingHello }
+            self.clientWithoutToken = false
             self.keys = HandshakeKeys(sessionKey: sessionKey)
             self.authenticationRequired = true
             self.resumption = Resumption(
@@ -254,6 +259,10 @@ public struct HandshakeStateMachine: Sendable {
             )
             return .established(outcome, send: .welcome(welcome))
 
+        case (_, .goAway(.authenticationFailed, _)) where self.clientWithoutToken:
+            self.state = .failed
+            return .fail(.noTokenGiven, send: nil)
+
         case (_, .goAway(let code, let message)):
             self.state = .failed
             return .fail(.refusedByPeer(code, message), send: nil)
@@ -280,11 +289,19 @@ public struct HandshakeStateMachine: Sendable {
 
 /// Why a handshake did not complete.
 public enum HandshakeError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// Whether the server turned the handshake away unheard because earlier attempts from this address failed.
+    public var isThrottled: Bool {
+        if case .refusedByPeer(let code, _) = self { return code == .throttled }
+        return false
+    }
+
     case unsupportedVersion(UInt8)
     /// The client's proof did not verify: it does not hold the server's token.
     case clientProofInvalid
     /// The server's proof did not verify: it does not hold the client's token.
     case serverProofInvalid
+    /// The client has no token and the server refused it for that (it needs one).
+    case noTokenGiven
     case resumeRefused
     /// A resumption named a session this server has, with a proof made without its key: someone who saw the
     /// session's id, not its client.
@@ -301,6 +318,8 @@ public enum HandshakeError: Error, Hashable, Sendable, CustomStringConvertible {
             "wrong token: the client's proof did not verify"
         case .serverProofInvalid:
             "the server could not prove it knows the token (wrong token, or a server started with --no-auth)"
+        case .noTokenGiven:
+            "no token given, and the server needs one: pass --token or --token-file, or set CULVERT_TOKEN (the server's token)"
         case .resumeRefused:
             "session resumption refused"
         case .resumeProofInvalid:

@@ -390,7 +390,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
             guard self.upMode == .stream, !self.closed, self.upLog.unacknowledgedBytes > 0 else { return }
             if self.upLog.acknowledged == self.ackAtWatchdogStart {
                 self.switchToBatches(
-                    because: "no acknowledgement within \(timeout.seconds) s while the streaming POST was open; the path buffers request bodies"
+                    because: "no acknowledgement within \(timeout.roundedText) while the streaming POST was open; the path buffers request bodies"
                 )
             } else {
                 self.armAckWatchdog()
@@ -581,7 +581,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
             return
         }
         let delay = TimeAmount.milliseconds(Int64(100 << min(failures - 1, 8)))
-        self.logger.debug("\(direction) request failed (\(error)); retry \(failures) in \(delay.seconds) s")
+        self.logger.debug("\(direction) request failed (\(error)); retry \(failures) in \(delay.roundedText)")
         let task = self.eventLoop.assumeIsolated().scheduleTask(in: delay) { [self] in
             guard !self.closed else { return }
             action()

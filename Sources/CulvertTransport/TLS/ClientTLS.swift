@@ -58,25 +58,29 @@ public struct ClientTLS: Sendable {
         }
     }
 
-    /// The TLS handler for a connection to `endpoint`.
-    func makeHandler(for endpoint: ServerEndpoint) throws -> NIOSSLClientHandler {
+    /// The TLS handler for a connection to `endpoint`, and for a pinned key the record of what the check saw.
+    func makeHandler(for endpoint: ServerEndpoint) throws -> (NIOSSLClientHandler, PinnedKeyCheck?) {
         let name = self.serverName ?? endpoint.host
         // SNI carries names only: for an IP address the certificate's IP entries are checked instead.
         let hostname = Self.isIPAddress(name) ? nil : name
         switch self.verification {
         case .pinned(let pin):
-            return try NIOSSLClientHandler(context: self.context, serverHostname: hostname) { certificates, promise in
-                promise.succeed(Self.verify(pinned: pin, certificates: certificates))
+            let check = PinnedKeyCheck(expected: pin)
+            let handler = try NIOSSLClientHandler(context: self.context, serverHostname: hostname) { certificates, promise in
+                promise.succeed(Self.verify(check, certificates: certificates))
             }
+            return (handler, check)
         case .systemTrustRoots, .certificateAuthorities, .none:
-            return try NIOSSLClientHandler(context: self.context, serverHostname: hostname)
+            return (try NIOSSLClientHandler(context: self.context, serverHostname: hostname), nil)
         }
     }
 
-    private static func verify(pinned pin: PublicKeyPin, certificates: [NIOSSLCertificate]) -> NIOSSLVerificationResult {
-        guard let leaf = certificates.first, let leafPin = try? PublicKeyPin(certificate: leaf), leafPin == pin,
-            let certificate = try? Certificate(derEncoded: leaf.toDERBytes())
-        else { return .failed }
+    private static func verify(_ check: PinnedKeyCheck, certificates: [NIOSSLCertificate]) -> NIOSSLVerificationResult {
+        guard let leaf = certificates.first, let leafPin = try? PublicKeyPin(certificate: leaf) else { return .failed }
+        check.presented = leafPin
+        guard leafPin == check.expected, let certificate = try? Certificate(derEncoded: leaf.toDERBytes()) else {
+            return .failed
+        }
         let now = Date()
         return certificate.notValidBefore <= now && now <= certificate.notValidAfter ? .certificateVerified : .failed
     }

@@ -8,10 +8,12 @@ final class TLSHandshakeWaiter: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
 
     private let endpoint: String
+    private let pinCheck: PinnedKeyCheck?
     private let promise: EventLoopPromise<Void>
 
-    init(endpoint: String, promise: EventLoopPromise<Void>) {
+    init(endpoint: String, pinCheck: PinnedKeyCheck? = nil, promise: EventLoopPromise<Void>) {
         self.endpoint = endpoint
+        self.pinCheck = pinCheck
         self.promise = promise
     }
 
@@ -24,7 +26,8 @@ final class TLSHandshakeWaiter: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.promise.fail(TransportError.tlsFailed(endpoint: self.endpoint, reason: Self.describe(error)))
+        let reason = self.pinCheck?.mismatchDescription ?? Self.describe(error)
+        self.promise.fail(TransportError.tlsFailed(endpoint: self.endpoint, reason: reason))
         context.close(promise: nil)
     }
 
