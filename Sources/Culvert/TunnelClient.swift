@@ -19,6 +19,14 @@ public final class TunnelClient: StreamOpening, Sendable {
         public var transportOptions: TransportOptions
         public var session: SessionConfiguration
         public var forwards: [ForwardSpec]
+        /// Listeners besides the `-L` forwards (SOCKS5, HTTP proxy), bound after them.
+        public var listeners: [LocalListener] = []
+        /// Standard input and output as one stream to this target (`--stdio`, ssh's ProxyCommand), carried from the
+        /// start: before the first session is up its bytes wait for it. ``TunnelClient/standardIOEnded`` says when it
+        /// is over.
+        public var standardIO: TargetAddress?
+        /// Every listener the client opens: the forwards, then ``listeners``.
+        public var allListeners: [LocalListener] { self.forwards.map(LocalListener.forward) + self.listeners }
         /// When to reconnect after the transport connection drops (100 ms doubling to 30 s, jittered; starts over
         /// after a connection stayed up 10 s).
         public var reconnect: ReconnectBackoff
@@ -84,15 +92,18 @@ public final class TunnelClient: StreamOpening, Sendable {
     public static let maximumWaitingConnections = 64
 
     private let configuration: Configuration
-    private let eventLoop: any EventLoop
+    /// The loop of every session of this client, and of the connections they carry.
+    let eventLoop: any EventLoop
     private let logger: Logger
     private let state: NIOLockedValueBox<State>
     private let listeners: NIOLockedValueBox<[any Channel]>
     private let endedPromise: EventLoopPromise<SessionError>
+    /// Completed when the ``Configuration/standardIO`` stream is over (nil without one).
+    let standardIOPromise: EventLoopPromise<StreamOpenResult>?
     /// Connections waiting for the first session, on the client's loop (where listeners hand them over).
     private let waiting: NIOLoopBoundBox<[WaitingConnection]>
 
-    /// The local address of each forward, in the order of ``Configuration/forwards``.
+    /// The local address of each listener, in the order of ``Configuration/allListeners`` (the forwards first).
     public var listenerAddresses: [SocketAddress] {
         self.listeners.withLockedValue { $0.compactMap(\.localAddress) }
     }
@@ -121,6 +132,7 @@ public final class TunnelClient: StreamOpening, Sendable {
         )
         self.listeners = NIOLockedValueBox([])
         self.endedPromise = eventLoop.makePromise()
+        self.standardIOPromise = configuration.standardIO.map { _ in eventLoop.makePromise() }
         self.waiting = NIOLoopBoundBox.makeBoxSendingValue([], eventLoop: eventLoop)
     }
 
@@ -150,17 +162,23 @@ public final class TunnelClient: StreamOpening, Sendable {
         let client = TunnelClient(configuration: configuration, eventLoop: group.next(), logger: logger)
         var listeners: [any Channel] = []
         do {
-            for forward in configuration.forwards {
+            for listener in configuration.allListeners {
                 // Accepted connections live on the sessions' loop (every session of this client uses it).
-                listeners.append(
-                    try await LocalPortListener.bind(forward, group: group, streamLoop: client.eventLoop, tunnel: client, logger: logger)
-                )
+                listeners.append(try await listener.bind(group: group, streamLoop: client.eventLoop, tunnel: client, logger: logger))
             }
         } catch {
             for listener in listeners { try? await listener.close() }
             throw error
         }
         client.listeners.withLockedValue { $0 = listeners }
+        if let target = configuration.standardIO {
+            do {
+                try await client.carryStandardIO(to: target)
+            } catch {
+                for listener in listeners { try? await listener.close() }
+                throw error
+            }
+        }
         return client
     }
 

@@ -1,4 +1,6 @@
 import ArgumentParser
+import CulvertCore
+import Foundation
 import Culvert
 import CulvertTransport
 import Logging
@@ -34,6 +36,21 @@ struct ClientCommand: AsyncParsableCommand {
     @Option(name: .customShort("L"), help: "Forward [BIND:]PORT:HOST:HOSTPORT (BIND defaults to 127.0.0.1). Repeatable.")
     var forwards: [String] = []
 
+    @Option(name: .customShort("D"), help: ArgumentHelp(
+        "A SOCKS5 proxy on [BIND:]PORT (BIND defaults to 127.0.0.1): each connection goes to the target it names, resolved on the server's side. Repeatable.",
+        valueName: "[BIND:]PORT"))
+    var socks: [String] = []
+
+    @Option(help: ArgumentHelp(
+        "The USER:PASS SOCKS5 clients must give (RFC 1929); default: CULVERT_SOCKS_USER, else no authentication.",
+        valueName: "USER:PASS"))
+    var socksUser: String?
+
+    @Option(help: ArgumentHelp(
+        "Carry standard input and output as one stream to HOST:PORT and exit when it ends (ssh -o ProxyCommand='culvert client URL --stdio %h:%p'). Logs go to stderr.",
+        valueName: "HOST:PORT"))
+    var stdio: String?
+
     @OptionGroup var tokenOptions: TokenOptions
 
     @Option(help: ArgumentHelp(TransportChoice.helpText))
@@ -66,12 +83,41 @@ struct ClientCommand: AsyncParsableCommand {
 
     @OptionGroup var loggingOptions: LoggingOptions
 
-    func validate() throws {
+    /// The `-L` forwards as given.
+    func parsedForwards() throws -> [ForwardSpec] {
         var forwards: [ForwardSpec] = []
         for text in self.forwards {
             do { forwards.append(try ForwardSpec(parsing: text)) } catch { throw ValidationError(error.description) }
         }
-        if let problem = ForwardCheck.problem(with: forwards) { throw ValidationError(problem) }
+        return forwards
+    }
+
+    /// The listeners besides `-L`: the `-D` SOCKS5 proxies.
+    func parsedListeners() throws -> [LocalListener] {
+        var credentials: SOCKSCredentials?
+        if let text = self.socksUser ?? ProcessInfo.processInfo.environment["CULVERT_SOCKS_USER"].flatMap({ $0.isEmpty ? nil : $0 }) {
+            do { credentials = try SOCKSCredentials(parsing: text) } catch { throw ValidationError(error.description) }
+            if self.socks.isEmpty && self.socksUser != nil { throw ValidationError("--socks-user needs a SOCKS5 proxy (-D [BIND:]PORT)") }
+        }
+        var listeners: [LocalListener] = []
+        for text in self.socks {
+            do { listeners.append(.socks(try ListenAddress(parsing: text, flag: "-D"), credentials: credentials)) } catch {
+                throw ValidationError(error.description)
+            }
+        }
+        return listeners
+    }
+
+    /// The `--stdio` target, if given.
+    func parsedStandardIOTarget() throws -> TargetAddress? {
+        guard let text = self.stdio else { return nil }
+        do { return try TargetAddress(parsing: text, flag: "--stdio") } catch { throw ValidationError(error.description) }
+    }
+
+    func validate() throws {
+        let listeners = try self.parsedForwards().map(LocalListener.forward) + self.parsedListeners()
+        if let problem = ForwardCheck.problem(with: listeners) { throw ValidationError(problem) }
+        _ = try self.parsedStandardIOTarget()
         if let maxRetryTime = self.maxRetryTime, !(maxRetryTime >= 0) {
             throw ValidationError("--max-retry-time must be 0 or more seconds")
         }
@@ -79,14 +125,17 @@ struct ClientCommand: AsyncParsableCommand {
 
     func run() async throws {
         let signals = SignalWaiter.install()
-        let logger = try self.loggingOptions.makeLogger(label: "culvert.client")
+        // Under ssh's ProxyCommand every info line would land on the user's terminal at each login: --stdio says
+        // only what went wrong unless asked for more.
+        let logger = try self.loggingOptions.makeLogger(label: "culvert.client", defaultLevel: self.stdio == nil ? .info : .warning)
         let server: ServerEndpoint
         do { server = try ServerEndpoint(url: self.serverURL) } catch { throw ValidationError(error.description) }
-        var forwards: [ForwardSpec] = []
-        for text in self.forwards {
-            do { forwards.append(try ForwardSpec(parsing: text)) } catch { throw ValidationError(error.description) }
+        let forwards = try self.parsedForwards()
+        let listeners = try self.parsedListeners()
+        let standardIOTarget = try self.parsedStandardIOTarget()
+        if forwards.isEmpty && listeners.isEmpty && standardIOTarget == nil {
+            logger.warning("no -L, -D or --stdio given: the tunnel will carry nothing")
         }
-        if forwards.isEmpty { logger.warning("no -L forwards given: the tunnel will carry nothing") }
         var headers: [(String, String)] = []
         for text in self.header {
             guard let colon = text.firstIndex(of: ":"), colon != text.startIndex else {
@@ -107,6 +156,8 @@ struct ClientCommand: AsyncParsableCommand {
             server: server, transport: self.transport.resolvedKind(), transportOptions: transportOptions,
             session: sessionConfiguration, forwards: forwards
         )
+        configuration.listeners = listeners
+        configuration.standardIO = standardIOTarget
         configuration.firstConnectionRetryTime = self.maxRetryTime.map(TimeAmount.fromSeconds)
         configuration.reconnectRetryTime = self.maxRetryTime.map(TimeAmount.fromSeconds)
         let client: TunnelClient
@@ -124,6 +175,10 @@ struct ClientCommand: AsyncParsableCommand {
         } catch {
             fail("\(error)")
         }
+        if let standardIOTarget, let streamEnd = client.standardIOEnded {
+            await self.runStandardIO(to: standardIOTarget, streamEnd: streamEnd, client: client, signals: signals, logger: logger)
+            return
+        }
         switch await SignalWaiter.waitForSignal(signals, orEndOf: client.ended) {
         case .signal(let signal):
             logger.info("\(SignalWaiter.name(of: signal)): shutting down (open streams get \(TimeAmount.fromSeconds(self.shutdownGrace).roundedText) to finish; again to exit at once)")
@@ -131,6 +186,40 @@ struct ClientCommand: AsyncParsableCommand {
         case .ended(let reason):
             // The client reconnects and resumes (or starts a new session) on its own; it only ends when the
             // server stops accepting its token.
+            fail(reason.isAuthenticationFailure ? reason.userMessage : "tunnel ended: \(reason)")
+        }
+    }
+}
+
+extension ClientCommand {
+    /// How a `--stdio` run ends: its stream finished (or could not open), or the tunnel ended.
+    private enum StandardIOEnd: Sendable {
+        case stream(StreamOpenResult)
+        case tunnel(SessionError)
+    }
+
+    /// Waits for the stdin/stdout stream to `target` and exits when it is over: 0 once it finished, 1 when it could
+    /// not be opened or the tunnel ended under it.
+    func runStandardIO(
+        to target: TargetAddress, streamEnd: EventLoopFuture<StreamOpenResult>, client: TunnelClient, signals: AsyncStream<Int32>,
+        logger: Logger
+    ) async {
+        let outcome = await SignalWaiter.waitForSignal(
+            signals, orFirstOf: [streamEnd.map(StandardIOEnd.stream), client.ended.map(StandardIOEnd.tunnel)],
+            ifFailed: .tunnel(.shutdown)
+        )
+        await client.shutdown(gracePeriod: .milliseconds(Int64(self.shutdownGrace * 1000)))
+        switch outcome {
+        case .signal(let signal):
+            logger.info("\(SignalWaiter.name(of: signal)): stopping the --stdio stream to \(target)")
+            Foundation.exit(128 + signal)
+        case .ended(.stream(.opened)):
+            logger.debug("the --stdio stream to \(target) ended")
+        case .ended(.stream(.refused(_, let message))):
+            fail("the server could not open \(target): \(message)")
+        case .ended(.stream(.unavailable(let reason))):
+            fail("the --stdio stream to \(target) was not carried: \(reason)")
+        case .ended(.tunnel(let reason)):
             fail(reason.isAuthenticationFailure ? reason.userMessage : "tunnel ended: \(reason)")
         }
     }

@@ -46,12 +46,13 @@ struct TokenOptions: ParsableArguments {
 
 /// `--log-level`.
 struct LoggingOptions: ParsableArguments {
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "info"
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default: info; warning with --stdio).")
+    var logLevel: String?
 
-    func makeLogger(label: String) throws -> Logger {
-        guard let level = Logger.Level(rawValue: self.logLevel) else {
-            throw CLIError("unknown --log-level '\(self.logLevel)'; use trace, debug, info, notice, warning, error or critical")
+    /// A logger at `--log-level`, or at `defaultLevel` when none was given.
+    func makeLogger(label: String, defaultLevel: Logger.Level = .info) throws -> Logger {
+        guard let level = self.logLevel.map({ Logger.Level(rawValue: $0) }) ?? defaultLevel else {
+            throw CLIError("unknown --log-level '\(self.logLevel ?? "")'; use trace, debug, info, notice, warning, error or critical")
         }
         LoggingBootstrap.once(level: level)
         var logger = Logger(label: label)

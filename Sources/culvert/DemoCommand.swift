@@ -31,9 +31,7 @@ struct DemoCommand: AsyncParsableCommand {
     @OptionGroup var loggingOptions: LoggingOptions
 
     func run() async throws {
-        var options = self.loggingOptions
-        if options.logLevel == "info" { options.logLevel = "warning" }
-        let logger = try options.makeLogger(label: "culvert.demo")
+        let logger = try self.loggingOptions.makeLogger(label: "culvert.demo", defaultLevel: .warning)
         guard self.mib > 0, self.streams > 0 else { throw ValidationError("--mib and --streams must be positive") }
         let group = MultiThreadedEventLoopGroup.singleton
         let token = (0..<16).map { _ in String(UInt8.random(in: 0...255), radix: 16) }.joined()

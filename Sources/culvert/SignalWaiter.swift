@@ -9,9 +9,9 @@ import NIOCore
 /// Install it first thing in a command, before any listener is bound: a signal that arrives between binding and
 /// waiting is then kept, not left to its default action (which kills the process).
 enum SignalWaiter {
-    enum Outcome {
+    enum Outcome<Ended: Sendable> {
         case signal(Int32)
-        case ended(SessionError)
+        case ended(Ended)
     }
 
     /// Starts catching SIGINT and SIGTERM; signals are buffered in the stream until read.
@@ -61,12 +61,21 @@ enum SignalWaiter {
     }
 
     /// Waits for a signal or for `ended` to complete, whichever comes first.
-    static func waitForSignal(_ signals: AsyncStream<Int32>, orEndOf ended: EventLoopFuture<SessionError>) async -> Outcome {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Outcome, Never>) in
+    static func waitForSignal(_ signals: AsyncStream<Int32>, orEndOf ended: EventLoopFuture<SessionError>) async -> Outcome<SessionError> {
+        await Self.waitForSignal(signals, orFirstOf: [ended], ifFailed: .shutdown)
+    }
+
+    /// Waits for a signal or for the first of `futures` to complete (`ifFailed` stands for one that failed).
+    static func waitForSignal<Ended: Sendable>(
+        _ signals: AsyncStream<Int32>, orFirstOf futures: [EventLoopFuture<Ended>], ifFailed: Ended
+    ) async -> Outcome<Ended> {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Outcome<Ended>, Never>) in
             let once = OnceFlag()
-            ended.whenComplete { result in
-                let reason = (try? result.get()) ?? .shutdown
-                if once.claim() { continuation.resume(returning: .ended(reason)) }
+            for future in futures {
+                future.whenComplete { result in
+                    let value = (try? result.get()) ?? ifFailed
+                    if once.claim() { continuation.resume(returning: .ended(value)) }
+                }
             }
             Task {
                 let signal = await SignalWaiter.wait(signals)

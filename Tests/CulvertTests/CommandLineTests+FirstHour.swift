@@ -198,7 +198,7 @@ extension CommandLineTests {
         let cases: [([String], String)] = [
             (["-L", "192.0.2.77:9000:db:5432"], "is not an address of this machine"),
             (["-L", "no-such-host.invalid:9000:db:5432"], "not an IP address or a host name"),
-            (["-L", "9000:db:5432", "-L", "9000:db:5433"], "local port 9000 is already forwarded"),
+            (["-L", "9000:db:5432", "-L", "9000:db:5433"], "local port 9000 is already taken by -L"),
             (["-L", "::1:9000:db:5432"], "IPv6 addresses go in brackets"),
             (["-L", "9000"], "got 1 field"),
         ]

@@ -16,3 +16,9 @@ func fixturesDirectory(file: String = #filePath) -> String {
     URL(fileURLWithPath: file).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("fixtures").path
 }
+
+/// nginx as a plain web server (`fixtures/targets/nginx-web.conf`): every path answers with a line naming the method,
+/// the path and the Host header. A target for the SOCKS5 and HTTP proxy listeners.
+func startWebTarget() async throws -> RealProxy {
+    try await RealProxy.start(.nginx, configuration: fixturesDirectory() + "/targets/nginx-web.conf")
+}

@@ -8,17 +8,23 @@ import NIOPosix
 public enum ForwardCheck {
     /// The first problem with `forwards`, as a one-line message, or nil when they can all be bound.
     public static func problem(with forwards: [ForwardSpec]) -> String? {
-        var seen: [String: ForwardSpec] = [:]
-        for forward in forwards {
-            if let problem = Self.bindProblem(forward.bindHost) {
-                return "bad -L '\(Self.text(of: forward))': \(problem)"
+        Self.problem(with: forwards.map(LocalListener.forward))
+    }
+
+    /// The first problem with `listeners` (forwards, SOCKS and HTTP proxies), as a one-line message, or nil when
+    /// they can all be bound.
+    public static func problem(with listeners: [LocalListener]) -> String? {
+        var seen: [String: LocalListener] = [:]
+        for listener in listeners {
+            if let problem = Self.bindProblem(listener.address.host) {
+                return "bad \(listener.flag) '\(listener.text)': \(problem)"
             }
-            guard forward.bindPort != 0 else { continue }
-            let key = "\(forward.bindHost.lowercased())|\(forward.bindPort)"
+            guard listener.address.port != 0 else { continue }
+            let key = "\(listener.address.host.lowercased())|\(listener.address.port)"
             if let earlier = seen[key] {
-                return "bad -L '\(Self.text(of: forward))': local port \(forward.bindPort) is already forwarded by -L '\(Self.text(of: earlier))'; give each forward its own port"
+                return "bad \(listener.flag) '\(listener.text)': local port \(listener.address.port) is already taken by \(earlier.flag) '\(earlier.text)'; give each listener its own port"
             }
-            seen[key] = forward
+            seen[key] = listener
         }
         return nil
     }
@@ -40,11 +46,5 @@ public enum ForwardCheck {
             if ip == "0.0.0.0" || ip == "::" || ip == "::1" || ip.hasPrefix("127.") || local.contains(ip) { return nil }
         }
         return "BIND '\(host)' is not an address of this machine (use 127.0.0.1, 0.0.0.0 for every interface, or one of its own addresses)"
-    }
-
-    private static func text(of forward: ForwardSpec) -> String {
-        let bind = forward.bindHost.contains(":") ? "[\(forward.bindHost)]" : forward.bindHost
-        let host = forward.target.host.contains(":") ? "[\(forward.target.host)]" : forward.target.host
-        return "\(bind):\(forward.bindPort):\(host):\(forward.target.port)"
     }
 }

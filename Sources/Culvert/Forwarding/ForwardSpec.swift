@@ -49,10 +49,13 @@ public struct ForwardSpec: Hashable, Sendable, CustomStringConvertible {
         self.init(bindHost: bind, bindPort: port, target: TargetAddress(host: values[1], port: hostPort))
     }
 
-    public var description: String {
-        let bind = self.bindHost.contains(":") ? "[\(self.bindHost)]" : self.bindHost
-        return "\(bind):\(self.bindPort) -> \(self.target)"
-    }
+    /// Where it listens, as `host:port` (an IPv6 host in brackets).
+    public var listenAddress: ListenAddress { ListenAddress(host: self.bindHost, port: self.bindPort) }
+
+    /// The forward as `-L` takes it: `BIND:PORT:HOST:HOSTPORT`.
+    public var text: String { "\(self.listenAddress):\(self.target)" }
+
+    public var description: String { "\(self.listenAddress) -> \(self.target)" }
 }
 
 /// Errors in forwarding settings and listeners; each says which part is wrong.
@@ -60,12 +63,22 @@ public enum ForwardingError: Error, Hashable, Sendable, CustomStringConvertible 
     case invalidForward(String, String)
     case invalidAllow(String, String)
     case bindFailed(address: String, reason: String)
+    /// A listener's `[BIND:]PORT` (given to `flag`: -D, -H) is malformed.
+    case invalidListen(flag: String, String, String)
+    /// `--socks-user` is malformed (the text is not repeated: it holds a password).
+    case invalidSOCKSUser(String)
+    /// `--stdio` cannot use this process's standard input or output.
+    case standardIOUnusable(String)
 
     public var description: String {
         switch self {
         case .invalidForward(let text, let reason): "bad -L '\(text)': \(reason)"
         case .invalidAllow(let text, let reason): "bad --allow '\(text)': \(reason)"
         case .bindFailed(let address, let reason): "cannot listen on \(address): \(reason)"
+        case .invalidListen(let flag, let text, let reason): "bad \(flag) '\(text)': \(reason)"
+        case .invalidSOCKSUser(let reason): "bad --socks-user: \(reason)"
+        case .standardIOUnusable(let reason):
+            "--stdio needs standard input and output to be pipes, sockets or a terminal, not a file or /dev/null (\(reason)); pipe a file in with cat"
         }
     }
 }

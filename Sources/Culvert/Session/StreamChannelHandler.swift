@@ -120,7 +120,10 @@ final class StreamChannelHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        self.session?.localRead(self, self.unwrapInboundIn(data))
+        let buffer = self.unwrapInboundIn(data)
+        // A handler that leaves the pipeline may hand on an empty buffer (NIOSOCKS's parser does).
+        guard buffer.readableBytes > 0 else { return }
+        self.session?.localRead(self, buffer)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

@@ -1,0 +1,122 @@
+import Crypto
+import CulvertTools
+import Foundation
+import NIOCore
+import NIOPosix
+import Testing
+
+/// What users forward besides `-L`, through the built `culvert`: ssh with `--stdio` as its ProxyCommand (OpenSSH's
+/// client and a throwaway sshd, both from Debian) and curl through `-D`.
+extension CommandLineTests {
+    /// A file of `byteCount` pseudo-random bytes in the temporary directory, and its sha256 as sha256sum prints it.
+    static func randomFile(byteCount: Int) throws -> (path: String, sha256: String) {
+        var generator = SystemRandomNumberGenerator()
+        let bytes = (0..<byteCount).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("culvert-stdio-\(UUID().uuidString)").path
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        return (path, SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined())
+    }
+
+    /// Runs `culvert client http://127.0.0.1:serverPort` with `arguments`, its standard input a pipe that holds
+    /// `input` and is closed before it starts; returns its exit status, standard output and standard error.
+    static func runStandardIO(_ arguments: [String], serverPort: Int, input: Data) throws -> (status: Int32, output: Data, errors: String) {
+        let process = Process()
+        process.executableURL = Self.executable
+        process.arguments = ["client", "http://127.0.0.1:\(serverPort)"] + arguments
+        let inputPipe = Pipe()
+        let outputPipe = Pipe()
+        let errorPipe = Pipe()
+        process.standardInput = inputPipe
+        process.standardOutput = outputPipe
+        process.standardError = errorPipe
+        try inputPipe.fileHandleForWriting.write(contentsOf: input)
+        try inputPipe.fileHandleForWriting.close()
+        try process.run()
+        // Standard error is small; standard output is read to its end first, so that a full pipe cannot stall it.
+        let output = outputPipe.fileHandleForReading.readDataToEndOfFile()
+        let errors = String(decoding: errorPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, output, errors)
+    }
+
+    /// ssh with `ProxyCommand='culvert client URL --stdio %h:%p'` logs in to a real sshd through the tunnel: a
+    /// command's output comes back, and 1 MiB goes each way intact (up into the remote sha256sum, whose end needs
+    /// the half-close of ssh's input to cross the tunnel; down from a remote cat).
+    @Test func sshUsesStdioAsItsProxyCommandAndMovesBytesBothWays() async throws {
+        let sshd = try await ThrowawaySSHServer.start(port: try self.freePort())
+        defer { sshd.stop() }
+        let port = try self.freePort()
+        let server = try self.startServer(port: port, token: "stdio-token", extraArguments: ["--allow", "127.0.0.1:\(sshd.port)"])
+        defer { server.terminate(); server.waitUntilExit() }
+        let file = try Self.randomFile(byteCount: 1 << 20)
+        defer { try? FileManager.default.removeItem(atPath: file.path) }
+
+        let proxyCommand = "\(Self.executable.path) client http://127.0.0.1:\(port) --token stdio-token --max-retry-time 0 --stdio %h:%p"
+        let ssh = ([ThrowawaySSHServer.sshPath ?? "ssh"] + sshd.clientArguments()).joined(separator: " ")
+            + " -o 'ProxyCommand=\(proxyCommand)' \(NSUserName())@127.0.0.1"
+        let greeting = ChildProcess.run("/bin/sh", ["-c", "\(ssh) 'echo through culvert: $((6 * 7))' 2>&1"]) ?? ""
+        let up = ChildProcess.run("/bin/sh", ["-c", "\(ssh) sha256sum < \(file.path) 2>&1"]) ?? ""
+        let down = ChildProcess.run("/bin/sh", ["-c", "\(ssh) cat \(file.path) 2>&1 | sha256sum"]) ?? ""
+        #expect(greeting == "through culvert: 42\n")
+        #expect(up == "\(file.sha256)  -\n")
+        #expect(down == "\(file.sha256)  -\n")
+    }
+
+    /// Input that is all there when culvert starts (`printf … | culvert … --stdio`) goes through, and its end with
+    /// it: the echo comes back whole and culvert exits 0 once the target closed too.
+    @Test func stdioCarriesInputThatIsAllThereAtTheStartAndItsEnd() async throws {
+        let echo = try await EchoServer.start(group: MultiThreadedEventLoopGroup.singleton)
+        let port = try self.freePort()
+        let server = try self.startServer(port: port, token: "t", extraArguments: ["--allow", "127.0.0.1:\(echo.port)"])
+        defer { server.terminate(); server.waitUntilExit() }
+        let text = Data((0..<2000).map { "line \($0)\n" }.joined().utf8)
+        let run = try Self.runStandardIO(["--token", "t", "--transport", "websocket", "--stdio", "127.0.0.1:\(echo.port)"], serverPort: port, input: text)
+        try await echo.close()
+        #expect(run.status == 0)
+        #expect(run.output == text)
+    }
+
+    /// `--stdio` to a target the server does not allow exits non-zero with the server's reason, without waiting
+    /// for its input to end.
+    @Test func stdioToATargetTheServerRefusesExitsWithTheReason() throws {
+        let port = try self.freePort()
+        let server = try self.startServer(port: port, token: "t")
+        defer { server.terminate(); server.waitUntilExit() }
+        let run = try Self.runStandardIO(["--token", "t", "--transport", "websocket", "--stdio", "127.0.0.1:9"], serverPort: port, input: Data())
+        let message = run.errors
+        #expect(run.status == 1)
+        #expect(message.contains("culvert: error: the server could not open 127.0.0.1:9"), "\(message)")
+        #expect(message.contains("not allowed"), "\(message)")
+        #expect(run.output.isEmpty, "nothing but the stream goes to standard output")
+    }
+
+    /// `-D` through the built binary, with `--socks-user` from the environment: curl with the right credentials
+    /// gets its page from nginx; bad `-D` and `--socks-user` values are one line each.
+    @Test func socksProxyFromTheCommandLineCarriesCurl() async throws {
+        let web = try await startWebTarget()
+        defer { web.stop() }
+        let port = try self.freePort()
+        let server = try self.startServer(port: port, token: "t", extraArguments: ["--allow", "localhost:\(web.port)"])
+        defer { server.terminate(); server.waitUntilExit() }
+        let socksPort = try self.freePort()
+        let client = try LoggedProcess([
+            "client", "http://127.0.0.1:\(port)", "--token", "t", "--transport", "websocket", "-D", "\(socksPort)",
+            "--socks-user", "bob:pw",
+        ])
+        defer { client.stop() }
+        #expect(try await client.waitForLog("tunnel established"), "\(client.log)")
+        #expect(client.log.contains("SOCKS5 proxy on 127.0.0.1:\(socksPort) (username and password required)"), "\(client.log)")
+        let page = ChildProcess.run("/usr/bin/curl", [
+            "-sS", "--max-time", "10", "--socks5-hostname", "bob:pw@127.0.0.1:\(socksPort)", "http://localhost:\(web.port)/cli",
+        ])
+        #expect(page == "nginx saw GET /cli for host localhost\n")
+        #expect(!client.log.contains("pw"), "the password is never logged")
+
+        let badPort = try self.run(["client", "http://127.0.0.1:\(port)", "-D", "70000"])
+        #expect(badPort.status != 0 && badPort.standardError.contains("bad -D '70000': PORT '70000' must be a number from 0 to 65535"))
+        let badUser = try self.run(["client", "http://127.0.0.1:\(port)", "-D", "0", "--socks-user", "nopassword"])
+        #expect(badUser.status != 0 && badUser.standardError.contains("bad --socks-user: expected USER:PASS"))
+        let clash = try self.run(["client", "http://127.0.0.1:\(port)", "-L", "9000:db:5432", "-D", "9000"])
+        #expect(clash.status != 0 && clash.standardError.contains("bad -D '127.0.0.1:9000': local port 9000 is already taken by -L '127.0.0.1:9000:db:5432'"))
+    }
+}
