@@ -41,6 +41,11 @@ struct ClientCommand: AsyncParsableCommand {
         valueName: "[BIND:]PORT"))
     var socks: [String] = []
 
+    @Option(name: .customShort("H"), help: ArgumentHelp(
+        "An HTTP proxy on [BIND:]PORT (BIND defaults to 127.0.0.1) for CONNECT and http:// requests, each to the target it names on the server's side (HTTPS_PROXY=http://127.0.0.1:PORT). Repeatable.",
+        valueName: "[BIND:]PORT"))
+    var httpProxies: [String] = []
+
     @Option(help: ArgumentHelp(
         "The USER:PASS SOCKS5 clients must give (RFC 1929); default: CULVERT_SOCKS_USER, else no authentication.",
         valueName: "USER:PASS"))
@@ -92,7 +97,7 @@ struct ClientCommand: AsyncParsableCommand {
         return forwards
     }
 
-    /// The listeners besides `-L`: the `-D` SOCKS5 proxies.
+    /// The listeners besides `-L`: the `-D` SOCKS5 proxies, then the `-H` HTTP proxies.
     func parsedListeners() throws -> [LocalListener] {
         var credentials: SOCKSCredentials?
         if let text = self.socksUser ?? ProcessInfo.processInfo.environment["CULVERT_SOCKS_USER"].flatMap({ $0.isEmpty ? nil : $0 }) {
@@ -102,6 +107,11 @@ struct ClientCommand: AsyncParsableCommand {
         var listeners: [LocalListener] = []
         for text in self.socks {
             do { listeners.append(.socks(try ListenAddress(parsing: text, flag: "-D"), credentials: credentials)) } catch {
+                throw ValidationError(error.description)
+            }
+        }
+        for text in self.httpProxies {
+            do { listeners.append(.httpProxy(try ListenAddress(parsing: text, flag: "-H"))) } catch {
                 throw ValidationError(error.description)
             }
         }
@@ -134,7 +144,7 @@ struct ClientCommand: AsyncParsableCommand {
         let listeners = try self.parsedListeners()
         let standardIOTarget = try self.parsedStandardIOTarget()
         if forwards.isEmpty && listeners.isEmpty && standardIOTarget == nil {
-            logger.warning("no -L, -D or --stdio given: the tunnel will carry nothing")
+            logger.warning("no -L, -D, -H or --stdio given: the tunnel will carry nothing")
         }
         var headers: [(String, String)] = []
         for text in self.header {

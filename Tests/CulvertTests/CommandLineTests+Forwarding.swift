@@ -119,4 +119,24 @@ extension CommandLineTests {
         let clash = try self.run(["client", "http://127.0.0.1:\(port)", "-L", "9000:db:5432", "-D", "9000"])
         #expect(clash.status != 0 && clash.standardError.contains("bad -D '127.0.0.1:9000': local port 9000 is already taken by -L '127.0.0.1:9000:db:5432'"))
     }
+
+    /// `-H` through the built binary: curl pointed at it by `http_proxy` (absolute form) and by `HTTPS_PROXY`'s
+    /// CONNECT (forced with --proxytunnel, the target being plain HTTP) both get their page.
+    @Test func httpProxyFromTheCommandLineServesCurlThroughItsProxyVariables() async throws {
+        let web = try await startWebTarget()
+        defer { web.stop() }
+        let port = try self.freePort()
+        let server = try self.startServer(port: port, token: "t", extraArguments: ["--allow", "localhost:\(web.port)"])
+        defer { server.terminate(); server.waitUntilExit() }
+        let proxyPort = try self.freePort()
+        let client = try LoggedProcess(["client", "http://127.0.0.1:\(port)", "--token", "t", "--transport", "websocket", "-H", "\(proxyPort)"])
+        defer { client.stop() }
+        #expect(try await client.waitForLog("tunnel established"), "\(client.log)")
+        #expect(client.log.contains("HTTP proxy on 127.0.0.1:\(proxyPort)"), "\(client.log)")
+        let url = "http://localhost:\(web.port)"
+        let plain = ChildProcess.run("/bin/sh", ["-c", "http_proxy=http://127.0.0.1:\(proxyPort) /usr/bin/curl -sS --max-time 10 \(url)/plain"])
+        let tunnelled = ChildProcess.run("/bin/sh", ["-c", "http_proxy=http://127.0.0.1:\(proxyPort) /usr/bin/curl -sS --max-time 10 --proxytunnel \(url)/tunnelled"])
+        #expect(plain == "nginx saw GET /plain for host localhost\n")
+        #expect(tunnelled == "nginx saw GET /tunnelled for host localhost\n")
+    }
 }

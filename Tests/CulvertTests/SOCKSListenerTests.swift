@@ -10,33 +10,9 @@ import Testing
 /// `-D`: a SOCKS5 proxy on the client whose connections go through the tunnel to the targets they name. curl is the
 /// SOCKS client and nginx the target, both from Debian; the reply codes are checked byte by byte with a raw client.
 @Suite(.serialized, .timeLimit(.minutes(2))) struct SOCKSListenerTests {
-    /// A server allowing `allow`, and a client whose only listener is a SOCKS5 proxy on a free port.
-    struct SOCKSTunnel {
-        let server: TunnelServer
-        let client: TunnelClient
-        var socksPort: Int { self.client.listenerAddresses[0].port! }
-
-        static func start(allow: [String], credentials: SOCKSCredentials? = nil) async throws -> SOCKSTunnel {
-            let server = try await TunnelHarness.startServer(allow: allow)
-            var configuration = TunnelClient.Configuration(
-                server: ServerEndpoint(host: "127.0.0.1", port: server.localAddress!.port!, pathPrefix: "/culvert"),
-                transportOptions: TransportOptions(logger: TunnelHarness.logger),
-                session: SessionConfiguration(token: "test-token"),
-                forwards: []
-            )
-            configuration.listeners = [.socks(ListenAddress(port: 0), credentials: credentials)]
-            do {
-                let client = try await TunnelClient.connect(configuration: configuration, group: TunnelHarness.group, logger: TunnelHarness.logger)
-                return SOCKSTunnel(server: server, client: client)
-            } catch {
-                await server.shutdown(gracePeriod: .zero)
-                throw error
-            }
-        }
-
-        func stop() async {
-            await TunnelHarness(server: self.server, client: self.client).stop()
-        }
+    /// A tunnel whose client listens as a SOCKS5 proxy (with `credentials`, when given).
+    static func socksTunnel(allow: [String], credentials: SOCKSCredentials? = nil) async throws -> ListenerTunnel {
+        try await ListenerTunnel.start(allow: allow, listener: .socks(ListenAddress(port: 0), credentials: credentials))
     }
 
     /// Runs curl with `arguments` (plus a time limit) and returns what it printed, standard error included.
@@ -47,8 +23,8 @@ import Testing
     @Test func curlWithSOCKS5HostnameReachesATargetNamedByHostNameResolvedOnTheServerSide() async throws {
         let web = try await startWebTarget()
         defer { web.stop() }
-        let tunnel = try await SOCKSTunnel.start(allow: ["localhost:\(web.port)"])
-        let output = Self.curl(["--socks5-hostname", "127.0.0.1:\(tunnel.socksPort)", "http://localhost:\(web.port)/through/socks"])
+        let tunnel = try await Self.socksTunnel(allow: ["localhost:\(web.port)"])
+        let output = Self.curl(["--socks5-hostname", "127.0.0.1:\(tunnel.port)", "http://localhost:\(web.port)/through/socks"])
         await tunnel.stop()
         #expect(output == "nginx saw GET /through/socks for host localhost\n")
     }
@@ -56,8 +32,8 @@ import Testing
     @Test func curlWithSOCKS5ReachesIPv4AndIPv6Targets() async throws {
         let web = try await startWebTarget()
         defer { web.stop() }
-        let tunnel = try await SOCKSTunnel.start(allow: ["127.0.0.1:\(web.port)", "[::1]:\(web.port)"])
-        let proxy = ["--socks5", "127.0.0.1:\(tunnel.socksPort)"]
+        let tunnel = try await Self.socksTunnel(allow: ["127.0.0.1:\(web.port)", "[::1]:\(web.port)"])
+        let proxy = ["--socks5", "127.0.0.1:\(tunnel.port)"]
         let overIPv4 = Self.curl(proxy + ["http://127.0.0.1:\(web.port)/four"])
         let overIPv6 = Self.curl(proxy + ["-g", "http://[::1]:\(web.port)/six"])
         await tunnel.stop()
@@ -68,10 +44,10 @@ import Testing
     @Test func manyRequestsOnKeptAliveAndParallelConnectionsAllArrive() async throws {
         let web = try await startWebTarget()
         defer { web.stop() }
-        let tunnel = try await SOCKSTunnel.start(allow: ["localhost:\(web.port)"])
+        let tunnel = try await Self.socksTunnel(allow: ["localhost:\(web.port)"])
         // One curl, 20 URLs: reused connections; --parallel opens several SOCKS connections at once.
         let urls = (0..<20).map { "http://localhost:\(web.port)/page/\($0)" }
-        let output = Self.curl(["--socks5-hostname", "127.0.0.1:\(tunnel.socksPort)", "--parallel", "--parallel-max", "5", "--no-progress-meter"] + urls)
+        let output = Self.curl(["--socks5-hostname", "127.0.0.1:\(tunnel.port)", "--parallel", "--parallel-max", "5", "--no-progress-meter"] + urls)
         await tunnel.stop()
         // curl's --parallel progress meter shares the output; the pages are the lines nginx wrote.
         let lines = Set(output.split(separator: "\n").map(String.init).filter { $0.hasPrefix("nginx saw") })
@@ -81,9 +57,9 @@ import Testing
     @Test func aTargetTheServerDoesNotAllowIsAnsweredNotAllowedByRuleset() async throws {
         let web = try await startWebTarget()
         defer { web.stop() }
-        let tunnel = try await SOCKSTunnel.start(allow: ["localhost:1"])
-        let reply = try await Self.rawConnect(socksPort: tunnel.socksPort, host: "localhost", port: web.port)
-        let output = Self.curl(["--socks5-hostname", "127.0.0.1:\(tunnel.socksPort)", "http://localhost:\(web.port)/"])
+        let tunnel = try await Self.socksTunnel(allow: ["localhost:1"])
+        let reply = try await Self.rawConnect(socksPort: tunnel.port, host: "localhost", port: web.port)
+        let output = Self.curl(["--socks5-hostname", "127.0.0.1:\(tunnel.port)", "http://localhost:\(web.port)/"])
         await tunnel.stop()
         #expect(reply == 0x02, "SOCKS5 reply 2: connection not allowed by ruleset")
         #expect(output.contains("curl: (97)"), "curl reports a proxy failure: \(output)")
@@ -92,15 +68,15 @@ import Testing
 
     @Test func aTargetThatRefusesTheConnectionIsAnsweredConnectionRefused() async throws {
         let closedPort = try await Self.portWithNothingListening()
-        let tunnel = try await SOCKSTunnel.start(allow: ["127.0.0.1:\(closedPort)"])
-        let reply = try await Self.rawConnect(socksPort: tunnel.socksPort, host: "127.0.0.1", port: closedPort)
+        let tunnel = try await Self.socksTunnel(allow: ["127.0.0.1:\(closedPort)"])
+        let reply = try await Self.rawConnect(socksPort: tunnel.port, host: "127.0.0.1", port: closedPort)
         await tunnel.stop()
         #expect(reply == 0x05, "SOCKS5 reply 5: connection refused")
     }
 
     @Test func aNameThatDoesNotResolveIsAnsweredHostUnreachable() async throws {
-        let tunnel = try await SOCKSTunnel.start(allow: ["*:80"])
-        let reply = try await Self.rawConnect(socksPort: tunnel.socksPort, host: "no-such-host.invalid", port: 80)
+        let tunnel = try await Self.socksTunnel(allow: ["*:80"])
+        let reply = try await Self.rawConnect(socksPort: tunnel.port, host: "no-such-host.invalid", port: 80)
         await tunnel.stop()
         #expect(reply == 0x04, "SOCKS5 reply 4: host unreachable")
     }
@@ -108,10 +84,10 @@ import Testing
     @Test func withSOCKSUserOnlyTheRightUsernameAndPasswordGetThrough() async throws {
         let web = try await startWebTarget()
         defer { web.stop() }
-        let tunnel = try await SOCKSTunnel.start(
+        let tunnel = try await Self.socksTunnel(
             allow: ["localhost:\(web.port)"], credentials: SOCKSCredentials(username: "alice", password: "s3cret:with:colons")
         )
-        let proxy = ["--socks5-hostname", "127.0.0.1:\(tunnel.socksPort)", "http://localhost:\(web.port)/auth"]
+        let proxy = ["--socks5-hostname", "127.0.0.1:\(tunnel.port)", "http://localhost:\(web.port)/auth"]
         let right = Self.curl(["--proxy-user", "alice:s3cret:with:colons"] + proxy)
         let wrong = Self.curl(["--proxy-user", "alice:guess"] + proxy)
         let none = Self.curl(proxy)
@@ -123,10 +99,10 @@ import Testing
 
     @Test func bytesSentTogetherWithTheGreetingAndRequestReachTheTargetAndComeBackInOrder() async throws {
         let echo = try await EchoServer.start(group: TunnelHarness.group)
-        let tunnel = try await SOCKSTunnel.start(allow: ["127.0.0.1:\(echo.port)"])
+        let tunnel = try await Self.socksTunnel(allow: ["127.0.0.1:\(echo.port)"])
         let payload = Array("optimistic bytes, then a half-close".utf8)
         let answer = try await RawConnection.sendThenHalfCloseAndReadAll(
-            port: tunnel.socksPort, bytes: Self.greetingAndConnect(host: "127.0.0.1", port: echo.port) + payload,
+            port: tunnel.port, bytes: Self.greetingAndConnect(host: "127.0.0.1", port: echo.port) + payload,
             group: TunnelHarness.group
         )
         await tunnel.stop()
@@ -138,11 +114,11 @@ import Testing
     }
 
     @Test func aClientThatDoesNotSpeakSOCKS5IsClosedWithoutAStream() async throws {
-        let tunnel = try await SOCKSTunnel.start(allow: ["*:*"])
+        let tunnel = try await Self.socksTunnel(allow: ["*:*"])
         let answer = try await RawConnection.sendThenHalfCloseAndReadAll(
-            port: tunnel.socksPort, bytes: Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8), group: TunnelHarness.group
+            port: tunnel.port, bytes: Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8), group: TunnelHarness.group
         )
-        let opened = try await tunnel.client.session.eventLoop.submit { tunnel.client.session.statistics.streamsOpened }.get()
+        let opened = try await tunnel.streamsOpened()
         await tunnel.stop()
         #expect(answer.isEmpty)
         #expect(opened == 0)

@@ -120,3 +120,40 @@ struct TunnelHarness {
         await self.server.shutdown(gracePeriod: .milliseconds(200))
     }
 }
+
+/// A server allowing some targets, and a client whose only listener is `listener` (a SOCKS5 or HTTP proxy) on a
+/// free port: for the tests of listener kinds.
+struct ListenerTunnel {
+    let server: TunnelServer
+    let client: TunnelClient
+    /// The port the listener got.
+    var port: Int { self.client.listenerAddresses[0].port! }
+
+    static func start(allow: [String], listener: LocalListener) async throws -> ListenerTunnel {
+        let server = try await TunnelHarness.startServer(allow: allow)
+        var configuration = TunnelClient.Configuration(
+            server: ServerEndpoint(host: "127.0.0.1", port: server.localAddress!.port!, pathPrefix: "/culvert"),
+            transportOptions: TransportOptions(logger: TunnelHarness.logger),
+            session: SessionConfiguration(token: "test-token"),
+            forwards: []
+        )
+        configuration.listeners = [listener]
+        do {
+            let client = try await TunnelClient.connect(configuration: configuration, group: TunnelHarness.group, logger: TunnelHarness.logger)
+            return ListenerTunnel(server: server, client: client)
+        } catch {
+            await server.shutdown(gracePeriod: .zero)
+            throw error
+        }
+    }
+
+    /// Streams the client's session opened so far (read on its loop).
+    func streamsOpened() async throws -> Int {
+        let session = self.client.session
+        return try await session.eventLoop.submit { session.statistics.streamsOpened }.get()
+    }
+
+    func stop() async {
+        await TunnelHarness(server: self.server, client: self.client).stop()
+    }
+}
