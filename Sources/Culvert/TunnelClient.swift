@@ -21,6 +21,9 @@ public final class TunnelClient: StreamOpening, Sendable {
         public var forwards: [ForwardSpec]
         /// Listeners besides the `-L` forwards (SOCKS5, HTTP proxy), bound after them.
         public var listeners: [LocalListener] = []
+        /// `-R` forwards: the server listens on each one's BIND:PORT (its own side; BIND defaults to 127.0.0.1 there)
+        /// and every connection accepted there is connected to its HOST:HOSTPORT on this side.
+        public var reverseForwards: [ForwardSpec] = []
         /// Standard input and output as one stream to this target (`--stdio`, ssh's ProxyCommand), carried from the
         /// start: before the first session is up its bytes wait for it. ``TunnelClient/standardIOEnded`` says when it
         /// is over.
@@ -91,13 +94,15 @@ public final class TunnelClient: StreamOpening, Sendable {
     /// At most this many accepted connections wait for the first session; more are closed at once.
     public static let maximumWaitingConnections = 64
 
-    private let configuration: Configuration
+    let configuration: Configuration
     /// The loop of every session of this client, and of the connections they carry.
     let eventLoop: any EventLoop
-    private let logger: Logger
+    let logger: Logger
     private let state: NIOLockedValueBox<State>
     private let listeners: NIOLockedValueBox<[any Channel]>
     private let endedPromise: EventLoopPromise<SessionError>
+    /// The answers to the current session's `-R` requests (see ``reverseListenersAnswered``).
+    let reverseAnswers = NIOLockedValueBox<EventLoopFuture<[ReverseListenerOutcome]>?>(nil)
     /// Completed when the ``Configuration/standardIO`` stream is over (nil without one).
     let standardIOPromise: EventLoopPromise<StreamOpenResult>?
     /// Connections waiting for the first session, on the client's loop (where listeners hand them over).
@@ -254,6 +259,7 @@ public final class TunnelClient: StreamOpening, Sendable {
         }
         try await self.eventLoop.submit {
             self.watch(session)
+            self.requestReverseListeners(on: session)
             self.releaseWaitingConnections(to: session)
         }.get()
     }
@@ -281,6 +287,10 @@ public final class TunnelClient: StreamOpening, Sendable {
                 configuration: configuration.session,
                 logger: finalLogger
             )
+            if !configuration.reverseForwards.isEmpty {
+                // Set before the handshake: the server may open a reverse stream as soon as it listens.
+                session.connector = ReverseTargetConnector(forwards: configuration.reverseForwards, connectTimeout: configuration.transportOptions.connectTimeout)
+            }
             session.start()
             return session
         }.get()

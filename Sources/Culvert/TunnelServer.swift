@@ -27,6 +27,8 @@ public final class TunnelServer: Sendable {
         public var maximumSessions: Int = 1024
         /// Failed authentications an address may have per minute before its new sessions are refused unheard.
         public var authenticationFailuresPerMinute: Int = 10
+        /// Where clients may open reverse listeners (`-R`); empty (the default): nowhere.
+        public var reverseAllowlist = ReverseAllowlist()
 
         public init(
             listenHost: String,
@@ -80,6 +82,7 @@ public final class TunnelServer: Sendable {
             allowlist: configuration.allowlist,
             connectTimeout: configuration.targetConnectTimeout
         )
+        let reverseListeners = ReverseListenerHost(allowlist: configuration.reverseAllowlist, group: group)
         let throttle = NIOLockedValueBox(AuthenticationThrottle(limit: configuration.authenticationFailuresPerMinute, window: .seconds(60)))
         let transportConfiguration = TransportServer.Configuration(
             host: configuration.listenHost,
@@ -104,6 +107,7 @@ public final class TunnelServer: Sendable {
                     logger: sessionLogger
                 )
                 session.connector = connector
+                reverseListeners.serve(session)
                 session.resumeLookup = { id in
                     let found = resumable.withLockedValue { $0[id] }
                     if found == nil {

@@ -36,6 +36,11 @@ struct ClientCommand: AsyncParsableCommand {
     @Option(name: .customShort("L"), help: "Forward [BIND:]PORT:HOST:HOSTPORT (BIND defaults to 127.0.0.1). Repeatable.")
     var forwards: [String] = []
 
+    @Option(name: .customShort("R"), help: ArgumentHelp(
+        "Reverse forward [BIND:]PORT:HOST:HOSTPORT: the server listens on BIND:PORT (BIND defaults to 127.0.0.1 there; the server must allow it with --allow-reverse) and each connection goes to HOST:HOSTPORT on this side. Repeatable.",
+        valueName: "[BIND:]PORT:HOST:HOSTPORT"))
+    var reverseForwards: [String] = []
+
     @Option(name: .customShort("D"), help: ArgumentHelp(
         "A SOCKS5 proxy on [BIND:]PORT (BIND defaults to 127.0.0.1): each connection goes to the target it names, resolved on the server's side. Repeatable.",
         valueName: "[BIND:]PORT"))
@@ -97,6 +102,23 @@ struct ClientCommand: AsyncParsableCommand {
         return forwards
     }
 
+    /// The `-R` forwards as given; each BIND:PORT once.
+    func parsedReverseForwards() throws -> [ForwardSpec] {
+        var forwards: [ForwardSpec] = []
+        for text in self.reverseForwards {
+            do {
+                forwards.append(try ForwardSpec(parsing: text))
+            } catch {
+                guard case .invalidForward(_, let reason) = error else { throw ValidationError(error.description) }
+                throw ValidationError("bad -R '\(text)': \(reason)")
+            }
+        }
+        for (index, forward) in forwards.enumerated() where forwards[..<index].contains(where: { $0.listenAddress == forward.listenAddress }) {
+            throw ValidationError("bad -R '\(self.reverseForwards[index])': \(forward.listenAddress) is already asked for by another -R; give each its own port")
+        }
+        return forwards
+    }
+
     /// The listeners besides `-L`: the `-D` SOCKS5 proxies, then the `-H` HTTP proxies.
     func parsedListeners() throws -> [LocalListener] {
         var credentials: SOCKSCredentials?
@@ -128,6 +150,7 @@ struct ClientCommand: AsyncParsableCommand {
         let listeners = try self.parsedForwards().map(LocalListener.forward) + self.parsedListeners()
         if let problem = ForwardCheck.problem(with: listeners) { throw ValidationError(problem) }
         _ = try self.parsedStandardIOTarget()
+        _ = try self.parsedReverseForwards()
         if let maxRetryTime = self.maxRetryTime, !(maxRetryTime >= 0) {
             throw ValidationError("--max-retry-time must be 0 or more seconds")
         }
@@ -143,8 +166,9 @@ struct ClientCommand: AsyncParsableCommand {
         let forwards = try self.parsedForwards()
         let listeners = try self.parsedListeners()
         let standardIOTarget = try self.parsedStandardIOTarget()
-        if forwards.isEmpty && listeners.isEmpty && standardIOTarget == nil {
-            logger.warning("no -L, -D, -H or --stdio given: the tunnel will carry nothing")
+        let reverseForwards = try self.parsedReverseForwards()
+        if forwards.isEmpty && listeners.isEmpty && standardIOTarget == nil && reverseForwards.isEmpty {
+            logger.warning("no -L, -R, -D, -H or --stdio given: the tunnel will carry nothing")
         }
         var headers: [(String, String)] = []
         for text in self.header {
@@ -168,6 +192,7 @@ struct ClientCommand: AsyncParsableCommand {
         )
         configuration.listeners = listeners
         configuration.standardIO = standardIOTarget
+        configuration.reverseForwards = reverseForwards
         configuration.firstConnectionRetryTime = self.maxRetryTime.map(TimeAmount.fromSeconds)
         configuration.reconnectRetryTime = self.maxRetryTime.map(TimeAmount.fromSeconds)
         let client: TunnelClient

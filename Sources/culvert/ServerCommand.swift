@@ -26,6 +26,11 @@ struct ServerCommand: AsyncParsableCommand {
     @Flag(help: "Allow streams to any target (dangerous on a server others can reach).")
     var allowAny = false
 
+    @Option(help: ArgumentHelp(
+        "Let clients open reverse listeners (-R) on [BIND:]PORT or [BIND:]PORT-PORT of this server; BIND defaults to 127.0.0.1, * for any address. Repeatable. Default: none.",
+        valueName: "[BIND:]PORT[-PORT]"))
+    var allowReverse: [String] = []
+
     @Option(help: "Path prefix of the tunnel endpoints.")
     var path: String = "/culvert"
 
@@ -93,6 +98,11 @@ struct ServerCommand: AsyncParsableCommand {
             http: try self.http.settings(),
             tls: try self.tls.resolve(listenHost: host, logger: logger)
         )
+        var reverseEntries: [ReverseAllowlist.Entry] = []
+        for text in self.allowReverse {
+            do { reverseEntries.append(try ReverseAllowlist.Entry(parsing: text)) } catch { throw ValidationError(error.description) }
+        }
+        configuration.reverseAllowlist = ReverseAllowlist(entries: reverseEntries)
         configuration.maximumSessions = self.maxSessions
         configuration.authenticationFailuresPerMinute = self.authFailuresPerMinute
         let server: TunnelServer

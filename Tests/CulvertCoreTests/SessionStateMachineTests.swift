@@ -266,6 +266,29 @@ import Testing
         #expect(client.isEnded)
     }
 
+    /// LISTEN goes from client to server and its answers back: each arrives as its own action on the side that may
+    /// receive it, and the other direction is a protocol violation.
+    @Test func listenFramesReachTheirSideAndTheWrongDirectionEndsTheSession() throws {
+        var (client, server) = try self.establishedPair()
+        let address = TargetAddress(host: "127.0.0.1", port: 9000)
+        guard case .listenRequested(1, address) = server.receive(.listen(requestID: 1, address: address), now: self.start) else {
+            Issue.record("the server did not hear the LISTEN"); return
+        }
+        guard case .listening(1, 9000) = client.receive(.listenOK(requestID: 1, port: 9000), now: self.start) else {
+            Issue.record("the client did not hear LISTEN_OK"); return
+        }
+        guard case .listenRefused(3, .notAllowed, "no") = client.receive(.listenFail(requestID: 3, reason: .notAllowed, message: "no"), now: self.start)
+        else {
+            Issue.record("the client did not hear LISTEN_FAIL"); return
+        }
+        guard case .protocolFailure = client.receive(.listen(requestID: 2, address: address), now: self.start) else {
+            Issue.record("a client took a LISTEN"); return
+        }
+        guard case .protocolFailure = server.receive(.listenOK(requestID: 1, port: 9000), now: self.start) else {
+            Issue.record("a server took a LISTEN_OK"); return
+        }
+    }
+
     /// A handshake frame after the handshake is a protocol violation.
     @Test func aHandshakeFrameAfterTheHandshakeEndsTheSession() throws {
         var server = try self.establishedPair().server

@@ -139,4 +139,42 @@ extension CommandLineTests {
         #expect(plain == "nginx saw GET /plain for host localhost\n")
         #expect(tunnelled == "nginx saw GET /tunnelled for host localhost\n")
     }
+
+    /// `-R` through the built binaries: curl on the server's side reaches nginx on the client's side. Then the client
+    /// is killed (its session waits, detached, for a resumption that never comes) and started again: the new
+    /// session gets the port at once, without "address already in use", and curl gets through again.
+    @Test func reverseForwardCarriesCurlAndARestartedClientGetsItsPortBackAtOnce() async throws {
+        let web = try await startWebTarget()
+        defer { web.stop() }
+        let port = try self.freePort()
+        let reversePort = try self.freePort()
+        let server = try LoggedProcess(["server", "--listen", "127.0.0.1:\(port)", "--token", "t", "--allow", "127.0.0.1:1", "--allow-reverse", "\(reversePort)"])
+        defer { server.stop() }
+        #expect(try await RealProxy.waitForListener(port: port, startedBy: server.process))
+        let arguments = ["client", "http://127.0.0.1:\(port)", "--token", "t", "--transport", "websocket", "-R", "\(reversePort):localhost:\(web.port)"]
+        let first = try LoggedProcess(arguments)
+        #expect(try await first.waitForLog("-R: the server listens on 127.0.0.1:\(reversePort) -> localhost:\(web.port)"), "\(first.log)")
+        let before = ChildProcess.run("/usr/bin/curl", ["-sS", "--max-time", "10", "http://127.0.0.1:\(reversePort)/before"])
+        kill(first.process.pid, SIGKILL)
+        _ = first.waitForExit()
+        first.stop()
+
+        let second = try LoggedProcess(arguments)
+        defer { second.stop() }
+        #expect(try await second.waitForLog("-R: the server listens on 127.0.0.1:\(reversePort)"), "\(second.log)\n\(server.log)")
+        let after = ChildProcess.run("/usr/bin/curl", ["-sS", "--max-time", "10", "http://127.0.0.1:\(reversePort)/after"])
+        #expect(before == "nginx saw GET /before for host 127.0.0.1\n")
+        #expect(after == "nginx saw GET /after for host 127.0.0.1\n")
+        #expect(server.log.contains("handing reverse listener 127.0.0.1:\(reversePort) to a new session"), "\(server.log)")
+    }
+
+    /// Mistakes in `-R` and `--allow-reverse` are one line each, naming the flag and the part that is wrong.
+    @Test func reverseForwardMistakesAreOneLineEach() throws {
+        let badForward = try self.run(["client", "http://127.0.0.1:1", "-R", "9000:db"])
+        #expect(badForward.status != 0 && badForward.standardError.contains("bad -R '9000:db': expected [BIND:]PORT:HOST:HOSTPORT"), "\(badForward.standardError)")
+        let twice = try self.run(["client", "http://127.0.0.1:1", "-R", "9000:a:1", "-R", "127.0.0.1:9000:b:2"])
+        #expect(twice.status != 0 && twice.standardError.contains("is already asked for by another -R"), "\(twice.standardError)")
+        let badAllow = try self.run(["server", "--listen", "127.0.0.1:0", "--token", "t", "--allow-reverse", "9000-80"])
+        #expect(badAllow.status != 0 && badAllow.standardError.contains("bad --allow-reverse '9000-80': PORT '9000-80' must be a port from 1 to 65535 or a range A-B"), "\(badAllow.standardError)")
+    }
 }

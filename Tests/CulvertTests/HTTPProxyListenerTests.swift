@@ -77,7 +77,7 @@ import Testing
     }
 
     @Test func connectToAClosedPortIs502AndToANameThatDoesNotResolveToo() async throws {
-        let closedPort = try await SOCKSListenerTests.portWithNothingListening()
+        let closedPort = try await RawConnection.unusedPort(group: TunnelHarness.group)
         let tunnel = try await Self.proxyTunnel(allow: ["127.0.0.1:\(closedPort)", "no-such-host.invalid:80"])
         let refused = try await Self.rawRequest("CONNECT 127.0.0.1:\(closedPort) HTTP/1.1\r\n\r\n", port: tunnel.port)
         let unresolved = try await Self.rawRequest("CONNECT no-such-host.invalid:80 HTTP/1.1\r\n\r\n", port: tunnel.port)

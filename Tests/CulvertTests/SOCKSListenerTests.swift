@@ -67,7 +67,7 @@ import Testing
     }
 
     @Test func aTargetThatRefusesTheConnectionIsAnsweredConnectionRefused() async throws {
-        let closedPort = try await Self.portWithNothingListening()
+        let closedPort = try await RawConnection.unusedPort(group: TunnelHarness.group)
         let tunnel = try await Self.socksTunnel(allow: ["127.0.0.1:\(closedPort)"])
         let reply = try await Self.rawConnect(socksPort: tunnel.port, host: "127.0.0.1", port: closedPort)
         await tunnel.stop()
@@ -149,13 +149,5 @@ import Testing
         }
         request += [UInt8(port >> 8), UInt8(port & 0xFF)]
         return request
-    }
-
-    /// A loopback port that was free a moment ago (bound, then closed).
-    static func portWithNothingListening() async throws -> Int {
-        let channel = try await ServerBootstrap(group: TunnelHarness.group).bind(host: "127.0.0.1", port: 0).get()
-        let port = channel.localAddress!.port!
-        try await channel.close()
-        return port
     }
 }

@@ -10,6 +10,12 @@ public struct Allowlist: Hashable, Sendable {
         public var host: String?
         public var ports: ClosedRange<Int>
 
+        /// Exactly `host:port`.
+        public init(host: String, port: Int) {
+            self.host = Self.asciiLowercased(host)
+            self.ports = port...port
+        }
+
         /// Parses `HOST:PORT`, `HOST:*`, `HOST:A-B`, `*:PORT` or `[IPv6]:PORT`.
         public init(parsing text: String) throws(ForwardingError) {
             guard let (host, port) = HostPortParser.split(text), !host.isEmpty, !port.isEmpty else {

@@ -62,6 +62,7 @@ public struct ForwardSpec: Hashable, Sendable, CustomStringConvertible {
 public enum ForwardingError: Error, Hashable, Sendable, CustomStringConvertible {
     case invalidForward(String, String)
     case invalidAllow(String, String)
+    case invalidAllowReverse(String, String)
     case bindFailed(address: String, reason: String)
     /// A listener's `[BIND:]PORT` (given to `flag`: -D, -H) is malformed.
     case invalidListen(flag: String, String, String)
@@ -74,6 +75,7 @@ public enum ForwardingError: Error, Hashable, Sendable, CustomStringConvertible 
         switch self {
         case .invalidForward(let text, let reason): "bad -L '\(text)': \(reason)"
         case .invalidAllow(let text, let reason): "bad --allow '\(text)': \(reason)"
+        case .invalidAllowReverse(let text, let reason): "bad --allow-reverse '\(text)': \(reason)"
         case .bindFailed(let address, let reason): "cannot listen on \(address): \(reason)"
         case .invalidListen(let flag, let text, let reason): "bad \(flag) '\(text)': \(reason)"
         case .invalidSOCKSUser(let reason): "bad --socks-user: \(reason)"

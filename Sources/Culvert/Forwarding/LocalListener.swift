@@ -39,12 +39,7 @@ public struct LocalListener: Sendable, CustomStringConvertible {
     func bind(group: any EventLoopGroup, streamLoop: any EventLoop, tunnel: any StreamOpening, logger: Logger) async throws -> any Channel {
         let accept = self.acceptConnection
         do {
-            let channel = try await ServerBootstrap(group: group, childGroup: streamLoop)
-                .serverChannelOption(.backlog, value: 256)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-                .childChannelOption(.autoRead, value: false)
-                .childChannelOption(.allowRemoteHalfClosure, value: true)
+            let channel = try await ServerBootstrap.streamListener(group: group, streamLoop: streamLoop)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture { try accept(channel, tunnel, logger) }
                 }

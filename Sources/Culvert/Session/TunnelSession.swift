@@ -57,6 +57,11 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
 
     /// Server: opens the targets of streams the peer asks for; without one every OPEN is refused.
     var connector: (any StreamConnector)?
+    /// Server: the client asks for a reverse listener (`-R`); answer with ``answerListen(_:_:)``. Without one every
+    /// request is refused.
+    var onListenRequested: ((TunnelSession, UInt32, TargetAddress) -> Void)?
+    /// Client: the server's answer to ``requestListen(_:on:)``: the bound port, or why not.
+    var onListenAnswered: ((UInt32, Result<Int, StreamOpenFailure>) -> Void)?
     /// Client: the transport was lost and the session waits, streams open, for ``resume(on:)``.
     var onDetached: ((TunnelSession, SessionError) -> Void)?
     /// Client: the session was resumed on a new transport connection.
@@ -90,6 +95,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     public var streamCount: Int { self.streams.count }
     /// The transport was lost; the session waits to be resumed.
     public var isDetached: Bool { self.machine.isDetached }
+    /// Whether a stream could be opened on it now (it is not going away or ended).
+    var acceptsNewStreamsNow: Bool { self.machine.acceptsNewStreams && !self.finished }
     /// Times the session was resumed on a new transport connection.
     public var resumptions: Int { self.machine.resumptions }
     /// Both sides agreed on compression in the handshake.
@@ -452,6 +459,16 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             break
         case .stream(let action):
             self.handleStreamAction(action)
+        case .listenRequested(let id, let address):
+            if let handler = self.onListenRequested {
+                handler(self, id, address)
+            } else {
+                self.answerListen(id, .failure(StreamOpenFailure(.notAllowed, "this side takes no reverse listeners")))
+            }
+        case .listening(let id, let port):
+            self.onListenAnswered?(id, .success(Int(port)))
+        case .listenRefused(let id, let reason, let message):
+            self.onListenAnswered?(id, .failure(StreamOpenFailure(reason, message)))
         case .sendNow(let frame):
             self.enqueue(frame)
             self.flushNow()
@@ -835,7 +852,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         if let frame { self.enqueue(frame) }
     }
 
-    private func enqueue(_ frame: Frame) {
+    func enqueue(_ frame: Frame) {
         let start = self.outbound.writerIndex
         self.encoder.encode(frame, into: &self.outbound)
         if frame.type.isReliable {
@@ -933,6 +950,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         // The owners' callbacks capture their owners (a client holds its session): let go of them, or an ended
         // session and its client would keep each other alive.
         self.connector = nil
+        self.onListenRequested = nil
+        self.onListenAnswered = nil
         self.admitFirstMessage = nil
         self.onDetached = nil
         self.onResumed = nil

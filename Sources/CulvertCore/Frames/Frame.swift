@@ -23,6 +23,14 @@ public enum Frame: Hashable, Sendable {
     /// The sender will send no more DATA on `streamID` (a TCP half-close).
     case fin(streamID: StreamID)
     case rst(streamID: StreamID, code: ResetCode, message: String)
+    /// Client to server: listen on `address` (bind host and port, 0 for any free one) and open a stream back to the
+    /// client, with `address` as its target, for every connection accepted there (`-R`). `requestID` (odd, like the
+    /// client's stream ids, and rising) names the listener in the answer.
+    case listen(requestID: UInt32, address: TargetAddress)
+    /// Server to client: the listener of `requestID` is bound, on `port`.
+    case listenOK(requestID: UInt32, port: UInt16)
+    /// Server to client: the listener of `requestID` was refused (not allowed, the port is taken, …).
+    case listenFail(requestID: UInt32, reason: OpenFailReason, message: String)
 
     case ping(UInt64)
     case pong(UInt64)
@@ -43,6 +51,9 @@ public enum Frame: Hashable, Sendable {
         case .window: .window
         case .fin: .fin
         case .rst: .rst
+        case .listen: .listen
+        case .listenOK: .listenOK
+        case .listenFail: .listenFail
         case .ping: .ping
         case .pong: .pong
         case .ack: .ack
@@ -50,11 +61,12 @@ public enum Frame: Hashable, Sendable {
         }
     }
 
-    /// The stream this frame belongs to, or `0` for session frames.
+    /// The stream this frame belongs to (for the listener frames, their request id), or `0` for session frames.
     public var streamID: StreamID {
         switch self {
         case .open(let id, _, _), .openOK(let id, _), .openFail(let id, _, _), .data(let id, _, _),
-            .window(let id, _), .fin(let id), .rst(let id, _, _):
+            .window(let id, _), .fin(let id), .rst(let id, _, _), .listen(let id, _), .listenOK(let id, _),
+            .listenFail(let id, _, _):
             id
         default:
             0

@@ -102,14 +102,7 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
         case .open:
             guard payload.readableBytes >= 4 + 2 + 1 else { throw malformed("payload too short") }
             let window = payload.readInteger(as: UInt32.self)!
-            let port = Int(payload.readInteger(as: UInt16.self)!)
-            guard payload.readableBytes <= 255 else { throw malformed("host longer than 255 bytes") }
-            guard let host = payload.readString(length: payload.readableBytes), !host.isEmpty,
-                host.utf8.allSatisfy({ $0 > 0x20 && $0 != 0x7F })
-            else {
-                throw malformed("host is not printable UTF-8")
-            }
-            return .open(streamID: streamID, initialWindow: window, target: TargetAddress(host: host, port: port))
+            return .open(streamID: streamID, initialWindow: window, target: try Self.readAddress(&payload, type))
         case .openOK:
             try requireLength(4)
             return .openOK(streamID: streamID, initialWindow: payload.readInteger()!)
@@ -135,6 +128,16 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
             guard payload.readableBytes >= 2 else { throw malformed("payload too short") }
             let code = ResetCode(rawValue: payload.readInteger()!)
             return .rst(streamID: streamID, code: code, message: try Self.readMessage(&payload, type))
+        case .listen:
+            guard payload.readableBytes >= 2 + 1 else { throw malformed("payload too short") }
+            return .listen(requestID: streamID, address: try Self.readAddress(&payload, type))
+        case .listenOK:
+            try requireLength(2)
+            return .listenOK(requestID: streamID, port: payload.readInteger()!)
+        case .listenFail:
+            guard payload.readableBytes >= 2 else { throw malformed("payload too short") }
+            let reason = OpenFailReason(rawValue: payload.readInteger()!)
+            return .listenFail(requestID: streamID, reason: reason, message: try Self.readMessage(&payload, type))
         case .ping:
             try requireLength(8)
             return .ping(payload.readInteger()!)
@@ -149,6 +152,18 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
             let code = GoAwayCode(rawValue: payload.readInteger()!)
             return .goAway(code: code, message: try Self.readMessage(&payload, type))
         }
+    }
+
+    /// Port u16 then host (1 to 255 printable bytes, the rest of the payload), as OPEN and LISTEN carry them.
+    private static func readAddress(_ payload: inout ByteBuffer, _ type: FrameType) throws -> TargetAddress {
+        guard let port = payload.readInteger(as: UInt16.self) else { throw FrameDecodingError.malformedPayload(type, "payload too short") }
+        guard payload.readableBytes <= 255 else { throw FrameDecodingError.malformedPayload(type, "host longer than 255 bytes") }
+        guard let host = payload.readString(length: payload.readableBytes), !host.isEmpty,
+            host.utf8.allSatisfy({ $0 > 0x20 && $0 != 0x7F })
+        else {
+            throw FrameDecodingError.malformedPayload(type, "host is not printable UTF-8")
+        }
+        return TargetAddress(host: host, port: Int(port))
     }
 
     private static func readMessage(_ payload: inout ByteBuffer, _ type: FrameType) throws -> String {

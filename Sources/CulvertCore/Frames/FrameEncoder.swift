@@ -51,8 +51,7 @@ public struct FrameEncoder: Sendable {
             buffer.writeInteger(welcome.received)
         case .open(_, let initialWindow, let target):
             buffer.writeInteger(initialWindow)
-            buffer.writeInteger(UInt16(truncatingIfNeeded: target.port))
-            buffer.writeString(target.host)
+            Self.writeAddress(target, into: &buffer)
         case .openOK(_, let initialWindow):
             buffer.writeInteger(initialWindow)
         case .openFail(_, let reason, let message):
@@ -66,6 +65,13 @@ public struct FrameEncoder: Sendable {
             break
         case .rst(_, let code, let message):
             buffer.writeInteger(code.rawValue)
+            Self.writeMessage(message, into: &buffer)
+        case .listen(_, let address):
+            Self.writeAddress(address, into: &buffer)
+        case .listenOK(_, let port):
+            buffer.writeInteger(port)
+        case .listenFail(_, let reason, let message):
+            buffer.writeInteger(reason.rawValue)
             Self.writeMessage(message, into: &buffer)
         case .ping(let value), .pong(let value):
             buffer.writeInteger(value)
@@ -85,6 +91,12 @@ public struct FrameEncoder: Sendable {
         var buffer = allocator.buffer(capacity: Self.headerLength + 64)
         self.encode(frame, into: &buffer)
         return buffer
+    }
+
+    /// Port u16, then the host: how OPEN and LISTEN carry an address.
+    private static func writeAddress(_ address: TargetAddress, into buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt16(truncatingIfNeeded: address.port))
+        buffer.writeString(address.host)
     }
 
     private static func writeMessage(_ message: String, into buffer: inout ByteBuffer) {

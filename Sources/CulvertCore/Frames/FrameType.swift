@@ -1,7 +1,7 @@
 /// The one-byte type that starts every Culvert frame header.
 ///
-/// Types below `0x10` belong to the handshake, `0x10 ..< 0x20` to streams (these are the *reliable* frames that
-/// the session sequence-numbers and replays), and `0x20` and above to session control.
+/// Types below `0x10` belong to the handshake, `0x10 ..< 0x20` to streams and reverse listeners (these are the
+/// *reliable* frames that the session sequence-numbers and replays), and `0x20` and above to session control.
 public enum FrameType: UInt8, Sendable, CaseIterable {
     case hello = 0x01
     case challenge = 0x02
@@ -15,6 +15,10 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case window = 0x14
     case fin = 0x15
     case rst = 0x16
+    /// Reverse forwarding: the client asks the server to listen (the stream id field carries the request id).
+    case listen = 0x17
+    case listenOK = 0x18
+    case listenFail = 0x19
 
     case ping = 0x20
     case pong = 0x21

@@ -106,6 +106,12 @@ public struct SessionStateMachine: Sendable {
         case lookUpResumption([UInt8])
         /// A frame for the multiplexer's streams.
         case stream(MuxInboundAction)
+        /// Server: the client asks for a reverse listener on `address` (answer with LISTEN_OK or LISTEN_FAIL).
+        case listenRequested(requestID: UInt32, address: TargetAddress)
+        /// Client: the server bound the reverse listener of `requestID` on `port`.
+        case listening(requestID: UInt32, port: UInt16)
+        /// Client: the server refused the reverse listener of `requestID`.
+        case listenRefused(requestID: UInt32, reason: OpenFailReason, message: String)
         /// The peer acknowledged frames; `mayResumeReads` when the replay buffer fell below half its limit.
         case acknowledged(mayResumeReads: Bool)
         /// The peer goes away: no new streams; end once the open ones finished.
@@ -456,7 +462,19 @@ public struct SessionStateMachine: Sendable {
         e.keepalive.receivedAnything()
         if frame.type.isReliable {
             e.sequencer.recordReceived(byteCount: frame.wireSize)
-            return .stream(e.mux.receive(frame))
+            switch frame {
+            case .listen(let id, let address):
+                guard self.role == .server else { return self.protocolFailure(.protocolError, "LISTEN sent by the server") }
+                return .listenRequested(requestID: id, address: address)
+            case .listenOK(let id, let port):
+                guard self.role == .client else { return self.protocolFailure(.protocolError, "LISTEN_OK sent by the client") }
+                return .listening(requestID: id, port: port)
+            case .listenFail(let id, let reason, let message):
+                guard self.role == .client else { return self.protocolFailure(.protocolError, "LISTEN_FAIL sent by the client") }
+                return .listenRefused(requestID: id, reason: reason, message: message)
+            default:
+                return .stream(e.mux.receive(frame))
+            }
         }
         switch frame {
         case .ack(let received):
