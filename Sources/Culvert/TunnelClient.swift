@@ -28,8 +28,12 @@ public final class TunnelClient: StreamOpening, Sendable {
         /// start: before the first session is up its bytes wait for it. ``TunnelClient/standardIOEnded`` says when it
         /// is over.
         public var standardIO: TargetAddress?
+        /// A UDP flow (`-L …/udp`) with no datagram either way for this long ends its stream.
+        public var udpTimeout: TimeAmount = .seconds(30)
         /// Every listener the client opens: the forwards, then ``listeners``.
-        public var allListeners: [LocalListener] { self.forwards.map(LocalListener.forward) + self.listeners }
+        public var allListeners: [LocalListener] {
+            self.forwards.map { LocalListener.forward($0, udpTimeout: self.udpTimeout) } + self.listeners
+        }
         /// When to reconnect after the transport connection drops (100 ms doubling to 30 s, jittered; starts over
         /// after a connection stayed up 10 s).
         public var reconnect: ReconnectBackoff
@@ -289,7 +293,10 @@ public final class TunnelClient: StreamOpening, Sendable {
             )
             if !configuration.reverseForwards.isEmpty {
                 // Set before the handshake: the server may open a reverse stream as soon as it listens.
-                session.connector = ReverseTargetConnector(forwards: configuration.reverseForwards, connectTimeout: configuration.transportOptions.connectTimeout)
+                session.connector = ReverseTargetConnector(
+                    forwards: configuration.reverseForwards, connectTimeout: configuration.transportOptions.connectTimeout,
+                    udpTimeout: configuration.udpTimeout
+                )
             }
             session.start()
             return session

@@ -29,6 +29,9 @@ public final class TunnelServer: Sendable {
         public var authenticationFailuresPerMinute: Int = 10
         /// Where clients may open reverse listeners (`-R`); empty (the default): nowhere.
         public var reverseAllowlist = ReverseAllowlist()
+        /// A UDP stream (to a UDP target, or a flow of a reverse UDP listener) with no datagram either way for this
+        /// long ends.
+        public var udpTimeout: TimeAmount = .seconds(30)
 
         public init(
             listenHost: String,
@@ -78,11 +81,12 @@ public final class TunnelServer: Sendable {
         let sessions = NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>([:])
         // Established sessions by id, for resumption.
         let resumable = NIOLockedValueBox<[[UInt8]: ResumableSession]>([:])
-        let connector = TargetConnector(
-            allowlist: configuration.allowlist,
-            connectTimeout: configuration.targetConnectTimeout
-        )
-        let reverseListeners = ReverseListenerHost(allowlist: configuration.reverseAllowlist, group: group)
+        let connector = {
+            var connector = TargetConnector(allowlist: configuration.allowlist, connectTimeout: configuration.targetConnectTimeout)
+            connector.udpTimeout = configuration.udpTimeout
+            return connector
+        }()
+        let reverseListeners = ReverseListenerHost(allowlist: configuration.reverseAllowlist, group: group, udpTimeout: configuration.udpTimeout)
         let throttle = NIOLockedValueBox(AuthenticationThrottle(limit: configuration.authenticationFailuresPerMinute, window: .seconds(60)))
         let transportConfiguration = TransportServer.Configuration(
             host: configuration.listenHost,

@@ -31,6 +31,9 @@ struct ServerCommand: AsyncParsableCommand {
         valueName: "[BIND:]PORT[-PORT]"))
     var allowReverse: [String] = []
 
+    @Option(help: ArgumentHelp("Seconds a UDP stream (to a UDP target, or a flow of a reverse UDP listener) lasts without a datagram either way.", valueName: "seconds"))
+    var udpTimeout: Double = 30
+
     @Option(help: "Path prefix of the tunnel endpoints.")
     var path: String = "/culvert"
 
@@ -103,6 +106,8 @@ struct ServerCommand: AsyncParsableCommand {
             do { reverseEntries.append(try ReverseAllowlist.Entry(parsing: text)) } catch { throw ValidationError(error.description) }
         }
         configuration.reverseAllowlist = ReverseAllowlist(entries: reverseEntries)
+        guard self.udpTimeout > 0 else { throw ValidationError("--udp-timeout must be more than 0 seconds") }
+        configuration.udpTimeout = TimeAmount.fromSeconds(self.udpTimeout)
         configuration.maximumSessions = self.maxSessions
         configuration.authenticationFailuresPerMinute = self.authFailuresPerMinute
         let server: TunnelServer

@@ -8,13 +8,11 @@ import Testing
 /// What users forward besides `-L`, through the built `culvert`: ssh with `--stdio` as its ProxyCommand (OpenSSH's
 /// client and a throwaway sshd, both from Debian) and curl through `-D`.
 extension CommandLineTests {
-    /// A file of `byteCount` pseudo-random bytes in the temporary directory, and its sha256 as sha256sum prints it.
+    /// A file of `byteCount` random bytes in the temporary directory, and its sha256 as sha256sum prints it.
     static func randomFile(byteCount: Int) throws -> (path: String, sha256: String) {
-        var generator = SystemRandomNumberGenerator()
-        let bytes = (0..<byteCount).map { _ in UInt8.random(in: 0...255, using: &generator) }
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("culvert-stdio-\(UUID().uuidString)").path
-        try Data(bytes).write(to: URL(fileURLWithPath: path))
-        return (path, SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined())
+        let digest = ChildProcess.run("/bin/sh", ["-c", "head -c \(byteCount) /dev/urandom > \(path) && sha256sum < \(path)"]) ?? ""
+        return (path, String(digest.prefix(64)))
     }
 
     /// Runs `culvert client http://127.0.0.1:serverPort` with `arguments`, its standard input a pipe that holds
@@ -40,7 +38,7 @@ extension CommandLineTests {
     }
 
     /// ssh with `ProxyCommand='culvert client URL --stdio %h:%p'` logs in to a real sshd through the tunnel: a
-    /// command's output comes back, and 1 MiB goes each way intact (up into the remote sha256sum, whose end needs
+    /// command's output comes back, and 16 MiB goes each way intact (up into the remote sha256sum, whose end needs
     /// the half-close of ssh's input to cross the tunnel; down from a remote cat).
     @Test func sshUsesStdioAsItsProxyCommandAndMovesBytesBothWays() async throws {
         let sshd = try await ThrowawaySSHServer.start(port: try self.freePort())
@@ -48,7 +46,7 @@ extension CommandLineTests {
         let port = try self.freePort()
         let server = try self.startServer(port: port, token: "stdio-token", extraArguments: ["--allow", "127.0.0.1:\(sshd.port)"])
         defer { server.terminate(); server.waitUntilExit() }
-        let file = try Self.randomFile(byteCount: 1 << 20)
+        let file = try Self.randomFile(byteCount: 16 << 20)
         defer { try? FileManager.default.removeItem(atPath: file.path) }
 
         let proxyCommand = "\(Self.executable.path) client http://127.0.0.1:\(port) --token stdio-token --max-retry-time 0 --stdio %h:%p"
@@ -176,5 +174,29 @@ extension CommandLineTests {
         #expect(twice.status != 0 && twice.standardError.contains("is already asked for by another -R"), "\(twice.standardError)")
         let badAllow = try self.run(["server", "--listen", "127.0.0.1:0", "--token", "t", "--allow-reverse", "9000-80"])
         #expect(badAllow.status != 0 && badAllow.standardError.contains("bad --allow-reverse '9000-80': PORT '9000-80' must be a port from 1 to 65535 or a range A-B"), "\(badAllow.standardError)")
+    }
+
+    /// `-L …/udp` through the built binaries: dig asks dnsmasq through the tunnel, and gets its answer.
+    @Test func udpForwardFromTheCommandLineCarriesDig() async throws {
+        let dns = try await ThrowawayDNSServer.start(port: try self.freePort(), configuration: fixturesDirectory() + "/targets/dnsmasq.conf")
+        defer { dns.stop() }
+        let port = try self.freePort()
+        let server = try self.startServer(port: port, token: "t", extraArguments: ["--allow", "127.0.0.1:\(dns.port)"])
+        defer { server.terminate(); server.waitUntilExit() }
+        let localPort = try self.freePort()
+        let client = try LoggedProcess([
+            "client", "http://127.0.0.1:\(port)", "--token", "t", "--transport", "websocket", "-L", "\(localPort):127.0.0.1:\(dns.port)/udp",
+        ])
+        defer { client.stop() }
+        #expect(try await client.waitForLog("tunnel established"), "\(client.log)")
+        #expect(client.log.contains("forwarding 127.0.0.1:\(localPort)/udp -> 127.0.0.1:\(dns.port)/udp"), "\(client.log)")
+        let answer = ChildProcess.run("/usr/bin/dig", ["@127.0.0.1", "-p", "\(localPort)", "+short", "+tries=1", "+time=5", "cli.culvert.test"])
+        #expect(answer == "10.1.2.3\n")
+        // 1,000 queries from one dig (a batch file): every one answered.
+        let batch = FileManager.default.temporaryDirectory.appendingPathComponent("culvert-dig-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: batch) }
+        try (0..<1000).map { "q\($0).culvert.test" }.joined(separator: "\n").write(toFile: batch, atomically: true, encoding: .utf8)
+        let answers = ChildProcess.run("/usr/bin/dig", ["@127.0.0.1", "-p", "\(localPort)", "+short", "+tries=2", "+time=5", "-f", batch]) ?? ""
+        #expect(answers.split(separator: "\n").filter { $0 == "10.1.2.3" }.count == 1000, "\(answers.split(separator: "\n").count) lines")
     }
 }

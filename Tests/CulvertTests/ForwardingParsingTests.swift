@@ -11,6 +11,11 @@ import Testing
             == ForwardSpec(bindHost: "0.0.0.0", bindPort: 2222, target: .init(host: "10.0.0.5", port: 22)))
         #expect(try ForwardSpec(parsing: "[::1]:9000:[fd00::5]:80")
             == ForwardSpec(bindHost: "::1", bindPort: 9000, target: .init(host: "fd00::5", port: 80)))
+        // A /udp suffix forwards datagrams; /tcp, the default, may be written out.
+        #expect(try ForwardSpec(parsing: "5353:10.0.0.2:53/udp")
+            == ForwardSpec(bindHost: "127.0.0.1", bindPort: 5353, target: .init(host: "10.0.0.2", port: 53, transport: .udp)))
+        #expect(try ForwardSpec(parsing: "8022:db.internal:5432/TCP") == ForwardSpec(parsing: "8022:db.internal:5432"))
+        #expect(try ForwardSpec(parsing: "5353:10.0.0.2:53/udp").text == "127.0.0.1:5353:10.0.0.2:53/udp")
     }
 
     /// Each malformed -L names the part that is wrong.
@@ -22,6 +27,7 @@ import Testing
             ("8022::5432", "HOST is empty"),
             ("8022:db:99999", "HOSTPORT '99999'"),
             ("[::1:9000:h:80", "unclosed '['"),
+            ("5353:dns:53/sctp", "unknown protocol 'sctp' (use /tcp, the default, or /udp)"),
         ]
         for (text, fragment) in cases {
             do {

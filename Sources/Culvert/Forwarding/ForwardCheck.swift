@@ -8,7 +8,7 @@ import NIOPosix
 public enum ForwardCheck {
     /// The first problem with `forwards`, as a one-line message, or nil when they can all be bound.
     public static func problem(with forwards: [ForwardSpec]) -> String? {
-        Self.problem(with: forwards.map(LocalListener.forward))
+        Self.problem(with: forwards.map { LocalListener.forward($0) })
     }
 
     /// The first problem with `listeners` (forwards, SOCKS and HTTP proxies), as a one-line message, or nil when
@@ -20,7 +20,7 @@ public enum ForwardCheck {
                 return "bad \(listener.flag) '\(listener.text)': \(problem)"
             }
             guard listener.address.port != 0 else { continue }
-            let key = "\(listener.address.host.lowercased())|\(listener.address.port)"
+            let key = "\(listener.address.host.lowercased())|\(listener.address.port)|\(listener.isDatagram ? "udp" : "tcp")"
             if let earlier = seen[key] {
                 return "bad \(listener.flag) '\(listener.text)': local port \(listener.address.port) is already taken by \(earlier.flag) '\(earlier.text)'; give each listener its own port"
             }

@@ -16,9 +16,20 @@ public struct ForwardSpec: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Parses `[BIND:]PORT:HOST:HOSTPORT`; IPv6 addresses go in brackets.
-    public init(parsing text: String) throws(ForwardingError) {
+    public init(parsing fullText: String) throws(ForwardingError) {
+        // A `/udp` suffix forwards UDP datagrams; `/tcp`, the default, may be written out.
+        var text = fullText
+        var transport = TargetAddress.Transport.tcp
+        if text.lowercased().hasSuffix("/udp") {
+            transport = .udp
+            text.removeLast(4)
+        } else if text.lowercased().hasSuffix("/tcp") {
+            text.removeLast(4)
+        } else if let slash = text.lastIndex(of: "/") {
+            throw .invalidForward(fullText, "unknown protocol '\(text[text.index(after: slash)...])' (use /tcp, the default, or /udp)")
+        }
         guard let fields = HostPortParser.fields(text) else {
-            throw .invalidForward(text, "unclosed '[' in an IPv6 address")
+            throw .invalidForward(fullText, "unclosed '[' in an IPv6 address")
         }
         let bind: String
         let rest: ArraySlice<String>
@@ -29,24 +40,24 @@ public struct ForwardSpec: Hashable, Sendable, CustomStringConvertible {
         case 4:
             bind = fields[0]
             rest = fields[1...]
-            guard !bind.isEmpty else { throw .invalidForward(text, "BIND is empty") }
+            guard !bind.isEmpty else { throw .invalidForward(fullText, "BIND is empty") }
         default:
             if fields.count > 4 && !text.contains("[") {
-                throw .invalidForward(text, "IPv6 addresses go in brackets, e.g. [::1]:8080:db.internal:5432 or 8080:[fd00::5]:5432")
+                throw .invalidForward(fullText, "IPv6 addresses go in brackets, e.g. [::1]:8080:db.internal:5432 or 8080:[fd00::5]:5432")
             }
             throw .invalidForward(
-                text, "expected [BIND:]PORT:HOST:HOSTPORT, got \(fields.count) field\(fields.count == 1 ? "" : "s")"
+                fullText, "expected [BIND:]PORT:HOST:HOSTPORT, got \(fields.count) field\(fields.count == 1 ? "" : "s")"
             )
         }
         let values = Array(rest)
         guard let port = Int(values[0]), (0...65535).contains(port) else {
-            throw .invalidForward(text, "PORT '\(values[0])' must be a number from 0 to 65535")
+            throw .invalidForward(fullText, "PORT '\(values[0])' must be a number from 0 to 65535")
         }
-        guard !values[1].isEmpty else { throw .invalidForward(text, "HOST is empty") }
+        guard !values[1].isEmpty else { throw .invalidForward(fullText, "HOST is empty") }
         guard let hostPort = Int(values[2]), (1...65535).contains(hostPort) else {
-            throw .invalidForward(text, "HOSTPORT '\(values[2])' must be a number from 1 to 65535")
+            throw .invalidForward(fullText, "HOSTPORT '\(values[2])' must be a number from 1 to 65535")
         }
-        self.init(bindHost: bind, bindPort: port, target: TargetAddress(host: values[1], port: hostPort))
+        self.init(bindHost: bind, bindPort: port, target: TargetAddress(host: values[1], port: hostPort, transport: transport))
     }
 
     /// Where it listens, as `host:port` (an IPv6 host in brackets).

@@ -3,11 +3,6 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 /// One target's stream for an HTTP proxy client's forwarded (absolute-form) requests. A Unix socket pair joins the
 /// two: one end is handed to the tunnel as a stream to the target, exactly as an accepted connection would be, so the
@@ -46,22 +41,17 @@ final class HTTPProxyUpstream {
         self.logger = logger
         self.onClosed = onClosed
         self.onWritable = onWritable
-        var descriptors: [CInt] = [-1, -1]
-        #if canImport(Glibc)
-        let type = CInt(SOCK_STREAM.rawValue)
-        #else
-        let type = SOCK_STREAM
-        #endif
-        guard socketpair(AF_UNIX, type, 0, &descriptors) == 0 else {
+        let descriptors: (CInt, CInt)
+        do { descriptors = try SocketPair.make() } catch {
             self.closed = true
-            onRefused(.internalServerError, "culvert: cannot make a socket pair for the request (errno \(errno))")
+            onRefused(.internalServerError, "culvert: cannot make a socket pair for the request: \(error)")
             return
         }
         let loop = client.eventLoop
         ClientBootstrap(group: loop)
             .channelOption(.autoRead, value: false)
             .channelOption(.allowRemoteHalfClosure, value: true)
-            .withConnectedSocket(descriptors[0])
+            .withConnectedSocket(descriptors.0)
             .assumeIsolated()
             .whenComplete { result in
                 switch result {
@@ -78,20 +68,20 @@ final class HTTPProxyUpstream {
                         }
                     }
                 case .failure(let error):
-                    closeDescriptor(descriptors[0])
+                    SocketPair.close(descriptors.0)
                     onRefused(.internalServerError, "culvert: cannot use a socket pair for the request: \(error)")
                 }
             }
         ClientBootstrap(group: loop)
             .channelOption(.allowRemoteHalfClosure, value: true)
-            .withConnectedSocket(descriptors[1])
+            .withConnectedSocket(descriptors.1)
             .assumeIsolated()
             .whenComplete { [self] result in
                 switch result {
                 case .success(let channel):
                     self.ready(channel)
                 case .failure:
-                    closeDescriptor(descriptors[1])
+                    SocketPair.close(descriptors.1)
                     self.closed = true
                 }
             }
@@ -205,9 +195,4 @@ final class HTTPProxyResponseRelay: ChannelInboundHandler {
         self.upstream.targetClosed()
         context.fireChannelInactive()
     }
-}
-
-/// Closes a descriptor that no channel took ownership of.
-private func closeDescriptor(_ descriptor: CInt) {
-    _ = close(descriptor)
 }

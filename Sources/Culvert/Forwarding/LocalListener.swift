@@ -15,9 +15,14 @@ public struct LocalListener: Sendable, CustomStringConvertible {
     public let text: String
     /// Where it listens.
     public let address: ListenAddress
+    /// Whether it listens for UDP datagrams (`-L …/udp`), not TCP connections: a port of each may be used apart.
+    public let isDatagram: Bool
     /// What each accepted connection is set up with: on its own loop, with auto-read off and remote half-closure
-    /// allowed. It must hand the connection to the tunnel once it knows its target.
-    let acceptConnection: @Sendable (_ channel: any Channel, _ tunnel: any StreamOpening, _ logger: Logger) throws -> Void
+    /// allowed. It must hand the connection to the tunnel once it knows its target. Nil for a listener that binds
+    /// its own socket (``bindDatagrams``).
+    let acceptConnection: (@Sendable (_ channel: any Channel, _ tunnel: any StreamOpening, _ logger: Logger) throws -> Void)?
+    /// Binds a UDP listener whose flows become streams.
+    let bindDatagrams: (@Sendable (_ streamLoop: any EventLoop, _ tunnel: any StreamOpening, _ logger: Logger) async throws -> any Channel)?
     /// What the log says once it listens, given the bound address ("forwarding 127.0.0.1:8080 -> db:5432").
     let announcement: @Sendable (_ boundAddress: String) -> String
 
@@ -30,6 +35,22 @@ public struct LocalListener: Sendable, CustomStringConvertible {
         self.address = address
         self.announcement = announcement
         self.acceptConnection = acceptConnection
+        self.isDatagram = false
+        self.bindDatagrams = nil
+    }
+
+    /// A listener that binds a UDP socket itself (on the streams' loop) and carries its flows as streams.
+    init(
+        flag: String, text: String, address: ListenAddress, announcement: @escaping @Sendable (_ boundAddress: String) -> String,
+        bindDatagrams: @escaping @Sendable (_ streamLoop: any EventLoop, _ tunnel: any StreamOpening, _ logger: Logger) async throws -> any Channel
+    ) {
+        self.flag = flag
+        self.text = text
+        self.address = address
+        self.announcement = announcement
+        self.acceptConnection = nil
+        self.isDatagram = true
+        self.bindDatagrams = bindDatagrams
     }
 
     public var description: String { "\(self.flag) \(self.text)" }
@@ -37,8 +58,13 @@ public struct LocalListener: Sendable, CustomStringConvertible {
     /// Binds the listener; accepted connections live on `streamLoop` (the loop of the sessions that carry them).
     /// - Throws: ``ForwardingError/bindFailed(address:reason:)`` (a port in use, an address not of this machine).
     func bind(group: any EventLoopGroup, streamLoop: any EventLoop, tunnel: any StreamOpening, logger: Logger) async throws -> any Channel {
-        let accept = self.acceptConnection
         do {
+            if let bindDatagrams = self.bindDatagrams {
+                let channel = try await bindDatagrams(streamLoop, tunnel, logger)
+                logger.info("\(self.announcement(channel.localAddress.map(\.displayText) ?? self.address.description))")
+                return channel
+            }
+            let accept = self.acceptConnection!
             let channel = try await ServerBootstrap.streamListener(group: group, streamLoop: streamLoop)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture { try accept(channel, tunnel, logger) }

@@ -19,17 +19,19 @@ struct ReverseTargetConnector: StreamConnector {
     let forwards: [ForwardSpec]
     let connector: TargetConnector
 
-    init(forwards: [ForwardSpec], connectTimeout: TimeAmount) {
+    init(forwards: [ForwardSpec], connectTimeout: TimeAmount, udpTimeout: TimeAmount = .seconds(30)) {
         self.forwards = forwards
-        self.connector = TargetConnector(
+        var connector = TargetConnector(
             allowlist: Allowlist(entries: forwards.map { Allowlist.Entry(host: $0.target.host, port: $0.target.port) }),
             connectTimeout: connectTimeout
         )
+        connector.udpTimeout = udpTimeout
+        self.connector = connector
     }
 
     /// The listener address the server names a forward by.
     static func listenerAddress(of forward: ForwardSpec) -> TargetAddress {
-        TargetAddress(host: forward.bindHost, port: forward.bindPort)
+        TargetAddress(host: forward.bindHost, port: forward.bindPort, transport: forward.target.transport)
     }
 
     func connect(to target: TargetAddress, on eventLoop: any EventLoop, logger: Logger) -> EventLoopFuture<any Channel> {

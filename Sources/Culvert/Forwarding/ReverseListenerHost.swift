@@ -24,12 +24,15 @@ struct ReverseListenerHost: Sendable {
 
     let allowlist: ReverseAllowlist
     let group: any EventLoopGroup
+    /// How long a reverse UDP listener's flow lasts without a datagram.
+    let udpTimeout: TimeAmount
     /// Every session's listeners with a fixed port, by "host|port" as requested.
     private let holders = NIOLockedValueBox<[String: Holder]>([:])
 
-    init(allowlist: ReverseAllowlist, group: any EventLoopGroup) {
+    init(allowlist: ReverseAllowlist, group: any EventLoopGroup, udpTimeout: TimeAmount = .seconds(30)) {
         self.allowlist = allowlist
         self.group = group
+        self.udpTimeout = udpTimeout
     }
 
     /// Answers `session`'s LISTEN requests from now on.
@@ -92,7 +95,7 @@ struct ReverseListenerHost: Sendable {
     }
 
     private static func key(_ address: TargetAddress) -> String {
-        "\(address.host.lowercased())|\(address.port)"
+        "\(address.host.lowercased())|\(address.port)|\(address.transport)"
     }
 
     private func bind(
@@ -100,7 +103,17 @@ struct ReverseListenerHost: Sendable {
         listeners: NIOLockedValueBox<(channels: [any Channel], ended: Bool)>
     ) {
         let holders = self.holders
-            ServerBootstrap.streamListener(group: self.group, streamLoop: session.eventLoop)
+            let bound: EventLoopFuture<any Channel>
+        if address.transport == .udp {
+            let listen = ListenAddress(host: address.host, port: address.port)
+            let (loop, timeout, logger) = (session.eventLoop, self.udpTimeout, session.logger)
+            let promise = loop.makePromise(of: (any Channel).self)
+            promise.completeWithTask {
+                try await DatagramFlowListener.bind(listen, target: address, loop: loop, tunnel: session, idleTimeout: timeout, logger: logger)
+            }
+            bound = promise.futureResult
+        } else {
+            bound = ServerBootstrap.streamListener(group: self.group, streamLoop: session.eventLoop)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     session.carry(channel, to: address) { result in
@@ -112,7 +125,9 @@ struct ReverseListenerHost: Sendable {
                     }
                 }
             }
-            .bind(host: address.host, port: address.port)
+                .bind(host: address.host, port: address.port)
+        }
+        bound
             .whenComplete { result in
                 session.eventLoop.execute {
                     switch result {

@@ -10,6 +10,8 @@ import NIOPosix
 struct TargetConnector: StreamConnector {
     var allowlist: Allowlist
     var connectTimeout: TimeAmount
+    /// A UDP target's stream with no datagram either way for this long ends.
+    var udpTimeout: TimeAmount = .seconds(30)
     /// The server's listening port, once bound (set once at start, read by every stream's connection).
     let listenPort = NIOLockedValueBox<Int?>(nil)
 
@@ -46,6 +48,7 @@ struct TargetConnector: StreamConnector {
                 StreamOpenFailure(.notAllowed, "\(target) is not allowed by the server (add --allow \(target) to culvert server)")
             )
         }
+        if target.transport == .udp { return self.connectDatagrams(to: target, on: eventLoop, logger: logger) }
         return ClientBootstrap(group: eventLoop)
             .connectTimeout(self.connectTimeout)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)

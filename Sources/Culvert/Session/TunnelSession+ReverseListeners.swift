@@ -1,6 +1,10 @@
 import CulvertCore
 import NIOCore
 
+/// A server session carries its reverse listeners' connections as streams to the client, as a client does its
+/// listeners'.
+extension TunnelSession: StreamOpening {}
+
 extension TunnelSession {
     /// Server: whether this session's reverse listeners may go to a new session that asks for their ports: it is
     /// detached (its client went away) or ending. A live session keeps them.

@@ -53,9 +53,15 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
         } else {
             guard streamID == 0 else { throw malformed("session frame carries stream id \(streamID)") }
         }
-        if type != .data && flags != 0 {
+        let definedFlags: UInt8 = switch type {
+        case .data: 0xFF  // checked below
+        case .open, .listen: FrameEncoder.datagramFlag
+        default: 0
+        }
+        if flags & ~definedFlags != 0 {
             throw malformed("flags 0x\(String(flags, radix: 16)) are not defined for this type")
         }
+        let transport: TargetAddress.Transport = flags & FrameEncoder.datagramFlag != 0 ? .udp : .tcp
 
         switch type {
         case .hello:
@@ -102,7 +108,7 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
         case .open:
             guard payload.readableBytes >= 4 + 2 + 1 else { throw malformed("payload too short") }
             let window = payload.readInteger(as: UInt32.self)!
-            return .open(streamID: streamID, initialWindow: window, target: try Self.readAddress(&payload, type))
+            return .open(streamID: streamID, initialWindow: window, target: try Self.readAddress(&payload, type, transport: transport))
         case .openOK:
             try requireLength(4)
             return .openOK(streamID: streamID, initialWindow: payload.readInteger()!)
@@ -130,7 +136,7 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
             return .rst(streamID: streamID, code: code, message: try Self.readMessage(&payload, type))
         case .listen:
             guard payload.readableBytes >= 2 + 1 else { throw malformed("payload too short") }
-            return .listen(requestID: streamID, address: try Self.readAddress(&payload, type))
+            return .listen(requestID: streamID, address: try Self.readAddress(&payload, type, transport: transport))
         case .listenOK:
             try requireLength(2)
             return .listenOK(requestID: streamID, port: payload.readInteger()!)
@@ -155,7 +161,7 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
     }
 
     /// Port u16 then host (1 to 255 printable bytes, the rest of the payload), as OPEN and LISTEN carry them.
-    private static func readAddress(_ payload: inout ByteBuffer, _ type: FrameType) throws -> TargetAddress {
+    private static func readAddress(_ payload: inout ByteBuffer, _ type: FrameType, transport: TargetAddress.Transport) throws -> TargetAddress {
         guard let port = payload.readInteger(as: UInt16.self) else { throw FrameDecodingError.malformedPayload(type, "payload too short") }
         guard payload.readableBytes <= 255 else { throw FrameDecodingError.malformedPayload(type, "host longer than 255 bytes") }
         guard let host = payload.readString(length: payload.readableBytes), !host.isEmpty,
@@ -163,7 +169,7 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
         else {
             throw FrameDecodingError.malformedPayload(type, "host is not printable UTF-8")
         }
-        return TargetAddress(host: host, port: Int(port))
+        return TargetAddress(host: host, port: Int(port), transport: transport)
     }
 
     private static func readMessage(_ payload: inout ByteBuffer, _ type: FrameType) throws -> String {

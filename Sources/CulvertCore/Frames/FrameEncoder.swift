@@ -17,11 +17,18 @@ public struct FrameEncoder: Sendable {
 
     public init() {}
 
+    /// The flag of an OPEN or LISTEN whose address is UDP: the stream carries datagrams.
+    public static let datagramFlag: UInt8 = 0x01
+
     /// Appends `frame` to `buffer`.
     public func encode(_ frame: Frame, into buffer: inout ByteBuffer) {
         let headerStart = buffer.writerIndex
         var flags: UInt8 = 0
-        if case .data(_, let dataFlags, _) = frame { flags = dataFlags.rawValue }
+        switch frame {
+        case .data(_, let dataFlags, _): flags = dataFlags.rawValue
+        case .open(_, _, let target), .listen(_, let target): flags = target.transport == .udp ? FrameEncoder.datagramFlag : 0
+        default: break
+        }
         buffer.writeInteger(frame.type.rawValue)
         buffer.writeInteger(flags)
         buffer.writeInteger(frame.streamID)
