@@ -116,6 +116,9 @@ import Foundation
             [0x13, 0x80, 0, 0, 0, 1, 0, 0, 0, 1, 0x41],  // DATA with an unknown flag
             [0x10, 0, 0, 0, 0, 1, 0, 0, 0, 6, 0, 0, 1, 0, 0, 22],  // OPEN without a host
             [0x15, 0x01, 0, 0, 0, 1, 0, 0, 0, 0],  // FIN with flags
+            [0x17, 0, 0, 0, 0, 1, 0, 0, 0, 4, 0, 22, 0xA3, 0xA3],  // LISTEN whose host is not UTF-8 (found by the fuzzer)
+            [0x10, 0, 0, 0, 0, 1, 0, 0, 0, 8, 0, 0, 1, 0, 0, 22, 0xC3, 0x28],  // OPEN whose host is not UTF-8
+            [0x17, 0x02, 0, 0, 0, 1, 0, 0, 0, 3, 0, 22, 0x41],  // LISTEN with an unknown flag
         ]
         for bytes in cases {
             var decoder = FrameDecoder(maximumPayloadLength: 1024)

@@ -116,6 +116,39 @@ import Testing
         #expect(transfer.digestsMatch)
     }
 
+    /// The client's connection drops and it cannot reconnect for a while: the server keeps the reverse listener for
+    /// the detached session, a connection made to it meanwhile waits, and it arrives whole once the session resumes.
+    @Test func aReverseConnectionMadeWhileTheClientIsCutOffArrivesWholeOnceTheSessionResumes() async throws {
+        let echo = try await EchoServer.start(group: TunnelHarness.group)
+        let port = try await RawConnection.unusedPort(group: TunnelHarness.group)
+        let server = try await Self.startServer(allowReverse: ["\(port)"])
+        let relay = try await CuttingRelay.start(targetPort: server.localAddress!.port!, group: TunnelHarness.group)
+        let client = try await Self.connectClient(
+            serverPort: relay.port, reverse: [ForwardSpec(bindPort: port, target: .init(host: "127.0.0.1", port: echo.port))]
+        )
+        let answers = try await client.reverseListenersAnswered.get()
+        relay.setRefusing(true)
+        relay.cutAll()
+        // Accepted by the listener of a session whose client is cut off: the stream's OPEN waits for the resumption.
+        let transfer = Task {
+            try await TransferClient.echoTransfer(host: "127.0.0.1", port: port, byteCount: 256 * 1024, group: TunnelHarness.group)
+        }
+        let session = client.session
+        let deadline = NIODeadline.now() + .seconds(10)
+        while try await !session.eventLoop.submit({ session.isDetached }).get(), NIODeadline.now() < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        relay.setRefusing(false)
+        let result = try await transfer.value
+        let resumed = try await session.eventLoop.submit { session.resumptions }.get()
+        await TunnelHarness(server: server, client: client).stop()
+        try await relay.close()
+        try await echo.close()
+        #expect(answers == [.listening(port: port)])
+        #expect(result.digestsMatch)
+        #expect(resumed >= 1 && client.sessionsStarted == 1, "the session resumed; no new one was started")
+    }
+
     @Test func theServerCanMakeTheClientConnectOnlyToWhatItsReverseForwardsName() async throws {
         let echo = try await EchoServer.start(group: TunnelHarness.group)
         let forward = ForwardSpec(bindPort: 9000, target: .init(host: "127.0.0.1", port: echo.port))

@@ -15,6 +15,9 @@ final class DatagramFlowListener: ChannelInboundHandler {
 
     /// Datagrams a flow holds while its stream opens.
     static let maximumWaitingDatagrams = 64
+    /// Flows at once per listener (each holds a stream and two sockets here): datagrams from further senders are
+    /// dropped until one idles out, so a flood from many (or forged) addresses cannot exhaust descriptors.
+    static let maximumFlows = 1024
 
     private final class Flow {
         let remote: SocketAddress
@@ -91,7 +94,10 @@ final class DatagramFlowListener: ChannelInboundHandler {
             self.drop(nil, because: "a datagram of \(envelope.data.readableBytes) bytes is longer than UDP allows (\(DatagramStreamPair.maximumDatagram))")
             return
         }
-        let flow = self.flows[envelope.remoteAddress] ?? self.openFlow(from: envelope.remoteAddress, context: context)
+        guard let flow = self.flows[envelope.remoteAddress] ?? self.openFlowIfRoom(from: envelope.remoteAddress, context: context) else {
+            self.drop(nil, because: "\(Self.maximumFlows) flows are open (one per sender); a new sender waits for one to idle out")
+            return
+        }
         self.restartIdleTimer(flow)
         guard let ends = flow.ends else {
             guard flow.waiting.count < Self.maximumWaitingDatagrams else {
@@ -121,7 +127,8 @@ final class DatagramFlowListener: ChannelInboundHandler {
         }
     }
 
-    private func openFlow(from remote: SocketAddress, context: ChannelHandlerContext) -> Flow {
+    private func openFlowIfRoom(from remote: SocketAddress, context: ChannelHandlerContext) -> Flow? {
+        guard self.flows.count < Self.maximumFlows else { return nil }
         let flow = Flow(remote: remote)
         self.flows[remote] = flow
         let listener = context.channel

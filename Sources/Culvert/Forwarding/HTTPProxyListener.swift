@@ -57,6 +57,8 @@ final class HTTPProxyConnectionHandler: ChannelInboundHandler, RemovableChannelH
     private let logger: Logger
     private var mode = Mode.idle
     private var upstreams: [TargetAddress: HTTPProxyUpstream] = [:]
+    /// The upstream of the latest forwarded request: the one whose response may still be coming.
+    private weak var latestUpstream: HTTPProxyUpstream?
     private var recentTargets: [TargetAddress] = []
     /// The client half-closed while a CONNECT stream was opening: the stream hears it once it is open.
     private var inputClosedWhileConnecting = false
@@ -174,6 +176,7 @@ final class HTTPProxyConnectionHandler: ChannelInboundHandler, RemovableChannelH
         forwarded.headers.remove(name: "Proxy-Authorization")
         if !forwarded.headers.contains(name: "Host") { forwarded.headers.add(name: "Host", value: Self.hostHeader(for: target)) }
         let upstream = self.upstream(for: target, context: context)
+        self.latestUpstream = upstream
         upstream.send(.head(forwarded))
         self.mode = .forwarding(upstream)
     }
@@ -197,10 +200,10 @@ final class HTTPProxyConnectionHandler: ChannelInboundHandler, RemovableChannelH
             onClosed: { [weak self] upstream, deliveredResponse in
                 guard let self, self.upstreams[upstream.target] === upstream else { return }
                 self.upstreams.removeValue(forKey: upstream.target)
-                // A response may end with its connection: so does the client's, once it has the bytes.
-                if deliveredResponse, case .forwarding(let current) = self.mode, current === upstream {
-                    self.closeAfterWrites()
-                } else if deliveredResponse, case .idle = self.mode {
+                // A response may end with its connection: so does the client's, once it has the bytes. Only the
+                // upstream of the latest request can be in the middle of one; an older one that its origin closed
+                // while idle just goes.
+                if deliveredResponse, upstream === self.latestUpstream {
                     self.closeAfterWrites()
                 }
             },

@@ -164,8 +164,10 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
     private static func readAddress(_ payload: inout ByteBuffer, _ type: FrameType, transport: TargetAddress.Transport) throws -> TargetAddress {
         guard let port = payload.readInteger(as: UInt16.self) else { throw FrameDecodingError.malformedPayload(type, "payload too short") }
         guard payload.readableBytes <= 255 else { throw FrameDecodingError.malformedPayload(type, "host longer than 255 bytes") }
-        guard let host = payload.readString(length: payload.readableBytes), !host.isEmpty,
-            host.utf8.allSatisfy({ $0 > 0x20 && $0 != 0x7F })
+        // Strict UTF-8: invalid bytes must not be repaired into U+FFFD, or the host would not be the bytes sent
+        // (and its re-encoding could pass 255 bytes).
+        guard let bytes = payload.readBytes(length: payload.readableBytes), let host = String(validating: bytes, as: UTF8.self),
+            !host.isEmpty, host.utf8.allSatisfy({ $0 > 0x20 && $0 != 0x7F })
         else {
             throw FrameDecodingError.malformedPayload(type, "host is not printable UTF-8")
         }
