@@ -32,4 +32,18 @@ import Testing
     @Test func aSingleChunkTellsNothing() {
         #expect(StreamingDeliveryProbe.verdict(arrivals: [0.1], interval: 0.050) == .asSent)
     }
+
+    @Test func eitherOfTwoRunsArrivingAsSentMeansThePathStreams() {
+        #expect(StreamingDeliveryProbe.combined(.heldUntilEnd, .asSent) == .asSent)
+        #expect(StreamingDeliveryProbe.combined(.bursts(together: 6, gaps: 7), .asSent) == .asSent)
+    }
+
+    @Test func aBurstInEitherRunBeatsHeldUntilTheEnd() {
+        #expect(StreamingDeliveryProbe.combined(.heldUntilEnd, .bursts(together: 6, gaps: 7)) == .bursts(together: 6, gaps: 7))
+        #expect(StreamingDeliveryProbe.combined(.bursts(together: 5, gaps: 7), .heldUntilEnd) == .bursts(together: 5, gaps: 7))
+    }
+
+    @Test func twoRunsHeldUntilTheEndAreABufferingPath() {
+        #expect(StreamingDeliveryProbe.combined(.heldUntilEnd, .heldUntilEnd) == .heldUntilEnd)
+    }
 }

@@ -116,7 +116,7 @@ public enum TransportNegotiator {
         var holdsGate = false
         // The chunked transport's downstream is a streaming response: it must arrive as it is sent.
         let delivery = kind == .chunked
-            ? StreamingDeliveryProbe.run(
+            ? StreamingDeliveryProbe.runConfirmed(
                 route: HTTPRoute(endpoint: server, options: options),
                 timeout: options.connectTimeout, on: eventLoop
             ) : nil

@@ -40,6 +40,33 @@ public enum StreamingDeliveryProbe {
         return .asSent
     }
 
+    /// Runs the probe and, when its chunks did not arrive as sent, once more, and judges both runs together. A
+    /// buffering or bursting proxy does the same every time; a loaded machine that woke late (or a proxy timer that
+    /// fired late) does it now and then. So either run arriving as sent means the path streams, and either run
+    /// arriving in bursts means the path passes data on before the end (bursts, not held).
+    public static func runConfirmed(
+        route: HTTPRoute,
+        timeout: TimeAmount,
+        on eventLoop: any EventLoop
+    ) -> EventLoopFuture<Outcome> {
+        Self.run(route: route, timeout: timeout, on: eventLoop).flatMap { first in
+            guard first.verdict != .asSent else { return eventLoop.makeSucceededFuture(first) }
+            return Self.run(route: route, timeout: timeout, on: eventLoop).map { second in
+                Outcome(verdict: Self.combined(first.verdict, second.verdict), responseHeadTime: first.responseHeadTime)
+            }.recover { _ in first }
+        }
+    }
+
+    /// The verdict of two runs of the probe along one path: as sent beats bursts, which beat held until the end.
+    public static func combined(_ first: Verdict, _ second: Verdict) -> Verdict {
+        switch (first, second) {
+        case (.asSent, _), (_, .asSent): return .asSent
+        case (.bursts, _): return first
+        case (_, .bursts): return second
+        default: return .heldUntilEnd
+        }
+    }
+
     /// Runs the probe along `route`; fails when the request fails or the answer does not come within `timeout`.
     public static func run(
         route: HTTPRoute,
