@@ -127,6 +127,11 @@ public final class TunnelClient: StreamOpening, Sendable {
     }
     /// Sessions started so far (1 until the server restarts or refuses a resumption).
     public var sessionsStarted: Int { self.state.withLockedValue { $0.sessionsStarted } }
+    /// Whether the client has a working connection to the server now (false while it reconnects or resumes).
+    public var isConnected: Bool { self.state.withLockedValue { $0.disconnectedSince == nil } }
+    /// Notified after each change of what the client reports (a session started, a connection lost or resumed, a
+    /// transport or its upstream mode changed, a stream of the session ended, the client ended): await a condition on it with ``StateChangeSignal/wait(timeout:until:)``.
+    public let changes = StateChangeSignal()
 
     private init(configuration: Configuration, eventLoop: any EventLoop, logger: Logger) {
         self.configuration = configuration
@@ -252,6 +257,7 @@ public final class TunnelClient: StreamOpening, Sendable {
             }
             return (state.stopping, state.sessionsStarted == 1)
         }
+        self.changes.notify()
         if stopping {
             _ = try? await session.shutdown(gracePeriod: .zero).get()
             throw SessionError.shutdown
@@ -341,18 +347,23 @@ public final class TunnelClient: StreamOpening, Sendable {
             state.backoff.connected(now: .now())
             state.disconnectedSince = nil
         }
+        self.changes.notify()
+        session.onUpstreamModeChange = { [self] in self.changes.notify() }
+        session.onStreamRemoved = { [self] in self.changes.notify() }
         session.onDetached = { [self] session, reason in
             if !reason.isPlannedTransportMove {
                 self.noteDrop(reason)
                 self.state.withLockedValue { state in state.disconnectedSince = state.disconnectedSince ?? .now() }
             }
             self.scheduleResume(of: session, planned: reason.isPlannedTransportMove)
+            self.changes.notify()
         }
         session.onResumed = { [self] _ in
             self.state.withLockedValue { state in
                 state.backoff.connected(now: .now())
                 state.disconnectedSince = nil
             }
+            self.changes.notify()
         }
         if session.isDetached {
             // It lost its connection before anyone was watching (between its handshake and this call).
@@ -370,6 +381,7 @@ public final class TunnelClient: StreamOpening, Sendable {
                 return
             }
             self.state.withLockedValue { state in state.disconnectedSince = state.disconnectedSince ?? .now() }
+            self.changes.notify()
             let lost = session.statistics.streamsOpened > 0 ? " (its open streams were lost)" : ""
             if reason.isResumeRefusal {
                 self.logger.warning("the server no longer has the session (it expired, or the server restarted)\(lost); starting a new session")
@@ -396,6 +408,7 @@ public final class TunnelClient: StreamOpening, Sendable {
             return (from, state.transport, drops)
         }
         if let change {
+            self.changes.notify()
             self.logger.warning(
                 "the \(change.from) transport dropped \(change.drops) times within \(window.roundedText) (last: \(reason)); giving it up for \(change.to)"
             )
@@ -504,6 +517,7 @@ public final class TunnelClient: StreamOpening, Sendable {
             state.transport = kind
             return state.session
         }
+        self.changes.notify()
         guard let session = current else { return }
         session.eventLoop.execute {
             guard session.transportKind != kind else { return }
@@ -551,7 +565,10 @@ public final class TunnelClient: StreamOpening, Sendable {
             defer { state.finished = true }
             return !state.finished
         }
-        if first { self.endedPromise.succeed(reason) }
+        if first {
+            self.endedPromise.succeed(reason)
+            self.changes.notify()
+        }
     }
 
     /// Succeeds with the reason once the client has stopped: shut down, or refused for a wrong token.

@@ -66,10 +66,16 @@ public final class TunnelServer: Sendable {
     public var httpConnectionCount: Int { self.transportServer.httpConnectionCount }
     /// Sessions currently running.
     public var activeSessions: Int { self.sessions.withLockedValue { $0.count } }
+    /// Notified after a session starts or ends: await a condition on ``activeSessions`` with
+    /// ``StateChangeSignal/wait(timeout:until:)``.
+    public let changes: StateChangeSignal
 
-    private init(transportServer: TransportServer, sessions: NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>) {
+    private init(
+        transportServer: TransportServer, sessions: NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>, changes: StateChangeSignal
+    ) {
         self.transportServer = transportServer
         self.sessions = sessions
+        self.changes = changes
     }
 
     /// Binds the listener and starts serving.
@@ -79,6 +85,7 @@ public final class TunnelServer: Sendable {
         logger: Logger
     ) async throws -> TunnelServer {
         let sessions = NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>([:])
+        let changes = StateChangeSignal()
         // Established sessions by id, for resumption.
         let resumable = NIOLockedValueBox<[[UInt8]: ResumableSession]>([:])
         let connector = {
@@ -125,6 +132,7 @@ public final class TunnelServer: Sendable {
                     table[key] = session
                     return table.count
                 }
+                changes.notify()
                 session.start()
                 // A connection is an authentication attempt from its first message (the HELLO, sent before any
                 // proof): counted then, not when its proof has been checked, so concurrent attempts cannot outrun
@@ -159,6 +167,7 @@ public final class TunnelServer: Sendable {
                 }
                 session.ended.whenSuccess { reason in
                     sessions.withLockedValue { _ = $0.removeValue(forKey: key) }
+                    changes.notify()
                     if attempt.finish(failed: reason.isAuthenticationFailure), reason.isAuthenticationFailure,
                         throttle.withLockedValue({ $0.retryAfter(address, now: .now()) }) != nil
                     {
@@ -194,7 +203,7 @@ public final class TunnelServer: Sendable {
             throw ForwardingError.bindFailed(address: listenAddress, reason: describeBindError(error))
         }
         connector.listenPort.withLockedValue { $0 = transportServer.localAddress?.port }
-        let server = TunnelServer(transportServer: transportServer, sessions: sessions)
+        let server = TunnelServer(transportServer: transportServer, sessions: sessions, changes: changes)
         server.startReturningFreedMemory(on: group.next())
         return server
     }

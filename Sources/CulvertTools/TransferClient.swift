@@ -25,6 +25,7 @@ public enum TransferClient {
     }
 
     /// Sends `byteCount` bytes of `content` to `host:port`, half-closes, and reads until the echo's EOF.
+    /// `onFirstEcho` is called when the first echoed bytes arrive (the data flows end to end).
     public static func echoTransfer(
         host: String,
         port: Int,
@@ -32,6 +33,7 @@ public enum TransferClient {
         seed: UInt64 = 1,
         content: Content = .random,
         chunkSize: Int = 64 * 1024,
+        onFirstEcho: (@Sendable () -> Void)? = nil,
         group: any EventLoopGroup
     ) async throws -> Result {
         let start = ContinuousClock.now
@@ -65,6 +67,7 @@ public enum TransferClient {
             var hasher = SHA256()
             var received = 0
             for try await buffer in inbound {
+                if received == 0 { onFirstEcho?() }
                 buffer.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
                 received += buffer.readableBytes
             }

@@ -48,9 +48,11 @@ public protocol TransportConnectionDelegate: AnyObject {
 /// A transport whose upstream may fall back from one streaming request body to short requests (the chunked
 /// transport, when the path holds or cuts streaming bodies). Only that transport's business, so not part of
 /// ``TransportConnection``: the probe and the tests ask for it by casting.
-public protocol UpstreamModeReporting {
+public protocol UpstreamModeReporting: AnyObject {
     /// Whether upstream bytes go as short requests now (read on the connection's loop).
     var upstreamUsesShortRequests: Bool { get }
+    /// Called on the connection's loop when ``upstreamUsesShortRequests`` changes.
+    var onUpstreamModeChange: (() -> Void)? { get set }
 }
 
 extension TransportConnection {

@@ -116,7 +116,8 @@ import Testing
         configuration.maximumRefusalWait = .seconds(30)
         let waiting = Task { try await TunnelClient.connect(configuration: configuration, group: self.group, logger: TunnelHarness.logger) }
         // The second client has been refused at least once before the first leaves.
-        while server.activeSessions < 1 || server.acceptedConnections < 2 { try await Task.sleep(for: .milliseconds(20)) }
+        // (Each refusal starts and ends a session on the server, which is what wakes this.)
+        #expect(await server.changes.wait(timeout: .seconds(30)) { server.activeSessions >= 1 && server.acceptedConnections >= 2 })
         await first.shutdown(gracePeriod: .zero)
         let second = try await waiting.value
         let transfer = try await TransferClient.echoTransfer(
@@ -303,11 +304,15 @@ import Testing
         http.requestHeadTimeout = .seconds(3)
         let server = try await self.startServer(echoPort: echo.port, http: http)
         let closed = NIOLockedValueBox(0)
+        let closures = StateChangeSignal()
         var silent: [any Channel] = []
         for _ in 0..<1000 {
             let channel = try await ClientBootstrap(group: self.group)
                 .connect(host: "127.0.0.1", port: server.localAddress!.port!).get()
-            channel.closeFuture.whenComplete { _ in closed.withLockedValue { $0 += 1 } }
+            channel.closeFuture.whenComplete { _ in
+                closed.withLockedValue { $0 += 1 }
+                closures.notify()
+            }
             silent.append(channel)
         }
         let request = Array("GET /culvert/ws HTTP/1.1\r\nHost: server\r\nUpgrade: websocket\r\n".utf8)
@@ -316,7 +321,10 @@ import Testing
             for _ in 0..<100 {
                 let channel = try await ClientBootstrap(group: self.group)
                     .connect(host: "127.0.0.1", port: server.localAddress!.port!).get()
-                channel.closeFuture.whenComplete { _ in closed.withLockedValue { $0 += 1 } }
+                channel.closeFuture.whenComplete { _ in
+                    closed.withLockedValue { $0 += 1 }
+                    closures.notify()
+                }
                 slow.append(channel)
             }
             for byte in request {
@@ -333,7 +341,7 @@ import Testing
         )
         #expect(transfer.digestsMatch)
         #expect(transfer.bytesReceived == 4 << 20)
-        for _ in 0..<200 where closed.withLockedValue({ $0 }) < 1100 { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(await closures.wait(timeout: .seconds(30)) { closed.withLockedValue { $0 } >= 1100 })
         #expect(closed.withLockedValue { $0 } == 1100)
         trickle.cancel()
         // The tunnel outlived all of it.
@@ -368,10 +376,10 @@ import Testing
         let client = try await self.connect(server, echoPort: echo.port)
         let port = client.listenerAddresses[0].port!
         var open: [any Channel] = []
+        // Each stream echoes a byte, so all eight are open end to end before the next ones are tried.
         for _ in 0..<8 {
-            open.append(try await ClientBootstrap(group: self.group).connect(host: "127.0.0.1", port: port).get())
+            open.append(try await RawConnection.echoAndStayOpen(port: port, byteCount: 1, group: self.group))
         }
-        try await Task.sleep(for: .milliseconds(300))
         var refused = 0
         for _ in 0..<20 {
             let result = try? await TransferClient.echoTransfer(host: "127.0.0.1", port: port, byteCount: 1024, group: self.group)
@@ -379,7 +387,9 @@ import Testing
         }
         #expect(refused == 20)
         for channel in open { try? await channel.close() }
-        try await Task.sleep(for: .milliseconds(300))
+        // The client's side of each closed stream is gone once the server's CLOSE came back.
+        let session = client.session
+        #expect(await client.changes.wait(timeout: .seconds(10)) { await session.onLoop { $0.streamCount == 0 } })
         let transfer = try await TransferClient.echoTransfer(host: "127.0.0.1", port: port, byteCount: 1 << 20, group: self.group)
         #expect(transfer.digestsMatch)
         await client.shutdown(gracePeriod: .zero)
@@ -407,9 +417,7 @@ import Testing
             #expect(result?.digestsMatch != true)
             // Refused at OPEN (not connected and then cut by the HTTP listener's answer to the bytes).
             let session = client.session
-            for _ in 0..<40 where try await session.eventLoop.submit({ session.statistics.streamsRefused }).get() == 0 {
-                try await Task.sleep(for: .milliseconds(25))
-            }
+            #expect(await client.changes.wait(timeout: .seconds(10)) { await session.onLoop { $0.statistics.streamsRefused > 0 } })
             #expect(try await session.eventLoop.submit { session.statistics.streamsRefused }.get() == 1, "\(host)")
             #expect(server.activeSessions == 1)
             await client.shutdown(gracePeriod: .zero)
@@ -421,14 +429,17 @@ import Testing
     /// Sends `request` on a new connection and returns what comes back until the server closes it.
     private static func exchange(_ request: String, port: Int) async throws -> String {
         let received = NIOLockedValueBox("")
+        let changes = StateChangeSignal()
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(Collector(received)) }
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(Collector(received, changes: changes))
+                }
             }
             .connect(host: "127.0.0.1", port: port).get()
         try await channel.writeAndFlush(ByteBuffer(string: request))
-        for _ in 0..<200 where !received.withLockedValue({ $0.contains("\r\n\r\n") }) && channel.isActive {
-            try await Task.sleep(for: .milliseconds(10))
+        _ = await changes.wait(timeout: .seconds(2)) {
+            received.withLockedValue { $0.contains("\r\n\r\n") } || !channel.isActive
         }
         try? await channel.close()
         return received.withLockedValue { $0 }
@@ -449,9 +460,19 @@ private struct WeakSession {
 private final class Collector: ChannelInboundHandler, Sendable {
     typealias InboundIn = ByteBuffer
     let text: NIOLockedValueBox<String>
-    init(_ text: NIOLockedValueBox<String>) { self.text = text }
+    /// Notified after each read and at the close.
+    let changes: StateChangeSignal
+    init(_ text: NIOLockedValueBox<String>, changes: StateChangeSignal) {
+        self.text = text
+        self.changes = changes
+    }
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = self.unwrapInboundIn(data)
         self.text.withLockedValue { $0 += String(buffer: buffer) }
+        self.changes.notify()
+    }
+    func channelInactive(context: ChannelHandlerContext) {
+        self.changes.notify()
+        context.fireChannelInactive()
     }
 }

@@ -74,7 +74,7 @@ import Testing
         #expect(try await TransferClient.echoTransfer(host: "127.0.0.1", port: localPort, byteCount: 100_000, group: self.group).digestsMatch)
 
         await first.shutdown(gracePeriod: .zero)
-        try await Task.sleep(for: .milliseconds(300))
+        #expect(await client.changes.wait(timeout: .seconds(20)) { !client.isConnected })
         let second = try await TunnelServer.start(
             configuration: .init(
                 listenHost: "127.0.0.1", listenPort: port,
@@ -83,11 +83,7 @@ import Testing
             ),
             group: self.group, logger: TunnelHarness.logger
         )
-        var waited = 0
-        while client.sessionsStarted < 2 && waited < 200 {
-            try await Task.sleep(for: .milliseconds(50))
-            waited += 1
-        }
+        #expect(await client.changes.wait(timeout: .seconds(20)) { client.sessionsStarted >= 2 })
         #expect(client.sessionsStarted == 2)
         #expect(client.listenerAddresses[0].port == localPort)
         #expect(try await TransferClient.echoTransfer(host: "127.0.0.1", port: localPort, byteCount: 100_000, group: self.group).digestsMatch)
@@ -115,18 +111,9 @@ import Testing
 
         relay.setRefusing(true)
         relay.cutAll()
-        var waited = 0
-        while server.activeSessions > 0 && waited < 100 {
-            try await Task.sleep(for: .milliseconds(50))
-            waited += 1
-        }
-        #expect(server.activeSessions == 0)
+        #expect(await server.changes.wait(timeout: .seconds(20)) { server.activeSessions == 0 })
         relay.setRefusing(false)
-        waited = 0
-        while client.sessionsStarted < 2 && waited < 400 {
-            try await Task.sleep(for: .milliseconds(50))
-            waited += 1
-        }
+        #expect(await client.changes.wait(timeout: .seconds(30)) { client.sessionsStarted >= 2 })
         #expect(client.sessionsStarted == 2)
         try await open.closeFuture.get()
         #expect(try await TransferClient.echoTransfer(host: "127.0.0.1", port: localPort, byteCount: 100_000, group: self.group).digestsMatch)
@@ -178,22 +165,18 @@ import Testing
         let server = try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"])
         let client = try await TunnelHarness.connectClient(serverPort: server.localAddress!.port!, targets: [echo.port])
         let localPort = client.listenerAddresses[0].port!
+        // Moved once the data flows (the first echo is back), not after a guessed delay.
+        let (flowing, dataFlows) = AsyncStream<Void>.makeStream()
         let transfer = Task {
-            try await TransferClient.echoTransfer(host: "127.0.0.1", port: localPort, byteCount: 16 << 20, seed: 4, group: self.group)
+            defer { dataFlows.finish() }
+            return try await TransferClient.echoTransfer(
+                host: "127.0.0.1", port: localPort, byteCount: 16 << 20, seed: 4, onFirstEcho: { dataFlows.finish() }, group: self.group
+            )
         }
-        // Moved once the data flows, not after a guessed delay.
+        for await _ in flowing {}
         let session = client.session
-        for _ in 0..<500 {
-            if try await session.eventLoop.submit({ session.statistics.bytesSent }).get() > 0 { break }
-            try await Task.sleep(for: .milliseconds(2))
-        }
         client.switchTransport(to: .polling)
-        var waited = 0
-        while client.session.transportKind != .polling && waited < 100 {
-            try await Task.sleep(for: .milliseconds(20))
-            waited += 1
-        }
-        #expect(client.session.transportKind == .polling)
+        #expect(await client.changes.wait(timeout: .seconds(20)) { await session.onLoop { $0.transportKind == .polling } })
         client.switchTransport(to: .websocket)
         let result = try await transfer.value
         #expect(result.digestsMatch)
@@ -219,14 +202,10 @@ import Testing
         )
         configuration.fallbacks = [.polling]
         let client = try await TunnelClient.connect(configuration: configuration, group: self.group, logger: TunnelHarness.logger)
-        for _ in 0..<3 {
-            let resumed = client.session.resumptions
+        let session = client.session
+        for cut in 1...3 {
             relay.cutAll()
-            var waited = 0
-            while client.session.resumptions == resumed && waited < 200 {
-                try await Task.sleep(for: .milliseconds(10))
-                waited += 1
-            }
+            #expect(await client.changes.wait(timeout: .seconds(20)) { await session.onLoop { $0.resumptions >= cut } })
         }
         #expect(client.currentTransport == .polling)
         #expect(client.session.transportKind == .polling)

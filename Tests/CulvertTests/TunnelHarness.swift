@@ -157,3 +157,10 @@ struct ListenerTunnel {
         await TunnelHarness(server: self.server, client: self.client).stop()
     }
 }
+
+extension TunnelSession {
+    /// Evaluates `condition` on the session's loop, where its state lives (false if the loop is gone).
+    func onLoop(_ condition: @escaping @Sendable (TunnelSession) -> Bool) async -> Bool {
+        (try? await self.eventLoop.submit { condition(self) }.get()) ?? false
+    }
+}

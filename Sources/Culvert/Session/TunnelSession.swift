@@ -66,6 +66,10 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     var onDetached: ((TunnelSession, SessionError) -> Void)?
     /// Client: the session was resumed on a new transport connection.
     var onResumed: ((TunnelSession) -> Void)?
+    /// The transport's upstream moved to short requests (``upstreamUsesShortRequests``).
+    var onUpstreamModeChange: (() -> Void)?
+    /// A stream was forgotten (``streamCount`` went down).
+    var onStreamRemoved: (() -> Void)?
     /// Server: asked once, when the first message arrives (before its frames are read), whether to hear this
     /// connection at all; a code and message refuse it with GOAWAY (the authentication throttle counts attempts here).
     var admitFirstMessage: (() -> (GoAwayCode, String)?)?
@@ -145,6 +149,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         // The client's HELLO comes first, before anything that arrived already is read (a server's refusal may be
         // waiting there).
         if let hello = self.machine.start() { self.enqueue(hello) }
+        self.followUpstreamMode(of: transport)
         transport.start(delegate: self)
         // What had arrived may have ended the session already (a refusal): then no timer may start, or it would
         // keep the ended session alive.
@@ -437,7 +442,13 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     private func attach(_ transport: any TransportConnection) {
         self.transport = transport
         self.decoder = Self.makeDecoder(self.configuration)
+        self.followUpstreamMode(of: transport)
         transport.start(delegate: self)
+    }
+
+    /// Passes a change of `transport`'s upstream mode on to ``onUpstreamModeChange``.
+    private func followUpstreamMode(of transport: any TransportConnection) {
+        (transport as? any UpstreamModeReporting)?.onUpstreamModeChange = { [weak self] in self?.onUpstreamModeChange?() }
     }
 
     // MARK: Performing the state machine's actions
@@ -727,6 +738,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             stream.openCompletion = nil
             completion(result)
         }
+        self.onStreamRemoved?()
     }
 
     /// Both directions finished: close the socket once what was written is out, and forget the stream.
@@ -955,6 +967,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         self.admitFirstMessage = nil
         self.onDetached = nil
         self.onResumed = nil
+        self.onUpstreamModeChange = nil
+        self.onStreamRemoved = nil
         self.resumeLookup = nil
         self.resumeTarget = nil
         self.establishedPromise.fail(reason)

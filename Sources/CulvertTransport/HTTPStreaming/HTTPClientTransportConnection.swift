@@ -34,6 +34,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
     private var logger: Logger
     private(set) var upMode: UpMode
     var upstreamUsesShortRequests: Bool { self.kind == .chunked && self.upMode == .batch }
+    var onUpstreamModeChange: (() -> Void)?
     /// Streaming POSTs cut in a row before this side ended them.
     private var upStreamCuts = 0
     let downMode: DownMode
@@ -404,6 +405,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         self.upMode = .batch
         self.abandonUpload()
         self.pumpUp()
+        self.onUpstreamModeChange?()
     }
 
     private func abandonUpload() {
