@@ -2,8 +2,9 @@ import NIOCore
 import NIOHTTP1
 
 /// One keep-alive HTTP/1.1 connection to the server (or the proxy), carrying one request at a time, for the
-/// chunked and polling transports. Confined to its event loop.
-final class HTTPClientChannel: @unchecked Sendable {
+/// chunked and polling transports. Confined to its event loop: not `Sendable`; ``dial(route:on:timeout:)`` hands it
+/// over bound to that loop.
+final class HTTPClientChannel {
     enum Event {
         case head(HTTPResponseHead)
         case body(ByteBuffer)
@@ -31,8 +32,11 @@ final class HTTPClientChannel: @unchecked Sendable {
         self.channel = channel
     }
 
-    /// Opens a connection along `route` (to the proxy when there is one; inside TLS for `https`).
-    static func dial(route: HTTPRoute, on eventLoop: any EventLoop, timeout: TimeAmount) -> EventLoopFuture<HTTPClientChannel> {
+    /// Opens a connection along `route` (to the proxy when there is one; inside TLS for `https`). The connection
+    /// lives on `eventLoop`, so the future's callbacks (which run there) take it out of its loop-bound box.
+    static func dial(
+        route: HTTPRoute, on eventLoop: any EventLoop, timeout: TimeAmount
+    ) -> EventLoopFuture<NIOLoopBound<HTTPClientChannel>> {
         ServerPathDialer.open(route: route, connectTunnel: false, on: eventLoop, timeout: timeout).flatMapThrowing { channel in
             let relay = HTTPClientResponseRelay()
             try channel.pipeline.syncOperations.addHandlers([
@@ -43,7 +47,7 @@ final class HTTPClientChannel: @unchecked Sendable {
             let client = HTTPClientChannel(channel: channel)
             relay.owner = client
             if !channel.isActive { client.isClosed = true }
-            return client
+            return NIOLoopBound(client, eventLoop: channel.eventLoop)
         }
     }
 
@@ -108,8 +112,7 @@ final class HTTPClientChannel: @unchecked Sendable {
 }
 
 /// Passes response parts to the ``HTTPClientChannel`` that owns the connection.
-private final class HTTPClientResponseRelay: ChannelInboundHandler, @unchecked Sendable {
-    // @unchecked: `owner` is set once before the first read and used on the channel's loop only.
+private final class HTTPClientResponseRelay: ChannelInboundHandler {
     typealias InboundIn = HTTPClientResponsePart
 
     var owner: HTTPClientChannel?

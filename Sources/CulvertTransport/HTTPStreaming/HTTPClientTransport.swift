@@ -27,7 +27,7 @@ public struct HTTPClientTransport: ClientTransport {
                 case .failure(let error):
                     promise.fail(error)
                 case .success(let channel):
-                    Self.open(kind: kind, route: route, options: options, channel: channel, promise: promise)
+                    Self.open(kind: kind, route: route, options: options, channel: channel.value, promise: promise)
                 }
             }
         promise.futureResult.whenComplete { _ in timeout.cancel() }

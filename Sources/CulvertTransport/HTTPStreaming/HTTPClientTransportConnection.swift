@@ -546,7 +546,8 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
             .assumeIsolated()
             .whenComplete { [self] result in
                 switch result {
-                case .success(let channel):
+                case .success(let bound):
+                    let channel = bound.value
                     guard !self.closed else {
                         channel.close()
                         return
@@ -606,21 +607,24 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
             channel.endBody()
             self.upChannel = nil
             // Let the last chunk go out before the connection closes.
-            channel.channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.channel.close(promise: nil) }
+            let connection = channel.channel
+            connection.eventLoop.scheduleTask(in: .seconds(2)) { connection.close(promise: nil) }
             return
         }
         let head = self.uploadHead(streaming: false, contentLength: 1, offset: self.upSentUpTo)
         let route = self.route
         HTTPClientChannel.dial(route: route, on: self.eventLoop, timeout: self.connectTimeout)
             .assumeIsolated()
-            .whenSuccess { channel in
+            .whenSuccess { bound in
+                let channel = bound.value
                 channel.send(head, body: HTTPTransportRecord.close.encoded(), end: true) { event in
                     switch event {
                     case .end, .failed: channel.close()
                     case .head, .body: break
                     }
                 }
-                channel.channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.channel.close(promise: nil) }
+                let connection = channel.channel
+                connection.eventLoop.scheduleTask(in: .seconds(2)) { connection.close(promise: nil) }
             }
     }
 

@@ -84,7 +84,8 @@ public enum StreamingDeliveryProbe {
             switch result {
             case .failure(let error):
                 promise.fail(error)
-            case .success(let channel):
+            case .success(let bound):
+                let channel = bound.value
                 let head = HTTPRequestHead(
                     version: .http1_1, method: .GET,
                     uri: route.requestTarget("probe?n=\(chunks)&i=\(interval.nanoseconds / 1_000_000)"),
@@ -119,7 +120,7 @@ public enum StreamingDeliveryProbe {
                         promise.fail(error)
                     }
                 }
-                promise.futureResult.whenComplete { _ in channel.close() }
+                promise.futureResult.assumeIsolated().whenComplete { _ in channel.close() }
             }
         }
         promise.futureResult.whenComplete { _ in deadline.cancel() }
