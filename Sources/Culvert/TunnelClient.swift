@@ -257,7 +257,6 @@ public final class TunnelClient: StreamOpening, Sendable {
             }
             return (state.stopping, state.sessionsStarted == 1)
         }
-        self.changes.notify()
         if stopping {
             _ = try? await session.shutdown(gracePeriod: .zero).get()
             throw SessionError.shutdown
@@ -347,6 +346,7 @@ public final class TunnelClient: StreamOpening, Sendable {
             state.backoff.connected(now: .now())
             state.disconnectedSince = nil
         }
+        // The one notification for a new session (installed and connected), so waiters see both at once.
         self.changes.notify()
         session.onUpstreamModeChange = { [self] in self.changes.notify() }
         session.onStreamRemoved = { [self] in self.changes.notify() }
