@@ -16,6 +16,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case httpServer = "http-server"
     /// The chunked and polling transports' record codec.
     case httpRecords = "http-records"
+    /// The WebSocket transport's frame parser and writer, and its handler on a server's or a client's connection.
+    case webSocketFrames = "websocket-frames"
 
     /// Runs the target on `bytes`.
     public func run(_ bytes: [UInt8]) {
@@ -26,6 +28,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .httpRecords:
             // The first byte picks how the body is cut into pieces, the rest is the body.
             _ = HTTPTransportRecordFuzzing.decodeAndReencode(Array(bytes.dropFirst()), pieceLength: Int(bytes.first ?? 0) + 1)
+        case .webSocketFrames: Self.webSocketFrames(bytes)
         }
     }
 
@@ -98,5 +101,25 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             // Errors close the connection: the server refused the input, as it should.
         }
         channel.embeddedEventLoop.advanceTime(by: .seconds(120))
+    }
+
+    /// The first byte picks the side (its low bit) and the length of the pieces the rest is fed in.
+    private static func webSocketFrames(_ bytes: [UInt8]) {
+        let body = Array(bytes.dropFirst())
+        _ = WebSocketFrameFuzzing.parseAndRewrite(body, maximumFrameSize: 64 * 1024)
+        let isClient = (bytes.first ?? 0) & 1 == 1
+        let pieceLength = Int((bytes.first ?? 0) >> 1) * 8 + 1
+        let channel = EmbeddedChannel(handler: WebSocketMessageHandler(isClient: isClient, maximumFrameSize: 64 * 1024))
+        defer { _ = try? channel.finish(acceptAlreadyClosed: true) }
+        // Active, as a real connection is (a close frame is only sent on one).
+        _ = try? channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 9)).wait()
+        var offset = 0
+        while offset < body.count, channel.isActive {
+            let end = min(body.count, offset + pieceLength)
+            _ = try? channel.writeInbound(ByteBuffer(bytes: body[offset..<end]))
+            while (try? channel.readOutbound(as: ByteBuffer.self)) ?? nil != nil {}
+            while (try? channel.readInbound(as: ByteBuffer.self)) ?? nil != nil {}
+            offset = end
+        }
     }
 }

@@ -1,4 +1,4 @@
-import CulvertTransport
+@testable import CulvertTransport
 import NIOCore
 import NIOEmbedded
 import NIOWebSocket
@@ -16,20 +16,30 @@ func writtenFrames(_ channel: EmbeddedChannel) throws -> [WebSocketFrame] {
     return frames
 }
 
+/// A frame's bytes on the wire, as NIO's encoder (an implementation independent of culvert's) writes them.
+func wireBytes(_ frames: WebSocketFrame...) throws -> ByteBuffer {
+    let encoder = EmbeddedChannel(handler: WebSocketFrameEncoder())
+    defer { _ = try? encoder.finish() }
+    var bytes = ByteBuffer()
+    for frame in frames {
+        try encoder.writeOutbound(frame)
+        while var buffer = try encoder.readOutbound(as: ByteBuffer.self) { bytes.writeBuffer(&buffer) }
+    }
+    return bytes
+}
+
 @Suite struct WebSocketMessageHandlerTests {
     func masked(_ opcode: WebSocketOpcode, _ bytes: [UInt8], fin: Bool = true) -> WebSocketFrame {
-        let key = WebSocketMaskingKey.random()
-        var data = ByteBuffer(bytes: bytes)
-        data.webSocketMask(key)
-        return WebSocketFrame(fin: fin, opcode: opcode, maskKey: key, data: data)
+        // NIO's encoder masks the data with the key as it writes the frame.
+        WebSocketFrame(fin: fin, opcode: opcode, maskKey: WebSocketMaskingKey.random(), data: ByteBuffer(bytes: bytes))
     }
 
     /// Binary messages and their continuations reach the session as bytes, in order.
     @Test func binaryAndContinuationFramesPassThrough() throws {
         let channel = EmbeddedChannel(handler: WebSocketMessageHandler(isClient: false))
         defer { _ = try? channel.finish() }
-        try channel.writeInbound(self.masked(.binary, [1, 2], fin: false))
-        try channel.writeInbound(self.masked(.continuation, [3], fin: true))
+        try channel.writeInbound(try wireBytes(self.masked(.binary, [1, 2], fin: false)))
+        try channel.writeInbound(try wireBytes(self.masked(.continuation, [3], fin: true)))
         #expect(try channel.readInbound(as: ByteBuffer.self) == ByteBuffer(bytes: [1, 2]))
         #expect(try channel.readInbound(as: ByteBuffer.self) == ByteBuffer(bytes: [3]))
     }
@@ -47,7 +57,7 @@ func writtenFrames(_ channel: EmbeddedChannel) throws -> [WebSocketFrame] {
         try channel.pipeline.syncOperations.addHandlers([WebSocketMessageHandler(isClient: false), CloseOnError()])
         // Active, as a real connection is: only then does a close from above speak for itself (with 1000).
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
-        try channel.writeInbound(frame)
+        try channel.writeInbound(try wireBytes(frame))
         guard var data = try writtenFrames(channel).first(where: { $0.opcode == .connectionClose })?.data else { return nil }
         return data.readWebSocketErrorCode()
     }
@@ -74,7 +84,7 @@ func writtenFrames(_ channel: EmbeddedChannel) throws -> [WebSocketFrame] {
     @Test func pingIsAnsweredWithPong() throws {
         let channel = EmbeddedChannel(handler: WebSocketMessageHandler(isClient: false))
         defer { _ = try? channel.finish() }
-        try channel.writeInbound(self.masked(.ping, [9, 9]))
+        try channel.writeInbound(try wireBytes(self.masked(.ping, [9, 9])))
         let pong = try #require(try writtenFrames(channel).first)
         #expect(pong.opcode == .pong && pong.maskKey == nil && pong.data == ByteBuffer(bytes: [9, 9]))
     }
@@ -109,7 +119,7 @@ func writtenFrames(_ channel: EmbeddedChannel) throws -> [WebSocketFrame] {
             (WebSocketFrame(fin: true, opcode: .binary, data: ByteBuffer(bytes: [1])), .protocolError),
         ] {
             let channel = EmbeddedChannel(handler: WebSocketMessageHandler(isClient: false))
-            _ = try? channel.writeInbound(frame)
+            _ = try? channel.writeInbound(try wireBytes(frame))
             var close = try #require(try writtenFrames(channel).first)
             #expect(close.opcode == .connectionClose)
             #expect(close.data.readWebSocketErrorCode() == code)
@@ -123,11 +133,92 @@ func writtenFrames(_ channel: EmbeddedChannel) throws -> [WebSocketFrame] {
         let channel = EmbeddedChannel(handler: WebSocketMessageHandler(isClient: false))
         var data = ByteBuffer()
         data.write(webSocketErrorCode: .normalClosure)
-        let key = WebSocketMaskingKey.random()
-        data.webSocketMask(key)
-        try channel.writeInbound(WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: key, data: data))
+        try channel.writeInbound(try wireBytes(WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: data)))
         let echo = try #require(try writtenFrames(channel).first)
         #expect(echo.opcode == .connectionClose)
         #expect(!channel.isActive)
+    }
+
+    /// Frames that arrive a byte at a time, and several frames in one read, come out as the same messages: the
+    /// handler reads frames from the socket's bytes, not from NIO's frame decoder.
+    @Test func framesSplitAcrossReadsOrJoinedInOneAreReadWhole() throws {
+        let payloads: [[UInt8]] = [[1], Array(repeating: 7, count: 200), Array(0..<255) + Array(0..<255), []]
+        let frames = payloads.map { self.masked(.binary, $0) }
+        let wire = try wireBytes(frames[0], frames[1], frames[2], frames[3])
+        for split in [1, 3, 13, wire.readableBytes] {
+            let channel = EmbeddedChannel(handler: WebSocketMessageHandler(isClient: false))
+            defer { _ = try? channel.finish() }
+            var rest = wire
+            while let piece = rest.readSlice(length: min(split, rest.readableBytes)), piece.readableBytes > 0 {
+                try channel.writeInbound(piece)
+            }
+            var received: [UInt8] = []
+            while let message = try channel.readInbound(as: ByteBuffer.self) { received += Array(message.readableBytesView) }
+            #expect(received == payloads.flatMap { $0 }, "reads of \(split) bytes")
+        }
+    }
+
+    /// A server unmasks every payload correctly while it reuses its buffer, and a payload the layer above still
+    /// holds is never overwritten by the next frame's.
+    @Test func heldPayloadsAreNotOverwrittenByLaterFrames() throws {
+        let channel = EmbeddedChannel(handler: WebSocketMessageHandler(isClient: false))
+        defer { _ = try? channel.finish() }
+        for value in UInt8(1)...UInt8(20) {
+            try channel.writeInbound(try wireBytes(self.masked(.binary, Array(repeating: value, count: Int(value) * 5))))
+        }
+        for value in UInt8(1)...UInt8(20) {
+            let message = try #require(try channel.readInbound(as: ByteBuffer.self))
+            #expect(Array(message.readableBytesView) == Array(repeating: value, count: Int(value) * 5))
+        }
+    }
+
+    /// A frame over the size limit is refused with 1009 as soon as its header arrives; control frames over 125
+    /// bytes or without FIN with 1002.
+    @Test func oversizedAndMalformedFramesCloseWithTheRFCCodes() throws {
+        func closeCode(afterBytes bytes: ByteBuffer, limit: Int) throws -> WebSocketErrorCode? {
+            let channel = EmbeddedChannel()
+            defer { _ = try? channel.finish() }
+            try channel.pipeline.syncOperations.addHandlers([
+                WebSocketMessageHandler(isClient: false, maximumFrameSize: limit), CloseOnError(),
+            ])
+            try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+            try channel.writeInbound(bytes)
+            #expect(try channel.readInbound(as: ByteBuffer.self) == nil)
+            guard var data = try writtenFrames(channel).first(where: { $0.opcode == .connectionClose })?.data else { return nil }
+            return data.readWebSocketErrorCode()
+        }
+        // Only the header of a 1 MiB frame: refused without waiting for its payload.
+        var header = ByteBuffer(bytes: [0x82, 0xFF])
+        header.writeInteger(UInt64(1 << 20))
+        header.writeBytes([1, 2, 3, 4])
+        #expect(try closeCode(afterBytes: header, limit: 64 * 1024) == .messageTooLarge)
+        // A ping announcing 126 bytes (a two-byte extended length).
+        #expect(try closeCode(afterBytes: ByteBuffer(bytes: [0x89, 0xFE, 0x00, 0x7E]), limit: 1 << 20) == .protocolError)
+        // A ping without FIN.
+        #expect(try closeCode(afterBytes: ByteBuffer(bytes: [0x09, 0x80, 1, 2, 3, 4]), limit: 1 << 20) == .protocolError)
+    }
+
+    /// A long run of large frames that each end in the middle of a read keeps the handler's buffer within a few
+    /// frames' size: the bytes of frames already read are dropped, not carried along (a bulk download once grew
+    /// the buffer, and copied it, with every read).
+    @Test func framesEndingMidReadDoNotGrowTheBuffer() throws {
+        let handler = WebSocketMessageHandler(isClient: true)
+        let channel = EmbeddedChannel(handler: handler)
+        defer { _ = try? channel.finish() }
+        let frameLength = 16 * 1024
+        var wire = try wireBytes(WebSocketFrame(fin: true, opcode: .binary, data: ByteBuffer(repeating: 5, count: frameLength)))
+        let frame = wire.readBytes(length: wire.readableBytes)!
+        var stream = ByteBuffer()
+        for _ in 0..<200 { stream.writeBytes(frame) }
+        var received = 0
+        var largest = 0
+        // Reads of 5,000 bytes: no frame boundary falls on a read boundary for a long time.
+        while let piece = stream.readSlice(length: min(5000, stream.readableBytes)), piece.readableBytes > 0 {
+            try channel.writeInbound(piece)
+            while let message = try channel.readInbound(as: ByteBuffer.self) { received += message.readableBytes }
+            largest = max(largest, handler.bufferedCapacity)
+        }
+        #expect(received == 200 * frameLength)
+        #expect(largest <= 4 * frameLength, "the partial-frame buffer grew to \(largest) bytes")
     }
 }

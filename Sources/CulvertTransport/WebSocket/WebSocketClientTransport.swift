@@ -41,8 +41,7 @@ public struct WebSocketClientTransport: ClientTransport {
             install: { pipeline, channel in
                 let connection = ChannelTransportConnection(kind: .websocket, channel: channel)
                 try pipeline.addHandlers([
-                    ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: maximumMessageSize)),
-                    WebSocketMessageHandler(isClient: true),
+                    WebSocketMessageHandler(isClient: true, maximumFrameSize: maximumMessageSize),
                     connection,
                 ])
                 return connection

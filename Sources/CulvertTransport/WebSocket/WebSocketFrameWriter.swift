@@ -5,20 +5,23 @@ import NIOWebSocket
 /// while copying them.
 ///
 /// NIO's encoder masks a byte at a time in place, which on a client also forces a copy of every shared payload;
-/// masking during the one copy that must happen anyway makes the client's upstream several times cheaper.
+/// masking during the one copy that must happen anyway makes the client's upstream several times cheaper. The
+/// caller passes the buffer to write into, so that it can reuse one the socket has let go of.
 enum WebSocketFrameWriter {
-    /// The frame header, and the payload to send after it. With a mask key the payload is a masked copy in the same
-    /// buffer as the header and the second element is nil; without one the payload is passed through untouched.
-    static func encode(
+    /// The most bytes a frame header takes: 2, a 64-bit length, a key.
+    static let maximumHeaderLength = 14
+
+    /// Writes a whole frame into `buffer`: the header and, with a mask key (a client), the masked payload. Without a
+    /// key only the header is written, and the caller sends `payload` itself after it (no copy).
+    static func write(
         opcode: WebSocketOpcode,
         payload: ByteBuffer,
-        maskKey: WebSocketMaskingKey?,
-        allocator: ByteBufferAllocator
-    ) -> (ByteBuffer, ByteBuffer?) {
+        maskWord: UInt32?,
+        into buffer: inout ByteBuffer
+    ) {
         let length = payload.readableBytes
-        var buffer = allocator.buffer(capacity: 14 + (maskKey == nil ? 0 : length))
         buffer.writeInteger(UInt8(0x80) | UInt8(webSocketOpcode: opcode))
-        let maskBit: UInt8 = maskKey == nil ? 0 : 0x80
+        let maskBit: UInt8 = maskWord == nil ? 0 : 0x80
         if length < 126 {
             buffer.writeInteger(maskBit | UInt8(length))
         } else if length <= Int(UInt16.max) {
@@ -28,25 +31,16 @@ enum WebSocketFrameWriter {
             buffer.writeInteger(maskBit | 127)
             buffer.writeInteger(UInt64(length))
         }
-        guard let maskKey else { return (buffer, payload) }
-        buffer.writeBytes(maskKey)
-        Self.appendMasked(payload, key: maskKey, to: &buffer)
-        return (buffer, nil)
+        guard let maskWord else { return }
+        buffer.writeInteger(maskWord, endianness: .host)
+        Self.appendMasked(payload, maskWord: maskWord, to: &buffer)
     }
 
-    /// Appends `source` XOR the repeating 4-byte `key` (starting at key index 0) to `destination`.
-    static func appendMasked(_ source: ByteBuffer, key: WebSocketMaskingKey, to destination: inout ByteBuffer) {
+    /// Appends `source` XOR the repeating 4-byte key (starting at key index 0) to `destination`. `maskWord` holds
+    /// the key's four bytes in memory order (as ``WebSocketFrameParser`` reads it and `writeInteger(_:endianness:
+    /// .host)` writes it).
+    static func appendMasked(_ source: ByteBuffer, maskWord key32: UInt32, to destination: inout ByteBuffer) {
         let count = source.readableBytes
-        // The key's four bytes as a tuple (an Array of them would be a heap allocation per frame).
-        let start = key.startIndex
-        let keyBytes = (key[start], key[key.index(start, offsetBy: 1)], key[key.index(start, offsetBy: 2)], key[key.index(start, offsetBy: 3)])
-        var key32: UInt32 = 0
-        withUnsafeMutableBytes(of: &key32) { raw in
-            raw[0] = keyBytes.0
-            raw[1] = keyBytes.1
-            raw[2] = keyBytes.2
-            raw[3] = keyBytes.3
-        }
         let key64 = UInt64(key32) | (UInt64(key32) << 32)
         destination.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { output in
             source.withUnsafeReadableBytes { input in

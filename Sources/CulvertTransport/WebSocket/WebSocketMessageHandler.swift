@@ -2,83 +2,121 @@
 import Glibc
 #endif
 public import NIOCore
-public import NIOWebSocket
+import NIOWebSocket
 
-/// Turns WebSocket frames into opaque `ByteBuffer` messages and back (RFC 6455).
+/// Turns the bytes of a WebSocket connection into opaque `ByteBuffer` messages and back (RFC 6455).
 ///
-/// Binary data frames and their continuations are passed up as they arrive (the session above reads a byte
-/// stream, so fragments need no reassembly and cost no buffer). Pings are answered, a close is echoed and ends the
-/// connection, and text frames or (on a server) unmasked frames end it with the RFC's close codes. A client masks
-/// every frame it sends with a fresh key. Outbound frames are encoded here by ``WebSocketFrameWriter`` (so the
-/// pipeline has no `WebSocketFrameEncoder`), which masks eight bytes at a time.
+/// Frames are read here by ``WebSocketFrameParser`` straight from the socket's bytes and written by
+/// ``WebSocketFrameWriter`` (the pipeline has neither NIO's frame decoder nor its encoder), so a message costs no
+/// frame object: a client's downstream payload goes up as a slice of the bytes read, a server unmasks into one
+/// buffer it reuses, and the buffer for outbound headers (and a client's masked copy) is reused as soon as the
+/// socket has let go of it. Binary data frames and their continuations are passed up as they arrive (the session
+/// above reads a byte stream, so fragments need no reassembly). Pings are answered, a close is echoed and ends the
+/// connection, and text frames, reserved bits, unknown opcodes, oversized or malformed frames and (on a server)
+/// unmasked frames end it with the RFC's close codes. A client masks every frame it sends with a fresh key.
 public final class WebSocketMessageHandler: ChannelDuplexHandler {
-    public typealias InboundIn = WebSocketFrame
+    public typealias InboundIn = ByteBuffer
     public typealias InboundOut = ByteBuffer
     public typealias OutboundIn = ByteBuffer
     public typealias OutboundOut = ByteBuffer
 
     private let isClient: Bool
+    private let parser: WebSocketFrameParser
     private var maskKeys = MaskKeySource()
+    /// The start of a frame that has not arrived whole yet.
+    private var partialFrame: ByteBuffer?
+    /// Where a server unmasks payloads; reused once the session above has let go of the last one.
+    private var unmaskedPayload = ByteBuffer()
+    /// Where headers (and a client's masked payloads) are written; reused once the socket has sent the last one.
+    private var outboundFrame = ByteBuffer()
     private var inFragmentedMessage = false
+    /// A close was received or the peer broke the protocol: nothing after it is read.
+    private var inputEnded = false
     private var closeSent = false
 
-    public init(isClient: Bool) {
+    /// `maximumFrameSize` bounds one frame's payload; a larger one ends the connection with 1009 (message too big).
+    public init(isClient: Bool, maximumFrameSize: Int = 16 * 1024 * 1024) {
         self.isClient = isClient
+        self.parser = WebSocketFrameParser(maximumFrameSize: maximumFrameSize)
     }
 
+    /// The bytes kept for a frame that has not arrived whole (for tests: they must stay within about one frame).
+    var bufferedCapacity: Int { self.partialFrame?.capacity ?? 0 }
+
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = self.unwrapInboundIn(data)
-        if !self.isClient && frame.maskKey == nil {
-            self.closeWithError(context: context, code: .protocolError, reason: "client frames must be masked")
+        guard !self.inputEnded else { return }
+        var bytes = self.unwrapInboundIn(data)
+        if var partial = self.partialFrame {
+            self.partialFrame = nil
+            // The frames read before it go first (a move of the partial frame's bytes, once): otherwise a stream of
+            // frames that end mid-read would grow the buffer, and copy it, without bound.
+            partial.discardReadBytes()
+            partial.writeBuffer(&bytes)
+            bytes = partial
+        }
+        while !self.inputEnded {
+            let frame: WebSocketFrameParser.Frame?
+            do {
+                frame = try self.parser.parse(&bytes)
+            } catch {
+                self.inputEnded = true
+                switch error {
+                case .frameTooLarge(let announced, let maximum):
+                    self.closeWithError(
+                        context: context, code: .messageTooLarge,
+                        reason: "a frame of \(announced) bytes is over the limit of \(maximum)"
+                    )
+                case .controlFrameTooLong:
+                    self.closeWithError(context: context, code: .protocolError, reason: "control frame longer than 125 bytes")
+                case .fragmentedControlFrame:
+                    self.closeWithError(context: context, code: .protocolError, reason: "fragmented control frame")
+                }
+                return
+            }
+            guard let frame else { break }
+            self.received(frame, context: context)
+        }
+        if !self.inputEnded && bytes.readableBytes > 0 { self.partialFrame = bytes }
+    }
+
+    private func received(_ frame: WebSocketFrameParser.Frame, context: ChannelHandlerContext) {
+        if !self.isClient && frame.maskWord == nil {
+            self.protocolViolation(context: context, code: .protocolError, reason: "client frames must be masked")
             return
         }
         // No extension is negotiated, so every reserved bit must be clear (RFC 6455 section 5.2).
-        if frame.rsv1 || frame.rsv2 || frame.rsv3 {
-            self.closeWithError(context: context, code: .protocolError, reason: "reserved bits set without a negotiated extension")
+        if frame.reservedBits != 0 {
+            self.protocolViolation(context: context, code: .protocolError, reason: "reserved bits set without a negotiated extension")
             return
         }
         switch frame.opcode {
         case .binary:
             guard !self.inFragmentedMessage else {
-                self.closeWithError(context: context, code: .protocolError, reason: "new message inside a fragmented one")
+                self.protocolViolation(context: context, code: .protocolError, reason: "new message inside a fragmented one")
                 return
             }
             self.inFragmentedMessage = !frame.fin
             self.forwardPayload(of: frame, context: context)
         case .continuation:
             guard self.inFragmentedMessage else {
-                self.closeWithError(context: context, code: .protocolError, reason: "continuation without a message")
+                self.protocolViolation(context: context, code: .protocolError, reason: "continuation without a message")
                 return
             }
             self.inFragmentedMessage = !frame.fin
             self.forwardPayload(of: frame, context: context)
         case .ping:
-            self.writeFrame(context: context, opcode: .pong, payload: Self.unmasked(frame), promise: nil)
+            self.writeFrame(context: context, opcode: .pong, payload: self.unmasked(frame), promise: nil)
             context.flush()
         case .pong:
             break
         case .connectionClose:
+            self.inputEnded = true
             self.receivedClose(context: context, frame: frame)
         case .text:
-            self.closeWithError(context: context, code: .unacceptableData, reason: "culvert carries binary messages only")
+            self.protocolViolation(context: context, code: .unacceptableData, reason: "culvert carries binary messages only")
         default:
-            self.closeWithError(context: context, code: .protocolError, reason: "unknown opcode")
+            self.protocolViolation(context: context, code: .protocolError, reason: "unknown opcode")
         }
-    }
-
-    /// Frame decoding errors (oversized, malformed frames) end the connection with the matching close code.
-    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if let error = error as? NIOWebSocketError, !self.closeSent {
-            let code: WebSocketErrorCode = error == .multiByteControlFrameLength || error == .fragmentedControlFrame
-                ? .protocolError : .messageTooLarge
-            self.closeSent = true
-            var data = context.channel.allocator.buffer(capacity: 2)
-            data.write(webSocketErrorCode: code)
-            self.writeFrameThenClose(context: context, opcode: .connectionClose, payload: data)
-            context.fireErrorCaught(TransportError.protocolViolation("WebSocket: \(error)"))
-            return
-        }
-        context.fireErrorCaught(error)
     }
 
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
@@ -102,20 +140,24 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
         }
     }
 
-    private func forwardPayload(of frame: WebSocketFrame, context: ChannelHandlerContext) {
-        let payload = Self.unmasked(frame)
-        if payload.readableBytes > 0 {
-            context.fireChannelRead(self.wrapInboundOut(payload))
-        }
+    private func forwardPayload(of frame: WebSocketFrameParser.Frame, context: ChannelHandlerContext) {
+        guard frame.payload.readableBytes > 0 else { return }
+        context.fireChannelRead(self.wrapInboundOut(self.unmasked(frame)))
     }
 
-    private func receivedClose(context: ChannelHandlerContext, frame: WebSocketFrame) {
+    private func receivedClose(context: ChannelHandlerContext, frame: WebSocketFrameParser.Frame) {
         if self.closeSent {
             context.close(promise: nil)
             return
         }
         self.closeSent = true
-        self.writeFrameThenClose(context: context, opcode: .connectionClose, payload: Self.unmasked(frame))
+        self.writeFrameThenClose(context: context, opcode: .connectionClose, payload: self.unmasked(frame))
+    }
+
+    /// The peer broke the protocol: nothing more is read, and the connection ends with `code`.
+    private func protocolViolation(context: ChannelHandlerContext, code: WebSocketErrorCode, reason: String) {
+        self.inputEnded = true
+        self.closeWithError(context: context, code: code, reason: reason)
     }
 
     /// Sends a close frame with `code`, then reports the error. The close frame goes first: the error makes the
@@ -142,33 +184,33 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
         }
     }
 
-    /// Writes one whole frame; clients mask it with a fresh key.
+    /// Writes one whole frame; clients mask it with a fresh key. The header buffer is the one the last frame used
+    /// when the socket has sent it (`clear(minimumCapacity:)` allocates only while it is still queued).
     private func writeFrame(
         context: ChannelHandlerContext,
         opcode: WebSocketOpcode,
         payload: ByteBuffer,
         promise: EventLoopPromise<Void>?
     ) {
-        let (head, body) = WebSocketFrameWriter.encode(
-            opcode: opcode,
-            payload: payload,
-            maskKey: self.isClient ? self.maskKeys.next() : nil,
-            allocator: context.channel.allocator
-        )
-        if let body {
-            context.write(self.wrapOutboundOut(head), promise: nil)
-            context.write(self.wrapOutboundOut(body), promise: promise)
+        let maskWord = self.isClient ? self.maskKeys.next() : nil
+        let masked = maskWord == nil ? 0 : payload.readableBytes
+        self.outboundFrame.clear(minimumCapacity: WebSocketFrameWriter.maximumHeaderLength + masked)
+        WebSocketFrameWriter.write(opcode: opcode, payload: payload, maskWord: maskWord, into: &self.outboundFrame)
+        if maskWord == nil {
+            context.write(self.wrapOutboundOut(self.outboundFrame), promise: nil)
+            context.write(self.wrapOutboundOut(payload), promise: promise)
         } else {
-            context.write(self.wrapOutboundOut(head), promise: promise)
+            context.write(self.wrapOutboundOut(self.outboundFrame), promise: promise)
         }
     }
 
-    /// The frame's payload with any mask removed (a copy when masked, the payload itself otherwise).
-    static func unmasked(_ frame: WebSocketFrame) -> ByteBuffer {
-        guard let key = frame.maskKey else { return frame.data }
-        var output = ByteBufferAllocator().buffer(capacity: frame.data.readableBytes)
-        WebSocketFrameWriter.appendMasked(frame.data, key: key, to: &output)
-        return output
+    /// The frame's payload with any mask removed: the payload itself when unmasked, else unmasked into
+    /// ``unmaskedPayload`` (reused when nothing holds the last one any more).
+    private func unmasked(_ frame: WebSocketFrameParser.Frame) -> ByteBuffer {
+        guard let maskWord = frame.maskWord else { return frame.payload }
+        self.unmaskedPayload.clear(minimumCapacity: frame.payload.readableBytes)
+        WebSocketFrameWriter.appendMasked(frame.payload, maskWord: maskWord, to: &self.unmaskedPayload)
+        return self.unmaskedPayload
     }
 }
 
@@ -182,7 +224,8 @@ struct MaskKeySource {
     private var pool: [UInt8] = []
     private var index = 0
 
-    mutating func next() -> WebSocketMaskingKey {
+    /// The next key, as its four bytes lie in memory (see ``WebSocketFrameWriter/appendMasked(_:maskWord:to:)``).
+    mutating func next() -> UInt32 {
         if self.index + 4 > self.pool.count {
             // One system call for 1,024 keys: SystemRandomNumberGenerator asks the kernel for every 8 bytes, which
             // cost a getrandom per two messages sent.
@@ -195,6 +238,8 @@ struct MaskKeySource {
             self.index = 0
         }
         defer { self.index += 4 }
-        return WebSocketMaskingKey(self.pool[self.index..<(self.index + 4)])!
+        // Loaded from the bytes, not built with `WebSocketMaskingKey(_:)`: that generic initialiser, unspecialised
+        // across modules, cost four heap allocations per key.
+        return self.pool.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: self.index, as: UInt32.self) }
     }
 }

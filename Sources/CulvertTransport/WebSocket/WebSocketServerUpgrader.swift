@@ -39,8 +39,7 @@ struct WebSocketServerUpgrader: HTTPServerProtocolUpgrader, Sendable {
                 kind: .websocket,
                 context: context,
                 handlers: [
-                    ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: self.maximumFrameSize)),
-                    WebSocketMessageHandler(isClient: false),
+                    WebSocketMessageHandler(isClient: false, maximumFrameSize: self.maximumFrameSize),
                 ]
             )
             self.onConnection(connection)
