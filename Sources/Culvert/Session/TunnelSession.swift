@@ -36,6 +36,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     /// slices) only when the batch is sent: a slice taken earlier would make every later write into `outbound`
     /// copy the whole buffer.
     private var unsentReliableFrames: [(start: Int, length: Int)] = []
+    /// The batch sent before the current one is filled: reused for the next one once nothing else holds it.
+    private var previousBatch: ByteBuffer?
     /// A read of the transport is under way: what it queues goes out at its read-complete (as nio-http2 flushes at
     /// `channelReadComplete`). Stream sockets' reads queue a flush for the end of the loop tick instead, so that
     /// many streams reading at once share one transport message.
@@ -906,7 +908,14 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         let sent = self.outbound.readableBytes
         transport.send(self.outbound)
         self.statistics.transportMessagesSent += 1
-        self.outbound = ByteBufferAllocator().buffer(capacity: sent > Self.smallBatchCapacity ? Self.largeBatchCapacity : Self.smallBatchCapacity)
+        // The next batch goes into the one sent before this, if the socket and the replay buffer (until its frames
+        // are acknowledged) have let go of it: `clear(minimumCapacity:)` allocates only while something still holds
+        // it. In interactive traffic the peer's answer acknowledges a batch before the next is sent, so a session
+        // sends without allocating; in bulk the buffers are still held and new ones are allocated, as before.
+        var next = self.previousBatch ?? ByteBuffer()
+        self.previousBatch = self.outbound
+        next.clear(minimumCapacity: sent > Self.smallBatchCapacity ? Self.largeBatchCapacity : Self.smallBatchCapacity)
+        self.outbound = next
     }
 
     /// A batch buffer after a small batch (interactive traffic): grows if it must.
