@@ -76,6 +76,7 @@ struct ClientCommand: AsyncParsableCommand {
 
     func run() async throws {
         let signals = SignalWaiter.install()
+        HeapTuning.apply()
         // Under ssh's ProxyCommand every info line would land on the user's terminal at each login: --stdio says
         // only what went wrong unless asked for more.
         let logger = try self.loggingOptions.makeLogger(label: "culvert.client", defaultLevel: self.forwarding.stdio == nil ? .info : .warning)

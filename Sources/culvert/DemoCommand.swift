@@ -31,6 +31,7 @@ struct DemoCommand: AsyncParsableCommand {
     @OptionGroup var loggingOptions: LoggingOptions
 
     func run() async throws {
+        HeapTuning.apply()
         let logger = try self.loggingOptions.makeLogger(label: "culvert.demo", defaultLevel: .warning)
         guard self.mib > 0, self.streams > 0 else { throw ValidationError("--mib and --streams must be positive") }
         let group = MultiThreadedEventLoopGroup.singleton

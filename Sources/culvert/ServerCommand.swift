@@ -65,6 +65,7 @@ struct ServerCommand: AsyncParsableCommand {
 
     func run() async throws {
         let signals = SignalWaiter.install()
+        HeapTuning.apply()
         let logger = try self.loggingOptions.makeLogger(label: "culvert.server")
         guard let (host, portText) = splitHostPort(self.listen), let port = Int(portText), (0...65535).contains(port) else {
             throw ValidationError("--listen '\(self.listen)' must be HOST:PORT, e.g. 127.0.0.1:8080")
