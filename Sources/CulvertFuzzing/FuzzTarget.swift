@@ -32,22 +32,32 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         }
     }
 
-    /// Frames decoded from `bytes` (until the first error), fed in pieces whose length the first byte picks.
+    /// Frames decoded from `bytes` (until the first error), fed in pieces whose length the first byte picks. The
+    /// session's ``FrameReader`` and NIO's byte-to-message processor around the same decoder must read the same
+    /// frames and fail at the same point.
     private static func frames(_ bytes: [UInt8]) -> [Frame] {
-        let decoder = NIOSingleStepByteToMessageProcessor(FrameDecoder(maximumPayloadLength: 64 * 1024), maximumBufferSize: 128 * 1024)
+        let processor = NIOSingleStepByteToMessageProcessor(FrameDecoder(maximumPayloadLength: 64 * 1024), maximumBufferSize: 128 * 1024)
+        let reader = FrameReader(maximumPayloadLength: 64 * 1024)
         let pieceLength = Int(bytes.first ?? 0) + 1
         let body = Array(bytes.dropFirst())
         var frames: [Frame] = []
+        var framesRead: [Frame] = []
+        var processorFailed = false
+        var readerFailed = false
         var offset = 0
-        do {
-            while offset < body.count {
-                let end = min(body.count, offset + pieceLength)
-                try decoder.process(buffer: ByteBuffer(bytes: body[offset..<end])) { frames.append($0) }
-                offset = end
-            }
-        } catch {
+        while offset < body.count, !processorFailed || !readerFailed {
+            let end = min(body.count, offset + pieceLength)
+            let piece = ByteBuffer(bytes: body[offset..<end])
             // A malformed frame ends the session in real use; what came before it counts.
+            if !processorFailed {
+                do { try processor.process(buffer: piece) { frames.append($0) } } catch { processorFailed = true }
+            }
+            if !readerFailed {
+                do { try reader.process(piece) { framesRead.append($0) } } catch { readerFailed = true }
+            }
+            offset = end
         }
+        precondition(frames == framesRead && processorFailed == readerFailed, "FrameReader read \(framesRead.count) frames (failed: \(readerFailed)), NIO's processor \(frames.count) (failed: \(processorFailed))")
         return frames
     }
 

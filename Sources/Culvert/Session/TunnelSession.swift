@@ -28,7 +28,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
 
     private var machine: SessionStateMachine
     private(set) var transport: (any TransportConnection)?
-    private var decoder: NIOSingleStepByteToMessageProcessor<FrameDecoder>
+    private var frameReader: FrameReader
     private let encoder = FrameEncoder()
     /// The batch of frames for the next transport message.
     private var outbound: ByteBuffer
@@ -129,19 +129,16 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             ),
             now: transport.eventLoop.now
         )
-        self.decoder = Self.makeDecoder(configuration)
+        self.frameReader = Self.makeFrameReader(configuration)
         self.outbound = ByteBufferAllocator().buffer(capacity: Self.smallBatchCapacity)
         self.establishedPromise = transport.eventLoop.makePromise()
         self.endedPromise = transport.eventLoop.makePromise()
     }
 
-    private static func makeDecoder(_ configuration: SessionConfiguration) -> NIOSingleStepByteToMessageProcessor<FrameDecoder> {
-        NIOSingleStepByteToMessageProcessor(
-            // Compressed payloads of incompressible data can come out a few bytes longer than the original
-            // (deflate's stored blocks and sync flush): allow 1 KiB over the maximum DATA size.
-            FrameDecoder(maximumPayloadLength: max(configuration.mux.maximumDataPayload + 1024, 4096)),
-            maximumBufferSize: configuration.mux.maximumDataPayload + 64 * 1024
-        )
+    private static func makeFrameReader(_ configuration: SessionConfiguration) -> FrameReader {
+        // Compressed payloads of incompressible data can come out a few bytes longer than the original (deflate's
+        // stored blocks and sync flush): allow 1 KiB over the maximum DATA size.
+        FrameReader(maximumPayloadLength: max(configuration.mux.maximumDataPayload + 1024, 4096))
     }
 
     /// Starts the handshake (the client sends HELLO) and the timers.
@@ -360,7 +357,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         }
         self.flushAtReadComplete = true
         do {
-            try self.decoder.process(buffer: message) { frame in
+            try self.frameReader.process(message) { frame in
                 if !self.finished { self.handle(frame) }
             }
         } catch let error as FrameDecodingError {
@@ -443,7 +440,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     /// Makes `transport` the session's and starts it (what it had read is delivered now).
     private func attach(_ transport: any TransportConnection) {
         self.transport = transport
-        self.decoder = Self.makeDecoder(self.configuration)
+        self.frameReader = Self.makeFrameReader(self.configuration)
         self.followUpstreamMode(of: transport)
         transport.start(delegate: self)
     }
@@ -573,7 +570,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         let old = self.transport
         self.transport = nil
         self.flushAtReadComplete = false
-        self.decoder = Self.makeDecoder(self.configuration)
+        self.frameReader = Self.makeFrameReader(self.configuration)
         self.timers.removeValue(forKey: .handshake)?.cancel()
         if case .keepaliveTimeout = reason { self.logger.error("no keepalive answer; declaring the tunnel connection dead") }
         if case .handshake(.refusedByPeer(_, let message)) = reason {

@@ -15,21 +15,29 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
         self.maximumPayloadLength = maximumPayloadLength
     }
 
-    public mutating func decode(buffer: inout ByteBuffer) throws -> Frame? {
+    /// The length, header included, of the frame at the start of `buffer`; nil while its header is incomplete.
+    /// Throws as ``decode(buffer:)`` does for an unknown type or a payload over the maximum.
+    public func frameLength(in buffer: ByteBuffer) throws -> Int? {
         guard buffer.readableBytes >= FrameEncoder.headerLength else { return nil }
         let start = buffer.readerIndex
         let rawType = buffer.getInteger(at: start, as: UInt8.self)!
-        let flags = buffer.getInteger(at: start + 1, as: UInt8.self)!
-        let streamID = buffer.getInteger(at: start + 2, as: UInt32.self)!
-        let length = Int(buffer.getInteger(at: start + 6, as: UInt32.self)!)
-
-        guard let type = FrameType(rawValue: rawType) else {
+        guard FrameType(rawValue: rawType) != nil else {
             throw FrameDecodingError.unknownFrameType(rawType)
         }
+        let length = Int(buffer.getInteger(at: start + 6, as: UInt32.self)!)
         guard length <= self.maximumPayloadLength else {
             throw FrameDecodingError.payloadTooLarge(length: length, maximum: self.maximumPayloadLength)
         }
-        guard buffer.readableBytes >= FrameEncoder.headerLength + length else { return nil }
+        return FrameEncoder.headerLength + length
+    }
+
+    public mutating func decode(buffer: inout ByteBuffer) throws -> Frame? {
+        guard let frameLength = try self.frameLength(in: buffer), buffer.readableBytes >= frameLength else { return nil }
+        let start = buffer.readerIndex
+        let type = FrameType(rawValue: buffer.getInteger(at: start, as: UInt8.self)!)!
+        let flags = buffer.getInteger(at: start + 1, as: UInt8.self)!
+        let streamID = buffer.getInteger(at: start + 2, as: UInt32.self)!
+        let length = frameLength - FrameEncoder.headerLength
 
         buffer.moveReaderIndex(forwardBy: FrameEncoder.headerLength)
         var payload = buffer.readSlice(length: length)!
