@@ -36,6 +36,14 @@ public final class ChannelTransportConnection: TransportConnection, ChannelInbou
         context.writeAndFlush(self.wrapOutboundOut(message), promise: nil)
     }
 
+    /// Writes the parts one by one and flushes once: the socket sends them with one `writev` (a WebSocket pipeline
+    /// frames them as one message).
+    public func send(parts: [ByteBuffer]) {
+        guard let context = self.context else { return }
+        for part in parts { context.write(self.wrapOutboundOut(part), promise: nil) }
+        context.flush()
+    }
+
     public func close() {
         self.channel.close(promise: nil)
     }

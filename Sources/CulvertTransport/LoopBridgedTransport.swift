@@ -37,6 +37,11 @@ public final class LoopBridgedTransport: TransportConnection, TransportConnectio
         inner.eventLoop.execute { inner.send(message) }
     }
 
+    public func send(parts: [ByteBuffer]) {
+        let inner = self.inner
+        inner.eventLoop.execute { inner.send(parts: parts) }
+    }
+
     public func close() {
         let inner = self.inner
         inner.eventLoop.execute { inner.close() }

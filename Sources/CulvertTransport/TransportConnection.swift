@@ -21,6 +21,9 @@ public protocol TransportConnection: AnyObject, Sendable {
     func start(delegate: any TransportConnectionDelegate)
     /// Sends one message and flushes it.
     func send(_ message: ByteBuffer)
+    /// Sends one message made of `parts`, in this order, and flushes it. A transport over a socket writes the parts
+    /// gathered (one `writev`) instead of copying them together; the default copies them into one message.
+    func send(parts: [ByteBuffer])
     /// Closes the connection; the delegate then gets ``TransportConnectionDelegate/transportDidClose(_:error:)``.
     func close()
     /// The session above has authenticated its peer and holds `key`, a secret both ends derived and that never
@@ -32,6 +35,12 @@ public protocol TransportConnection: AnyObject, Sendable {
 
 extension TransportConnection {
     public func sessionAuthenticated(key: [UInt8]) {}
+
+    public func send(parts: [ByteBuffer]) {
+        var message = ByteBufferAllocator().buffer(capacity: parts.reduce(0) { $0 + $1.readableBytes })
+        for part in parts { message.writeImmutableBuffer(part) }
+        self.send(message)
+    }
     public var peerAddress: SocketAddress? { nil }
 }
 

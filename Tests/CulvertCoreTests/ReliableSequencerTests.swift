@@ -15,6 +15,18 @@ import Testing
     }
 
     /// An ACK for frames never sent is an error.
+    /// A frame sent gathered (its header, then its payload as it was) counts as one frame of both parts' bytes and
+    /// is replayed whole, header and payload together.
+    @Test func aFrameSentGatheredIsReplayedWhole() throws {
+        var sequencer = ReliableSequencer()
+        sequencer.recordSent(ByteBuffer(bytes: [1, 1]))
+        sequencer.recordSent(header: ByteBuffer(bytes: [2, 2, 2]), payload: ByteBuffer(bytes: [9, 9, 9, 9]))
+        #expect(sequencer.sent == 2 && sequencer.replayBytes == 9)
+        #expect(try sequencer.framesToReplay(peerReceived: 0) == [ByteBuffer(bytes: [1, 1]), ByteBuffer(bytes: [2, 2, 2, 9, 9, 9, 9])])
+        try sequencer.receiveAck(2)
+        #expect(sequencer.replayBytes == 0)
+    }
+
     @Test func ackBeyondSentIsAnError() {
         var sequencer = ReliableSequencer()
         sequencer.recordSent(ByteBuffer(bytes: [1]))

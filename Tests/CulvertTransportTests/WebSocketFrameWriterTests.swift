@@ -42,4 +42,25 @@ import Testing
         let keyBytes: [UInt8] = [0x01, 0x80, 0x7F, 0xFE]
         #expect(Array(masked.readableBytesView) == payload.readableBytesView.enumerated().map { $0.element ^ keyBytes[$0.offset % 4] })
     }
+
+    /// A payload masked part by part, each with the key rotated to where the part starts, is the payload masked
+    /// whole: how a client masks a message written as several parts.
+    @Test(arguments: [[1, 2], [3, 5, 8], [4, 4], [7, 0, 9, 13]])
+    func maskingInPartsEqualsMaskingWhole(partLengths: [Int]) {
+        let key = Self.word([0x11, 0x22, 0x33, 0x44])
+        let parts = partLengths.enumerated().map { index, length in
+            ByteBuffer(bytes: (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ index) })
+        }
+        var whole = ByteBuffer()
+        for part in parts { whole.writeImmutableBuffer(part) }
+        var maskedWhole = ByteBuffer()
+        WebSocketFrameWriter.appendMasked(whole, maskWord: key, to: &maskedWhole)
+        var maskedParts = ByteBuffer()
+        var offset = 0
+        for part in parts {
+            WebSocketFrameWriter.appendMasked(part, maskWord: WebSocketFrameWriter.maskWord(key, fromPayloadOffset: offset), to: &maskedParts)
+            offset += part.readableBytes
+        }
+        #expect(maskedParts == maskedWhole)
+    }
 }

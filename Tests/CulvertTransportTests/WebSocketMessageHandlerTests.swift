@@ -221,4 +221,26 @@ func wireBytes(_ frames: WebSocketFrame...) throws -> ByteBuffer {
         #expect(received == 200 * frameLength)
         #expect(largest <= 4 * frameLength, "the partial-frame buffer grew to \(largest) bytes")
     }
+
+    /// Several writes and one flush make one binary message of their bytes in order, on a client (masked into one
+    /// buffer) and on a server (the header, then the parts as they are); a close frame written after them follows
+    /// the message.
+    @Test func writesUpToAFlushMakeOneMessage() throws {
+        for isClient in [true, false] {
+            let channel = EmbeddedChannel(handler: WebSocketMessageHandler(isClient: isClient))
+            try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+            let parts = [ByteBuffer(bytes: [1, 2, 3]), ByteBuffer(repeating: 4, count: 3000), ByteBuffer(bytes: [5])]
+            for part in parts { channel.write(part, promise: nil) }
+            #expect(try channel.readOutbound(as: ByteBuffer.self) == nil, "nothing goes out before the flush")
+            channel.flush()
+            let frames = try writtenFrames(channel)
+            #expect(frames.count == 1)
+            #expect(frames.first?.opcode == .binary && (frames.first?.maskKey != nil) == isClient)
+            #expect(Array(frames.first?.unmaskedData.readableBytesView ?? ByteBuffer().readableBytesView) == [1, 2, 3] + Array(repeating: 4, count: 3000) + [5])
+            channel.write(ByteBuffer(bytes: [6]), promise: nil)
+            channel.close(promise: nil)
+            #expect(try writtenFrames(channel).map(\.opcode) == [.binary, .connectionClose])
+            _ = try? channel.finish()
+        }
+    }
 }

@@ -35,7 +35,14 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     /// Where the reliable frames of the unsent batch lie in `outbound`. They are handed to the replay buffer (as
     /// slices) only when the batch is sent: a slice taken earlier would make every later write into `outbound`
     /// copy the whole buffer.
-    private var unsentReliableFrames: [(start: Int, length: Int)] = []
+    private var unsentReliableFrames: [(start: Int, length: Int, payload: ByteBuffer?)] = []
+    /// DATA payloads of the unsent batch that go out as they are, right after their header in `outbound`, instead
+    /// of being copied behind it: where each goes (the index in `outbound` after its header) and the payload.
+    private var gatheredPayloads: [(index: Int, payload: ByteBuffer)] = []
+    /// Bytes of `gatheredPayloads`.
+    private var gatheredBytes = 0
+    /// The parts of the message being sent (kept for its storage).
+    private var messageParts: [ByteBuffer] = []
     /// The batch sent before the current one is filled: reused for the next one once nothing else holds it.
     private var previousBatch: ByteBuffer?
     /// A read of the transport is under way: what it queues goes out at its read-complete (as nio-http2 flushes at
@@ -865,11 +872,18 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
 
     func enqueue(_ frame: Frame) {
         let start = self.outbound.writerIndex
-        self.encoder.encode(frame, into: &self.outbound)
-        if frame.type.isReliable {
-            self.unsentReliableFrames.append((start, self.outbound.writerIndex - start))
+        if case .data(let streamID, let flags, let payload) = frame, payload.readableBytes >= Self.gatheredPayloadMinimum {
+            self.encoder.encodeDataHeader(streamID: streamID, flags: flags, payloadLength: payload.readableBytes, into: &self.outbound)
+            self.gatheredPayloads.append((self.outbound.writerIndex, payload))
+            self.gatheredBytes += payload.readableBytes
+            self.unsentReliableFrames.append((start, self.outbound.writerIndex - start, payload))
+        } else {
+            self.encoder.encode(frame, into: &self.outbound)
+            if frame.type.isReliable {
+                self.unsentReliableFrames.append((start, self.outbound.writerIndex - start, nil))
+            }
         }
-        if self.outbound.readableBytes >= self.configuration.maximumBatchSize {
+        if self.outbound.readableBytes + self.gatheredBytes >= self.configuration.maximumBatchSize {
             self.flushNow()
         } else if !self.flushAtReadComplete {
             self.scheduleFlush()
@@ -896,14 +910,37 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         if !self.unsentReliableFrames.isEmpty {
             let batch = self.outbound
             self.machine.withEstablished { established in
-                for (start, length) in self.unsentReliableFrames {
-                    established.sequencer.recordSent(batch.getSlice(at: start, length: length)!)
+                for (start, length, payload) in self.unsentReliableFrames {
+                    let encoded = batch.getSlice(at: start, length: length)!
+                    if let payload {
+                        established.sequencer.recordSent(header: encoded, payload: payload)
+                    } else {
+                        established.sequencer.recordSent(encoded)
+                    }
                 }
             }
             self.unsentReliableFrames.removeAll(keepingCapacity: true)
         }
+        // What the batch buffer itself held (gathered payloads were not in it) sizes the next one.
         let sent = self.outbound.readableBytes
-        transport.send(self.outbound)
+        if self.gatheredPayloads.isEmpty {
+            transport.send(self.outbound)
+        } else {
+            // Headers and small frames from the batch, each large payload as it came from its socket.
+            var cursor = self.outbound.readerIndex
+            for (index, payload) in self.gatheredPayloads {
+                self.messageParts.append(self.outbound.getSlice(at: cursor, length: index - cursor)!)
+                self.messageParts.append(payload)
+                cursor = index
+            }
+            if cursor < self.outbound.writerIndex {
+                self.messageParts.append(self.outbound.getSlice(at: cursor, length: self.outbound.writerIndex - cursor)!)
+            }
+            transport.send(parts: self.messageParts)
+            self.messageParts.removeAll(keepingCapacity: true)
+            self.gatheredPayloads.removeAll(keepingCapacity: true)
+            self.gatheredBytes = 0
+        }
         self.statistics.transportMessagesSent += 1
         // The next batch goes into the one sent before this, if the socket and the replay buffer (until its frames
         // are acknowledged) have let go of it: `clear(minimumCapacity:)` allocates only while something still holds
@@ -915,6 +952,9 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         self.outbound = next
     }
 
+    /// DATA payloads this long or longer are written after their header as they are (a gathered write); shorter
+    /// ones are copied into the batch, which costs less than another part of the message.
+    static let gatheredPayloadMinimum = 2048
     /// A batch buffer after a small batch (interactive traffic): grows if it must.
     private static let smallBatchCapacity = 2048
     /// After a large one (bulk): room for two full DATA frames, below malloc's mmap threshold so that it is reused

@@ -93,6 +93,15 @@ public struct FrameEncoder: Sendable {
         buffer.setInteger(length, at: headerStart + 6)
     }
 
+    /// Appends the header of a DATA frame alone: its `payloadLength` bytes of payload are sent right after it from
+    /// a buffer of their own (a gathered write), not copied behind the header.
+    public func encodeDataHeader(streamID: StreamID, flags: DataFlags, payloadLength: Int, into buffer: inout ByteBuffer) {
+        buffer.writeInteger(FrameType.data.rawValue)
+        buffer.writeInteger(flags.rawValue)
+        buffer.writeInteger(streamID)
+        buffer.writeInteger(UInt32(payloadLength))
+    }
+
     /// The encoded bytes of `frame` in a buffer of their own.
     public func encode(_ frame: Frame, allocator: ByteBufferAllocator = ByteBufferAllocator()) -> ByteBuffer {
         var buffer = allocator.buffer(capacity: Self.headerLength + 64)

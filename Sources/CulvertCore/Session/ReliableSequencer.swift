@@ -17,8 +17,16 @@ public struct ReliableSequencer: Sendable {
     public private(set) var lastAcknowledged: UInt64 = 0
     private var bytesReceivedSinceAck = 0
 
-    /// Encoded frames sent but not acknowledged, oldest first; frame n is at index `n - acknowledgedByPeer - 1`.
-    private var replay = CircularBuffer<ByteBuffer>()
+    /// A frame sent but not acknowledged: its encoded bytes, or (a DATA frame written gathered) its header and its
+    /// payload as they were sent.
+    private struct SentFrame {
+        var encoded: ByteBuffer
+        var payload: ByteBuffer?
+        var byteCount: Int { self.encoded.readableBytes + (self.payload?.readableBytes ?? 0) }
+    }
+
+    /// Frames sent but not acknowledged, oldest first; frame n is at index `n - acknowledgedByPeer - 1`.
+    private var replay = CircularBuffer<SentFrame>()
     /// Bytes held in the replay buffer.
     public private(set) var replayBytes = 0
 
@@ -33,9 +41,18 @@ public struct ReliableSequencer: Sendable {
 
     /// Records a reliable frame that was just sent, in its encoded form.
     public mutating func recordSent(_ encodedFrame: ByteBuffer) {
+        self.record(SentFrame(encoded: encodedFrame, payload: nil))
+    }
+
+    /// Records a reliable frame that was just sent as its encoded header followed by `payload` (a gathered write).
+    public mutating func recordSent(header: ByteBuffer, payload: ByteBuffer) {
+        self.record(SentFrame(encoded: header, payload: payload))
+    }
+
+    private mutating func record(_ frame: SentFrame) {
         self.sent += 1
-        self.replayBytes += encodedFrame.readableBytes
-        self.replay.append(encodedFrame)
+        self.replayBytes += frame.byteCount
+        self.replay.append(frame)
     }
 
     /// Handles the peer's ACK: frees acknowledged frames. Throws when the peer acknowledges frames never sent.
@@ -43,7 +60,7 @@ public struct ReliableSequencer: Sendable {
         guard count <= self.sent else { throw .ackBeyondSent(acknowledged: count, sent: self.sent) }
         while self.acknowledgedByPeer < count {
             let frame = self.replay.removeFirst()
-            self.replayBytes -= frame.readableBytes
+            self.replayBytes -= frame.byteCount
             self.acknowledgedByPeer += 1
         }
     }
@@ -69,10 +86,17 @@ public struct ReliableSequencer: Sendable {
         return .ack(received: self.received)
     }
 
-    /// The frames to send again on a new transport connection, given that the peer has received `peerReceived`.
+    /// The frames to send again on a new transport connection, given that the peer has received `peerReceived`,
+    /// each in its encoded form (a frame sent gathered is put together again: replay is rare, a copy then is cheap).
     public mutating func framesToReplay(peerReceived: UInt64) throws(SequencerError) -> [ByteBuffer] {
         try self.receiveAck(max(peerReceived, self.acknowledgedByPeer))
-        return Array(self.replay)
+        return self.replay.map { frame in
+            guard let payload = frame.payload else { return frame.encoded }
+            var whole = ByteBufferAllocator().buffer(capacity: frame.byteCount)
+            whole.writeImmutableBuffer(frame.encoded)
+            whole.writeImmutableBuffer(payload)
+            return whole
+        }
     }
 }
 

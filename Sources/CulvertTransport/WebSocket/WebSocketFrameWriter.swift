@@ -19,7 +19,12 @@ enum WebSocketFrameWriter {
         maskWord: UInt32?,
         into buffer: inout ByteBuffer
     ) {
-        let length = payload.readableBytes
+        Self.writeHeader(opcode: opcode, payloadLength: payload.readableBytes, maskWord: maskWord, into: &buffer)
+        if let maskWord { Self.appendMasked(payload, maskWord: maskWord, to: &buffer) }
+    }
+
+    /// Writes the header of a frame whose payload is `payloadLength` bytes (and the key, if any) into `buffer`.
+    static func writeHeader(opcode: WebSocketOpcode, payloadLength length: Int, maskWord: UInt32?, into buffer: inout ByteBuffer) {
         buffer.writeInteger(UInt8(0x80) | UInt8(webSocketOpcode: opcode))
         let maskBit: UInt8 = maskWord == nil ? 0 : 0x80
         if length < 126 {
@@ -31,9 +36,21 @@ enum WebSocketFrameWriter {
             buffer.writeInteger(maskBit | 127)
             buffer.writeInteger(UInt64(length))
         }
-        guard let maskWord else { return }
-        buffer.writeInteger(maskWord, endianness: .host)
-        Self.appendMasked(payload, maskWord: maskWord, to: &buffer)
+        if let maskWord { buffer.writeInteger(maskWord, endianness: .host) }
+    }
+
+    /// The key as it applies from payload byte `offset` on: its bytes rotated, so that a payload made of several
+    /// parts is masked part by part with ``appendMasked(_:maskWord:to:)``.
+    static func maskWord(_ word: UInt32, fromPayloadOffset offset: Int) -> UInt32 {
+        let shift = offset % 4
+        guard shift != 0 else { return word }
+        var rotated: UInt32 = 0
+        withUnsafeBytes(of: word) { source in
+            withUnsafeMutableBytes(of: &rotated) { target in
+                for index in 0..<4 { target[index] = source[(index + shift) % 4] }
+            }
+        }
+        return rotated
     }
 
     /// Appends `source` XOR the repeating 4-byte key (starting at key index 0) to `destination`. `maskWord` holds

@@ -29,6 +29,10 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
     private var unmaskedPayload = ByteBuffer()
     /// Where headers (and a client's masked payloads) are written; reused once the socket has sent the last one.
     private var outboundFrame = ByteBuffer()
+    /// Payloads written since the last flush: they go out as one binary message when it comes (the session writes
+    /// a batch as DATA headers and payloads, and the flush that ends it).
+    private var unflushedParts: [ByteBuffer] = []
+    private var unflushedPromise: EventLoopPromise<Void>?
     private var inFragmentedMessage = false
     /// A close was received or the peer broke the protocol: nothing after it is read.
     private var inputEnded = false
@@ -120,7 +124,56 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
     }
 
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        self.writeFrame(context: context, opcode: .binary, payload: self.unwrapOutboundIn(data), promise: promise)
+        self.unflushedParts.append(self.unwrapOutboundIn(data))
+        guard let promise else { return }
+        if let pending = self.unflushedPromise {
+            pending.futureResult.cascade(to: promise)
+        } else {
+            self.unflushedPromise = promise
+        }
+    }
+
+    public func flush(context: ChannelHandlerContext) {
+        self.writeUnflushedMessage(context: context)
+        context.flush()
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        self.unflushedParts.removeAll()
+        self.unflushedPromise?.fail(ChannelError.ioOnClosedChannel)
+        self.unflushedPromise = nil
+    }
+
+    /// What was written since the last flush, as one binary frame: a server sends the header and then the parts as
+    /// they are (one `writev`); a client masks them into one buffer, part by part.
+    private func writeUnflushedMessage(context: ChannelHandlerContext) {
+        guard !self.unflushedParts.isEmpty else { return }
+        let promise = self.unflushedPromise
+        self.unflushedPromise = nil
+        if self.unflushedParts.count == 1 {
+            self.writeFrame(context: context, opcode: .binary, payload: self.unflushedParts[0], promise: promise)
+            self.unflushedParts.removeAll(keepingCapacity: true)
+            return
+        }
+        let length = self.unflushedParts.reduce(0) { $0 + $1.readableBytes }
+        let maskWord = self.isClient ? self.maskKeys.next() : nil
+        self.outboundFrame.clear(minimumCapacity: WebSocketFrameWriter.maximumHeaderLength + (maskWord == nil ? 0 : length))
+        WebSocketFrameWriter.writeHeader(opcode: .binary, payloadLength: length, maskWord: maskWord, into: &self.outboundFrame)
+        if let maskWord {
+            var offset = 0
+            for part in self.unflushedParts {
+                let key = WebSocketFrameWriter.maskWord(maskWord, fromPayloadOffset: offset)
+                WebSocketFrameWriter.appendMasked(part, maskWord: key, to: &self.outboundFrame)
+                offset += part.readableBytes
+            }
+            context.write(self.wrapOutboundOut(self.outboundFrame), promise: promise)
+        } else {
+            context.write(self.wrapOutboundOut(self.outboundFrame), promise: nil)
+            for (index, part) in self.unflushedParts.enumerated() {
+                context.write(self.wrapOutboundOut(part), promise: index == self.unflushedParts.count - 1 ? promise : nil)
+            }
+        }
+        self.unflushedParts.removeAll(keepingCapacity: true)
     }
 
     public func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
@@ -192,6 +245,8 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
         payload: ByteBuffer,
         promise: EventLoopPromise<Void>?
     ) {
+        // A control frame goes after the data written before it.
+        if opcode != .binary { self.writeUnflushedMessage(context: context) }
         let maskWord = self.isClient ? self.maskKeys.next() : nil
         let masked = maskWord == nil ? 0 : payload.readableBytes
         self.outboundFrame.clear(minimumCapacity: WebSocketFrameWriter.maximumHeaderLength + masked)
