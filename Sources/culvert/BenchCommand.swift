@@ -226,12 +226,26 @@ struct BenchCommand: AsyncParsableCommand {
                     if result == nil { failed.insert("\(name) \(figure)") }
                     return result
                 }
+                // CPU per MiB of the path's processes over each transfer (the lowest of the rounds): steadier than the
+                // throughput, which moves with whatever else the VM runs.
+                func cpuPerMiB(since start: ProcessMeter.Sample?) -> Double? {
+                    guard let start, let end = meters[name]?.sample() else { return nil }
+                    return (end.cpuSeconds - start.cpuSeconds) / Double(self.mib) * 1e6
+                }
+                let uploadStart = meters[name]?.sample()
                 if let value = try await attempt("upload", {
                     Double(bytes) / 1_048_576 / (try await LoadGenerator.upload(port: ports[0], byteCount: bytes, group: group))
-                }) { row["upload"] = max(row["upload"] ?? 0, value) }
+                }) {
+                    row["upload"] = max(row["upload"] ?? 0, value)
+                    if let cpu = cpuPerMiB(since: uploadStart) { row["cpuUp"] = min(row["cpuUp"] ?? .infinity, cpu) }
+                }
+                let downloadStart = meters[name]?.sample()
                 if let value = try await attempt("download", {
                     Double(bytes) / 1_048_576 / (try await LoadGenerator.download(port: ports[1], byteCount: bytes, group: group))
-                }) { row["download"] = max(row["download"] ?? 0, value) }
+                }) {
+                    row["download"] = max(row["download"] ?? 0, value)
+                    if let cpu = cpuPerMiB(since: downloadStart) { row["cpuDown"] = min(row["cpuDown"] ?? .infinity, cpu) }
+                }
                 // The run with the lowest median counts; CPU and allocations per round trip of the processes that make
                 // the path, over the whole run (the lowest of the rounds).
                 let before = meters[name]?.sample()
@@ -273,6 +287,8 @@ struct BenchCommand: AsyncParsableCommand {
             ("p50", "1-byte ping-pong p50, µs"),
             ("p99", "1-byte ping-pong p99, µs"),
             ("rtps", "\(self.streams) streams, round trips/s"),
+            ("cpuUp", "CPU per MiB up, µs"),
+            ("cpuDown", "CPU per MiB down, µs"),
             ("cpu", "CPU per round trip, µs"),
             ("allocs", "allocations per round trip"),
         ]
