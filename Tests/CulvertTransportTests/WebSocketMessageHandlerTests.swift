@@ -158,6 +158,38 @@ func wireBytes(_ frames: WebSocketFrame...) throws -> ByteBuffer {
         }
     }
 
+    /// A large frame's payload goes up piece by piece as it arrives, before the frame is complete, on a client
+    /// (slices of the reads) and on a server (unmasked with the key where each piece starts); a control frame that
+    /// follows is still read whole.
+    @Test func aLargeFramesPayloadIsPassedUpAsItArrives() throws {
+        let payload = (0..<40_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        for isClient in [true, false] {
+            let channel = EmbeddedChannel(handler: WebSocketMessageHandler(isClient: isClient))
+            defer { _ = try? channel.finish() }
+            let frame = isClient
+                ? WebSocketFrame(fin: true, opcode: .binary, data: ByteBuffer(bytes: payload))
+                : self.masked(.binary, payload)
+            var wire = try wireBytes(frame, isClient ? WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer(bytes: [9]))
+                : self.masked(.ping, [9]))
+            var received: [UInt8] = []
+            // Pieces of odd lengths, so that the mask's position moves within its four bytes.
+            for length in [5, 4_001, 10_003, wire.readableBytes - 14_009] {
+                try channel.writeInbound(wire.readSlice(length: length)!)
+                var piece: [UInt8] = []
+                while let message = try channel.readInbound(as: ByteBuffer.self) { piece += Array(message.readableBytesView) }
+                if received.count + piece.count < payload.count {
+                    #expect(!piece.isEmpty || length == 5, "\(length) bytes read, none passed up (client: \(isClient))")
+                }
+                received += piece
+            }
+            #expect(wire.readableBytes == 0)
+            // Compared without printing 40,000 bytes when they differ.
+            #expect(received.count == payload.count, "client: \(isClient)")
+            #expect(received == payload ? true : false, "client: \(isClient)")
+            #expect(try writtenFrames(channel).map(\.opcode) == [.pong])
+        }
+    }
+
     /// A server unmasks every payload correctly while it reuses its buffer, and a payload the layer above still
     /// holds is never overwritten by the next frame's.
     @Test func heldPayloadsAreNotOverwrittenByLaterFrames() throws {

@@ -1,7 +1,8 @@
 import NIOCore
 import NIOWebSocket
 
-/// Reads RFC 6455 frames (section 5.2) off the front of a connection's bytes, one whole frame at a time.
+/// Reads RFC 6455 frames (section 5.2) off the front of a connection's bytes: control frames whole, data frames
+/// whole or (when asked) as soon as their header is in, so a large frame's payload can be passed on as it arrives.
 ///
 /// Written here rather than taken from NIOWebSocket's `WebSocketFrameDecoder` because that decoder boxes every frame
 /// in a heap-allocated `WebSocketFrame` (one allocation per message on each side) and leaves unmasking to a copy;
@@ -16,7 +17,10 @@ struct WebSocketFrameParser {
         var opcode: WebSocketOpcode
         /// The masking key as its four bytes lie in memory (see ``WebSocketFrameWriter/appendMasked(_:maskWord:to:)``).
         var maskWord: UInt32?
+        /// The payload read so far: all of it, unless the frame is a data frame read with `streamingData`.
         var payload: ByteBuffer
+        /// The payload bytes that follow `payload` and have not arrived yet (0 when the frame is whole).
+        var remainingPayloadLength: Int = 0
     }
 
     /// What makes a frame unreadable; the connection cannot go on after it.
@@ -33,8 +37,10 @@ struct WebSocketFrameParser {
     let maximumFrameSize: Int
 
     /// Parses the frame at the front of `buffer` and consumes it; returns nil, consuming nothing, while the buffer
-    /// does not hold the whole frame yet. A frame too large is refused as soon as its header arrives.
-    func parse(_ buffer: inout ByteBuffer) throws(ParseError) -> Frame? {
+    /// does not hold the whole frame yet. With `streamingData`, a binary or continuation frame is returned as soon
+    /// as its header is in, with the payload bytes there are and the count of those still to come (the caller reads
+    /// them off the stream itself). A frame too large is refused as soon as its header arrives.
+    func parse(_ buffer: inout ByteBuffer, streamingData: Bool = false) throws(ParseError) -> Frame? {
         let start = buffer.readerIndex
         guard let first = buffer.getInteger(at: start, as: UInt8.self),
             let second = buffer.getInteger(at: start + 1, as: UInt8.self)
@@ -70,14 +76,18 @@ struct WebSocketFrameParser {
             maskWord = word
             offset += 4
         }
-        guard let payload = buffer.getSlice(at: offset, length: Int(length)) else { return nil }
-        buffer.moveReaderIndex(to: offset + Int(length))
+        let available = buffer.writerIndex - offset
+        let isStreamed = streamingData && !opcode.isControlOpcode && available < Int(length)
+        let present = isStreamed ? available : Int(length)
+        guard let payload = buffer.getSlice(at: offset, length: present) else { return nil }
+        buffer.moveReaderIndex(to: offset + present)
         return Frame(
             fin: fin,
             reservedBits: (first >> 4) & 0x07,
             opcode: opcode,
             maskWord: maskWord,
-            payload: payload
+            payload: payload,
+            remainingPayloadLength: Int(length) - present
         )
     }
 }

@@ -10,8 +10,9 @@ import NIOWebSocket
 /// ``WebSocketFrameWriter`` (the pipeline has neither NIO's frame decoder nor its encoder), so a message costs no
 /// frame object: a client's downstream payload goes up as a slice of the bytes read, a server unmasks into one
 /// buffer it reuses, and the buffer for outbound headers (and a client's masked copy) is reused as soon as the
-/// socket has let go of it. Binary data frames and their continuations are passed up as they arrive (the session
-/// above reads a byte stream, so fragments need no reassembly). Pings are answered, a close is echoed and ends the
+/// socket has let go of it. The payloads of binary data frames and their continuations are passed up piece by piece
+/// as the socket delivers them, not gathered into whole frames (the session above reads a byte stream, so neither
+/// frames nor fragments need reassembly); only a frame's header and a control frame are ever held back. Pings are answered, a close is echoed and ends the
 /// connection, and text frames, reserved bits, unknown opcodes, oversized or malformed frames and (on a server)
 /// unmasked frames end it with the RFC's close codes. A client masks every frame it sends with a fresh key.
 public final class WebSocketMessageHandler: ChannelDuplexHandler {
@@ -23,8 +24,10 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
     private let isClient: Bool
     private let parser: WebSocketFrameParser
     private var maskKeys = MaskKeySource()
-    /// The start of a frame that has not arrived whole yet.
+    /// The start of a frame whose header (or, for a control frame, whole frame) has not arrived yet.
     private var partialFrame: ByteBuffer?
+    /// The data frame whose payload is still arriving.
+    private var streamedPayload: StreamedPayload?
     /// Where a server unmasks payloads; reused once the session above has let go of the last one.
     private var unmaskedPayload = ByteBuffer()
     /// Where headers (and a client's masked payloads) are written; reused once the socket has sent the last one.
@@ -59,9 +62,16 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
             bytes = partial
         }
         while !self.inputEnded {
+            if let streamed = self.streamedPayload {
+                guard bytes.readableBytes > 0 else { break }
+                let piece = bytes.readSlice(length: min(streamed.remainingLength, bytes.readableBytes))!
+                self.streamedPayload = streamed.advanced(by: piece.readableBytes)
+                self.forward(piece, maskWord: streamed.maskWord, context: context)
+                continue
+            }
             let frame: WebSocketFrameParser.Frame?
             do {
-                frame = try self.parser.parse(&bytes)
+                frame = try self.parser.parse(&bytes, streamingData: true)
             } catch {
                 self.inputEnded = true
                 switch error {
@@ -193,9 +203,28 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
         }
     }
 
+    /// Passes up what has arrived of a data frame's payload and notes what is still to come.
     private func forwardPayload(of frame: WebSocketFrameParser.Frame, context: ChannelHandlerContext) {
-        guard frame.payload.readableBytes > 0 else { return }
-        context.fireChannelRead(self.wrapInboundOut(self.unmasked(frame)))
+        if frame.remainingPayloadLength > 0 {
+            self.streamedPayload = StreamedPayload(
+                remainingLength: frame.remainingPayloadLength,
+                maskWord: frame.maskWord.map { WebSocketFrameWriter.maskWord($0, fromPayloadOffset: frame.payload.readableBytes) }
+            )
+        }
+        self.forward(frame.payload, maskWord: frame.maskWord, context: context)
+    }
+
+    /// Passes `payload` up, unmasked with `maskWord` (already rotated to where the piece starts in its frame) into
+    /// ``unmaskedPayload`` when there is one.
+    private func forward(_ payload: ByteBuffer, maskWord: UInt32?, context: ChannelHandlerContext) {
+        guard payload.readableBytes > 0 else { return }
+        guard let maskWord else {
+            context.fireChannelRead(self.wrapInboundOut(payload))
+            return
+        }
+        self.unmaskedPayload.clear(minimumCapacity: payload.readableBytes)
+        WebSocketFrameWriter.appendMasked(payload, maskWord: maskWord, to: &self.unmaskedPayload)
+        context.fireChannelRead(self.wrapInboundOut(self.unmaskedPayload))
     }
 
     private func receivedClose(context: ChannelHandlerContext, frame: WebSocketFrameParser.Frame) {
@@ -259,13 +288,27 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
         }
     }
 
-    /// The frame's payload with any mask removed: the payload itself when unmasked, else unmasked into
-    /// ``unmaskedPayload`` (reused when nothing holds the last one any more).
+    /// A control frame's payload with any mask removed (into a buffer of its own: it is at most 125 bytes).
     private func unmasked(_ frame: WebSocketFrameParser.Frame) -> ByteBuffer {
         guard let maskWord = frame.maskWord else { return frame.payload }
-        self.unmaskedPayload.clear(minimumCapacity: frame.payload.readableBytes)
-        WebSocketFrameWriter.appendMasked(frame.payload, maskWord: maskWord, to: &self.unmaskedPayload)
-        return self.unmaskedPayload
+        var plain = ByteBuffer()
+        WebSocketFrameWriter.appendMasked(frame.payload, maskWord: maskWord, to: &plain)
+        return plain
+    }
+}
+
+/// How much of a data frame's payload is still to arrive, and the mask key rotated to where it resumes.
+private struct StreamedPayload {
+    var remainingLength: Int
+    var maskWord: UInt32?
+
+    /// The rest after `count` more bytes, or nil when they finish the payload.
+    func advanced(by count: Int) -> StreamedPayload? {
+        guard count < self.remainingLength else { return nil }
+        return StreamedPayload(
+            remainingLength: self.remainingLength - count,
+            maskWord: self.maskWord.map { WebSocketFrameWriter.maskWord($0, fromPayloadOffset: count) }
+        )
     }
 }
 
