@@ -21,6 +21,15 @@ struct WebSocketFrameParser {
         var payload: ByteBuffer
         /// The payload bytes that follow `payload` and have not arrived yet (0 when the frame is whole).
         var remainingPayloadLength: Int = 0
+
+        /// The payload read so far with any mask removed, in a buffer of its own (for control frames, at most 125
+        /// bytes; data payloads are unmasked into a reused buffer by the handler).
+        var unmaskedPayload: ByteBuffer {
+            guard let maskWord = self.maskWord else { return self.payload }
+            var plain = ByteBuffer()
+            WebSocketFrameWriter.appendMasked(self.payload, maskWord: maskWord, to: &plain)
+            return plain
+        }
     }
 
     /// What makes a frame unreadable; the connection cannot go on after it.
@@ -104,24 +113,17 @@ public enum WebSocketFrameFuzzing {
         var count = 0
         while let frame = try? parser.parse(&buffer) {
             count += 1
-            let plain = Self.unmasked(frame)
+            let plain = frame.unmaskedPayload
             var written = ByteBuffer()
             WebSocketFrameWriter.write(opcode: frame.opcode, payload: plain, maskWord: frame.maskWord, into: &written)
             if frame.maskWord == nil { written.writeImmutableBuffer(plain) }
             let again = try? parser.parse(&written)
             precondition(
-                again.map { ($0.opcode, $0.maskWord, Self.unmasked($0)) == (frame.opcode, frame.maskWord, plain) } == true,
+                again.map { ($0.opcode, $0.maskWord, $0.unmaskedPayload) == (frame.opcode, frame.maskWord, plain) } == true,
                 "a \(frame.opcode) frame of \(plain.readableBytes) bytes does not survive writing"
             )
             precondition(written.readableBytes == 0, "a rewritten frame left \(written.readableBytes) bytes unread")
         }
         return count
-    }
-
-    private static func unmasked(_ frame: WebSocketFrameParser.Frame) -> ByteBuffer {
-        guard let maskWord = frame.maskWord else { return frame.payload }
-        var plain = ByteBuffer()
-        WebSocketFrameWriter.appendMasked(frame.payload, maskWord: maskWord, to: &plain)
-        return plain
     }
 }

@@ -29,7 +29,7 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
     /// The data frame whose payload is still arriving.
     private var streamedPayload: StreamedPayload?
     /// Where a server unmasks payloads; reused once the session above has let go of the last one.
-    private var unmaskedPayload = ByteBuffer()
+    private var unmaskedData = ByteBuffer()
     /// Where headers (and a client's masked payloads) are written; reused once the socket has sent the last one.
     private var outboundFrame = ByteBuffer()
     /// Payloads written since the last flush: they go out as one binary message when it comes (the session writes
@@ -119,7 +119,7 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
             self.inFragmentedMessage = !frame.fin
             self.forwardPayload(of: frame, context: context)
         case .ping:
-            self.writeFrame(context: context, opcode: .pong, payload: self.unmasked(frame), promise: nil)
+            self.writeFrame(context: context, opcode: .pong, payload: frame.unmaskedPayload, promise: nil)
             context.flush()
         case .pong:
             break
@@ -215,16 +215,16 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
     }
 
     /// Passes `payload` up, unmasked with `maskWord` (already rotated to where the piece starts in its frame) into
-    /// ``unmaskedPayload`` when there is one.
+    /// ``unmaskedData`` when there is one.
     private func forward(_ payload: ByteBuffer, maskWord: UInt32?, context: ChannelHandlerContext) {
         guard payload.readableBytes > 0 else { return }
         guard let maskWord else {
             context.fireChannelRead(self.wrapInboundOut(payload))
             return
         }
-        self.unmaskedPayload.clear(minimumCapacity: payload.readableBytes)
-        WebSocketFrameWriter.appendMasked(payload, maskWord: maskWord, to: &self.unmaskedPayload)
-        context.fireChannelRead(self.wrapInboundOut(self.unmaskedPayload))
+        self.unmaskedData.clear(minimumCapacity: payload.readableBytes)
+        WebSocketFrameWriter.appendMasked(payload, maskWord: maskWord, to: &self.unmaskedData)
+        context.fireChannelRead(self.wrapInboundOut(self.unmaskedData))
     }
 
     private func receivedClose(context: ChannelHandlerContext, frame: WebSocketFrameParser.Frame) {
@@ -233,7 +233,7 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
             return
         }
         self.closeSent = true
-        self.writeFrameThenClose(context: context, opcode: .connectionClose, payload: self.unmasked(frame))
+        self.writeFrameThenClose(context: context, opcode: .connectionClose, payload: frame.unmaskedPayload)
     }
 
     /// The peer broke the protocol: nothing more is read, and the connection ends with `code`.
@@ -288,13 +288,6 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
         }
     }
 
-    /// A control frame's payload with any mask removed (into a buffer of its own: it is at most 125 bytes).
-    private func unmasked(_ frame: WebSocketFrameParser.Frame) -> ByteBuffer {
-        guard let maskWord = frame.maskWord else { return frame.payload }
-        var plain = ByteBuffer()
-        WebSocketFrameWriter.appendMasked(frame.payload, maskWord: maskWord, to: &plain)
-        return plain
-    }
 }
 
 /// How much of a data frame's payload is still to arrive, and the mask key rotated to where it resumes.
