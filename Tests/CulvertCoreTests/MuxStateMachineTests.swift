@@ -213,6 +213,26 @@ import Testing
         }
     }
 
+    /// With many streams starved of memory, memory released goes to them in the order they started waiting, and a
+    /// starved stream that reads is topped up from its floor without the others being touched.
+    @Test func starvedStreamsAreFedInTheOrderTheyStarved() throws {
+        let configuration = MuxConfiguration(initialStreamWindow: 16 * 1024, sessionMemoryLimit: 256 * 1024, maximumStreams: 64)
+        var (client, server, ids) = try self.openedStreams(64, configuration: configuration)
+        // Only the first streams got a full window; the rest wait at their floor.
+        let starved = ids.filter { client.sendableBytes($0) < 16 * 1024 }
+        #expect(starved.count > 40)
+        // The starved stream at the back reads a byte: only it gets credit.
+        let last = try #require(starved.last)
+        _ = server.receive(client.sendData(last, payload: self.payload(1)))
+        #expect(server.consumed(last, bytes: 1).frames.map(\.streamID) == [last])
+        // A full stream closes: its memory goes to the streams that starved first.
+        let full = ids[0]
+        _ = client.receive(try unwrap(server.localReset(full, code: .cancelled, message: "done")))
+        let fed = server.consumed(full, bytes: 0).frames.map(\.streamID)
+        #expect(!fed.isEmpty)
+        #expect(fed == Array(starved.prefix(fed.count)), "fed \(fed), starved in order \(starved)")
+    }
+
     /// A stream whose reader keeps up grows its window beyond the initial size, up to the maximum.
     @Test func windowGrowsForAFastReader() throws {
         let configuration = MuxConfiguration(initialStreamWindow: 64 * 1024, maximumStreamWindow: 1024 * 1024)

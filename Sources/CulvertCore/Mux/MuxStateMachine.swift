@@ -27,7 +27,7 @@ public struct MuxStateMachine: Sendable {
     private var committedReceiveMemory = 0
     /// Memory committed beyond each stream's floor, from the shared pool (see ``floorGrant``).
     private var sharedMemoryInUse = 0
-    private var starvedStreams: [StreamID] = []
+    private var starvedStreams = StarvedStreamQueue()
     /// Receive memory every stream is entitled to whatever the others hold: a quarter of the session memory
     /// divided among the most streams there can be (4 KiB with the defaults). Idle streams whose windows grew keep
     /// their credit (it cannot be taken back), so without this floor they could leave a new stream no credit at all
@@ -316,9 +316,7 @@ public struct MuxStateMachine: Sendable {
     private mutating func remove(_ id: StreamID) {
         guard let stream = self.streams.removeValue(forKey: id) else { return }
         self.account(from: stream.committedMemory, to: 0)
-        if let index = self.starvedStreams.firstIndex(of: id) {
-            self.starvedStreams.remove(at: index)
-        }
+        self.starvedStreams.remove(id)
     }
 
     /// Stores `stream` and accounts for the change in the memory it holds.
@@ -362,15 +360,15 @@ public struct MuxStateMachine: Sendable {
         let increment = min(wanted, self.grantable(committed: stream.committedMemory))
         guard increment > 0 else {
             self.store(id, stream)
-            if wanted > 0, !self.starvedStreams.contains(id) { self.starvedStreams.append(id) }
+            if wanted > 0 { self.starvedStreams.append(id) }
             return nil
         }
         stream.peerCredit += increment
         stream.consumedSinceUpdate = 0
         self.store(id, stream)
         if increment == wanted {
-            if let index = self.starvedStreams.firstIndex(of: id) { self.starvedStreams.remove(at: index) }
-        } else if !self.starvedStreams.contains(id) {
+            self.starvedStreams.remove(id)
+        } else {
             self.starvedStreams.append(id)
         }
         return .window(streamID: id, increment: UInt32(increment))
@@ -382,15 +380,20 @@ public struct MuxStateMachine: Sendable {
         guard !self.starvedStreams.isEmpty else { return [] }
         let consumerStarved = consumer.map { self.starvedStreams.contains($0) } ?? false
         guard self.sharedMemoryAvailable > 0 || consumerStarved else { return [] }
-        let waiting = self.starvedStreams
-        self.starvedStreams = []
         var frames: [Frame] = []
-        for id in waiting {
-            if self.sharedMemoryAvailable == 0 && id != consumer {
-                self.starvedStreams.append(id)
-            } else if let frame = self.grantCredit(id) {
-                frames.append(frame)
-            }
+        var consumerServed = false
+        // In order while the shared pool lasts; each stream at most once (one that is only partly served goes to
+        // the back). The work is bounded by the grants made, not by how many streams wait.
+        var waiting = self.starvedStreams.count
+        while waiting > 0, self.sharedMemoryAvailable > 0, let id = self.starvedStreams.popFirst() {
+            waiting -= 1
+            if id == consumer { consumerServed = true }
+            if let frame = self.grantCredit(id) { frames.append(frame) }
+        }
+        // The consumer may be served from its own floor when the pool is empty.
+        if let consumer, consumerStarved, !consumerServed, self.starvedStreams.contains(consumer) {
+            self.starvedStreams.remove(consumer)
+            if let frame = self.grantCredit(consumer) { frames.append(frame) }
         }
         return frames
     }
