@@ -115,26 +115,41 @@ struct ClientCommand: AsyncParsableCommand {
         configuration.udpTimeout = TimeAmount.fromSeconds(self.forwarding.udpTimeout)
         configuration.firstConnectionRetryTime = self.maxRetryTime.map(TimeAmount.fromSeconds)
         configuration.reconnectRetryTime = self.maxRetryTime.map(TimeAmount.fromSeconds)
-        let client: TunnelClient
-        do {
-            if self.transport == .auto {
-                client = try await AutomaticTransport.connect(
-                    configuration: configuration, cache: NegotiationCache.userCache(),
-                    group: MultiThreadedEventLoopGroup.singleton, logger: logger
+        let group = MultiThreadedEventLoopGroup.singleton
+        let firstSignal = SignalWaiter.firstSignal(signals, eventLoop: group.any())
+        // The first session may take long to come (the server is down, the path refuses every transport): a signal
+        // meanwhile stops the client at once, with the local connections that wait for it.
+        let connected = group.any().makePromise(of: TunnelClient.self)
+        let automatic = self.transport == .auto
+        connected.completeWithTask { [configuration] in
+            if automatic {
+                return try await AutomaticTransport.connect(
+                    configuration: configuration, cache: NegotiationCache.userCache(), group: group, logger: logger
                 )
-            } else {
-                client = try await TunnelClient.connect(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
             }
-        } catch let error as SessionError {
-            fail(error.userMessage)
-        } catch {
-            fail("\(error)")
+            return try await TunnelClient.connect(configuration: configuration, group: group, logger: logger)
+        }
+        let client: TunnelClient
+        switch await SignalWaiter.waitForSignal(firstSignal, orFirstOf: [connected.futureResult.map(Optional.some)], ifFailed: nil) {
+        case .signal(let signal):
+            logger.info("\(SignalWaiter.name(of: signal)): stopping before the tunnel to the server was up")
+            Foundation.exit(0)
+        case .ended(let started?):
+            client = started
+        case .ended(nil):
+            do {
+                client = try await connected.futureResult.get()
+            } catch let error as SessionError {
+                fail(error.userMessage)
+            } catch {
+                fail("\(error)")
+            }
         }
         if let standardIOTarget, let streamEnd = client.standardIOEnded {
-            await self.runStandardIO(to: standardIOTarget, streamEnd: streamEnd, client: client, signals: signals, logger: logger)
+            await self.runStandardIO(to: standardIOTarget, streamEnd: streamEnd, client: client, signal: firstSignal, logger: logger)
             return
         }
-        switch await SignalWaiter.waitForSignal(signals, orEndOf: client.ended) {
+        switch await SignalWaiter.waitForSignal(firstSignal, orEndOf: client.ended) {
         case .signal(let signal):
             logger.info("\(SignalWaiter.name(of: signal)): shutting down (open streams get \(TimeAmount.fromSeconds(self.shutdownGrace).roundedText) to finish; again to exit at once)")
             await client.shutdown(gracePeriod: .milliseconds(Int64(self.shutdownGrace * 1000)))
@@ -156,11 +171,11 @@ extension ClientCommand {
     /// Waits for the stdin/stdout stream to `target` and exits when it is over: 0 once it finished, 1 when it could
     /// not be opened or the tunnel ended under it.
     func runStandardIO(
-        to target: TargetAddress, streamEnd: EventLoopFuture<StreamOpenResult>, client: TunnelClient, signals: AsyncStream<Int32>,
+        to target: TargetAddress, streamEnd: EventLoopFuture<StreamOpenResult>, client: TunnelClient, signal: EventLoopFuture<Int32>,
         logger: Logger
     ) async {
         let outcome = await SignalWaiter.waitForSignal(
-            signals, orFirstOf: [streamEnd.map(StandardIOEnd.stream), client.ended.map(StandardIOEnd.tunnel)],
+            signal, orFirstOf: [streamEnd.map(StandardIOEnd.stream), client.ended.map(StandardIOEnd.tunnel)],
             ifFailed: .tunnel(.shutdown)
         )
         await client.shutdown(gracePeriod: .milliseconds(Int64(self.shutdownGrace * 1000)))

@@ -60,14 +60,24 @@ enum SignalWaiter {
         }
     }
 
-    /// Waits for a signal or for `ended` to complete, whichever comes first.
-    static func waitForSignal(_ signals: AsyncStream<Int32>, orEndOf ended: EventLoopFuture<SessionError>) async -> Outcome<SessionError> {
-        await Self.waitForSignal(signals, orFirstOf: [ended], ifFailed: .shutdown)
+    /// The first signal from `signals` as a future; the process exits at the next one (see ``wait(_:)``). For a
+    /// command that must notice a signal in more than one phase: the stream has one reader, this future many.
+    static func firstSignal(_ signals: AsyncStream<Int32>, eventLoop: any EventLoop) -> EventLoopFuture<Int32> {
+        let promise = eventLoop.makePromise(of: Int32.self)
+        Task {
+            promise.succeed(await Self.wait(signals))
+        }
+        return promise.futureResult
     }
 
-    /// Waits for a signal or for the first of `futures` to complete (`ifFailed` stands for one that failed).
+    /// Waits for `signal` or for `ended` to complete, whichever comes first.
+    static func waitForSignal(_ signal: EventLoopFuture<Int32>, orEndOf ended: EventLoopFuture<SessionError>) async -> Outcome<SessionError> {
+        await Self.waitForSignal(signal, orFirstOf: [ended], ifFailed: .shutdown)
+    }
+
+    /// Waits for `signal` or for the first of `futures` to complete (`ifFailed` stands for one that failed).
     static func waitForSignal<Ended: Sendable>(
-        _ signals: AsyncStream<Int32>, orFirstOf futures: [EventLoopFuture<Ended>], ifFailed: Ended
+        _ signal: EventLoopFuture<Int32>, orFirstOf futures: [EventLoopFuture<Ended>], ifFailed: Ended
     ) async -> Outcome<Ended> {
         await withCheckedContinuation { (continuation: CheckedContinuation<Outcome<Ended>, Never>) in
             let once = OnceFlag()
@@ -77,8 +87,7 @@ enum SignalWaiter {
                     if once.claim() { continuation.resume(returning: .ended(value)) }
                 }
             }
-            Task {
-                let signal = await SignalWaiter.wait(signals)
+            signal.whenSuccess { signal in
                 if once.claim() { continuation.resume(returning: .signal(signal)) }
             }
         }

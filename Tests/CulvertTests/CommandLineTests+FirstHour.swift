@@ -60,6 +60,32 @@ extension CommandLineTests {
         }
     }
 
+    /// SIGTERM or Ctrl-C while the server is still down, with a local connection waiting for the tunnel, stops the
+    /// client at once with status 0 and closes the waiting connection (the client once ignored signals until its
+    /// first session came, which it never did).
+    @Test(arguments: [SIGTERM, SIGINT])
+    func aSignalStopsAClientWhoseServerIsNotUpYet(signal: Int32) async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let serverPort = try await RawConnection.unusedPort(group: group)
+        let localPort = try await RawConnection.unusedPort(group: group)
+        let client = try LoggedProcess([
+            "client", "http://127.0.0.1:\(serverPort)", "--token", "t", "--transport", "websocket",
+            "-L", "127.0.0.1:\(localPort):127.0.0.1:1",
+        ])
+        defer { client.stop() }
+        #expect(try await RealProxy.waitForListener(port: localPort, startedBy: client.process))
+        let waiting = try await RawConnection.connectWithoutReading(port: localPort, group: group)
+        #expect(try await client.waitForLog("waits for the tunnel"), "\(client.log)")
+        kill(client.process.pid, signal)
+        // A client that ignores the signal is killed after 10 s, so that this test fails instead of hanging.
+        let pid = client.process.pid
+        let deadline = group.any().scheduleTask(in: .seconds(10)) { kill(pid, SIGKILL) }
+        try await waiting.closeFuture.get()
+        #expect(client.waitForExit() == 0, "\(client.log)")
+        deadline.cancel()
+        #expect(client.log.contains("stopping before the tunnel to the server was up"), "\(client.log)")
+    }
+
     /// A client started while its server is down keeps its listener open and says when it retries; a connection
     /// made to the listener meanwhile waits, and goes through once the server appears (within one backoff step).
     @Test func aClientStartedBeforeItsServerConnectsWhenTheServerAppears() async throws {
