@@ -89,9 +89,18 @@ public enum LoadGenerator {
                     .connect(host: "127.0.0.1", port: port)
                 batch.append((channel, done.futureResult))
             }
-            for (channel, roundTrip) in batch {
-                channels.append(try await channel.get())
-                _ = try await roundTrip.get()
+            do {
+                for (channel, roundTrip) in batch {
+                    channels.append(try await channel.get())
+                    _ = try await roundTrip.get()
+                }
+            } catch {
+                // The connections opened so far are closed, so that a failed run leaves no descriptors behind for
+                // the next measurement to run out of.
+                for (channel, _) in batch { channel.whenSuccess { $0.close(promise: nil) } }
+                for channel in channels { channel.close(promise: nil) }
+                for channel in channels { try? await channel.closeFuture.get() }
+                throw error
             }
         }
         return channels

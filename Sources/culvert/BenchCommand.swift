@@ -49,7 +49,7 @@ struct BenchCommand: AsyncParsableCommand {
     @Flag(help: "Measure negotiation instead: time to the first usable and to the final transport under injected proxy faults.")
     var negotiation = false
 
-    @Option(help: "Also measure culvert and ssh -L with this many idle streams open: the 1-byte round trip beside them and both processes' resident memory (0: skip).")
+    @Option(help: "Also measure culvert, nio+nio and ssh -L with this many idle streams open: the 1-byte round trip beside them and the processes' resident memory (0: skip).")
     var idleStreams: Int = 0
 
     @Option(help: "Also open and close this many streams through culvert and report the processes' resident memory before and after (0: skip).")
@@ -135,9 +135,6 @@ struct BenchCommand: AsyncParsableCommand {
             try await waitUntilListening(listen)
             return listen
         }
-        for port in targetPorts {
-            chainedRelayPorts.append(try await startRelay(to: try await startRelay(to: port)))
-        }
         // Idle streams need a target process of their own (their descriptors would not fit beside the others').
         var idleEchoPort: Int?
         if self.idleStreams > 0 {
@@ -147,6 +144,10 @@ struct BenchCommand: AsyncParsableCommand {
             idleEchoPort = port
         }
         let tunnelTargets = targetPorts + (idleEchoPort.map { [$0] } ?? [])
+        // The bare relays carry the idle streams too: the floor for a round trip beside them.
+        for port in tunnelTargets {
+            chainedRelayPorts.append(try await startRelay(to: try await startRelay(to: port)))
+        }
         // The tunnel: server and client processes of this same binary (or of --tunnel-binary), and with
         // --compare-binary a second tunnel from that build beside it, as the path "before".
         let token = UUID().uuidString
@@ -306,7 +307,7 @@ struct BenchCommand: AsyncParsableCommand {
         let tunnels = paths.filter { ["culvert", "before", "ssh -L"].contains($0.0) }
         if idleEchoPort != nil {
             await self.measureIdleStreams(
-                tunnels.map { (name: $0.0, idlePort: $0.1[3], pingPort: $0.1[2], pids: pids[$0.0] ?? ssh?.processes.map(\.pid) ?? []) },
+                paths.filter { ["nio+nio", "culvert", "before", "ssh -L"].contains($0.0) }.map { (name: $0.0, idlePort: $0.1[3], pingPort: $0.1[2], pids: pids[$0.0] ?? ssh?.processes.map(\.pid) ?? []) },
                 group: group
             )
         }
@@ -352,7 +353,13 @@ struct BenchCommand: AsyncParsableCommand {
         let quietMemory = meter.sample().residentBytes
         benchProgress("\(name): opening \(self.idleStreams) idle streams")
         let idle = try await LoadGenerator.openIdleConnections(port: idlePort, count: self.idleStreams, group: group)
-        let crowded = try await LoadGenerator.pingPong(port: pingPort, count: pings, group: group).sorted()
+        let crowded: [Double]
+        do {
+            crowded = try await LoadGenerator.pingPong(port: pingPort, count: pings, group: group).sorted()
+        } catch {
+            for channel in idle { channel.close(promise: nil) }
+            throw error
+        }
         let crowdedMemory = meter.sample().residentBytes
         let (p50Quiet, p50Crowded) = (quiet[quiet.count / 2] * 1e6, crowded[crowded.count / 2] * 1e6)
         print(

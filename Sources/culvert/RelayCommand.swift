@@ -32,6 +32,7 @@ struct RelayCommand: AsyncParsableCommand {
 
     func run() async throws {
         let signals = SignalWaiter.install()
+        Self.raiseDescriptorLimit()
         if self.echo {
             let echo: EchoServer
             do {
@@ -51,5 +52,18 @@ struct RelayCommand: AsyncParsableCommand {
         }
         _ = await SignalWaiter.wait(signals)
         try? await relay.close()
+    }
+
+    /// A relay holds two descriptors per connection, so the benchmark's idle streams need more than the usual soft
+    /// limit: raised to the hard limit (and beyond, to 65,536, where the process may). A relay that cannot raise it
+    /// still runs, and the benchmark reports the connections it could not open.
+    private static func raiseDescriptorLimit() {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+        let wanted = rlimit(rlim_cur: max(limit.rlim_max, 65_536), rlim_max: max(limit.rlim_max, 65_536))
+        if setrlimit(Int32(RLIMIT_NOFILE.rawValue), [wanted]) != 0 {
+            limit.rlim_cur = limit.rlim_max
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), [limit])
+        }
     }
 }
