@@ -306,8 +306,9 @@ struct BenchCommand: AsyncParsableCommand {
         // The paths that also forward to the idle-stream target (its port is each one's fourth).
         let tunnels = paths.filter { ["culvert", "before", "ssh -L"].contains($0.0) }
         if idleEchoPort != nil {
+            let crowdedPaths = paths.filter { $0.0 == "nio+nio" } + tunnels
             await self.measureIdleStreams(
-                paths.filter { ["nio+nio", "culvert", "before", "ssh -L"].contains($0.0) }.map { (name: $0.0, idlePort: $0.1[3], pingPort: $0.1[2], pids: pids[$0.0] ?? ssh?.processes.map(\.pid) ?? []) },
+                crowdedPaths.map { (name: $0.0, idlePort: $0.1[3], pingPort: $0.1[2], pids: pids[$0.0] ?? ssh?.processes.map(\.pid) ?? []) },
                 group: group
             )
         }

@@ -390,8 +390,9 @@ public struct MuxStateMachine: Sendable {
             if id == consumer { consumerServed = true }
             if let frame = self.grantCredit(id) { frames.append(frame) }
         }
-        // The consumer may be served from its own floor when the pool is empty.
-        if let consumer, consumerStarved, !consumerServed, self.starvedStreams.contains(consumer) {
+        // The consumer may be served from its own floor when the pool is empty (only the loop above takes a stream
+        // out of the queue, so one it did not reach is still waiting).
+        if let consumer, consumerStarved, !consumerServed {
             self.starvedStreams.remove(consumer)
             if let frame = self.grantCredit(consumer) { frames.append(frame) }
         }

@@ -12,9 +12,10 @@ import NIOWebSocket
 /// buffer it reuses, and the buffer for outbound headers (and a client's masked copy) is reused as soon as the
 /// socket has let go of it. The payloads of binary data frames and their continuations are passed up piece by piece
 /// as the socket delivers them, not gathered into whole frames (the session above reads a byte stream, so neither
-/// frames nor fragments need reassembly); only a frame's header and a control frame are ever held back. Pings are answered, a close is echoed and ends the
-/// connection, and text frames, reserved bits, unknown opcodes, oversized or malformed frames and (on a server)
-/// unmasked frames end it with the RFC's close codes. A client masks every frame it sends with a fresh key.
+/// frames nor fragments need reassembly); only a frame's header and a control frame are ever held back. Pings are
+/// answered, a close is echoed and ends the connection, and text frames, reserved bits, unknown opcodes, oversized
+/// or malformed frames and (on a server) unmasked frames end it with the RFC's close codes. A client masks every
+/// frame it sends with a fresh key.
 public final class WebSocketMessageHandler: ChannelDuplexHandler {
     public typealias InboundIn = ByteBuffer
     public typealias InboundOut = ByteBuffer
@@ -287,7 +288,6 @@ public final class WebSocketMessageHandler: ChannelDuplexHandler {
             context.write(self.wrapOutboundOut(self.outboundFrame), promise: promise)
         }
     }
-
 }
 
 /// How much of a data frame's payload is still to arrive, and the mask key rotated to where it resumes.
