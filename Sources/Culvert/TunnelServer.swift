@@ -32,6 +32,13 @@ public final class TunnelServer: Sendable {
         /// A UDP stream (to a UDP target, or a flow of a reverse UDP listener) with no datagram either way for this
         /// long ends.
         public var udpTimeout: TimeAmount = .seconds(30)
+        /// Named users with their own tokens and rights (`--users`); nil: the shared token is all the server knows.
+        public var users: [String: UserAccount]?
+
+        /// The access rules this configuration starts with.
+        public var accessRules: AccessRules {
+            AccessRules(allowlist: self.allowlist, reverseAllowlist: self.reverseAllowlist, users: self.users)
+        }
 
         public init(
             listenHost: String,
@@ -55,6 +62,8 @@ public final class TunnelServer: Sendable {
     }
 
     private let transportServer: TransportServer
+    /// The allowlists and users in force; ``updateAccessRules(_:)`` replaces them.
+    public let accessControl: AccessControl
     private let sessions: NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>
     private let memoryTrimming = NIOLockedValueBox<RepeatedTask?>(nil)
 
@@ -71,8 +80,10 @@ public final class TunnelServer: Sendable {
     public let changes: StateChangeSignal
 
     private init(
-        transportServer: TransportServer, sessions: NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>, changes: StateChangeSignal
+        transportServer: TransportServer, sessions: NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>, changes: StateChangeSignal,
+        accessControl: AccessControl
     ) {
+        self.accessControl = accessControl
         self.transportServer = transportServer
         self.sessions = sessions
         self.changes = changes
@@ -88,12 +99,31 @@ public final class TunnelServer: Sendable {
         let changes = StateChangeSignal()
         // Established sessions by id, for resumption.
         let resumable = NIOLockedValueBox<[[UInt8]: ResumableSession]>([:])
+        let access = AccessControl(configuration.accessRules)
+        let sessionConfiguration = {
+            var session = configuration.session
+            // Always: a reload may bring users where there were none.
+            session.users = access.userLookup(atLimit: { user in
+                // Sessions of the user that wait for a client that went away make room for the one knocking.
+                for session in sessions.withLockedValue({ Array($0.values) }) {
+                    session.eventLoop.execute {
+                        guard session.user == user, session.isDetached else { return }
+                        session.logger.info("user \(user) is at its session limit and a client knocks: ending this session, which waits for its client")
+                        session.close(.replaced(user: user))
+                    }
+                }
+            })
+            return session
+        }()
         let connector = {
             var connector = TargetConnector(allowlist: configuration.allowlist, connectTimeout: configuration.targetConnectTimeout)
             connector.udpTimeout = configuration.udpTimeout
+            connector.access = access
             return connector
         }()
-        let reverseListeners = ReverseListenerHost(allowlist: configuration.reverseAllowlist, group: group, udpTimeout: configuration.udpTimeout)
+        let reverseListeners = ReverseListenerHost(
+            allowlist: { user in access.rules.reverseAllowlist(for: user) }, group: group, udpTimeout: configuration.udpTimeout
+        )
         let throttle = NIOLockedValueBox(AuthenticationThrottle(limit: configuration.authenticationFailuresPerMinute, window: .seconds(60)))
         let transportConfiguration = TransportServer.Configuration(
             host: configuration.listenHost,
@@ -114,7 +144,7 @@ public final class TunnelServer: Sendable {
                 let session = TunnelSession(
                     role: .server,
                     transport: connection,
-                    configuration: configuration.session,
+                    configuration: sessionConfiguration,
                     logger: sessionLogger
                 )
                 session.connector = connector
@@ -154,19 +184,36 @@ public final class TunnelServer: Sendable {
                     session.logger.warning("refused a session: the server has its maximum of \(configuration.maximumSessions) sessions (--max-sessions)")
                     session.refuse(.overloaded, "the server has its maximum of \(configuration.maximumSessions) sessions; try again later")
                 }
-                let wasEstablished = NIOLockedValueBox(false)
+                // Whether the session was established, and as which named user (whose session count it holds).
+                let wasEstablished = NIOLockedValueBox<(Bool, user: String?, probe: Bool)>((false, nil, false))
                 session.established.whenSuccess { outcome in
-                    wasEstablished.withLockedValue { $0 = true }
+                    // A probe took no session of its user's, carries nothing and ends at once: it gets no target,
+                    // no reverse listener, cannot be resumed, and is closed if its client forgets to.
+                    if outcome.isProbe {
+                        wasEstablished.withLockedValue { $0 = (true, nil, true) }
+                        session.connector = nil
+                        session.onListenRequested = nil
+                        attempt.finish(failed: false)
+                        session.eventLoop.scheduleTask(in: configuration.session.handshakeTimeout) { session.close() }
+                        return
+                    }
+                    wasEstablished.withLockedValue { $0 = (true, outcome.user, false) }
+                    if let user = outcome.user {
+                        var userConnector = connector
+                        userConnector.user = user
+                        session.connector = userConnector
+                    }
                     attempt.finish(failed: false)
                     resumable.withLockedValue {
                         $0[outcome.sessionID] = ResumableSession(
                             session: session, key: outcome.sessionKey, capabilities: outcome.capabilities, sessionIDString: outcome.sessionIDString
                         )
                     }
-                    session.logger.info("session established over \(connection.kind)")
+                    session.logger.info("session established over \(connection.kind)\(outcome.user.map { " for user \($0)" } ?? "")")
                 }
                 session.ended.whenSuccess { reason in
                     sessions.withLockedValue { _ = $0.removeValue(forKey: key) }
+                    if let user = wasEstablished.withLockedValue({ $0.user }) { access.release(user: user) }
                     changes.notify()
                     if attempt.finish(failed: reason.isAuthenticationFailure), reason.isAuthenticationFailure,
                         throttle.withLockedValue({ $0.retryAfter(address, now: .now()) }) != nil
@@ -182,7 +229,8 @@ public final class TunnelServer: Sendable {
                         session.logger.warning("refused \(address): \(reason)")
                         return
                     }
-                    guard wasEstablished.withLockedValue({ $0 }) else {
+                    let (established, _, probe) = wasEstablished.withLockedValue { $0 }
+                    guard established, !probe else {
                         // A probe that gave up, a scanner, a client that went away mid-handshake: not news.
                         session.logger.debug("connection ended before a session was established: \(reason)")
                         return
@@ -203,9 +251,15 @@ public final class TunnelServer: Sendable {
             throw ForwardingError.bindFailed(address: listenAddress, reason: describeBindError(error))
         }
         connector.listenPort.withLockedValue { $0 = transportServer.localAddress?.port }
-        let server = TunnelServer(transportServer: transportServer, sessions: sessions, changes: changes)
+        let server = TunnelServer(transportServer: transportServer, sessions: sessions, changes: changes, accessControl: access)
         server.startReturningFreedMemory(on: group.next())
         return server
+    }
+
+    /// Puts reloaded rules in force: new sessions and new streams follow them at once; open sessions and streams
+    /// stay, even where the new rules would refuse them.
+    public func updateAccessRules(_ rules: AccessRules) {
+        self.accessControl.replace(rules)
     }
 
     /// glibc keeps memory freed by other threads in their arenas: after a burst (an attack, a crowd of clients

@@ -37,6 +37,8 @@ struct ClientCommand: AsyncParsableCommand {
 
     @OptionGroup var tokenOptions: TokenOptions
 
+    @OptionGroup var userOptions: UserOptions
+
     @Option(help: ArgumentHelp(TransportChoice.helpText))
     var transport: TransportChoice = .auto
 
@@ -104,7 +106,8 @@ struct ClientCommand: AsyncParsableCommand {
             tls: try self.tlsOptions.resolve(for: server, logger: logger),
             logger: logger
         )
-        let sessionConfiguration = self.tuning.sessionConfiguration(token: try self.tokenOptions.resolve(), compression: self.compress)
+        var sessionConfiguration = self.tuning.sessionConfiguration(token: try self.tokenOptions.resolve(), compression: self.compress)
+        sessionConfiguration.user = try self.userOptions.resolve()
         var configuration = TunnelClient.Configuration(
             server: server, transport: self.transport.resolvedKind(), transportOptions: transportOptions,
             session: sessionConfiguration, forwards: forwards

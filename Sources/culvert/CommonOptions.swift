@@ -14,17 +14,6 @@ struct TokenOptions: ParsableArguments {
     @Option(help: "Read the shared secret from this file (first line).")
     var tokenFile: String?
 
-    /// Why `path` cannot be read, in words: missing, a directory, no permission, or not UTF-8 text.
-    static func whyUnreadable(_ path: String) -> String {
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { return "no such file" }
-        if isDirectory.boolValue { return "it is a directory" }
-        guard FileManager.default.isReadableFile(atPath: path) else {
-            return "permission denied (the file must be readable by the user running culvert)"
-        }
-        return "it is not UTF-8 text"
-    }
-
     /// The token from the flag, the file or the environment, in that order.
     func resolve() throws -> String? {
         if let token, !token.isEmpty { return token }
@@ -33,7 +22,7 @@ struct TokenOptions: ParsableArguments {
             do {
                 contents = try String(contentsOfFile: tokenFile, encoding: .utf8)
             } catch {
-                throw CLIError("cannot read --token-file \(tokenFile): \(Self.whyUnreadable(tokenFile))")
+                throw CLIError("cannot read --token-file \(tokenFile): \(describeUnreadable(tokenFile))")
             }
             let token = contents.split(whereSeparator: \.isNewline).first.map(String.init) ?? ""
             guard !token.isEmpty else { throw CLIError("--token-file \(tokenFile) is empty") }
@@ -41,6 +30,23 @@ struct TokenOptions: ParsableArguments {
         }
         if let token = ProcessInfo.processInfo.environment["CULVERT_TOKEN"], !token.isEmpty { return token }
         return nil
+    }
+}
+
+/// `--user` and `CULVERT_USER`: the named user a client authenticates as, against a server's users file.
+struct UserOptions: ParsableArguments {
+    @Option(help: "Authenticate as this user of the server's users file (or set CULVERT_USER); --token is then that user's token.")
+    var user: String?
+
+    /// The user from the flag or the environment; nil for the server's shared token.
+    func resolve() throws -> String? {
+        let environment = ProcessInfo.processInfo.environment["CULVERT_USER"]
+        guard let user = self.user ?? environment.flatMap({ $0.isEmpty ? nil : $0 }) else { return nil }
+        let source = self.user == nil ? "CULVERT_USER" : "--user"
+        guard UserAccount.isValidName(user) else {
+            throw CLIError("\(source) '\(user)' is not a user name: 1 to 64 of A-Z, a-z, 0-9 and . _ - @")
+        }
+        return user
     }
 }
 

@@ -11,7 +11,7 @@ struct CulvertCommand: AsyncParsableCommand {
         abstract: "Carry TCP connections through HTTP proxies and firewalls.",
         version: Self.versionText,
         subcommands: [ServerCommand.self, ClientCommand.self, ProbeCommand.self, DemoCommand.self, BenchCommand.self,
-                      RelayCommand.self]
+                      RelayCommand.self, HashTokenCommand.self]
     )
 
     /// What `--version` prints: the release, the commit it was built from and the wire protocol it speaks (a peer

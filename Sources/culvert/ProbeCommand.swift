@@ -22,6 +22,8 @@ struct ProbeCommand: AsyncParsableCommand {
 
     @OptionGroup var tokenOptions: TokenOptions
 
+    @OptionGroup var userOptions: UserOptions
+
     @Flag(help: "Print one JSON object instead of a table.")
     var json = false
 
@@ -39,7 +41,11 @@ struct ProbeCommand: AsyncParsableCommand {
                 proxy: try self.proxyOptions.resolve(for: server, logger: logger),
                 tls: try self.tlsOptions.resolve(for: server, logger: logger), logger: quiet
             ),
-            session: SessionConfiguration(token: try self.tokenOptions.resolve()),
+            session: try {
+                var session = SessionConfiguration(token: try self.tokenOptions.resolve())
+                session.user = try self.userOptions.resolve()
+                return session
+            }(),
             group: MultiThreadedEventLoopGroup.singleton,
             logger: quiet
         )

@@ -13,7 +13,17 @@ struct ServerCommand: AsyncParsableCommand {
     )
 
     @Option(help: "Address to listen on, HOST:PORT (e.g. 0.0.0.0:8080).")
-    var listen: String
+    var listen: String?
+
+    @Option(help: ArgumentHelp(
+        "Read settings from this TOML file: each key is a long flag's name (listen = \"0.0.0.0:8080\", allow = [\"db:5432\"], no-compress = true); flags given on the command line win. SIGHUP re-reads it.",
+        valueName: "file"))
+    var config: String?
+
+    @Option(help: ArgumentHelp(
+        "Named users with their own tokens, allowlists and session limits (TOML, see docs/DEPLOYMENT.md). SIGHUP re-reads it.",
+        valueName: "file"))
+    var users: String?
 
     @OptionGroup var tokenOptions: TokenOptions
 
@@ -65,21 +75,112 @@ struct ServerCommand: AsyncParsableCommand {
 
     func run() async throws {
         let signals = SignalWaiter.install()
-        HeapTuning.apply()
-        let logger = try self.loggingOptions.makeLogger(label: "culvert.server")
-        guard let (host, portText) = splitHostPort(self.listen), let port = Int(portText), (0...65535).contains(port) else {
-            throw ValidationError("--listen '\(self.listen)' must be HOST:PORT, e.g. 127.0.0.1:8080")
+        let hangups = SignalWaiter.installHangups()
+        guard let configPath = self.config else {
+            return try await self.serve(signals: signals, hangups: hangups, configFile: nil)
         }
-        let token = try self.tokenOptions.resolve()
-        if token == nil && !self.noAuth {
-            fail("the server needs a token: pass --token, --token-file or set CULVERT_TOKEN (or --no-auth to accept anyone)",
-                 exitCode: 2)
+        // The file's settings come first and the command line's after, leaving out the keys it gives: they win.
+        let merged = try Self.merging(configPath: configPath, commandLine: Self.commandLineArguments())
+        try await merged.command.serve(signals: signals, hangups: hangups, configFile: merged.file)
+    }
+
+    /// This subcommand's arguments as given (after `server`).
+    static func commandLineArguments() -> [String] {
+        let arguments = CommandLine.arguments
+        guard let index = arguments.firstIndex(of: "server") else { return Array(arguments.dropFirst()) }
+        return Array(arguments[(index + 1)...])
+    }
+
+    /// The command that `commandLine` and the config file at `configPath` give together; a bad file (or a bad value
+    /// in it) exits with the line and the key.
+    static func merging(configPath: String, commandLine: [String]) throws -> (command: ServerCommand, file: FlagFile) {
+        let file: FlagFile
+        do {
+            file = try FlagFile.load(path: configPath, commandLine: commandLine)
+        } catch {
+            fail("--config: \(error)", exitCode: 2)
         }
+        do {
+            return (try Self.command(from: file, commandLine: commandLine), file)
+        } catch {
+            fail("--config: \(error)", exitCode: 2)
+        }
+    }
+
+    /// The command that `file`'s settings and then `commandLine` give; a value the parser refuses is reported
+    /// with the file's line and key it came from.
+    static func command(from file: FlagFile, commandLine: [String]) throws(CLIError) -> ServerCommand {
+        do {
+            return try ServerCommand.parse(file.arguments + commandLine)
+        } catch {
+            let message = ServerCommand.message(for: error)
+            guard let setting = file.place(ofArgumentError: message) else { throw CLIError("\(file.path): \(message)") }
+            throw CLIError("\(file.path)\(setting.line.map { " line \($0)" } ?? ""), key \(setting.key): \(message)")
+        }
+    }
+
+    /// The allowlists and users these settings give (the users file read now).
+    func accessRules() throws -> AccessRules {
         var entries: [Allowlist.Entry] = []
         for text in self.allow {
             do { entries.append(try Allowlist.Entry(parsing: text)) } catch { throw ValidationError(error.description) }
         }
-        if entries.isEmpty && !self.allowAny {
+        var reverseEntries: [ReverseAllowlist.Entry] = []
+        for text in self.allowReverse {
+            do { reverseEntries.append(try ReverseAllowlist.Entry(parsing: text)) } catch { throw ValidationError(error.description) }
+        }
+        var users: [String: UserAccount]?
+        if let path = self.users {
+            do { users = try UsersFile.load(path: path) } catch { throw CLIError("--users: \(error)", exitCode: 2) }
+        }
+        return AccessRules(
+            allowlist: Allowlist(entries: entries, allowsAny: self.allowAny), reverseAllowlist: ReverseAllowlist(entries: reverseEntries),
+            users: users
+        )
+    }
+
+    /// SIGHUP: the config file (if any) and the users file read again, and their access rules put in force for new
+    /// sessions and streams; a file that does not parse is refused with a log line, and the rules in force stay.
+    private func reload(server: TunnelServer, configFile: FlagFile?, logger: Logger) {
+        do {
+            var settings = self
+            if let configFile {
+                let file = try FlagFile.load(path: configFile.path, commandLine: Self.commandLineArguments())
+                settings = try Self.command(from: file, commandLine: Self.commandLineArguments())
+            }
+            let rules = try settings.accessRules()
+            server.updateAccessRules(rules)
+            let users = rules.users.map { ", \($0.count) user\($0.count == 1 ? "" : "s")" } ?? ""
+            let allow = rules.allowlist.allowsAny ? "any target" : "\(rules.allowlist.entries.count) --allow entr\(rules.allowlist.entries.count == 1 ? "y" : "ies")"
+            logger.info("SIGHUP: reloaded the access rules (\(allow)\(users)); new sessions and streams follow them, open ones stay")
+        } catch {
+            logger.error("SIGHUP: reload refused, the rules in force stay: \(error)")
+        }
+    }
+
+    private func serve(signals: AsyncStream<Int32>, hangups: AsyncStream<Void>, configFile: FlagFile?) async throws {
+        HeapTuning.apply()
+        let logger = try self.loggingOptions.makeLogger(label: "culvert.server")
+        guard let listen = self.listen else {
+            throw ValidationError("--listen HOST:PORT is required (or listen = \"HOST:PORT\" in the --config file)")
+        }
+        guard let (host, portText) = splitHostPort(listen), let port = Int(portText), (0...65535).contains(port) else {
+            throw ValidationError("--listen '\(listen)' must be HOST:PORT, e.g. 127.0.0.1:8080")
+        }
+        let token = try self.tokenOptions.resolve()
+        if token == nil && self.users == nil && !self.noAuth {
+            fail("the server needs a token: pass --token, --token-file or set CULVERT_TOKEN, or --users FILE (or --no-auth to accept anyone)",
+                 exitCode: 2)
+        }
+        if self.users != nil && self.noAuth {
+            fail("--users and --no-auth contradict each other: named users prove their tokens; leave out --no-auth", exitCode: 2)
+        }
+        let rules: AccessRules
+        do { rules = try self.accessRules() } catch let error as CLIError { fail(error.description, exitCode: 2) }
+        if let users = rules.users {
+            logger.info("\(users.count) user\(users.count == 1 ? "" : "s") from \(self.users ?? "")\(token == nil ? "" : "; clients that name no user use the shared token")")
+        }
+        if rules.allowlist.entries.isEmpty && !self.allowAny && !(rules.users?.values.contains { $0.allowlist != nil } ?? false) {
             logger.warning("no --allow entries and no --allow-any: every stream will be refused")
         }
         if self.allowAny { logger.warning("--allow-any: clients may reach any host and port this server can reach") }
@@ -98,15 +199,12 @@ struct ServerCommand: AsyncParsableCommand {
             listenPort: port,
             pathPrefix: prefix,
             session: session,
-            allowlist: Allowlist(entries: entries, allowsAny: self.allowAny),
+            allowlist: rules.allowlist,
             http: try self.http.settings(),
             tls: try self.tls.resolve(listenHost: host, logger: logger)
         )
-        var reverseEntries: [ReverseAllowlist.Entry] = []
-        for text in self.allowReverse {
-            do { reverseEntries.append(try ReverseAllowlist.Entry(parsing: text)) } catch { throw ValidationError(error.description) }
-        }
-        configuration.reverseAllowlist = ReverseAllowlist(entries: reverseEntries)
+        configuration.reverseAllowlist = rules.reverseAllowlist
+        configuration.users = rules.users
         guard self.udpTimeout > 0 else { throw ValidationError("--udp-timeout must be more than 0 seconds") }
         configuration.udpTimeout = TimeAmount.fromSeconds(self.udpTimeout)
         configuration.maximumSessions = self.maxSessions
@@ -118,7 +216,11 @@ struct ServerCommand: AsyncParsableCommand {
         } catch {
             fail("\(error)")
         }
-        logger.info("culvert server listening on \(server.localAddress.map(\.displayText) ?? self.listen)\(configuration.tls == nil ? "" : " (HTTPS)"), path \(prefix)")
+        logger.info("culvert server listening on \(server.localAddress.map(\.displayText) ?? listen)\(configuration.tls == nil ? "" : " (HTTPS)"), path \(prefix)")
+        let reloading = Task {
+            for await _ in hangups { self.reload(server: server, configFile: configFile, logger: logger) }
+        }
+        defer { reloading.cancel() }
         let signal = await SignalWaiter.wait(signals)
         logger.info("\(SignalWaiter.name(of: signal)): shutting down (open streams get \(TimeAmount.fromSeconds(self.shutdownGrace).roundedText) to finish; again to exit at once)")
         await server.shutdown(gracePeriod: .milliseconds(Int64(self.shutdownGrace * 1000)))

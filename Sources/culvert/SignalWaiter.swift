@@ -30,6 +30,17 @@ enum SignalWaiter {
         }
     }
 
+    /// Starts catching SIGHUP, the operator's "re-read your files"; each one is yielded until read.
+    static func installHangups() -> AsyncStream<Void> {
+        AsyncStream { continuation in
+            signal(SIGHUP, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: DispatchQueue(label: "culvert.sighup"))
+            source.setEventHandler { continuation.yield() }
+            source.resume()
+            SignalSources.keep([source])
+        }
+    }
+
     /// The first signal from `signals`; from then on, a second one ends the process at once (a user who presses
     /// Ctrl-C again does not want to wait for the shutdown grace).
     static func wait(_ signals: AsyncStream<Int32>) async -> Int32 {

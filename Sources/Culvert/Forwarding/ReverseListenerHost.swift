@@ -22,14 +22,18 @@ struct ReverseListenerHost: Sendable {
         let channel: any Channel
     }
 
-    let allowlist: ReverseAllowlist
+    /// Where reverse listeners may open, for each session's user, as the server's rules say now.
+    let allowlist: @Sendable (_ user: String?) -> ReverseAllowlist
     let group: any EventLoopGroup
     /// How long a reverse UDP listener's flow lasts without a datagram.
     let udpTimeout: TimeAmount
     /// Every session's listeners with a fixed port, by "host|port" as requested.
     private let holders = NIOLockedValueBox<[String: Holder]>([:])
 
-    init(allowlist: ReverseAllowlist, group: any EventLoopGroup, udpTimeout: TimeAmount = .seconds(30)) {
+    init(
+        allowlist: @escaping @Sendable (_ user: String?) -> ReverseAllowlist, group: any EventLoopGroup,
+        udpTimeout: TimeAmount = .seconds(30)
+    ) {
         self.allowlist = allowlist
         self.group = group
         self.udpTimeout = udpTimeout
@@ -47,8 +51,9 @@ struct ReverseListenerHost: Sendable {
             for channel in channels { channel.close(promise: nil) }
             if !channels.isEmpty { session.logger.info("closed the session's \(channels.count) reverse listener\(channels.count == 1 ? "" : "s")") }
         }
-        let allowlist = self.allowlist
+        let allowlistForUser = self.allowlist
         session.onListenRequested = { session, requestID, address in
+            let allowlist = allowlistForUser(session.user)
             guard !allowlist.entries.isEmpty else {
                 session.logger.info("refused a reverse listener on \(address): this server allows none")
                 session.answerListen(requestID, .failure(StreamOpenFailure(.notAllowed, "the server allows no reverse listeners (start it with --allow-reverse \(address))")))

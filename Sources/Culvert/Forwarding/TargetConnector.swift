@@ -9,6 +9,11 @@ import NIOPosix
 /// server's own listener (a stream into the tunnel itself would loop).
 struct TargetConnector: StreamConnector {
     var allowlist: Allowlist
+    /// The server's reloadable rules: when set, each stream is checked against the allowlist they give `user` at
+    /// the moment it opens, and `allowlist` is not used.
+    var access: AccessControl?
+    /// The named user whose rules apply (with `access`); nil for the shared token.
+    var user: String?
     var connectTimeout: TimeAmount
     /// A UDP target's stream with no datagram either way for this long ends.
     var udpTimeout: TimeAmount = .seconds(30)
@@ -36,7 +41,14 @@ struct TargetConnector: StreamConnector {
             logger.warning("refused stream to \(target): it is this server's own listener")
             return eventLoop.makeFailedFuture(StreamOpenFailure(.notAllowed, "\(target) is the culvert server itself"))
         }
-        guard self.allowlist.permits(target) else {
+        let allowlist = self.access?.rules.allowlist(for: self.user) ?? self.allowlist
+        guard allowlist.permits(target) else {
+            if let user = self.user {
+                logger.warning("refused stream to \(target): not allowed for user \(user)")
+                return eventLoop.makeFailedFuture(
+                    StreamOpenFailure(.notAllowed, "\(target) is not allowed for user \(user) (the server's users file says where it may go)")
+                )
+            }
             logger.warning("refused stream to \(target): not in the server's --allow list")
             if target.port == self.listenPort.withLockedValue({ $0 }) {
                 // Allowing it would not help if it is this server (a stream into the tunnel itself is refused).

@@ -130,7 +130,9 @@ public enum TransportNegotiator {
             holdsGate = true
             let handshakeStart = NIODeadline.now()
             let tunnel = try await eventLoop.submit {
-                let tunnel = TunnelSession(role: .client, transport: connection, configuration: session, logger: logger)
+                var probeSession = session
+                probeSession.isProbe = true
+                let tunnel = TunnelSession(role: .client, transport: connection, configuration: probeSession, logger: logger)
                 tunnel.start()
                 return tunnel
             }.get()

@@ -7,6 +7,13 @@ public struct SessionConfiguration: Sendable {
     public var token: String?
     /// Server only: whether a client must prove it holds the token (false with `--no-auth`).
     public var authenticationRequired: Bool
+    /// Client: the named user it authenticates as (`--user`), with `token` as that user's token; nil for the
+    /// server's shared token.
+    public var user: String?
+    /// Server: its named users and their limits (`--users`); nil when the shared token is all it knows.
+    public var users: UserLookup?
+    /// Client: the session only probes the path (``Capabilities/probe``): it will carry nothing and end at once.
+    public var isProbe = false
     public var mux: MuxConfiguration
     /// A ping is sent after this long without inbound traffic (below common proxies' 30–60 s idle timeouts).
     public var keepaliveInterval: TimeAmount

@@ -17,6 +17,9 @@ public enum SessionError: Error, Sendable, CustomStringConvertible {
     case handedOver
     /// Server: the session was refused before its handshake (too many sessions, too many failed authentications).
     case refused(GoAwayCode, String)
+    /// Server: the session waited for its client to resume it, and ended to make room for a new session of its
+    /// user, which is at its session limit.
+    case replaced(user: String)
     case shutdown
 
     public var description: String {
@@ -32,6 +35,8 @@ public enum SessionError: Error, Sendable, CustomStringConvertible {
         case .keepaliveTimeout(let seconds): "the peer stopped answering keepalive pings (silent for \(seconds) s)"
         case .detachedExpired(let seconds): "the tunnel connection was lost and not resumed within \(seconds) s"
         case .handedOver: "the connection resumed an earlier session"
+        case .replaced(let user):
+            "ended while waiting for its client: user \(user) is at its session limit and started a new session"
         case .refused(let code, let message): "refused (\(code)): \(message)"
         case .shutdown: "shut down"
         }
@@ -42,6 +47,8 @@ public enum SessionError: Error, Sendable, CustomStringConvertible {
     public var userMessage: String {
         switch self {
         case .handshake(.noTokenGiven): "\(self)"
+        case .handshake(.refusedByPeer(.authenticationFailed, let message)) where message.hasPrefix("unknown user"):
+            "\(self) (check --user and --token against the server's users file)"
         case _ where self.isAuthenticationFailure: "\(self) (check --token on both sides)"
         default: "\(self)"
         }
@@ -68,7 +75,7 @@ public enum SessionError: Error, Sendable, CustomStringConvertible {
     public var isAuthenticationFailure: Bool {
         switch self {
         case .handshake(.clientProofInvalid), .handshake(.serverProofInvalid), .handshake(.resumeProofInvalid),
-            .handshake(.noTokenGiven), .handshake(.refusedByPeer(.authenticationFailed, _)):
+            .handshake(.userProofInvalid), .handshake(.noTokenGiven), .handshake(.refusedByPeer(.authenticationFailed, _)):
             true
         default:
             false
@@ -120,6 +127,7 @@ extension SessionError {
         case .detachedExpired(let seconds): self = .detachedExpired(seconds: seconds)
         case .handedOver: self = .handedOver
         case .refused(let code, let message): self = .refused(code, message)
+        case .replaced(let user): self = .replaced(user: user)
         case .shutdown: self = .shutdown
         }
     }
@@ -137,6 +145,7 @@ extension SessionError {
         case .detachedExpired(let seconds): .detachedExpired(seconds: seconds)
         case .handedOver: .handedOver
         case .refused(let code, let message): .refused(code, message)
+        case .replaced(let user): .replaced(user: user)
         case .shutdown: .shutdown
         }
     }

@@ -93,6 +93,9 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     public private(set) var statistics = SessionStatistics()
     /// The session id, once established (hex).
     public private(set) var sessionIDString = ""
+    /// The named user the client authenticated as, once established; nil for the shared token. Read on the
+    /// session's event loop.
+    public private(set) var user: String?
     /// The session id, once established (empty before).
     var sessionID: [UInt8] { self.machine.sessionID ?? [] }
     /// Succeeds when the handshake completes; fails with ``SessionError`` when it does not.
@@ -123,23 +126,32 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         self.transport = transport
         self.machine = SessionStateMachine(
             role: role == .client ? .client : .server,
-            settings: SessionStateMachine.Settings(
-                token: configuration.token,
-                authenticationRequired: configuration.authenticationRequired,
-                compression: configuration.compression.enabled,
-                mux: configuration.mux,
-                handshakeTimeout: configuration.handshakeTimeout,
-                keepaliveInterval: configuration.keepaliveInterval,
-                keepaliveTimeout: configuration.keepaliveTimeout,
-                resumption: configuration.resumption,
-                detachedGracePeriod: configuration.detachedGracePeriod
-            ),
+            settings: Self.machineSettings(configuration),
             now: transport.eventLoop.now
         )
         self.frameReader = Self.makeFrameReader(configuration)
         self.outbound = ByteBufferAllocator().buffer(capacity: Self.smallBatchCapacity)
         self.establishedPromise = transport.eventLoop.makePromise()
         self.endedPromise = transport.eventLoop.makePromise()
+    }
+
+    /// The protocol's settings from the session's configuration.
+    private static func machineSettings(_ configuration: SessionConfiguration) -> SessionStateMachine.Settings {
+        var settings = SessionStateMachine.Settings(
+            token: configuration.token,
+            authenticationRequired: configuration.authenticationRequired,
+            user: configuration.user,
+            users: configuration.users,
+            compression: configuration.compression.enabled,
+            mux: configuration.mux,
+            handshakeTimeout: configuration.handshakeTimeout,
+            keepaliveInterval: configuration.keepaliveInterval,
+            keepaliveTimeout: configuration.keepaliveTimeout,
+            resumption: configuration.resumption,
+            detachedGracePeriod: configuration.detachedGracePeriod
+        )
+        settings.isProbe = configuration.isProbe
+        return settings
     }
 
     private static func makeFrameReader(_ configuration: SessionConfiguration) -> FrameReader {
@@ -530,6 +542,10 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     private func didEstablish(_ outcome: HandshakeStateMachine.Outcome, reply: Frame?) {
         self.sessionIDString = outcome.sessionIDString
         self.logger[metadataKey: "session"] = "\(self.sessionIDString.prefix(8))"
+        if let user = outcome.user {
+            self.user = user
+            self.logger[metadataKey: "user"] = "\(user)"
+        }
         // The client signs every request from here on (nothing may go out unsigned after the handshake); the
         // server lifts its limits once its WELCOME is out.
         if self.role == .client { self.transport?.sessionAuthenticated(key: outcome.sessionKey) }

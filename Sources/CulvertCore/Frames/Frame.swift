@@ -92,4 +92,7 @@ public struct Capabilities: OptionSet, Hashable, Sendable {
     public static let compression = Capabilities(rawValue: 0x01)
     /// The session may be resumed on a new transport connection.
     public static let resumption = Capabilities(rawValue: 0x02)
+    /// Client only: this session only checks that the path works (a transport probe); it carries no stream and
+    /// ends at once, so a server does not count it against a user's session limit.
+    public static let probe = Capabilities(rawValue: 0x04)
 }

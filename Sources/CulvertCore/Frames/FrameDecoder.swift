@@ -79,15 +79,23 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
             let nonce = payload.readBytes(length: 32)!
             let maximumDataPayload = payload.readInteger(as: UInt32.self)!
             let resumeLength = Int(payload.readInteger(as: UInt8.self)!)
-            guard payload.readableBytes == resumeLength else { throw malformed("resume id length mismatch") }
+            guard payload.readableBytes >= resumeLength else { throw malformed("resume id length mismatch") }
             let resume = payload.readBytes(length: resumeLength)!
+            var user = ""
+            if let userLength = payload.readInteger(as: UInt8.self) {
+                guard userLength > 0, Int(userLength) <= Hello.maximumUserLength, payload.readableBytes == Int(userLength),
+                    let name = payload.readString(length: Int(userLength)), name.utf8.count == Int(userLength)
+                else { throw malformed("user name length mismatch") }
+                user = name
+            }
             return .hello(
                 Hello(
                     version: version,
                     capabilities: capabilities,
                     nonce: nonce,
                     maximumDataPayload: maximumDataPayload,
-                    resumeSessionID: resume
+                    resumeSessionID: resume,
+                    user: user
                 )
             )
         case .challenge:

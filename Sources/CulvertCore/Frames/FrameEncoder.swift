@@ -43,6 +43,10 @@ public struct FrameEncoder: Sendable {
             buffer.writeInteger(hello.maximumDataPayload)
             buffer.writeInteger(UInt8(hello.resumeSessionID.count))
             buffer.writeBytes(hello.resumeSessionID)
+            if !hello.user.isEmpty {
+                buffer.writeInteger(UInt8(hello.user.utf8.count))
+                buffer.writeString(hello.user)
+            }
         case .challenge(let challenge):
             buffer.writeInteger(challenge.version)
             buffer.writeInteger(challenge.capabilities.rawValue)

@@ -43,6 +43,21 @@ public struct HandshakeKeys: Sendable {
         Self.mac(self.key, label: "culvert v1 session key", transcript)
     }
 
+    /// A named user's client signature: HMAC-SHA256 under the stored key, which the proof XORs with the client key.
+    static func userClientSignature(storedKey: [UInt8], transcript: [UInt8]) -> [UInt8] {
+        Self.mac(SymmetricKey(data: storedKey), label: "culvert v1 user client proof", transcript)
+    }
+
+    /// The server's proof to a named user, made with the user's server key.
+    public static func userServerProof(serverKey: [UInt8], transcript: [UInt8], sessionID: [UInt8]) -> [UInt8] {
+        Self.mac(SymmetricKey(data: serverKey), label: "culvert v1 user server proof", transcript + sessionID)
+    }
+
+    /// A named user's session key, made with the client key (which the server recovers from the proof).
+    public static func userSessionKey(clientKey: [UInt8], transcript: [UInt8]) -> [UInt8] {
+        Self.mac(SymmetricKey(data: clientKey), label: "culvert v1 user session key", transcript)
+    }
+
     /// Compares a received proof with the expected one in constant time.
     public static func proofsMatch(_ received: [UInt8], _ expected: [UInt8]) -> Bool {
         guard received.count == expected.count else { return false }
@@ -62,6 +77,10 @@ public struct HandshakeKeys: Sendable {
         bytes.append(contentsOf: hello.maximumDataPayload.bigEndianBytes)
         bytes.append(UInt8(hello.resumeSessionID.count))
         bytes.append(contentsOf: hello.resumeSessionID)
+        if !hello.user.isEmpty {
+            bytes.append(UInt8(hello.user.utf8.count))
+            bytes.append(contentsOf: hello.user.utf8)
+        }
         bytes.append(challenge.version)
         bytes.append(contentsOf: challenge.capabilities.rawValue.bigEndianBytes)
         bytes.append(contentsOf: challenge.nonce)

@@ -8,14 +8,21 @@ public struct Hello: Hashable, Sendable {
     public var maximumDataPayload: UInt32
     /// Empty for a new session; the id of the session to resume otherwise.
     public var resumeSessionID: [UInt8]
+    /// The user the client authenticates as (`--user`); empty for the server's shared token.
+    public var user: String
+
+    /// The longest user name, in UTF-8 bytes (its length goes in one byte).
+    public static let maximumUserLength = 64
 
     public init(
         version: UInt8,
         capabilities: Capabilities,
         nonce: [UInt8],
         maximumDataPayload: UInt32,
-        resumeSessionID: [UInt8] = []
+        resumeSessionID: [UInt8] = [],
+        user: String = ""
     ) {
+        self.user = user
         self.version = version
         self.capabilities = capabilities
         self.nonce = nonce

@@ -24,6 +24,11 @@ public struct HandshakeStateMachine: Sendable {
         public var peerMaximumDataPayload: UInt32
         /// Reliable frames the peer says it has received (non-zero only when resuming).
         public var peerReceived: UInt64
+        /// The named user the client authenticated as; nil for the shared token (and when resuming: the session
+        /// keeps the user it began with).
+        public var user: String? = nil
+        /// Server: the client said the session only probes the path (``Capabilities/probe``).
+        public var isProbe = false
 
         /// The session id in lower-case hex, as logs show it.
         public var sessionIDString: String {
@@ -42,8 +47,11 @@ public struct HandshakeStateMachine: Sendable {
     }
 
     public enum Role: Sendable {
-        case client(token: String?)
-        case server(token: String?, authenticationRequired: Bool)
+        /// A client proving `token`; with `user`, as that named user of a server's users file.
+        case client(token: String?, user: String? = nil)
+        /// A server that checks the shared `token` (nil: clients that name no user are refused, unless
+        /// authentication is off) and, with `users`, named users' tokens.
+        case server(token: String?, authenticationRequired: Bool, users: UserLookup? = nil)
         /// A client resuming session `sessionID` on a new transport connection, having received `received`
         /// reliable frames; it proves it holds `sessionKey`.
         case resumingClient(sessionID: [UInt8], sessionKey: [UInt8], received: UInt64)
@@ -64,13 +72,19 @@ public struct HandshakeStateMachine: Sendable {
         case clientAwaitingChallenge(Hello)
         case clientAwaitingWelcome(transcript: [UInt8], capabilities: Capabilities, peerMaximum: UInt32)
         case serverAwaitingHello
-        case serverAwaitingAuth(transcript: [UInt8], capabilities: Capabilities, peerMaximum: UInt32)
+        case serverAwaitingAuth(transcript: [UInt8], capabilities: Capabilities, peerMaximum: UInt32, user: String, isProbe: Bool)
         case established
         case failed
     }
 
     private var state: State
     private let keys: HandshakeKeys
+    /// Client: the named user and its keys.
+    private let userKeys: (name: String, keys: UserTokenKeys)?
+    /// Server: the named users it knows.
+    private let users: UserLookup?
+    /// Server: whether it has a shared token for clients that name no user.
+    private let acceptsSharedToken: Bool
     private let resumption: Resumption?
     private let authenticationRequired: Bool
     /// A client that has no token: a refusal for authentication then means the server needs one.
@@ -90,24 +104,37 @@ public struct HandshakeStateMachine: Sendable {
         randomBytes: @escaping @Sendable (Int) -> [UInt8] = HandshakeStateMachine.systemRandomBytes
     ) {
         switch role {
-        case .client(let token):
+        case .client(let token, let user):
             self.state = .clientIdle
             self.keys = HandshakeKeys(token: token)
             self.clientWithoutToken = token?.isEmpty ?? true
             self.authenticationRequired = true
             self.resumption = nil
-        case .server(let token, let required):
+            if let user, !user.isEmpty {
+                self.userKeys = (user, UserTokenKeys(token: token ?? ""))
+            } else {
+                self.userKeys = nil
+            }
+            self.users = nil
+            self.acceptsSharedToken = true
+        case .server(let token, let required, let users):
             self.clientWithoutToken = false
             self.state = .serverAwaitingHello
             self.keys = HandshakeKeys(token: token)
             self.authenticationRequired = required
             self.resumption = nil
+            self.userKeys = nil
+            self.users = users
+            self.acceptsSharedToken = token != nil || !required
         case .resumingClient(let sessionID, let sessionKey, let received),
             .resumingServer(let sessionID, let sessionKey, let received):
             if case .resumingClient = role { self.state = .clientIdle } else { self.state = .serverAwaitingHello }
             self.clientWithoutToken = false
             self.keys = HandshakeKeys(sessionKey: sessionKey)
             self.authenticationRequired = true
+            self.userKeys = nil
+            self.users = nil
+            self.acceptsSharedToken = false
             self.resumption = Resumption(
                 sessionID: sessionID, sessionKey: sessionKey, keys: HandshakeKeys(sessionKey: sessionKey), received: received
             )
@@ -127,7 +154,8 @@ public struct HandshakeStateMachine: Sendable {
             capabilities: self.capabilities,
             nonce: self.randomBytes(32),
             maximumDataPayload: self.maximumDataPayload,
-            resumeSessionID: self.resumption?.sessionID ?? []
+            resumeSessionID: self.resumption?.sessionID ?? [],
+            user: self.userKeys?.name ?? ""
         )
         self.state = .clientAwaitingChallenge(hello)
         return .hello(hello)
@@ -156,6 +184,9 @@ public struct HandshakeStateMachine: Sendable {
                 let proof = resumption.keys.clientResumeProof(transcript: transcript)
                 return .send(.auth(Auth(proof: proof, received: resumption.received)))
             }
+            if let (_, userKeys) = self.userKeys {
+                return .send(.auth(Auth(proof: userKeys.clientProof(transcript: transcript), received: 0)))
+            }
             return .send(.auth(Auth(proof: self.keys.clientProof(transcript: transcript), received: 0)))
 
         case (.clientAwaitingWelcome(let transcript, let capabilities, let peerMaximum), .welcome(let welcome))
@@ -176,17 +207,28 @@ public struct HandshakeStateMachine: Sendable {
             return .established(outcome, send: nil)
 
         case (.clientAwaitingWelcome(let transcript, let capabilities, let peerMaximum), .welcome(let welcome)):
-            let expected = self.keys.serverProof(transcript: transcript, sessionID: welcome.sessionID)
+            let expected: [UInt8]
+            let sessionKey: [UInt8]
+            if let (_, userKeys) = self.userKeys {
+                expected = HandshakeKeys.userServerProof(
+                    serverKey: userKeys.verifier.serverKey, transcript: transcript, sessionID: welcome.sessionID
+                )
+                sessionKey = HandshakeKeys.userSessionKey(clientKey: userKeys.clientKey, transcript: transcript)
+            } else {
+                expected = self.keys.serverProof(transcript: transcript, sessionID: welcome.sessionID)
+                sessionKey = self.keys.sessionKey(transcript: transcript)
+            }
             guard HandshakeKeys.proofsMatch(welcome.proof, expected) else {
                 return self.fail(.serverProofInvalid, goAway: .authenticationFailed)
             }
             self.state = .established
             let outcome = Outcome(
                 sessionID: welcome.sessionID,
-                sessionKey: self.keys.sessionKey(transcript: transcript),
+                sessionKey: sessionKey,
                 capabilities: capabilities.intersection(welcome.capabilities),
                 peerMaximumDataPayload: peerMaximum,
-                peerReceived: welcome.received
+                peerReceived: welcome.received,
+                user: self.userKeys?.name
             )
             return .established(outcome, send: nil)
 
@@ -209,11 +251,13 @@ public struct HandshakeStateMachine: Sendable {
             self.state = .serverAwaitingAuth(
                 transcript: HandshakeKeys.transcript(hello: hello, challenge: challenge),
                 capabilities: hello.capabilities.intersection(self.capabilities),
-                peerMaximum: hello.maximumDataPayload
+                peerMaximum: hello.maximumDataPayload,
+                user: hello.user,
+                isProbe: hello.capabilities.contains(.probe)
             )
             return .send(.challenge(challenge))
 
-        case (.serverAwaitingAuth(let transcript, let capabilities, let peerMaximum), .auth(let auth))
+        case (.serverAwaitingAuth(let transcript, let capabilities, let peerMaximum, _, _), .auth(let auth))
         where self.resumption != nil:
             let resumption = self.resumption!
             guard HandshakeKeys.proofsMatch(auth.proof, resumption.keys.clientResumeProof(transcript: transcript)) else {
@@ -235,7 +279,17 @@ public struct HandshakeStateMachine: Sendable {
             )
             return .established(outcome, send: .welcome(welcome))
 
-        case (.serverAwaitingAuth(let transcript, let capabilities, let peerMaximum), .auth(let auth)):
+        case (.serverAwaitingAuth(let transcript, let capabilities, let peerMaximum, let user, let isProbe), .auth(let auth))
+        where !user.isEmpty:
+            return self.authenticateUser(
+                user, auth: auth, transcript: transcript, capabilities: capabilities, peerMaximum: peerMaximum, isProbe: isProbe
+            )
+
+        case (.serverAwaitingAuth(let transcript, let capabilities, let peerMaximum, _, let isProbe), .auth(let auth)):
+            // A server with named users only: a client that names none cannot be checked against any token.
+            guard self.acceptsSharedToken else {
+                return self.fail(.userProofInvalid, goAway: .authenticationFailed)
+            }
             if self.authenticationRequired {
                 let expected = self.keys.clientProof(transcript: transcript)
                 guard HandshakeKeys.proofsMatch(auth.proof, expected) else {
@@ -255,7 +309,8 @@ public struct HandshakeStateMachine: Sendable {
                 sessionKey: self.keys.sessionKey(transcript: transcript),
                 capabilities: capabilities,
                 peerMaximumDataPayload: peerMaximum,
-                peerReceived: auth.received
+                peerReceived: auth.received,
+                isProbe: isProbe
             )
             return .established(outcome, send: .welcome(welcome))
 
@@ -273,6 +328,41 @@ public struct HandshakeStateMachine: Sendable {
         default:
             return self.fail(.protocolViolation("unexpected \(frame.type) frame during the handshake"), goAway: .protocolError)
         }
+    }
+
+    /// Checks a named user's proof. An unknown user is checked against a verifier made up for the occasion, so it
+    /// takes the same work and gets the same refusal as a wrong token: from outside the two look alike.
+    private mutating func authenticateUser(
+        _ user: String, auth: Auth, transcript: [UInt8], capabilities: Capabilities, peerMaximum: UInt32, isProbe: Bool
+    ) -> Action {
+        let known = self.users?.verifier(user)
+        let verifier = known ?? TokenVerifier(storedKey: self.randomBytes(32), serverKey: self.randomBytes(32))
+        let clientKey = verifier.clientKey(fromProof: auth.proof, transcript: transcript)
+        guard let clientKey, known != nil, let users = self.users else {
+            return self.fail(.userProofInvalid, goAway: .authenticationFailed)
+        }
+        // A probe carries nothing and ends at once: it does not take one of the user's sessions.
+        if !isProbe, let refusal = users.admit(user) {
+            return self.fail(.userRefused(refusal), goAway: .overloaded)
+        }
+        let sessionID = self.randomBytes(16)
+        let welcome = Welcome(
+            proof: HandshakeKeys.userServerProof(serverKey: verifier.serverKey, transcript: transcript, sessionID: sessionID),
+            sessionID: sessionID,
+            capabilities: capabilities,
+            received: 0
+        )
+        self.state = .established
+        let outcome = Outcome(
+            sessionID: sessionID,
+            sessionKey: HandshakeKeys.userSessionKey(clientKey: clientKey, transcript: transcript),
+            capabilities: capabilities,
+            peerMaximumDataPayload: peerMaximum,
+            peerReceived: auth.received,
+            user: user,
+            isProbe: isProbe
+        )
+        return .established(outcome, send: .welcome(welcome))
     }
 
     private mutating func fail(_ error: HandshakeError, goAway code: GoAwayCode?) -> Action {
@@ -302,6 +392,11 @@ public enum HandshakeError: Error, Hashable, Sendable, CustomStringConvertible {
     case serverProofInvalid
     /// The client has no token and the server refused it for that (it needs one).
     case noTokenGiven
+    /// A named user's proof did not verify: the server does not know the user, or the token is not theirs (the
+    /// two are told apart nowhere, so the name of a user cannot be guessed from the answer).
+    case userProofInvalid
+    /// The user proved its token, and the server refused the session for this reason (its session limit).
+    case userRefused(String)
     case resumeRefused
     /// A resumption named a session this server has, with a proof made without its key: someone who saw the
     /// session's id, not its client.
@@ -318,6 +413,10 @@ public enum HandshakeError: Error, Hashable, Sendable, CustomStringConvertible {
             "wrong token: the client's proof did not verify"
         case .serverProofInvalid:
             "the server could not prove it knows the token (wrong token, or a server started with --no-auth)"
+        case .userProofInvalid:
+            "unknown user or wrong token: the client's proof did not verify"
+        case .userRefused(let reason):
+            reason
         case .noTokenGiven:
             "no token given, and the server needs one: pass --token or --token-file, or set CULVERT_TOKEN (the server's token)"
         case .resumeRefused:

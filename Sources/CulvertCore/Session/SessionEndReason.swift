@@ -13,5 +13,7 @@ public enum SessionEndReason: Error, Hashable, Sendable {
     case handedOver
     /// Server: the session was refused before its handshake.
     case refused(GoAwayCode, String)
+    /// Server: a detached session ended to make room for a new session of its user, at its session limit.
+    case replaced(user: String)
     case shutdown
 }

@@ -24,8 +24,14 @@ public struct SessionStateMachine: Sendable {
     public struct Settings: Sendable {
         public var token: String?
         public var authenticationRequired: Bool
+        /// Client: the named user it authenticates as (`--user`); nil for the shared token.
+        public var user: String?
+        /// Server: its named users (`--users`); nil when it has only the shared token.
+        public var users: UserLookup?
         /// This side asks for (client) or agrees to (server) per-stream compression.
         public var compression: Bool
+        /// Client: the session is a transport probe (``Capabilities/probe``).
+        public var isProbe = false
         public var mux: MuxConfiguration
         public var handshakeTimeout: TimeAmount
         public var keepaliveInterval: TimeAmount
@@ -36,12 +42,15 @@ public struct SessionStateMachine: Sendable {
         public var detachedGracePeriod: TimeAmount
 
         public init(
-            token: String?, authenticationRequired: Bool, compression: Bool, mux: MuxConfiguration,
+            token: String?, authenticationRequired: Bool, user: String? = nil, users: UserLookup? = nil,
+            compression: Bool, mux: MuxConfiguration,
             handshakeTimeout: TimeAmount, keepaliveInterval: TimeAmount, keepaliveTimeout: TimeAmount,
             resumption: Bool, detachedGracePeriod: TimeAmount
         ) {
             self.token = token
             self.authenticationRequired = authenticationRequired
+            self.user = user
+            self.users = users
             self.compression = compression
             self.mux = mux
             self.handshakeTimeout = handshakeTimeout
@@ -138,13 +147,14 @@ public struct SessionStateMachine: Sendable {
         self.settings = settings
         let handshakeRole: HandshakeStateMachine.Role =
             switch role {
-            case .client: .client(token: settings.token)
-            case .server: .server(token: settings.token, authenticationRequired: settings.authenticationRequired)
+            case .client: .client(token: settings.token, user: settings.user)
+            case .server:
+                .server(token: settings.token, authenticationRequired: settings.authenticationRequired, users: settings.users)
             }
         self.state = .handshaking(
             HandshakeStateMachine(
                 role: handshakeRole,
-                capabilities: settings.compression ? [.compression] : [],
+                capabilities: Capabilities(settings.compression ? [.compression] : []).union(settings.isProbe ? [.probe] : []),
                 maximumDataPayload: UInt32(settings.mux.maximumDataPayload)
             ),
             deadline: now + settings.handshakeTimeout
