@@ -1,0 +1,106 @@
+import CulvertTools
+import Foundation
+import NIOCore
+import NIOPosix
+import Testing
+
+/// `culvert server --users` and `--config` as an operator runs them: files refused with their line and key,
+/// SIGHUP reloading them, and a user's session limit with a client that was killed.
+extension CommandLineTests {
+    /// A scratch directory for one test's files, removed at the end.
+    struct ScratchDirectory {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("culvert-users-\(UUID().uuidString)").path
+
+        init() throws { try FileManager.default.createDirectory(atPath: self.path, withIntermediateDirectories: true) }
+
+        func write(_ name: String, _ text: String) throws -> String {
+            let file = "\(self.path)/\(name)"
+            try text.write(toFile: file, atomically: true, encoding: .utf8)
+            return file
+        }
+
+        func remove() { try? FileManager.default.removeItem(atPath: self.path) }
+    }
+
+    @Test func aConfigFileWithABadValueIsRefusedWithItsLineAndKey() throws {
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let users = try scratch.write("users.toml", "[users.alice]\ntoken = \"a\"\nmax-sessions = 0\n")
+        let config = try scratch.write("server.toml", "listen = \"127.0.0.1:1\"\nusers = \"\(users)\"\nmax-sessions = \"many\"\n")
+        let badValue = try self.run(["server", "--config", config])
+        #expect(badValue.status == 2)
+        #expect(badValue.standardError.contains("server.toml line 3, key max-sessions:"), "\(badValue.standardError)")
+        // The command line wins over the file: with a good --max-sessions, the users file's mistake is next.
+        let badUsers = try self.run(["server", "--config", config, "--max-sessions", "5"])
+        #expect(badUsers.status == 2)
+        #expect(badUsers.standardError.contains("users.toml line 3, key users.alice.max-sessions: must be 1 or more"), "\(badUsers.standardError)")
+    }
+
+    /// SIGHUP re-reads the users file: a file that does not parse is refused and the rules in force stay; a file
+    /// without a user refuses that user's new sessions while another user's open session goes on moving data.
+    @Test func sighupReloadsTheUsersFileAndABrokenFileKeepsTheRulesInForce() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let echo = try await EchoServer.start(group: group)
+        let serverPort = try await RawConnection.unusedPort(group: group)
+        let bobsPort = try await RawConnection.unusedPort(group: group)
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let allow = "allow = [\"127.0.0.1:\(echo.port)\"]"
+        let bothUsers = "[users.alice]\ntoken = \"alices\"\n\(allow)\n[users.bob]\ntoken = \"bobs\"\n\(allow)\n"
+        let users = try scratch.write("users.toml", bothUsers)
+        let config = try scratch.write("server.toml", "listen = \"127.0.0.1:\(serverPort)\"\nusers = \"\(users)\"\n")
+        let server = try LoggedProcess(["server", "--config", config])
+        defer { server.stop() }
+        #expect(try await RealProxy.waitForListener(port: serverPort, startedBy: server.process))
+        let bob = try LoggedProcess([
+            "client", "http://127.0.0.1:\(serverPort)", "--user", "bob", "--token", "bobs", "--transport", "websocket",
+            "-L", "127.0.0.1:\(bobsPort):127.0.0.1:\(echo.port)",
+        ])
+        defer { bob.stop() }
+        #expect(try await bob.waitForLog("tunnel established"), "\(bob.log)")
+        let aliceArguments = ["client", "http://127.0.0.1:\(serverPort)", "--user", "alice", "--token", "alices", "--transport", "websocket", "-L", "0:127.0.0.1:\(echo.port)"]
+
+        _ = try scratch.write("users.toml", "[users.alice\ntoken = \"alices\"\n")
+        kill(server.process.pid, SIGHUP)
+        #expect(try await server.waitForLog("SIGHUP: reload refused, the rules in force stay"), "\(server.log)")
+        #expect(server.log.contains("users.toml line 1"), "\(server.log)")
+        let aliceStill = try LoggedProcess(aliceArguments)
+        #expect(try await aliceStill.waitForLog("tunnel established"), "\(aliceStill.log)")
+        aliceStill.stop()
+
+        _ = try scratch.write("users.toml", "[users.bob]\ntoken = \"bobs\"\n\(allow)\n")
+        kill(server.process.pid, SIGHUP)
+        #expect(try await server.waitForLog("SIGHUP: reloaded the access rules (0 --allow entries, 1 user)"), "\(server.log)")
+        let aliceRemoved = try self.run(aliceArguments)
+        #expect(aliceRemoved.status != 0)
+        #expect(aliceRemoved.standardError.contains("unknown user or wrong token"), "\(aliceRemoved.standardError)")
+        let transfer = try await TransferClient.echoTransfer(host: "127.0.0.1", port: bobsPort, byteCount: 1 << 20, group: group)
+        #expect(transfer.digestsMatch)
+        #expect(server.process.isRunning)
+        try await echo.close()
+    }
+
+    /// A user at its limit of one session whose client was killed (its session waits to be resumed) gets in again
+    /// at once with a new client: the waiting session makes room. The new client negotiates its transport, so its
+    /// probe sessions must not count against the limit either.
+    @Test func aUserAtItsLimitWhoseClientWasKilledGetsInAgainAtOnce() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let serverPort = try await RawConnection.unusedPort(group: group)
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let users = try scratch.write("users.toml", "[users.alice]\ntoken = \"alices\"\nallow = [\"127.0.0.1:1\"]\nmax-sessions = 1\n")
+        let server = try LoggedProcess(["server", "--listen", "127.0.0.1:\(serverPort)", "--users", users, "--resume-grace", "300"])
+        defer { server.stop() }
+        #expect(try await RealProxy.waitForListener(port: serverPort, startedBy: server.process))
+        let arguments = ["client", "http://127.0.0.1:\(serverPort)", "--user", "alice", "--token", "alices", "-L", "0:127.0.0.1:1"]
+        let first = try LoggedProcess(arguments)
+        defer { first.stop() }
+        #expect(try await first.waitForLog("transport auto: settled on"), "\(first.log)")
+        kill(first.process.pid, SIGKILL)
+        _ = first.waitForExit()
+        let second = try LoggedProcess(arguments)
+        defer { second.stop() }
+        #expect(try await second.waitForLog("tunnel established", seconds: 15), "\(second.log)\n\(server.log)")
+        #expect(server.log.contains("ending this session, which waits for its client"), "\(server.log)")
+    }
+}
