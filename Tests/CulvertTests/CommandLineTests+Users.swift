@@ -104,3 +104,27 @@ extension CommandLineTests {
         #expect(server.log.contains("ending this session, which waits for its client"), "\(server.log)")
     }
 }
+
+extension CommandLineTests {
+    /// deploy/culvert.service is a unit systemd accepts as it stands (every directive known, the command there), with
+    /// culvert's path put in for the built binary.
+    @Test func theSystemdUnitInDeployIsOneSystemdAccepts() throws {
+        let root = #filePath.components(separatedBy: "/Tests/")[0]
+        let unit = try String(contentsOfFile: "\(root)/deploy/culvert.service", encoding: .utf8)
+        #expect(unit.contains("DynamicUser=yes") && unit.contains("NoNewPrivileges=yes") && unit.contains("ProtectSystem=strict"))
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let path = try scratch.write("culvert.service", unit.replacingOccurrences(of: "/usr/local/bin/culvert", with: Self.executable.path))
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/systemd-analyze")
+        process.arguments = ["verify", path]
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = errors
+        try process.run()
+        let output = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0, "\(output)")
+        #expect(output.isEmpty, "\(output)")
+    }
+}
