@@ -190,6 +190,9 @@ public final class TunnelClient: StreamOpening, Sendable {
                 try await client.carryStandardIO(to: target)
             } catch {
                 for listener in listeners { try? await listener.close() }
+                // Nothing was carried: whoever waits for the stream's end hears the reason, and the promise
+                // does not die unfulfilled with the client.
+                client.standardIOPromise?.fail(error)
                 throw error
             }
         }

@@ -88,6 +88,24 @@ extension CommandLineTests {
         #expect(run.output.isEmpty, "nothing but the stream goes to standard output")
     }
 
+    /// `--stdio` with standard input from /dev/null, or standard output to a file, is refused with one line saying
+    /// which and what to do (the event loop cannot wait on them: it used to stop the process with a crash).
+    @Test(arguments: ["< /dev/null", "> \(FileManager.default.temporaryDirectory.path)/culvert-stdio-out-\(UUID().uuidString)"])
+    func stdioFromDevNullOrToAFileIsRefusedWithOneLine(redirection: String) throws {
+        let port = try self.freePort()
+        let server = try self.startServer(port: port, token: "t")
+        defer { server.terminate(); server.waitUntilExit() }
+        let shell = redirection.hasPrefix("<")
+            ? "\(Self.executable.path) client http://127.0.0.1:\(port) --token t --transport websocket --stdio 127.0.0.1:1 < /dev/null 2>&1 | cat; echo status=${PIPESTATUS[0]}"
+            : "echo hi | \(Self.executable.path) client http://127.0.0.1:\(port) --token t --transport websocket --stdio 127.0.0.1:1 2>&1 \(redirection) | cat; echo status=${PIPESTATUS[1]}"
+        let output = ChildProcess.run("/bin/bash", ["-c", shell]) ?? ""
+        #expect(output.contains("status=1"), "\(output)")
+        #expect(output.contains("culvert: error: --stdio needs standard input and output to be pipes, sockets or a terminal"), "\(output)")
+        #expect(output.contains(redirection.hasPrefix("<") ? "standard input is a device such as /dev/null" : "standard output is a file"), "\(output)")
+        #expect(output.split(separator: "\n").count == 2, "one line, then the status: \(output)")
+        if redirection.hasPrefix(">") { try? FileManager.default.removeItem(atPath: String(redirection.dropFirst(2))) }
+    }
+
     /// `-D` through the built binary, with `--socks-user` from the environment: curl with the right credentials
     /// gets its page from nginx; bad `-D` and `--socks-user` values are one line each.
     @Test func socksProxyFromTheCommandLineCarriesCurl() async throws {

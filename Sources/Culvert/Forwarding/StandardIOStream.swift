@@ -20,6 +20,10 @@ extension TunnelClient {
     /// - Throws: ``ForwardingError/standardIOUnusable(_:)`` when standard input or output is a file or /dev/null
     ///   (they must be pipes, sockets or a terminal).
     func carryStandardIO(to target: TargetAddress) async throws {
+        // /dev/null and other devices that epoll refuses would stop the event loop when registered: refuse them first.
+        for (descriptor, name) in [(STDIN_FILENO, "standard input"), (STDOUT_FILENO, "standard output")] {
+            if let kind = Self.unwaitableKind(descriptor) { throw ForwardingError.standardIOUnusable("\(name) is \(kind)") }
+        }
         // Duplicates, so that the channel closing them does not close the process's own 0 and 1 under its logger.
         let input = dup(STDIN_FILENO)
         let output = dup(STDOUT_FILENO)
@@ -54,6 +58,19 @@ extension TunnelClient {
             if let held = try? channel.pipeline.syncOperations.handler(type: WaitingConnectionBuffer.self) {
                 channel.pipeline.syncOperations.removeHandler(held, promise: nil)
             }
+        }
+    }
+
+    /// What `descriptor` is when the event loop cannot wait on it (a file, /dev/null or another device: epoll refuses
+    /// them, and NIO would stop the process when registering one); nil for pipes, sockets and terminals.
+    static func unwaitableKind(_ descriptor: Int32) -> String? {
+        var status = stat()
+        guard fstat(descriptor, &status) == 0 else { return nil }
+        switch status.st_mode & S_IFMT {
+        case S_IFIFO, S_IFSOCK: return nil
+        case S_IFCHR: return isatty(descriptor) != 0 ? nil : "a device such as /dev/null"
+        case S_IFREG: return "a file"
+        default: return "neither a pipe, a socket nor a terminal"
         }
     }
 }
