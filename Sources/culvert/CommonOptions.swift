@@ -50,17 +50,36 @@ struct UserOptions: ParsableArguments {
     }
 }
 
-/// `--log-level`.
+/// `--log-level`, `-v`/`-q` and `--log-format`.
 struct LoggingOptions: ParsableArguments {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default: info; warning with --stdio).")
     var logLevel: String?
 
-    /// A logger at `--log-level`, or at `defaultLevel` when none was given.
+    @Flag(name: .shortAndLong, help: "More log lines: -v one level more (debug), -vv two (trace).")
+    var verbose: Int
+
+    @Flag(name: .shortAndLong, help: "Fewer log lines: -q one level fewer (warning), -qq two (error).")
+    var quiet: Int
+
+    @Option(help: ArgumentHelp("Log line format: text, or json (one object per line, the fields as keys). Default: text on a terminal, json otherwise.", valueName: "text|json"))
+    var logFormat: String?
+
+    /// A logger at `--log-level` (or `defaultLevel`), moved by `-v` and `-q`, in `--log-format`.
     func makeLogger(label: String, defaultLevel: Logger.Level = .info) throws -> Logger {
-        guard let level = self.logLevel.map({ Logger.Level(rawValue: $0) }) ?? defaultLevel else {
+        guard let base = self.logLevel.map({ Logger.Level(rawValue: $0) }) ?? defaultLevel else {
             throw CLIError("unknown --log-level '\(self.logLevel ?? "")'; use trace, debug, info, notice, warning, error or critical")
         }
-        LoggingBootstrap.once(level: level)
+        let levels = Logger.Level.allCases
+        let index = min(max(levels.firstIndex(of: base)! - self.verbose + self.quiet, 0), levels.count - 1)
+        let level = levels[index]
+        let json: Bool
+        switch self.logFormat {
+        case nil: json = isatty(2) == 0
+        case "json": json = true
+        case "text": json = false
+        case let other?: throw CLIError("unknown --log-format '\(other)'; use text or json")
+        }
+        LoggingBootstrap.once(level: level, json: json)
         var logger = Logger(label: label)
         logger.logLevel = level
         return logger
@@ -70,10 +89,15 @@ struct LoggingOptions: ParsableArguments {
 enum LoggingBootstrap {
     nonisolated(unsafe) private static var done = false
 
-    static func once(level: Logger.Level) {
+    static func once(level: Logger.Level, json: Bool) {
         guard !done else { return }
         done = true
         LoggingSystem.bootstrap { label in
+            if json {
+                var handler = JSONLogHandler(label: label)
+                handler.logLevel = level
+                return handler
+            }
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler

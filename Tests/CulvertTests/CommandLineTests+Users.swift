@@ -128,3 +128,48 @@ extension CommandLineTests {
         #expect(output.isEmpty, "\(output)")
     }
 }
+
+extension CommandLineTests {
+    /// `--log-format json` writes one JSON object per line with time, level, message and the session's fields
+    /// (peer, session, user) as keys; the same event reads the same in text. No token appears in either.
+    @Test func jsonLogLinesCarryTheFieldsAsKeysAndTextLinesTheSameEvents() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let users = try scratch.write("users.toml", "[users.alice]\ntoken = \"alices-secret-token\"\nallow = [\"127.0.0.1:1\"]\n")
+        for format in ["json", "text"] {
+            let serverPort = try await RawConnection.unusedPort(group: group)
+            let server = try LoggedProcess(["server", "--listen", "127.0.0.1:\(serverPort)", "--users", users, "--log-format", format, "-v"])
+            defer { server.stop() }
+            #expect(try await RealProxy.waitForListener(port: serverPort, startedBy: server.process))
+            let client = try Self.runStandardIO(
+                ["--user", "alice", "--token", "alices-secret-token", "--transport", "websocket", "--stdio", "127.0.0.1:1", "--log-format", format],
+                serverPort: serverPort, input: Data()
+            )
+            #expect(client.status == 1, "\(client.errors)")
+            #expect(try await server.waitForLog("stream"), "\(server.log)")
+            server.process.stop()
+            let log = server.log
+            #expect(!log.contains("alices-secret-token"))
+            #expect(log.contains("session established over websocket for user alice"), "\(log)")
+            if format == "json" {
+                let lines = log.split(separator: "\n")
+                #expect(!lines.isEmpty)
+                var sawUser = false
+                for line in lines {
+                    let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "not JSON: \(line)")
+                    #expect(object["time"] is String && object["level"] is String && object["message"] is String, "\(line)")
+                    if object["user"] as? String == "alice" {
+                        sawUser = true
+                        #expect(object["session"] is String && object["peer"] is String, "\(line)")
+                    }
+                }
+                #expect(sawUser, "\(log)")
+                #expect(lines.contains { $0.contains("\"level\":\"debug\"") }, "-v shows debug lines: \(log)")
+            } else {
+                #expect(log.contains("user=alice"), "\(log)")
+                #expect(!log.contains("{\"time\""))
+            }
+        }
+    }
+}

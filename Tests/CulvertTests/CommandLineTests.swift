@@ -254,7 +254,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: directory) }
         func startAndReadPin() throws -> (Process, String, Int) {
             let port = try self.freePort()
-            let (server, errors) = try self.startServerWithLog(port: port, token: "t", extraArguments: ["--tls-self-signed", "--tls-dir", directory])
+            let (server, errors) = try self.startServerWithLog(port: port, token: "t", extraArguments: ["--tls-self-signed", "--tls-dir", directory, "--log-format", "text"])
             var text = ""
             while !text.contains("--tls-pin sha256:") || !text.contains("\n") {
                 let data = errors.fileHandleForReading.availableData
