@@ -125,6 +125,12 @@ public final class TunnelClient: StreamOpening, Sendable {
         }
         return session
     }
+    /// Brings the metrics up to date for a scrape: the session reports the bytes it moved since it last did.
+    public func collectMetrics() async {
+        guard let session = self.state.withLockedValue({ $0.session }) else { return }
+        _ = try? await session.eventLoop.submit { session.reportTraffic() }.get()
+    }
+
     /// Sessions started so far (1 until the server restarts or refuses a resumption).
     public var sessionsStarted: Int { self.state.withLockedValue { $0.sessionsStarted } }
     /// Whether the client has a working connection to the server now (false while it reconnects or resumes).

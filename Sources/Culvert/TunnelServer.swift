@@ -64,6 +64,7 @@ public final class TunnelServer: Sendable {
     private let transportServer: TransportServer
     /// The allowlists and users in force; ``updateAccessRules(_:)`` replaces them.
     public let accessControl: AccessControl
+    private let metrics: TunnelMetrics?
     private let sessions: NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>
     private let memoryTrimming = NIOLockedValueBox<RepeatedTask?>(nil)
 
@@ -81,8 +82,9 @@ public final class TunnelServer: Sendable {
 
     private init(
         transportServer: TransportServer, sessions: NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>, changes: StateChangeSignal,
-        accessControl: AccessControl
+        accessControl: AccessControl, metrics: TunnelMetrics?
     ) {
+        self.metrics = metrics
         self.accessControl = accessControl
         self.transportServer = transportServer
         self.sessions = sessions
@@ -175,6 +177,7 @@ public final class TunnelServer: Sendable {
                         return nil
                     }
                     session.logger.debug("refused unheard: too many authentication attempts from \(address)")
+                    configuration.session.metrics?.throttledConnection()
                     return (
                         .throttled,
                         "earlier attempts from \(address) failed to authenticate (the server allows \(configuration.authenticationFailuresPerMinute) a minute); try again in \(Int(wait.seconds.rounded(.up))) s"
@@ -215,9 +218,11 @@ public final class TunnelServer: Sendable {
                     sessions.withLockedValue { _ = $0.removeValue(forKey: key) }
                     if let user = wasEstablished.withLockedValue({ $0.user }) { access.release(user: user) }
                     changes.notify()
+                    if reason.isAuthenticationFailure { configuration.session.metrics?.authenticationFailed() }
                     if attempt.finish(failed: reason.isAuthenticationFailure), reason.isAuthenticationFailure,
                         throttle.withLockedValue({ $0.retryAfter(address, now: .now()) }) != nil
                     {
+                        configuration.session.metrics?.addressThrottled()
                         session.logger.warning("\(address) failed to authenticate \(configuration.authenticationFailuresPerMinute) times within a minute: refusing it for a while")
                     }
                     if case .refused = reason { return }
@@ -251,9 +256,21 @@ public final class TunnelServer: Sendable {
             throw ForwardingError.bindFailed(address: listenAddress, reason: describeBindError(error))
         }
         connector.listenPort.withLockedValue { $0 = transportServer.localAddress?.port }
-        let server = TunnelServer(transportServer: transportServer, sessions: sessions, changes: changes, accessControl: access)
+        let server = TunnelServer(transportServer: transportServer, sessions: sessions, changes: changes, accessControl: access, metrics: configuration.session.metrics)
         server.startReturningFreedMemory(on: group.next())
         return server
+    }
+
+    /// Brings the metrics up to date for a scrape: every session reports the bytes it moved since it last did, and
+    /// the receive memory all sessions have committed is recorded.
+    public func collectMetrics() async {
+        guard let metrics = self.metrics else { return }
+        let sessions = self.sessions.withLockedValue { Array($0.values) }
+        var memory = 0
+        for session in sessions {
+            memory += (try? await session.eventLoop.submit { session.reportTraffic() }.get()) ?? 0
+        }
+        metrics.sessionMemory(bytes: memory)
     }
 
     /// Puts reloaded rules in force: new sessions and new streams follow them at once; open sessions and streams

@@ -1,4 +1,5 @@
 import ArgumentParser
+import NIOConcurrencyHelpers
 import CulvertCore
 import Foundation
 import Culvert
@@ -69,6 +70,8 @@ struct ClientCommand: AsyncParsableCommand {
 
     @OptionGroup var loggingOptions: LoggingOptions
 
+    @OptionGroup(title: "Metrics") var metricsOptions: MetricsOptions
+
     func validate() throws {
         try self.forwarding.validate()
         if let maxRetryTime = self.maxRetryTime, !(maxRetryTime >= 0) {
@@ -118,6 +121,12 @@ struct ClientCommand: AsyncParsableCommand {
         configuration.udpTimeout = TimeAmount.fromSeconds(self.forwarding.udpTimeout)
         configuration.firstConnectionRetryTime = self.maxRetryTime.map(TimeAmount.fromSeconds)
         configuration.reconnectRetryTime = self.maxRetryTime.map(TimeAmount.fromSeconds)
+        let scraped = NIOLockedValueBox<TunnelClient?>(nil)
+        let endpoint = try await self.metricsOptions.start { await scraped.withLockedValue { $0 }?.collectMetrics() }
+        configuration.session.metrics = endpoint?.metrics
+        if let endpoint, let address = endpoint.channel.localAddress {
+            logger.info("metrics at http://\(address.displayText)/metrics")
+        }
         let group = MultiThreadedEventLoopGroup.singleton
         let firstSignal = SignalWaiter.firstSignal(signals, eventLoop: group.any())
         // The first session may take long to come (the server is down, the path refuses every transport): a signal
@@ -139,9 +148,11 @@ struct ClientCommand: AsyncParsableCommand {
             Foundation.exit(0)
         case .ended(let started?):
             client = started
+            scraped.withLockedValue { $0 = started }
         case .ended(nil):
             do {
                 client = try await connected.futureResult.get()
+                scraped.withLockedValue { $0 = client }
             } catch let error as SessionError {
                 fail(error.userMessage)
             } catch {

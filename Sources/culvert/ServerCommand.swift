@@ -1,4 +1,5 @@
 import ArgumentParser
+import NIOConcurrencyHelpers
 import Culvert
 import CulvertTransport
 import Logging
@@ -72,6 +73,8 @@ struct ServerCommand: AsyncParsableCommand {
     @OptionGroup(title: "Chunked and polling transports") var http: HTTPServerTransportOptions
 
     @OptionGroup var loggingOptions: LoggingOptions
+
+    @OptionGroup(title: "Metrics") var metricsOptions: MetricsOptions
 
     func run() async throws {
         let signals = SignalWaiter.install()
@@ -209,12 +212,20 @@ struct ServerCommand: AsyncParsableCommand {
         configuration.udpTimeout = TimeAmount.fromSeconds(self.udpTimeout)
         configuration.maximumSessions = self.maxSessions
         configuration.authenticationFailuresPerMinute = self.authFailuresPerMinute
+        // The endpoint comes first (its metrics go in the sessions' configuration); a scrape asks the server.
+        let scraped = NIOLockedValueBox<TunnelServer?>(nil)
+        let endpoint = try await self.metricsOptions.start { await scraped.withLockedValue { $0 }?.collectMetrics() }
+        configuration.session.metrics = endpoint?.metrics
         let server: TunnelServer
         do {
             server = try await TunnelServer.start(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton,
                                                   logger: logger)
         } catch {
             fail("\(error)")
+        }
+        scraped.withLockedValue { $0 = server }
+        if let endpoint, let address = endpoint.channel.localAddress {
+            logger.info("metrics at http://\(address.displayText)/metrics")
         }
         logger.info("culvert server listening on \(server.localAddress.map(\.displayText) ?? listen)\(configuration.tls == nil ? "" : " (HTTPS)"), path \(prefix)")
         let reloading = Task {

@@ -173,3 +173,40 @@ extension CommandLineTests {
         }
     }
 }
+
+extension CommandLineTests {
+    /// `--metrics-listen` on server and client: curl reads Prometheus's text format at /metrics, with the session
+    /// by transport and user, the stream and its bytes; other paths get 404.
+    @Test func metricsListenServesPrometheusTextThatCurlReads() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let echo = try await EchoServer.start(group: group)
+        let serverPort = try await RawConnection.unusedPort(group: group)
+        let metricsPort = try await RawConnection.unusedPort(group: group)
+        let clientMetricsPort = try await RawConnection.unusedPort(group: group)
+        let localPort = try await RawConnection.unusedPort(group: group)
+        let server = try LoggedProcess([
+            "server", "--listen", "127.0.0.1:\(serverPort)", "--token", "t", "--allow", "127.0.0.1:\(echo.port)",
+            "--metrics-listen", "127.0.0.1:\(metricsPort)",
+        ])
+        defer { server.stop() }
+        #expect(try await RealProxy.waitForListener(port: serverPort, startedBy: server.process))
+        let client = try LoggedProcess([
+            "client", "http://127.0.0.1:\(serverPort)", "--token", "t", "--transport", "websocket",
+            "-L", "127.0.0.1:\(localPort):127.0.0.1:\(echo.port)", "--metrics-listen", "127.0.0.1:\(clientMetricsPort)",
+        ])
+        defer { client.stop() }
+        #expect(try await client.waitForLog("tunnel established"), "\(client.log)")
+        let transfer = try await TransferClient.echoTransfer(host: "127.0.0.1", port: localPort, byteCount: 50_000, group: group)
+        #expect(transfer.digestsMatch)
+        let serverText = ChildProcess.run("/usr/bin/curl", ["-sS", "--max-time", "10", "http://127.0.0.1:\(metricsPort)/metrics"]) ?? ""
+        #expect(serverText.contains("culvert_sessions_open{transport=\"websocket\",user=\"\"} 1"), "\(serverText)")
+        #expect(serverText.contains("culvert_streams_opened_total{outcome=\"ok\"} 1"), "\(serverText)")
+        #expect(serverText.contains("culvert_stream_bytes_total{transport=\"websocket\",direction=\"in\"} 50000"), "\(serverText)")
+        #expect(serverText.contains("# TYPE culvert_sessions_open gauge"), "\(serverText)")
+        let clientText = ChildProcess.run("/usr/bin/curl", ["-sS", "--max-time", "10", "http://127.0.0.1:\(clientMetricsPort)/metrics"]) ?? ""
+        #expect(clientText.contains("culvert_stream_bytes_total{transport=\"websocket\",direction=\"out\"} 50000"), "\(clientText)")
+        let notFound = ChildProcess.run("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(metricsPort)/"]) ?? ""
+        #expect(notFound == "404")
+        try await echo.close()
+    }
+}

@@ -93,6 +93,7 @@ public enum AutomaticTransport {
         for await result in TransportNegotiator.results(
             server: server, options: configuration.transportOptions, session: configuration.session, group: group, logger: quiet
         ) {
+            configuration.session.metrics?.negotiated(transport: result.transport, failure: result.works ? nil : result.failure?.rawValue ?? "other")
             guard result.works else {
                 if result.failure == .authentication && !started { throw Failure.tokenRefused(result.detail) }
                 failures.append(result)

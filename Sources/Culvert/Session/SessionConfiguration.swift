@@ -12,6 +12,9 @@ public struct SessionConfiguration: Sendable {
     public var user: String?
     /// Server: its named users and their limits (`--users`); nil when the shared token is all it knows.
     public var users: UserLookup?
+    /// Where the session reports its figures (sessions and streams open, bytes, resumes, GOAWAYs); nil: nowhere,
+    /// and the data path does no metrics work at all.
+    public var metrics: TunnelMetrics?
     /// Client: the session only probes the path (``Capabilities/probe``): it will carry nothing and end at once.
     public var isProbe = false
     public var mux: MuxConfiguration

@@ -96,6 +96,13 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     /// The named user the client authenticated as, once established; nil for the shared token. Read on the
     /// session's event loop.
     public private(set) var user: String?
+    /// The transport this session is counted under in `culvert_sessions_open`, once established (metrics only).
+    private var metricsTransport: TransportKind?
+    /// Stream bytes already reported to the metrics, each way.
+    private var reportedBytes = (sent: 0, received: 0)
+    /// When the transport was lost: a resumption reports how long data stopped.
+    private var detachedAt: NIODeadline?
+    private var metrics: TunnelMetrics? { self.configuration.metrics }
     /// The session id, once established (empty before).
     var sessionID: [UInt8] { self.machine.sessionID ?? [] }
     /// Succeeds when the handshake completes; fails with ``SessionError`` when it does not.
@@ -216,6 +223,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             return
         }
         self.streams[id] = handler
+        self.metrics?.streamsOpen(1)
         self.statistics.streamsOpened += 1
         self.logger.debug("stream \(id): opening to \(target)")
         self.enqueue(frame)
@@ -256,6 +264,10 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             return
         }
         self.streams[id] = handler
+        if let metrics = self.metrics {
+            metrics.streamsOpen(1)
+            metrics.streamOpened(outcome: .ok)
+        }
         self.statistics.streamsOpened += 1
         self.logger.debug("stream \(id): connected to \(target)")
         self.enqueue(frame)
@@ -267,6 +279,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             let frame = self.machine.withEstablished({ $0.mux.acceptFailed(id, reason: failure.reason, message: failure.message) }) ?? nil
         else { return }
         self.logger.info("stream \(id): \(failure.message)")
+        self.metrics?.streamOpened(outcome: failure.reason == .notAllowed ? .refused : .targetFailed)
         self.statistics.streamsRefused += 1
         self.enqueue(frame)
     }
@@ -353,6 +366,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         self.eventLoop.preconditionInEventLoop()
         guard !self.finished, let goAway = self.machine.refuse(code, message) else { return }
         self.timers.removeValue(forKey: .handshake)?.cancel()
+        self.countIfGoAway(goAway)
         self.encoder.encode(goAway, into: &self.outbound)
         self.flushNow()
         self.eventLoop.scheduleTask(in: .seconds(2)) { [self] in self.end(.refused(code, message)) }
@@ -499,9 +513,11 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         case .listenRefused(let id, let reason, let message):
             self.onListenAnswered?(id, .failure(StreamOpenFailure(reason, message)))
         case .sendNow(let frame):
+            self.countIfGoAway(frame)
             self.enqueue(frame)
             self.flushNow()
         case .sendAhead(let frame):
+            self.countIfGoAway(frame)
             self.sendAhead(frame)
         case .acknowledged(let mayResumeReads):
             if mayResumeReads { self.resumeReads() }
@@ -521,6 +537,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             self.transport?.close()
         case .end(let reason, let reply):
             if let reply {
+                self.countIfGoAway(reply)
                 self.enqueue(reply)
                 self.flushNow()
             }
@@ -533,6 +550,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             if case .protocolViolation(_, let message) = reason { self.logger.error("protocol error: \(message); ending the session") }
             self.outbound.clear()
             self.unsentReliableFrames.removeAll()
+            self.countIfGoAway(goAway)
             self.encoder.encode(goAway, into: &self.outbound)
             self.flushNow()
             self.finish(SessionError(reason))
@@ -554,6 +572,10 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         self.logCompressionOutcome()
         self.flushNow()
         if self.role == .server { self.transport?.sessionAuthenticated(key: outcome.sessionKey) }
+        if let metrics = self.metrics, let kind = self.transport?.kind, !outcome.isProbe, !self.configuration.isProbe {
+            metrics.sessionsOpen(1, transport: kind, user: self.user)
+            self.metricsTransport = kind
+        }
         self.establishedPromise.succeed(outcome)
     }
 
@@ -568,6 +590,16 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         for frame in replay { batch.writeImmutableBuffer(frame) }
         if batch.readableBytes > 0 { transport.send(batch) }
         self.logger.info("session resumed over \(transport.kind) (\(replay.count) frames sent again)")
+        if let metrics = self.metrics {
+            self.reportTraffic()
+            if let counted = self.metricsTransport, counted != transport.kind {
+                metrics.sessionsOpen(-1, transport: counted, user: self.user)
+                metrics.sessionsOpen(1, transport: transport.kind, user: self.user)
+                self.metricsTransport = transport.kind
+            }
+            metrics.resumed(transport: transport.kind, afterNanoseconds: self.detachedAt.map { (NIODeadline.now() - $0).nanoseconds } ?? 0)
+        }
+        self.detachedAt = nil
         self.flushNow()
         if self.role == .server { transport.sessionAuthenticated(key: outcome.sessionKey) }
         self.resumeReads()
@@ -590,6 +622,10 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
 
     /// The transport is gone: the session waits for a new one, streams open. The old connection is closed.
     private func didDetach(_ reason: SessionError, expiry: NIODeadline?) {
+        if self.metrics != nil {
+            self.reportTraffic()
+            self.detachedAt = .now()
+        }
         let old = self.transport
         self.transport = nil
         self.flushAtReadComplete = false
@@ -755,7 +791,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
 
     /// Forgets `stream`; a listener still waiting for its opening hears `result`.
     private func removeStream(_ stream: StreamChannelHandler, result: StreamOpenResult) {
-        self.streams.removeValue(forKey: stream.id)
+        if self.streams.removeValue(forKey: stream.id) != nil { self.metrics?.streamsOpen(-1) }
         if let completion = stream.openCompletion {
             stream.openCompletion = nil
             completion(result)
@@ -1004,6 +1040,12 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     private func finish(_ reason: SessionError) {
         guard !self.finished else { return }
         self.finished = true
+        if let metrics = self.metrics {
+            self.reportTraffic()
+            if !self.streams.isEmpty { metrics.streamsOpen(-Int64(self.streams.count)) }
+            if let counted = self.metricsTransport { metrics.sessionsOpen(-1, transport: counted, user: self.user) }
+            self.metricsTransport = nil
+        }
         for timer in self.timers.values { timer.cancel() }
         self.timers.removeAll()
         self.ackTimer?.cancel()
@@ -1035,5 +1077,26 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         self.resumeTarget = nil
         self.establishedPromise.fail(reason)
         self.endedPromise.succeed(reason)
+    }
+
+    // MARK: Metrics
+
+    /// Reports the stream bytes moved since the last report, under the transport that moved them, and returns the
+    /// receive memory the session has committed to its streams. Called on the session's loop (a scrape of the
+    /// metrics asks every session), and when the transport changes or the session ends.
+    @discardableResult
+    func reportTraffic() -> Int {
+        guard let metrics = self.metrics else { return 0 }
+        let sent = self.statistics.bytesSent - self.reportedBytes.sent
+        let received = self.statistics.bytesReceived - self.reportedBytes.received
+        if let kind = self.metricsTransport ?? self.transport?.kind, sent > 0 || received > 0 {
+            metrics.bytes(sent: sent, received: received, transport: kind)
+            self.reportedBytes = (self.statistics.bytesSent, self.statistics.bytesReceived)
+        }
+        return self.machine.readEstablished { $0.mux.committedMemory } ?? 0
+    }
+
+    private func countIfGoAway(_ frame: Frame) {
+        if let metrics = self.metrics, case .goAway(let code, _) = frame { metrics.goAwaySent(code) }
     }
 }
