@@ -84,6 +84,8 @@ public final class TunnelClient: StreamOpening, Sendable {
         var sessionsStarted = 0
         /// Since when the client has had no working connection to the server (nil while it has one).
         var disconnectedSince: NIODeadline?
+        /// Sessions the server sent GOAWAY on, kept until their open streams have finished.
+        var draining: [TunnelSession] = []
     }
 
     /// A connection a listener accepted while no session was established: it waits for the first one.
@@ -374,14 +376,24 @@ public final class TunnelClient: StreamOpening, Sendable {
             }
             self.changes.notify()
         }
+        session.onPeerGoingAway = { [self] session in self.peerGoingAway(session) }
         if session.isDetached {
             // It lost its connection before anyone was watching (between its handshake and this call).
             self.logger.info("the tunnel connection dropped just after the handshake; resuming")
             self.scheduleResume(of: session)
         }
         session.ended.whenSuccess { [self] reason in
-            guard !self.state.withLockedValue({ $0.stopping }) else {
-                self.finish(reason)
+            let (stopping, current) = self.state.withLockedValue { state in
+                defer { state.draining.removeAll { $0 === session } }
+                return (state.stopping, state.session === session)
+            }
+            guard !stopping else {
+                if current { self.finish(reason) }
+                return
+            }
+            // A session the server sent GOAWAY on has finished its streams; a new one carries the client already.
+            guard current else {
+                self.logger.info("the session the server is draining has finished its streams: \(reason)")
                 return
             }
             if reason.isAuthenticationFailure {
@@ -398,6 +410,34 @@ public final class TunnelClient: StreamOpening, Sendable {
                 self.logger.warning("session ended: \(reason)\(lost); starting a new session")
             }
             self.scheduleNewSession()
+        }
+    }
+
+    /// The server sent GOAWAY on `session` (it is draining, behind a load balancer perhaps): its open streams stay
+    /// on it until they end; new local connections wait for a new session, which starts at once (on whichever
+    /// server the address reaches now), so that no stream is refused in between.
+    private func peerGoingAway(_ session: TunnelSession) {
+        let wasCurrent = self.state.withLockedValue { state in
+            guard state.session === session, !state.stopping else { return false }
+            state.session = nil
+            state.draining.append(session)
+            // No session carries new streams until the next one is established.
+            state.disconnectedSince = state.disconnectedSince ?? .now()
+            return true
+        }
+        guard wasCurrent else { return }
+        self.changes.notify()
+        self.logger.info("the server is draining this session (GOAWAY): its \(session.streamCount) open stream\(session.streamCount == 1 ? "" : "s") stay on it; new ones go to a new session")
+        Task {
+            do {
+                try await self.startSession(over: self.currentTransport)
+            } catch let error as SessionError where error.retryCannotFix {
+                self.giveUp(error, session: nil)
+            } catch SessionError.shutdown {
+                return
+            } catch {
+                self.scheduleNewSession(after: error)
+            }
         }
     }
 
@@ -585,12 +625,14 @@ public final class TunnelClient: StreamOpening, Sendable {
 
     /// Closes the local listeners, lets open streams finish for up to `gracePeriod`, then ends the session.
     public func shutdown(gracePeriod: TimeAmount = .seconds(5)) async {
-        let session = self.state.withLockedValue { state in
+        let (session, draining) = self.state.withLockedValue { state in
             state.stopping = true
-            return state.session
+            return (state.session, state.draining)
         }
         await self.closeListeners(because: "the client is shutting down")
-        if let session { _ = try? await session.shutdown(gracePeriod: gracePeriod).get() }
+        // The current session and those the server is draining finish their streams within the same grace period.
+        let endings = ([session].compactMap { $0 } + draining).map { $0.shutdown(gracePeriod: gracePeriod) }
+        for ending in endings { _ = try? await ending.get() }
         self.finish(.shutdown)
     }
 }

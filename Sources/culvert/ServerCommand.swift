@@ -48,8 +48,14 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(help: "Path prefix of the tunnel endpoints.")
     var path: String = "/culvert"
 
-    @Option(help: "Seconds to let open streams finish on shutdown.")
-    var shutdownGrace: Double = 5
+    @Option(help: "Seconds SIGTERM/SIGINT lets open streams finish (the server stops accepting and sends GOAWAY at once, so clients open new sessions elsewhere), then exits 0.")
+    var drainTimeout: Double?
+
+    @Option(help: ArgumentHelp("The older name of --drain-timeout.", visibility: .hidden))
+    var shutdownGrace: Double?
+
+    /// --drain-timeout, or its older name, or 30 s.
+    var drainSeconds: Double { self.drainTimeout ?? self.shutdownGrace ?? 30 }
 
     @Flag(help: "Refuse clients' requests for compression.")
     var noCompress = false
@@ -233,8 +239,10 @@ struct ServerCommand: AsyncParsableCommand {
         }
         defer { reloading.cancel() }
         let signal = await SignalWaiter.wait(signals)
-        logger.info("\(SignalWaiter.name(of: signal)): shutting down (open streams get \(TimeAmount.fromSeconds(self.shutdownGrace).roundedText) to finish; again to exit at once)")
-        await server.shutdown(gracePeriod: .milliseconds(Int64(self.shutdownGrace * 1000)))
+        let sessions = server.activeSessions
+        logger.info("\(SignalWaiter.name(of: signal)): shutting down: no new connections, GOAWAY to \(sessions) session\(sessions == 1 ? "" : "s"); open streams get \(TimeAmount.fromSeconds(self.drainSeconds).roundedText) to finish (again to exit at once)")
+        await server.shutdown(gracePeriod: .milliseconds(Int64(self.drainSeconds * 1000)))
+        logger.info("drained: exiting")
     }
 }
 

@@ -75,6 +75,9 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     var onDetached: ((TunnelSession, SessionError) -> Void)?
     /// Client: the session was resumed on a new transport connection.
     var onResumed: ((TunnelSession) -> Void)?
+    /// The peer sent GOAWAY: this session's open streams finish, and new ones must go elsewhere (a client opens a
+    /// new session for them at once).
+    var onPeerGoingAway: ((TunnelSession) -> Void)?
     /// The transport's upstream moved to short requests (``upstreamUsesShortRequests``).
     var onUpstreamModeChange: (() -> Void)?
     /// A stream was forgotten (``streamCount`` went down).
@@ -529,6 +532,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             self.handOver(outcome, welcome: welcome)
         case .peerGoingAway:
             self.logger.info("peer is shutting down: open streams finish, new ones are refused")
+            self.onPeerGoingAway?(self)
             self.endIfDrained()
         case .detach(let reason, let expiry):
             self.didDetach(SessionError(reason), expiry: expiry)
@@ -1071,6 +1075,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         self.admitFirstMessage = nil
         self.onDetached = nil
         self.onResumed = nil
+        self.onPeerGoingAway = nil
         self.onUpstreamModeChange = nil
         self.onStreamRemoved = nil
         self.resumeLookup = nil
