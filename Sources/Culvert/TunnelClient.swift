@@ -428,6 +428,11 @@ public final class TunnelClient: StreamOpening, Sendable {
         guard wasCurrent else { return }
         self.changes.notify()
         self.logger.info("the server is draining this session (GOAWAY): its \(session.streamCount) open stream\(session.streamCount == 1 ? "" : "s") stay on it; new ones go to a new session")
+        self.startNewSession()
+    }
+
+    /// Starts a new session now; one that fails is tried again after the backoff (``scheduleNewSession(after:)``).
+    private func startNewSession() {
         Task {
             do {
                 try await self.startSession(over: self.currentTransport)
@@ -543,19 +548,7 @@ public final class TunnelClient: StreamOpening, Sendable {
         } else {
             self.logger.info("starting a new session in \(delay.roundedText)")
         }
-        self.eventLoop.scheduleTask(in: delay) { [self] in
-            Task {
-                do {
-                    try await self.startSession(over: self.currentTransport)
-                } catch let error as SessionError where error.retryCannotFix {
-                    self.giveUp(error, session: nil)
-                } catch SessionError.shutdown {
-                    return
-                } catch {
-                    self.scheduleNewSession(after: error)
-                }
-            }
-        }
+        self.eventLoop.scheduleTask(in: delay) { [self] in self.startNewSession() }
     }
 
     /// Moves the session to another transport without losing or reordering a byte of any stream: the current
