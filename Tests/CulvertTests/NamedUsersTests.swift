@@ -107,4 +107,39 @@ import Testing
         await again.shutdown(gracePeriod: .zero)
         await server.shutdown(gracePeriod: .zero)
     }
+
+    /// A user's `allow-reverse` says where its reverse listeners may open; another user without one gets the
+    /// server's `--allow-reverse` (here: none) and is refused with the reason.
+    @Test func eachUsersReverseListenersFollowItsOwnAllowReverse() async throws {
+        let echo = try await EchoServer.start(group: self.group)
+        let port = try await RawConnection.unusedPort(group: self.group)
+        let server = try await self.startServer(users: try Self.users("""
+            [users.alice]
+            token = "a"
+            allow-reverse = ["127.0.0.1:\(port)"]
+            [users.bob]
+            token = "b"
+            """))
+        func connect(_ user: String, _ token: String) async throws -> TunnelClient {
+            var session = SessionConfiguration(token: token)
+            session.user = user
+            var configuration = TunnelClient.Configuration(
+                server: ServerEndpoint(host: "127.0.0.1", port: server.localAddress!.port!), transport: .websocket,
+                transportOptions: TransportOptions(logger: TunnelHarness.logger), session: session, forwards: []
+            )
+            configuration.reverseForwards = [ForwardSpec(bindPort: port, target: .init(host: "127.0.0.1", port: echo.port))]
+            return try await TunnelClient.connect(configuration: configuration, group: self.group, logger: TunnelHarness.logger)
+        }
+        let bob = try await connect("bob", "b")
+        let bobsAnswers = try await bob.reverseListenersAnswered.get()
+        guard case .refused(let reason)? = bobsAnswers.first else { Issue.record("bob's listener not refused: \(bobsAnswers)"); return }
+        #expect(reason.contains("allows no reverse listeners"), "\(reason)")
+        let alice = try await connect("alice", "a")
+        #expect(try await alice.reverseListenersAnswered.get() == [.listening(port: port)])
+        #expect(try await TransferClient.echoTransfer(host: "127.0.0.1", port: port, byteCount: 64 * 1024, group: self.group).digestsMatch)
+        await alice.shutdown(gracePeriod: .zero)
+        await bob.shutdown(gracePeriod: .zero)
+        await server.shutdown(gracePeriod: .zero)
+        try await echo.close()
+    }
 }
