@@ -290,7 +290,11 @@ public final class TunnelClient: StreamOpening, Sendable {
         eventLoop: any EventLoop,
         logger: Logger
     ) async throws -> TunnelSession {
-        let dialer = ClientTransports.make(configuration.transport, options: configuration.transportOptions)
+        // The session's cookies live as long as it does: every connection it resumes on sends them again.
+        var options = configuration.transportOptions
+        let cookies = SessionCookieJar()
+        options.cookies = cookies
+        let dialer = ClientTransports.make(configuration.transport, options: options)
         let connection: any TransportConnection
         do {
             connection = try await dialer.connect(to: configuration.server, on: eventLoop).get()
@@ -307,6 +311,7 @@ public final class TunnelClient: StreamOpening, Sendable {
                 configuration: configuration.session,
                 logger: finalLogger
             )
+            session.cookies = cookies
             if !configuration.reverseForwards.isEmpty {
                 // Set before the handshake: the server may open a reverse stream as soon as it listens.
                 session.connector = ReverseTargetConnector(
@@ -518,7 +523,9 @@ public final class TunnelClient: StreamOpening, Sendable {
         self.eventLoop.scheduleTask(in: delay) { [self] in
             guard !self.state.withLockedValue({ $0.stopping }), session.isDetached else { return }
             let transport = self.state.withLockedValue { $0.transport }
-            ClientTransports.make(transport, options: configuration.transportOptions)
+            var options = configuration.transportOptions
+            options.cookies = session.cookies
+            ClientTransports.make(transport, options: options)
                 .connect(to: configuration.server, on: self.eventLoop)
                 .whenComplete { [self] result in
                     switch result {

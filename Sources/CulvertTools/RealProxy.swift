@@ -64,6 +64,7 @@ public struct RealProxy: Sendable {
         _ kind: Kind,
         configuration: String,
         upstreamPort: Int? = nil,
+        secondUpstreamPort: Int? = nil,
         extraLines: [String] = []
     ) async throws -> RealProxy {
         guard let binary = kind.binary else { throw NotInstalled(kind: kind) }
@@ -76,6 +77,7 @@ public struct RealProxy: Sendable {
             // Proxies started as root drop to an unprivileged user: their files must stay writable.
             chmod(directory, 0o777)
             let text = template.replacingOccurrences(of: "@PORT@", with: String(port))
+                .replacingOccurrences(of: "@UPSTREAM2@", with: String(secondUpstreamPort ?? 0))
                 .replacingOccurrences(of: "@UPSTREAM@", with: String(upstreamPort ?? 0))
                 .replacingOccurrences(of: "@DIR@", with: directory) + extraLines.map { $0 + "\n" }.joined()
             let configurationPath = directory + "/" + URL(fileURLWithPath: configuration).lastPathComponent

@@ -19,6 +19,9 @@ public struct TransportOptions: Sendable {
     public var sourceAddress: SocketAddress?
     /// Where transports log what they decide (e.g. a switch to short POSTs).
     public var logger: Logger
+    /// The session's cookies (what a load balancer set, and the affinity id), sent on every request and kept from
+    /// every response; nil: no cookies (a probe, a benchmark).
+    public var cookies: SessionCookieJar?
 
     public init(
         extraHeaders: [(String, String)] = [],

@@ -12,6 +12,8 @@ public struct HTTPRoute: Sendable {
     public let tls: ClientTLS
     /// The local address connections are made from (nil: the system picks).
     public var sourceAddress: SocketAddress?
+    /// The session's cookies: sent with every request, and kept from every response.
+    public var cookies: SessionCookieJar?
 
     public init(endpoint: ServerEndpoint, proxy: ProxyConfiguration?, extraHeaders: [(String, String)] = [], tls: ClientTLS? = nil) {
         self.endpoint = endpoint
@@ -24,6 +26,7 @@ public struct HTTPRoute: Sendable {
     public init(endpoint: ServerEndpoint, options: TransportOptions) {
         self.init(endpoint: endpoint, proxy: options.proxy, extraHeaders: options.extraHeaders, tls: options.tls)
         self.sourceAddress = options.sourceAddress
+        self.cookies = options.cookies
     }
 
     /// Whether requests go to the proxy itself (plain HTTP through a forward proxy), rather than to the server
@@ -53,6 +56,7 @@ public struct HTTPRoute: Sendable {
             headers.add(name: "Proxy-Authorization", value: authorization)
         }
         for (name, value) in self.extraHeaders { headers.add(name: name, value: value) }
+        if let cookies = self.cookies { headers.add(name: "Cookie", value: cookies.cookieHeader) }
         return headers
     }
 

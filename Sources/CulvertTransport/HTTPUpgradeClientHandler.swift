@@ -63,6 +63,7 @@ final class HTTPUpgradeClientHandler: ChannelInboundHandler, RemovableChannelHan
         switch self.unwrapInboundIn(data) {
         case .head(let head):
             self.responseHead = head
+            self.route.cookies?.store(from: head.headers)
             if head.status != .switchingProtocols {
                 self.fail(context: context, self.statusError(head))
             }

@@ -121,7 +121,10 @@ public enum TransportNegotiator {
                 timeout: options.connectTimeout, on: eventLoop
             ) : nil
         do {
-            let connection = try await ClientTransports.make(kind, options: options).connect(to: server, on: eventLoop).get()
+            // Each probe is a session of its own: its requests keep its own cookies (a balancer's stickiness).
+            var probeOptions = options
+            probeOptions.cookies = SessionCookieJar()
+            let connection = try await ClientTransports.make(kind, options: probeOptions).connect(to: server, on: eventLoop).get()
             transportEstablished = true
             if case .refused(let reason) = await gate.enter() {
                 eventLoop.execute { connection.close() }

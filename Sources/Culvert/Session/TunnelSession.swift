@@ -99,6 +99,9 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     /// The named user the client authenticated as, once established; nil for the shared token. Read on the
     /// session's event loop.
     public private(set) var user: String?
+    /// Client: the cookies of the session's HTTP requests (a balancer's stickiness), sent again on every connection
+    /// it resumes on.
+    var cookies: SessionCookieJar?
     /// The transport this session is counted under in `culvert_sessions_open`, once established (metrics only).
     private var metricsTransport: TransportKind?
     /// Stream bytes already reported to the metrics, each way.

@@ -28,8 +28,12 @@ final class HTTPClientChannel {
     /// Whether a new request can go out on this connection now.
     var isIdle: Bool { self.onEvent == nil && self.reusable && !self.isClosed }
 
-    private init(channel: any Channel) {
+    /// The session's cookies, kept from every response head.
+    private let cookies: SessionCookieJar?
+
+    private init(channel: any Channel, cookies: SessionCookieJar?) {
         self.channel = channel
+        self.cookies = cookies
     }
 
     /// Opens a connection along `route` (to the proxy when there is one; inside TLS for `https`). The connection
@@ -44,7 +48,7 @@ final class HTTPClientChannel {
                 ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)),
                 relay,
             ])
-            let client = HTTPClientChannel(channel: channel)
+            let client = HTTPClientChannel(channel: channel, cookies: route.cookies)
             relay.owner = client
             if !channel.isActive { client.isClosed = true }
             return NIOLoopBound(client, eventLoop: channel.eventLoop)
@@ -92,6 +96,7 @@ final class HTTPClientChannel {
         switch part {
         case .head(let head):
             self.responseStarted = true
+            self.cookies?.store(from: head.headers)
             if !head.isKeepAlive { self.reusable = false }
             onEvent(.head(head))
         case .body(let body):
