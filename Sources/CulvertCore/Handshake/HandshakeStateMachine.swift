@@ -296,23 +296,12 @@ public struct HandshakeStateMachine: Sendable {
                     return self.fail(.clientProofInvalid, goAway: .authenticationFailed)
                 }
             }
-            let sessionID = self.randomBytes(16)
-            let welcome = Welcome(
-                proof: self.keys.serverProof(transcript: transcript, sessionID: sessionID),
-                sessionID: sessionID,
-                capabilities: capabilities,
-                received: 0
+            let keys = self.keys
+            return self.welcomeNewSession(
+                serverProof: { keys.serverProof(transcript: transcript, sessionID: $0) },
+                sessionKey: keys.sessionKey(transcript: transcript),
+                capabilities: capabilities, peerMaximum: peerMaximum, auth: auth, user: nil, isProbe: isProbe
             )
-            self.state = .established
-            let outcome = Outcome(
-                sessionID: sessionID,
-                sessionKey: self.keys.sessionKey(transcript: transcript),
-                capabilities: capabilities,
-                peerMaximumDataPayload: peerMaximum,
-                peerReceived: auth.received,
-                isProbe: isProbe
-            )
-            return .established(outcome, send: .welcome(welcome))
 
         case (_, .goAway(.authenticationFailed, _)) where self.clientWithoutToken:
             self.state = .failed
@@ -345,17 +334,33 @@ public struct HandshakeStateMachine: Sendable {
         if !isProbe, let refusal = users.admit(user) {
             return self.fail(.userRefused(refusal), goAway: .overloaded)
         }
-        let sessionID = self.randomBytes(16)
-        let welcome = Welcome(
-            proof: HandshakeKeys.userServerProof(serverKey: verifier.serverKey, transcript: transcript, sessionID: sessionID),
-            sessionID: sessionID,
-            capabilities: capabilities,
-            received: 0
+        return self.welcomeNewSession(
+            serverProof: {
+                HandshakeKeys.userServerProof(serverKey: verifier.serverKey, transcript: transcript, sessionID: $0)
+            },
+            sessionKey: HandshakeKeys.userSessionKey(clientKey: clientKey, transcript: transcript),
+            capabilities: capabilities, peerMaximum: peerMaximum, auth: auth, user: user, isProbe: isProbe
         )
+    }
+
+    /// Establishes a new session on the server once the client's proof has been checked: a fresh session id, the
+    /// WELCOME carrying the server's proof over it, and the outcome with the session key. Shared-token and named-user
+    /// logins differ only in how the proof and the key are made.
+    private mutating func welcomeNewSession(
+        serverProof: (_ sessionID: [UInt8]) -> [UInt8],
+        sessionKey: [UInt8],
+        capabilities: Capabilities,
+        peerMaximum: UInt32,
+        auth: Auth,
+        user: String?,
+        isProbe: Bool
+    ) -> Action {
+        let sessionID = self.randomBytes(16)
+        let welcome = Welcome(proof: serverProof(sessionID), sessionID: sessionID, capabilities: capabilities, received: 0)
         self.state = .established
         let outcome = Outcome(
             sessionID: sessionID,
-            sessionKey: HandshakeKeys.userSessionKey(clientKey: clientKey, transcript: transcript),
+            sessionKey: sessionKey,
             capabilities: capabilities,
             peerMaximumDataPayload: peerMaximum,
             peerReceived: auth.received,
