@@ -105,16 +105,7 @@ public final class TunnelServer: Sendable {
         let sessionConfiguration = {
             var session = configuration.session
             // Always: a reload may bring users where there were none.
-            session.users = access.userLookup(atLimit: { user in
-                // Sessions of the user that wait for a client that went away make room for the one knocking.
-                for session in sessions.withLockedValue({ Array($0.values) }) {
-                    session.eventLoop.execute {
-                        guard session.user == user, session.isDetached else { return }
-                        session.logger.info("user \(user) is at its session limit and a client knocks: ending this session, which waits for its client")
-                        session.close(.replaced(user: user))
-                    }
-                }
-            })
+            session.users = access.userLookup()
             return session
         }()
         let connector = {
@@ -205,6 +196,18 @@ public final class TunnelServer: Sendable {
                         var userConnector = connector
                         userConnector.user = user
                         session.connector = userConnector
+                        // While it waits for its client, the session is one the user's limit may end to make room
+                        // for the client knocking (the same one, restarted, most often).
+                        session.onDetached = { session, _ in
+                            access.sessionDetached(user: user, id: key) {
+                                session.eventLoop.execute {
+                                    guard session.isDetached else { return }
+                                    session.logger.info("user \(user) is at its session limit and a client knocks: ending this session, which waits for its client")
+                                    session.close(.replaced(user: user))
+                                }
+                            }
+                        }
+                        session.onResumed = { _ in access.sessionResumedOrEnded(user: user, id: key) }
                     }
                     attempt.finish(failed: false)
                     resumable.withLockedValue {
@@ -216,7 +219,10 @@ public final class TunnelServer: Sendable {
                 }
                 session.ended.whenSuccess { reason in
                     sessions.withLockedValue { _ = $0.removeValue(forKey: key) }
-                    if let user = wasEstablished.withLockedValue({ $0.user }) { access.release(user: user) }
+                    if let user = wasEstablished.withLockedValue({ $0.user }) {
+                        access.sessionResumedOrEnded(user: user, id: key)
+                        access.release(user: user)
+                    }
                     changes.notify()
                     if reason.isAuthenticationFailure { configuration.session.metrics?.authenticationFailed() }
                     if attempt.finish(failed: reason.isAuthenticationFailure), reason.isAuthenticationFailure,
