@@ -14,7 +14,7 @@ struct MetricsEndpoint {
     let channel: any Channel
 
     /// The metrics that sessions and servers report into this endpoint's registry.
-    var metrics: TunnelMetrics { TunnelMetrics(factory: PrometheusMetricsFactory(registry: self.registry)) }
+    let metrics: TunnelMetrics
 
     /// Binds `host:port`; each scrape first runs `collect` (which brings byte counts and memory up to date).
     static func start(
@@ -31,7 +31,9 @@ struct MetricsEndpoint {
             }
             .bind(host: host, port: port)
             .get()
-        return MetricsEndpoint(registry: registry, channel: channel)
+        return MetricsEndpoint(
+            registry: registry, channel: channel, metrics: TunnelMetrics(factory: PrometheusMetricsFactory(registry: registry))
+        )
     }
 }
 
