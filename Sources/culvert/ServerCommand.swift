@@ -89,7 +89,7 @@ struct ServerCommand: AsyncParsableCommand {
             return try await self.serve(signals: signals, hangups: hangups, configFile: nil)
         }
         // The file's settings come first and the command line's after, leaving out the keys it gives: they win.
-        let merged = try Self.merging(configPath: configPath, commandLine: Self.commandLineArguments())
+        let merged = Self.merging(configPath: configPath, commandLine: Self.commandLineArguments())
         try await merged.command.serve(signals: signals, hangups: hangups, configFile: merged.file)
     }
 
@@ -102,18 +102,18 @@ struct ServerCommand: AsyncParsableCommand {
 
     /// The command that `commandLine` and the config file at `configPath` give together; a bad file (or a bad value
     /// in it) exits with the line and the key.
-    static func merging(configPath: String, commandLine: [String]) throws -> (command: ServerCommand, file: FlagFile) {
-        let file: FlagFile
+    static func merging(configPath: String, commandLine: [String]) -> (command: ServerCommand, file: FlagFile) {
         do {
-            file = try FlagFile.load(path: configPath, commandLine: commandLine)
+            return try Self.merged(configPath: configPath, commandLine: commandLine)
         } catch {
             fail("--config: \(error)", exitCode: 2)
         }
-        do {
-            return (try Self.command(from: file, commandLine: commandLine), file)
-        } catch {
-            fail("--config: \(error)", exitCode: 2)
-        }
+    }
+
+    /// The config file at `configPath` read now, and the command it and `commandLine` give together.
+    static func merged(configPath: String, commandLine: [String]) throws -> (command: ServerCommand, file: FlagFile) {
+        let file = try FlagFile.load(path: configPath, commandLine: commandLine)
+        return (try Self.command(from: file, commandLine: commandLine), file)
     }
 
     /// The command that `file`'s settings and then `commandLine` give; a value the parser refuses is reported
@@ -152,11 +152,7 @@ struct ServerCommand: AsyncParsableCommand {
     /// sessions and streams; a file that does not parse is refused with a log line, and the rules in force stay.
     private func reload(server: TunnelServer, configFile: FlagFile?, logger: Logger) {
         do {
-            var settings = self
-            if let configFile {
-                let file = try FlagFile.load(path: configFile.path, commandLine: Self.commandLineArguments())
-                settings = try Self.command(from: file, commandLine: Self.commandLineArguments())
-            }
+            let settings = try configFile.map { try Self.merged(configPath: $0.path, commandLine: Self.commandLineArguments()).command } ?? self
             let rules = try settings.accessRules()
             server.updateAccessRules(rules)
             let users = rules.users.map { ", \($0.count) user\($0.count == 1 ? "" : "s")" } ?? ""
