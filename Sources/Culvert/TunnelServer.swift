@@ -76,6 +76,8 @@ public final class TunnelServer: Sendable {
     public var httpConnectionCount: Int { self.transportServer.httpConnectionCount }
     /// Sessions currently running.
     public var activeSessions: Int { self.sessions.withLockedValue { $0.count } }
+    /// Whether the server drains with its listener open for its chunked and polling sessions (see ``shutdown(gracePeriod:)``).
+    public var isDrainingWithListenerOpen: Bool { self.transportServer.isDraining }
     /// Notified after a session starts or ends: await a condition on ``activeSessions`` with
     /// ``StateChangeSignal/wait(timeout:until:)``.
     public let changes: StateChangeSignal
@@ -300,15 +302,25 @@ public final class TunnelServer: Sendable {
         #endif
     }
 
-    /// Stops accepting connections, sends GOAWAY to every session, lets open streams finish for up to
+    /// Stops accepting new sessions, sends GOAWAY to every session, lets open streams finish for up to
     /// `gracePeriod`, then closes what is left.
+    ///
+    /// The listener closes at once unless chunked or polling sessions are open: their next requests need it, so it
+    /// stays open for them until they end, answering 503 to anything that would start a new session.
     public func shutdown(gracePeriod: TimeAmount = .seconds(5)) async {
         self.memoryTrimming.withLockedValue { $0?.cancel() }
-        try? await self.transportServer.close().get()
+        let keepsListening = gracePeriod > .zero && self.transportServer.httpConnectionCount > 0
+        if keepsListening {
+            self.transportServer.startDraining()
+            self.changes.notify()
+        } else {
+            try? await self.transportServer.close().get()
+        }
         let sessions = self.sessions.withLockedValue { Array($0.values) }
         // All sessions drain at once, so shutdown takes one grace period, not one per session.
         let endings = sessions.map { $0.shutdown(gracePeriod: gracePeriod) }
         for ending in endings { _ = try? await ending.get() }
+        if keepsListening { try? await self.transportServer.close().get() }
     }
 }
 

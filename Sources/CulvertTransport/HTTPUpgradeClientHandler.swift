@@ -92,6 +92,7 @@ final class HTTPUpgradeClientHandler: ChannelInboundHandler, RemovableChannelHan
         case 426, 400, 200:
             hint = "the upgrade did not reach the server (a proxy may strip Upgrade); try another --transport"
         case 401, 403: hint = "something in the path refuses the request"
+        case 503 where head.headers.contains(name: DrainingRequestFilter.headerName): hint = DrainingRequestFilter.clientHint
         case 502, 503, 504: hint = "a proxy in the path could not reach the culvert server"
         default: hint = "the server or a proxy in the path did not accept the upgrade"
         }

@@ -35,6 +35,7 @@ public final class TransportServer: Sendable {
     private let channel: any Channel
     private let connectionCounter: NIOLockedValueBox<Int>
     private let registry: HTTPConnectionRegistry
+    private let draining: NIOLockedValueBox<Bool>
 
     /// Chunked and polling connections the server holds now.
     public var httpConnectionCount: Int { self.registry.count }
@@ -45,7 +46,10 @@ public final class TransportServer: Sendable {
     /// TCP connections accepted so far.
     public var acceptedConnections: Int { self.connectionCounter.withLockedValue { $0 } }
 
-    private init(channel: any Channel, connectionCounter: NIOLockedValueBox<Int>, registry: HTTPConnectionRegistry) {
+    private init(
+        channel: any Channel, connectionCounter: NIOLockedValueBox<Int>, registry: HTTPConnectionRegistry, draining: NIOLockedValueBox<Bool>
+    ) {
+        self.draining = draining
         self.channel = channel
         self.connectionCounter = connectionCounter
         self.registry = registry
@@ -60,6 +64,7 @@ public final class TransportServer: Sendable {
     ) -> EventLoopFuture<TransportServer> {
         let counter = NIOLockedValueBox(0)
         let registry = HTTPConnectionRegistry(settings: configuration.http)
+        let draining = NIOLockedValueBox(false)
         return ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -68,11 +73,13 @@ public final class TransportServer: Sendable {
             .childChannelInitializer { channel in
                 counter.withLockedValue { $0 += 1 }
                 return channel.eventLoop.makeCompletedFuture {
-                    try Self.configureConnection(channel, configuration: configuration, registry: registry, onConnection: onConnection)
+                    try Self.configureConnection(
+                        channel, configuration: configuration, registry: registry, draining: draining, onConnection: onConnection
+                    )
                 }
             }
             .bind(host: configuration.host, port: configuration.port)
-            .map { TransportServer(channel: $0, connectionCounter: counter, registry: registry) }
+            .map { TransportServer(channel: $0, connectionCounter: counter, registry: registry, draining: draining) }
     }
 
     /// Sets up an accepted connection's pipeline: TLS when configured, the HTTP codec with its limits, the upgraders
@@ -81,6 +88,7 @@ public final class TransportServer: Sendable {
         _ channel: any Channel,
         configuration: Configuration,
         registry: HTTPConnectionRegistry,
+        draining: NIOLockedValueBox<Bool> = NIOLockedValueBox(false),
         onConnection: @escaping @Sendable (any TransportConnection) -> Void
     ) throws {
         let prefix = configuration.pathPrefix
@@ -113,6 +121,7 @@ public final class TransportServer: Sendable {
             HTTPRequestHeadTimeoutHandler(
                 firstHead: configuration.http.requestHeadTimeout, betweenRequests: configuration.http.idleTimeout
             ),
+            DrainingRequestFilter(pathPrefix: prefix, draining: draining),
         ]
         let makeUpgradeHandler = {
             HTTPServerUpgradeHandler(
@@ -157,4 +166,13 @@ public final class TransportServer: Sendable {
     public func close() -> EventLoopFuture<Void> {
         self.channel.close()
     }
+
+    /// Keeps listening for the requests of the chunked and polling connections the server has, and answers every
+    /// request that would start a new session with 503 (``DrainingRequestFilter``); ``close()`` ends it.
+    public func startDraining() {
+        self.draining.withLockedValue { $0 = true }
+    }
+
+    /// Whether ``startDraining()`` was called.
+    public var isDraining: Bool { self.draining.withLockedValue { $0 } }
 }

@@ -236,7 +236,7 @@ struct ServerCommand: AsyncParsableCommand {
         defer { reloading.cancel() }
         let signal = await SignalWaiter.wait(signals)
         let sessions = server.activeSessions
-        logger.info("\(SignalWaiter.name(of: signal)): shutting down: no new connections, GOAWAY to \(sessions) session\(sessions == 1 ? "" : "s"); open streams get \(TimeAmount.fromSeconds(self.drainSeconds).roundedText) to finish (again to exit at once)")
+        logger.info("\(SignalWaiter.name(of: signal)): shutting down: no new sessions, GOAWAY to \(sessions) session\(sessions == 1 ? "" : "s"); open streams get \(TimeAmount.fromSeconds(self.drainSeconds).roundedText) to finish (again to exit at once)")
         await server.shutdown(gracePeriod: .milliseconds(Int64(self.drainSeconds * 1000)))
         logger.info("drained: exiting")
     }

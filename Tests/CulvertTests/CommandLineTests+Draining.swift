@@ -73,7 +73,7 @@ extension CommandLineTests {
 
         kill(old.process.pid, SIGTERM)
         #expect(try await client.waitForLog("the server is draining this session (GOAWAY): its 1 open stream stay on it"), "\(client.log)")
-        #expect(old.log.contains("shutting down: no new connections, GOAWAY to 1 session"), "\(old.log)")
+        #expect(old.log.contains("shutting down: no new sessions, GOAWAY to 1 session"), "\(old.log)")
         // A connection made now waits for the new session (no server takes it yet): it is not refused.
         let waiting = try await EchoConnection(port: localPort, group: group)
         try await waiting.channel.writeAndFlush(ByteBuffer(string: "made while no server took new sessions"))

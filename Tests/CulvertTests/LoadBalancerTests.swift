@@ -87,4 +87,36 @@ import Testing
         await client.shutdown(gracePeriod: .zero)
         await balanced.stop()
     }
+
+    /// The server holding a chunked or polling session drains with time to spare: it keeps serving that session's
+    /// requests (the balancer's cookie still brings them) so its open stream goes on to its end, while the client's
+    /// new connections go to a new session on the other server; once the stream ends the drained server is done.
+    /// nginx opens a connection to the server for every request (its upstream has no `keepalive`), so the drained
+    /// server has to keep accepting them; haproxy reuses its connections.
+    @Test(arguments: Self.cases)
+    func aDrainingServerFinishesItsSessionsOpenStreamWhileNewStreamsGoToTheOther(
+        kind: RealProxy.Kind, configuration: String, transport: TransportKind
+    ) async throws {
+        let balanced = try await self.start(kind, configuration: configuration)
+        let client = try await TunnelHarness.connectClient(serverPort: balanced.balancer.port, targets: [balanced.echo.port], transport: transport)
+        let port = client.listenerAddresses[0].port!
+        let held = try await CommandLineTests.EchoConnection(port: port, group: self.group)
+        #expect(try await held.echo("before the drain") == "before the drain")
+        let holder = try #require(balanced.servers.firstIndex { $0.activeSessions == 1 })
+        let draining = balanced.servers[holder], other = balanced.servers[1 - holder]
+
+        let drained = Task { await draining.shutdown(gracePeriod: .seconds(60)) }
+        #expect(await client.changes.wait(timeout: .seconds(30)) { client.sessionsStarted == 2 && client.isConnected })
+        #expect(try await TransferClient.echoTransfer(host: "127.0.0.1", port: port, byteCount: 256 * 1024, group: self.group).digestsMatch)
+        #expect(other.activeSessions == 1, "new streams go to the other server")
+        #expect(try await held.echo("after the drain began") == "after the drain began", "\(kind) \(transport)")
+        #expect(draining.activeSessions == 1, "the drained server keeps the session of the open stream")
+
+        try await held.channel.close()
+        #expect(await draining.changes.wait(timeout: .seconds(30)) { draining.activeSessions == 0 })
+        await drained.value
+        #expect(try await TransferClient.echoTransfer(host: "127.0.0.1", port: port, byteCount: 64 * 1024, group: self.group).digestsMatch)
+        await client.shutdown(gracePeriod: .zero)
+        await balanced.stop()
+    }
 }

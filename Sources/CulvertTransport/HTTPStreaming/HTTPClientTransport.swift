@@ -84,6 +84,7 @@ public struct HTTPClientTransport: ClientTransport {
         case 404: hint = "check the URL path (the server's --path, default /culvert)"
         case 400: hint = "the server does not know this transport (an older culvert?)"
         case 413: hint = "something in the path limits request bodies"
+        case 503 where head.headers.contains(name: DrainingRequestFilter.headerName): hint = DrainingRequestFilter.clientHint
         case 502, 503, 504: hint = "a proxy in the path could not reach the culvert server"
         default: hint = "the server or a proxy in the path refused the request"
         }
