@@ -133,6 +133,32 @@ public final class TunnelClient: StreamOpening, Sendable {
         _ = try? await session.eventLoop.submit { session.reportTraffic() }.get()
     }
 
+    /// A sample for a live status line: the current session's and the draining sessions' streams and bytes, read on
+    /// their loops. With `measuringRoundTrip`, the current session also sends a PING whose answer the next sample
+    /// shows.
+    public func liveStatus(measuringRoundTrip: Bool) async -> ClientLiveStatus {
+        let (current, draining, transport, connected) = self.state.withLockedValue {
+            ($0.session, $0.draining, $0.transport, $0.disconnectedSince == nil)
+        }
+        var status = ClientLiveStatus(
+            transport: transport, isConnected: connected, roundTrip: nil, openStreams: 0, bytesSent: 0, bytesReceived: 0, sessions: 0
+        )
+        for session in [current].compactMap({ $0 }) + draining {
+            let isCurrent = session === current
+            let sample = try? await session.eventLoop.submit {
+                if isCurrent && measuringRoundTrip { session.measureRoundTrip() }
+                return (session.streamCount, session.statistics, isCurrent ? session.roundTrip : nil)
+            }.get()
+            guard let (streams, statistics, roundTrip) = sample else { continue }
+            status.sessions += 1
+            status.openStreams += streams
+            status.bytesSent += statistics.bytesSent
+            status.bytesReceived += statistics.bytesReceived
+            if isCurrent { status.roundTrip = roundTrip }
+        }
+        return status
+    }
+
     /// Sessions started so far (1 until the server restarts or refuses a resumption).
     public var sessionsStarted: Int { self.state.withLockedValue { $0.sessionsStarted } }
     /// Whether the client has a working connection to the server now (false while it reconnects or resumes).

@@ -61,6 +61,9 @@ struct ClientCommand: AsyncParsableCommand {
     @Option(help: "Seconds to let open streams finish on shutdown.")
     var shutdownGrace: Double = 5
 
+    @Flag(help: "No live status line (transport, RTT, streams, bytes/s each way) at the bottom of the terminal; it is shown only when standard error is a terminal and logs are text.")
+    var noStatus = false
+
     @Flag(help: "Ask for per-stream zlib compression (for slow links; off by default).")
     var compress = false
 
@@ -159,6 +162,14 @@ struct ClientCommand: AsyncParsableCommand {
                 fail("\(error)")
             }
         }
+        // On a terminal, a live status line under the log lines (not with --stdio: its terminal is ssh's).
+        let statusLine =
+            !self.noStatus && standardIOTarget == nil && isatty(2) != 0 && (try? self.loggingOptions.logsAsJSON()) == false
+            ? Task { await Self.showLiveStatus(of: client) } : nil
+        defer {
+            statusLine?.cancel()
+            TerminalStatusLine.shared.clear()
+        }
         if let standardIOTarget, let streamEnd = client.standardIOEnded {
             await self.runStandardIO(to: standardIOTarget, streamEnd: streamEnd, client: client, signal: firstSignal, logger: logger)
             return
@@ -176,6 +187,19 @@ struct ClientCommand: AsyncParsableCommand {
 }
 
 extension ClientCommand {
+    /// Redraws the live status line once a second until cancelled, measuring the round trip for the next one.
+    static func showLiveStatus(of client: TunnelClient) async {
+        var previous: (status: ClientLiveStatus, at: NIODeadline)?
+        while !Task.isCancelled {
+            let status = await client.liveStatus(measuringRoundTrip: true)
+            let now = NIODeadline.now()
+            let line = status.line(after: previous?.status, elapsed: previous.map { now - $0.at } ?? .seconds(1))
+            TerminalStatusLine.shared.show("culvert: " + line)
+            previous = (status, now)
+            try? await Task.sleep(for: .seconds(1))
+        }
+    }
+
     /// How a `--stdio` run ends: its stream finished (or could not open), or the tunnel ended.
     private enum StandardIOEnd: Sendable {
         case stream(StreamOpenResult)

@@ -64,6 +64,16 @@ struct LoggingOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Log line format: text, or json (one object per line, the fields as keys). Default: text on a terminal, json otherwise.", valueName: "text|json"))
     var logFormat: String?
 
+    /// Whether log lines are JSON objects: `--log-format`, or else whether standard error is not a terminal.
+    func logsAsJSON() throws -> Bool {
+        switch self.logFormat {
+        case nil: isatty(2) == 0
+        case "json": true
+        case "text": false
+        case let other?: throw CLIError("unknown --log-format '\(other)'; use text or json")
+        }
+    }
+
     /// A logger at `--log-level` (or `defaultLevel`), moved by `-v` and `-q`, in `--log-format`.
     func makeLogger(label: String, defaultLevel: Logger.Level = .info) throws -> Logger {
         guard let base = self.logLevel.map({ Logger.Level(rawValue: $0) }) ?? defaultLevel else {
@@ -72,14 +82,7 @@ struct LoggingOptions: ParsableArguments {
         let levels = Logger.Level.allCases
         let index = min(max(levels.firstIndex(of: base)! - self.verbose + self.quiet, 0), levels.count - 1)
         let level = levels[index]
-        let json: Bool
-        switch self.logFormat {
-        case nil: json = isatty(2) == 0
-        case "json": json = true
-        case "text": json = false
-        case let other?: throw CLIError("unknown --log-format '\(other)'; use text or json")
-        }
-        LoggingBootstrap.once(level: level, json: json)
+        LoggingBootstrap.once(level: level, json: try self.logsAsJSON())
         var logger = Logger(label: label)
         logger.logLevel = level
         return logger
@@ -98,7 +101,7 @@ enum LoggingBootstrap {
                 handler.logLevel = level
                 return handler
             }
-            var handler = StreamLogHandler.standardError(label: label)
+            var handler = StatusLineLogHandler(inner: StreamLogHandler.standardError(label: label))
             handler.logLevel = level
             return handler
         }
@@ -118,6 +121,7 @@ struct CLIError: Error, CustomStringConvertible {
 
 /// Prints `culvert: error: …` and exits non-zero; used for failures that are not about argument syntax.
 func fail(_ message: String, exitCode: Int32 = 1) -> Never {
+    TerminalStatusLine.shared.clear()
     FileHandle.standardError.write(Data("culvert: error: \(message)\n".utf8))
     exit(exitCode)
 }

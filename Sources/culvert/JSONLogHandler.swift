@@ -33,15 +33,7 @@ struct JSONLogHandler: LogHandler {
             line += "," + Self.quoted(key) + ":" + Self.json(fields[key]!)
         }
         line += "}\n"
-        var bytes = Array(line.utf8)
-        bytes.withUnsafeMutableBytes { buffer in
-            var offset = 0
-            while offset < buffer.count {
-                let written = Glibc.write(2, buffer.baseAddress! + offset, buffer.count - offset)
-                if written <= 0 { return }
-                offset += written
-            }
-        }
+        writeToStandardError(line)
     }
 
     /// Keys the line itself uses; metadata of the same name would make the object ambiguous.
@@ -87,5 +79,19 @@ struct JSONLogHandler: LogHandler {
         func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
         let millisecondsText = milliseconds < 10 ? "00\(milliseconds)" : milliseconds < 100 ? "0\(milliseconds)" : "\(milliseconds)"
         return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)).\(millisecondsText)Z"
+    }
+}
+
+/// Writes all of `text` to standard error with `write(2)` (in one call unless the kernel takes less), unbuffered, so
+/// that what several threads write never interleaves within one call's text.
+func writeToStandardError(_ text: String) {
+    var bytes = Array(text.utf8)
+    bytes.withUnsafeMutableBytes { buffer in
+        var offset = 0
+        while offset < buffer.count {
+            let written = Glibc.write(2, buffer.baseAddress! + offset, buffer.count - offset)
+            if written <= 0 { return }
+            offset += written
+        }
     }
 }

@@ -48,6 +48,22 @@ import Testing
         #expect(client.acceptsNewStreams)
     }
 
+    /// A round-trip measurement is a PING the peer answers like any other; its PONG's arrival time gives the
+    /// figure exactly, one measurement at a time, and it never counts as the keepalive's pong.
+    @Test func aRoundTripMeasurementTimesItsPongAndOneIsOutstandingAtATime() throws {
+        var (client, server) = try self.establishedPair()
+        #expect(client.roundTrip == nil)
+        let ping = try unwrap(self.sent(client.measureRoundTrip(now: self.start + .seconds(1))))
+        guard case .none = client.measureRoundTrip(now: self.start + .seconds(1) + .milliseconds(1)) else {
+            Issue.record("a second measurement while the first is unanswered"); return
+        }
+        let pong = try unwrap(self.sent(server.receive(ping, now: self.start)))
+        guard case .none = client.receive(pong, now: self.start + .seconds(1) + .microseconds(420)) else { Issue.record("pong not taken"); return }
+        #expect(client.roundTrip == .microseconds(420))
+        // Answered: the next one may go.
+        #expect(self.sent(client.measureRoundTrip(now: self.start + .seconds(2))) != nil)
+    }
+
     /// A wrong token ends the server's machine with GOAWAY(authenticationFailed) to send.
     @Test func wrongTokenEndsWithAGoAway() throws {
         var client = SessionStateMachine(role: .client, settings: self.settings(token: "wrong"), now: self.start)

@@ -12,24 +12,36 @@ extension CommandLineTests {
         let process: ChildProcess
         let logPath: String
 
-        init(_ arguments: [String]) throws {
+        /// With `onTerminal`, culvert runs under util-linux's `script`, so that its standard error is a pseudo-terminal
+        /// (what `script` writes to the log is what a user's terminal would get).
+        init(_ arguments: [String], onTerminal: Bool = false) throws {
             self.logPath = FileManager.default.temporaryDirectory.appendingPathComponent("culvert-cli-\(UUID().uuidString).log").path
-            self.process = try ChildProcess.spawn(
-                CommandLineTests.executable.path, arguments, outputPath: self.logPath,
-                environment: ["XDG_CACHE_HOME": CommandLineTests.cacheDirectory]
-            )
+            let environment = ["XDG_CACHE_HOME": CommandLineTests.cacheDirectory]
+            if onTerminal {
+                let command = ([CommandLineTests.executable.path] + arguments).map { "'" + $0 + "'" }.joined(separator: " ")
+                self.process = try ChildProcess.spawn(
+                    "/usr/bin/script", ["-qfec", "exec " + command, "/dev/null"], outputPath: self.logPath, environment: environment
+                )
+            } else {
+                self.process = try ChildProcess.spawn(CommandLineTests.executable.path, arguments, outputPath: self.logPath, environment: environment)
+            }
         }
 
         var log: String { (try? String(contentsOfFile: self.logPath, encoding: .utf8)) ?? "" }
 
         /// Waits until the log contains `text` (true) or `seconds` pass (false).
         func waitForLog(_ text: String, seconds: Double = 20) async throws -> Bool {
+            try await self.waitForLog(seconds: seconds) { $0.contains(text) }
+        }
+
+        /// Waits until `condition` holds for the log (true) or `seconds` pass (false).
+        func waitForLog(seconds: Double = 20, until condition: (String) -> Bool) async throws -> Bool {
             let deadline = NIODeadline.now() + .milliseconds(Int64(seconds * 1000))
             while NIODeadline.now() < deadline {
-                if self.log.contains(text) { return true }
+                if condition(self.log) { return true }
                 try await Task.sleep(for: .milliseconds(50))
             }
-            return self.log.contains(text)
+            return condition(self.log)
         }
 
         /// Waits for the process to exit and returns its status (nil if it was killed by a signal).

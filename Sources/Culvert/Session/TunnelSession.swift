@@ -1087,6 +1087,17 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         self.endedPromise.succeed(reason)
     }
 
+    // MARK: Live status
+
+    /// Sends a PING that measures the round trip (unless one is unanswered); ``roundTrip`` shows the answer.
+    /// On the session's loop.
+    public func measureRoundTrip() {
+        self.perform(self.machine.measureRoundTrip(now: self.eventLoop.now))
+    }
+
+    /// The last round trip measured on this session (by ``measureRoundTrip()``, or else by keepalive). On its loop.
+    public var roundTrip: TimeAmount? { self.machine.roundTrip }
+
     // MARK: Metrics
 
     /// Reports the stream bytes moved since the last report, under the transport that moved them, and returns the

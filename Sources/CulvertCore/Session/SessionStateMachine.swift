@@ -272,12 +272,12 @@ public struct SessionStateMachine: Sendable {
         switch self.state {
         case .established(var e):
             self.state = .modifying
-            let action = self.receiveEstablished(frame, &e, goingAway: false)
+            let action = self.receiveEstablished(frame, &e, goingAway: false, now: now)
             if case .modifying = self.state { self.state = .established(e) }
             return action
         case .goingAway(var e):
             self.state = .modifying
-            let action = self.receiveEstablished(frame, &e, goingAway: true)
+            let action = self.receiveEstablished(frame, &e, goingAway: true, now: now)
             if case .modifying = self.state { self.state = .goingAway(e) }
             return action
         case .handshaking(var handshake, let deadline):
@@ -417,6 +417,16 @@ public struct SessionStateMachine: Sendable {
         }
     }
 
+    /// Measures the round trip (for a live status): a PING to send, unless one is still unanswered or the session
+    /// carries no streams now. Its PONG's arrival sets ``roundTrip``.
+    public mutating func measureRoundTrip(now: NIODeadline) -> Action {
+        guard let id = self.withCarryingEstablished({ $0.keepalive.startMeasurement(now: now) }) ?? nil else { return .none }
+        return .sendNow(.ping(id))
+    }
+
+    /// The last round-trip time measured, or nil before any (or when no session is established).
+    public var roundTrip: TimeAmount? { self.established?.keepalive.roundTrip }
+
     /// A timer the driver scheduled fired.
     public mutating func timerFired(_ timer: Timer, now: NIODeadline) -> Action {
         switch (timer, self.state) {
@@ -468,7 +478,9 @@ public struct SessionStateMachine: Sendable {
 
     // MARK: Established frames
 
-    private mutating func receiveEstablished(_ frame: Frame, _ e: inout Established, goingAway: Bool) -> Action {
+    private mutating func receiveEstablished(
+        _ frame: Frame, _ e: inout Established, goingAway: Bool, now: () -> NIODeadline
+    ) -> Action {
         e.keepalive.receivedAnything()
         if frame.type.isReliable {
             e.sequencer.recordReceived(byteCount: frame.wireSize)
@@ -496,6 +508,10 @@ public struct SessionStateMachine: Sendable {
             return .acknowledged(mayResumeReads: e.sequencer.replayBytes < e.mux.configuration.sessionMemoryLimit / 2)
         case .ping(let value):
             return .sendNow(.pong(value))
+        case .pong(let value) where KeepaliveStateMachine.isMeasurement(value):
+            // The one clock read a pong costs: a measurement comes about once a second, not per message.
+            e.keepalive.receivedMeasurementPong(value, now: now())
+            return .none
         case .pong(let value):
             e.keepalive.receivedPong(value)
             return .none
