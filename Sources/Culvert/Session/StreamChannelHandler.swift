@@ -90,6 +90,19 @@ final class StreamChannelHandler: ChannelDuplexHandler {
         self.afterWrites { handler in handler.context?.close(promise: nil) }
     }
 
+    /// Closes the socket once what was written is out, or after `limit` if its reader takes no more: what the
+    /// session received (and acknowledged) before it ended still reaches the application, and a reader that
+    /// stopped reading does not hold the socket for ever.
+    func closeAfterWrites(within limit: TimeAmount) {
+        guard let context = self.context else { return }
+        let channel = context.channel
+        let deadline = context.eventLoop.assumeIsolated().scheduleTask(in: limit) { channel.close(promise: nil) }
+        self.afterWrites { handler in
+            deadline.cancel()
+            channel.close(promise: nil)
+        }
+    }
+
     /// Closes the socket now; with `abort`, with a TCP reset (SO_LINGER 0): the application must not take what it
     /// got for the whole.
     func close(abort: Bool) {

@@ -61,6 +61,9 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     private var keepaliveTask: RepeatedTask?
     /// The session's resources (sockets, timers, callbacks) have been released.
     private var finished = false
+    /// Going away with no stream left, the session waits for the peer to acknowledge what it sent before it closes
+    /// the transport (see ``endIfDrained()``).
+    private var endsWhenAcknowledged = false
     private let establishedPromise: EventLoopPromise<HandshakeStateMachine.Outcome>
     private let endedPromise: EventLoopPromise<SessionError>
 
@@ -527,6 +530,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             self.sendAhead(frame)
         case .acknowledged(let mayResumeReads):
             if mayResumeReads { self.resumeReads() }
+            if self.endsWhenAcknowledged { self.endIfDrained() }
         case .established(let outcome, let reply):
             self.didEstablish(outcome, reply: reply)
         case .resumed(let outcome, let reply, let replay):
@@ -1031,11 +1035,26 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
 
     // MARK: Ending
 
+    /// Ends a session that is going away once its last stream is done and the peer has acknowledged everything it
+    /// was sent. What was sent may not have reached the peer yet — a chunked or polling connection holds it for the
+    /// next response the client asks for — and closing the transport then would lose the streams' last bytes. The
+    /// wait is bounded by the keepalive timeout (and a server's drain by its grace period).
     private func endIfDrained() {
-        if self.machine.isGoingAway && self.streams.isEmpty && !self.finished {
-            self.flushNow()
-            self.end(.shutdown)
+        guard self.machine.isGoingAway && self.streams.isEmpty && !self.finished else { return }
+        self.flushNow()
+        let unacknowledged = self.machine.readEstablished { $0.sequencer.replayBytes } ?? 0
+        if unacknowledged > 0 && self.transport != nil {
+            guard !self.endsWhenAcknowledged else { return }
+            self.endsWhenAcknowledged = true
+            self.eventLoop.scheduleTask(in: self.configuration.keepaliveTimeout) { [self] in
+                if !self.finished {
+                    self.logger.info("the peer acknowledged not all of the last \(unacknowledged) bytes within \(self.configuration.keepaliveTimeout.roundedText): ending the session")
+                }
+                self.end(.shutdown)
+            }
+            return
         }
+        self.end(.shutdown)
     }
 
     private func end(_ reason: SessionError) {
@@ -1066,7 +1085,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
                 stream.openCompletion = nil
                 completion(.unavailable("the tunnel session ended: \(reason)"))
             }
-            stream.close(abort: false)
+            stream.closeAfterWrites(within: self.configuration.keepaliveTimeout)
         }
         self.transport?.close()
         self.transport = nil
