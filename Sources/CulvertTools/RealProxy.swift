@@ -59,12 +59,13 @@ public struct RealProxy: Sendable {
     public let port: Int
     public let directory: String
 
-    /// Starts `kind` with the template at `configuration` plus `extraLines`; `upstreamPort` fills `@UPSTREAM@`.
+    /// Starts `kind` with the template at `configuration` plus `extraLines`; `upstreamPort` fills `@UPSTREAM@`, and
+    /// `moreUpstreamPorts` fill `@UPSTREAM2@`, `@UPSTREAM3@`, … (a balancer's other servers).
     public static func start(
         _ kind: Kind,
         configuration: String,
         upstreamPort: Int? = nil,
-        secondUpstreamPort: Int? = nil,
+        moreUpstreamPorts: [Int] = [],
         extraLines: [String] = []
     ) async throws -> RealProxy {
         guard let binary = kind.binary else { throw NotInstalled(kind: kind) }
@@ -76,10 +77,12 @@ public struct RealProxy: Sendable {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             // Proxies started as root drop to an unprivileged user: their files must stay writable.
             chmod(directory, 0o777)
-            let text = template.replacingOccurrences(of: "@PORT@", with: String(port))
-                .replacingOccurrences(of: "@UPSTREAM2@", with: String(secondUpstreamPort ?? 0))
-                .replacingOccurrences(of: "@UPSTREAM@", with: String(upstreamPort ?? 0))
-                .replacingOccurrences(of: "@DIR@", with: directory) + extraLines.map { $0 + "\n" }.joined()
+            var text = template.replacingOccurrences(of: "@PORT@", with: String(port))
+            for (index, more) in moreUpstreamPorts.enumerated() {
+                text = text.replacingOccurrences(of: "@UPSTREAM\(index + 2)@", with: String(more))
+            }
+            text = text.replacingOccurrences(of: "@UPSTREAM@", with: String(upstreamPort ?? 0))
+            text = text.replacingOccurrences(of: "@DIR@", with: directory) + extraLines.map { $0 + "\n" }.joined()
             let configurationPath = directory + "/" + URL(fileURLWithPath: configuration).lastPathComponent
             try text.write(toFile: configurationPath, atomically: true, encoding: .utf8)
             let process = try ChildProcess.spawn(

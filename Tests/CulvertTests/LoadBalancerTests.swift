@@ -2,11 +2,12 @@ import Culvert
 import CulvertCore
 import CulvertTools
 import CulvertTransport
+import Foundation
 import NIOCore
 import NIOPosix
 import Testing
 
-/// Several culvert servers behind one address, with the balancers' standard stickiness and no culvert-specific
+/// Three culvert servers behind one address, with the balancers' standard stickiness and no culvert-specific
 /// plugin: haproxy's inserted cookie and nginx's hash of the session's affinity cookie. Chunked and polling make many
 /// requests per session; every one must reach the server that holds the session.
 @Suite(.serialized) struct LoadBalancerTests {
@@ -27,10 +28,10 @@ import Testing
     func start(_ kind: RealProxy.Kind, configuration: String) async throws -> Balanced {
         let echo = try await EchoServer.start(group: self.group)
         var servers: [TunnelServer] = []
-        for _ in 0..<2 { servers.append(try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"])) }
+        for _ in 0..<3 { servers.append(try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"])) }
         let balancer = try await RealProxy.start(
             kind, configuration: fixturesDirectory() + "/balancers/" + configuration,
-            upstreamPort: servers[0].localAddress!.port!, secondUpstreamPort: servers[1].localAddress!.port!
+            upstreamPort: servers[0].localAddress!.port!, moreUpstreamPorts: servers.dropFirst().map { $0.localAddress!.port! }
         )
         return Balanced(servers: servers, balancer: balancer, echo: echo)
     }
@@ -73,17 +74,17 @@ import Testing
     /// The server holding a session drains (GOAWAY) and leaves the balancer: the client's next session goes to the
     /// other server through the same address, and data moves again; no request hangs on the server that left.
     @Test(arguments: [TransportKind.polling, .chunked, .websocket])
-    func whenTheSessionsServerLeavesTheClientStartsANewSessionOnTheOther(transport: TransportKind) async throws {
+    func whenTheSessionsServerLeavesTheClientStartsANewSessionOnAnother(transport: TransportKind) async throws {
         let balanced = try await self.start(.haproxy, configuration: "haproxy-sticky.cfg")
         let client = try await TunnelHarness.connectClient(serverPort: balanced.balancer.port, targets: [balanced.echo.port], transport: transport)
         let port = client.listenerAddresses[0].port!
         #expect(try await TransferClient.echoTransfer(host: "127.0.0.1", port: port, byteCount: 64 * 1024, group: self.group).digestsMatch)
         let holder = try #require(balanced.servers.firstIndex { $0.activeSessions == 1 })
-        let other = balanced.servers[1 - holder]
+        let others = balanced.servers.indices.filter { $0 != holder }.map { balanced.servers[$0] }
         await balanced.servers[holder].shutdown(gracePeriod: .zero)
         #expect(await client.changes.wait(timeout: .seconds(30)) { client.sessionsStarted == 2 && client.isConnected })
         #expect(try await TransferClient.echoTransfer(host: "127.0.0.1", port: port, byteCount: 64 * 1024, group: self.group).digestsMatch)
-        #expect(other.activeSessions == 1)
+        #expect(others.map(\.activeSessions).reduce(0, +) == 1)
         await client.shutdown(gracePeriod: .zero)
         await balanced.stop()
     }
@@ -94,7 +95,7 @@ import Testing
     /// nginx opens a connection to the server for every request (its upstream has no `keepalive`), so the drained
     /// server has to keep accepting them; haproxy reuses its connections.
     @Test(arguments: Self.cases)
-    func aDrainingServerFinishesItsSessionsOpenStreamWhileNewStreamsGoToTheOther(
+    func aDrainingServerFinishesItsSessionsOpenStreamWhileNewStreamsGoToAnother(
         kind: RealProxy.Kind, configuration: String, transport: TransportKind
     ) async throws {
         let balanced = try await self.start(kind, configuration: configuration)
@@ -103,12 +104,13 @@ import Testing
         let held = try await CommandLineTests.EchoConnection(port: port, group: self.group)
         #expect(try await held.echo("before the drain") == "before the drain")
         let holder = try #require(balanced.servers.firstIndex { $0.activeSessions == 1 })
-        let draining = balanced.servers[holder], other = balanced.servers[1 - holder]
+        let draining = balanced.servers[holder]
+        let others = balanced.servers.indices.filter { $0 != holder }.map { balanced.servers[$0] }
 
         let drained = Task { await draining.shutdown(gracePeriod: .seconds(60)) }
         #expect(await client.changes.wait(timeout: .seconds(30)) { client.sessionsStarted == 2 && client.isConnected })
         #expect(try await TransferClient.echoTransfer(host: "127.0.0.1", port: port, byteCount: 256 * 1024, group: self.group).digestsMatch)
-        #expect(other.activeSessions == 1, "new streams go to the other server")
+        #expect(others.map(\.activeSessions).reduce(0, +) == 1, "new streams go to another server")
         #expect(try await held.echo("after the drain began") == "after the drain began", "\(kind) \(transport)")
         #expect(draining.activeSessions == 1, "the drained server keeps the session of the open stream")
 
@@ -117,6 +119,63 @@ import Testing
         await drained.value
         #expect(try await TransferClient.echoTransfer(host: "127.0.0.1", port: port, byteCount: 64 * 1024, group: self.group).digestsMatch)
         await client.shutdown(gracePeriod: .zero)
+        await balanced.stop()
+    }
+
+    /// Clients on all four transports through the balancer, moving data at once; the server holding the most
+    /// sessions drains mid-run. Every transfer arrives intact (those on the drained server finish there), the drained
+    /// server ends once they have, and the next round of transfers goes through the two servers left.
+    /// `CULVERT_BALANCER_CLIENTS` and `CULVERT_BALANCER_MIB` scale it up (the issue's 30 clients × 8 MiB) outside CI.
+    @Test(arguments: [(RealProxy.Kind.haproxy, "haproxy-sticky.cfg"), (.nginx, "nginx-hash.conf")])
+    func clientsOnEveryTransportMoveTheirDataIntactWhileOneServerDrainsMidRun(kind: RealProxy.Kind, configuration: String) async throws {
+        let environment = ProcessInfo.processInfo.environment
+        let clientCount = environment["CULVERT_BALANCER_CLIENTS"].flatMap { Int($0) } ?? 8
+        let byteCount = (environment["CULVERT_BALANCER_MIB"].flatMap { Int($0) }.map { $0 << 20 }) ?? 512 << 10
+        let balanced = try await self.start(kind, configuration: configuration)
+        let transports: [TransportKind] = [.polling, .chunked, .websocket, .connect]
+        var clients: [TunnelClient] = []
+        for index in 0..<clientCount {
+            clients.append(try await TunnelHarness.connectClient(
+                serverPort: balanced.balancer.port, targets: [balanced.echo.port], transport: transports[index % transports.count]
+            ))
+        }
+        let ports = clients.map { $0.listenerAddresses[0].port! }
+        let group = self.group
+        let busiest = try #require(balanced.servers.indices.max { balanced.servers[$0].activeSessions < balanced.servers[$1].activeSessions })
+        let draining = balanced.servers[busiest]
+        let drainedSessions = draining.activeSessions
+        let started = ContinuousClock.now
+        let intact = try await withThrowingTaskGroup(of: (Int, String?).self) { tasks in
+            for (index, port) in ports.enumerated() {
+                tasks.addTask {
+                    let transfer = try await TransferClient.echoTransfer(host: "127.0.0.1", port: port, byteCount: byteCount, seed: UInt64(index), group: group)
+                    let ok = transfer.digestsMatch && transfer.bytesReceived == byteCount
+                    return (index, ok ? nil : "sent \(transfer.bytesSent) B, received \(transfer.bytesReceived) B, digests \(transfer.digestsMatch ? "match" : "differ")")
+                }
+            }
+            // Mid-run: once the first transfer is done, the others are still moving.
+            var results = [try await tasks.next()!]
+            let drained = Task { await draining.shutdown(gracePeriod: .seconds(120)) }
+            for try await result in tasks { results.append(result) }
+            await drained.value
+            return results
+        }
+        let elapsed = ContinuousClock.now - started
+        for (index, failure) in intact {
+            #expect(failure == nil, "\(kind) client \(index) on \(transports[index % transports.count]): \(failure ?? "")")
+        }
+        #expect(draining.activeSessions == 0)
+        #expect(drainedSessions >= 1)
+        print("\(kind): \(clientCount) clients × \(byteCount >> 10) KiB echoed through 3 servers, one drained mid-run, in \(elapsed)")
+
+        // The next round goes through the two servers left, on sessions of their own.
+        for (index, port) in ports.enumerated() {
+            let transfer = try await TransferClient.echoTransfer(host: "127.0.0.1", port: port, byteCount: 64 << 10, seed: UInt64(index), group: group)
+            #expect(transfer.digestsMatch, "\(kind) client \(index) after the drain")
+        }
+        #expect(draining.activeSessions == 0)
+        #expect(clients.allSatisfy { $0.isConnected })
+        for client in clients { await client.shutdown(gracePeriod: .zero) }
         await balanced.stop()
     }
 }
