@@ -1,6 +1,6 @@
-import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
+import Synchronization
 
 /// While the server drains, answers every request that would start something new — a WebSocket or CONNECT upgrade,
 /// a chunked or polling `open`, a negotiation probe, the endpoint page a balancer's health check reads — with 503
@@ -18,21 +18,36 @@ final class DrainingRequestFilter: ChannelInboundHandler, RemovableChannelHandle
     /// The hint a client gives with such a 503.
     static let clientHint = "the server is draining (shutting down) and takes no new sessions; trying again (behind a load balancer, another server takes it)"
 
-    private let draining: NIOLockedValueBox<Bool>
-    private let newSessionPaths: Set<String>
+    /// Whether the server drains, and which paths start something new; one per listener, shared by its connections.
+    final class Gate: Sendable {
+        private let draining = Atomic<Bool>(false)
+        let newSessionPaths: Set<String>
+
+        init(pathPrefix: String) {
+            self.newSessionPaths = [
+                pathPrefix, pathPrefix + "/", pathPrefix + "/ws", pathPrefix + "/raw", pathPrefix + "/open", pathPrefix + "/probe",
+            ]
+        }
+
+        /// Set once, when the server starts draining; read for every request head, so it is an atomic, not a lock.
+        var isDraining: Bool { self.draining.load(ordering: .relaxed) }
+
+        func startDraining() { self.draining.store(true, ordering: .relaxed) }
+    }
+
+    private let gate: Gate
     /// The refused request, until its end (its body is dropped).
     private var refused: HTTPRequestHead?
 
-    init(pathPrefix: String, draining: NIOLockedValueBox<Bool>) {
-        self.draining = draining
-        self.newSessionPaths = [pathPrefix, pathPrefix + "/", pathPrefix + "/ws", pathPrefix + "/raw", pathPrefix + "/open", pathPrefix + "/probe"]
+    init(gate: Gate) {
+        self.gate = gate
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = self.unwrapInboundIn(data)
         switch part {
         case .head(let head):
-            if self.newSessionPaths.contains(head.pathWithoutQuery), self.draining.withLockedValue({ $0 }) {
+            if self.gate.isDraining, self.gate.newSessionPaths.contains(head.pathWithoutQuery) {
                 self.refused = head
                 return
             }

@@ -35,7 +35,7 @@ public final class TransportServer: Sendable {
     private let channel: any Channel
     private let connectionCounter: NIOLockedValueBox<Int>
     private let registry: HTTPConnectionRegistry
-    private let draining: NIOLockedValueBox<Bool>
+    private let draining: DrainingRequestFilter.Gate
 
     /// Chunked and polling connections the server holds now.
     public var httpConnectionCount: Int { self.registry.count }
@@ -47,7 +47,7 @@ public final class TransportServer: Sendable {
     public var acceptedConnections: Int { self.connectionCounter.withLockedValue { $0 } }
 
     private init(
-        channel: any Channel, connectionCounter: NIOLockedValueBox<Int>, registry: HTTPConnectionRegistry, draining: NIOLockedValueBox<Bool>
+        channel: any Channel, connectionCounter: NIOLockedValueBox<Int>, registry: HTTPConnectionRegistry, draining: DrainingRequestFilter.Gate
     ) {
         self.draining = draining
         self.channel = channel
@@ -64,7 +64,7 @@ public final class TransportServer: Sendable {
     ) -> EventLoopFuture<TransportServer> {
         let counter = NIOLockedValueBox(0)
         let registry = HTTPConnectionRegistry(settings: configuration.http)
-        let draining = NIOLockedValueBox(false)
+        let draining = DrainingRequestFilter.Gate(pathPrefix: configuration.pathPrefix)
         return ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -88,7 +88,7 @@ public final class TransportServer: Sendable {
         _ channel: any Channel,
         configuration: Configuration,
         registry: HTTPConnectionRegistry,
-        draining: NIOLockedValueBox<Bool> = NIOLockedValueBox(false),
+        draining: DrainingRequestFilter.Gate? = nil,
         onConnection: @escaping @Sendable (any TransportConnection) -> Void
     ) throws {
         let prefix = configuration.pathPrefix
@@ -121,7 +121,7 @@ public final class TransportServer: Sendable {
             HTTPRequestHeadTimeoutHandler(
                 firstHead: configuration.http.requestHeadTimeout, betweenRequests: configuration.http.idleTimeout
             ),
-            DrainingRequestFilter(pathPrefix: prefix, draining: draining),
+            DrainingRequestFilter(gate: draining ?? DrainingRequestFilter.Gate(pathPrefix: prefix)),
         ]
         let makeUpgradeHandler = {
             HTTPServerUpgradeHandler(
@@ -170,9 +170,9 @@ public final class TransportServer: Sendable {
     /// Keeps listening for the requests of the chunked and polling connections the server has, and answers every
     /// request that would start a new session with 503 (``DrainingRequestFilter``); ``close()`` ends it.
     public func startDraining() {
-        self.draining.withLockedValue { $0 = true }
+        self.draining.startDraining()
     }
 
     /// Whether ``startDraining()`` was called.
-    public var isDraining: Bool { self.draining.withLockedValue { $0 } }
+    public var isDraining: Bool { self.draining.isDraining }
 }
