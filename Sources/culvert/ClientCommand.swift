@@ -166,6 +166,7 @@ struct ClientCommand: AsyncParsableCommand {
         let statusLine =
             !self.noStatus && standardIOTarget == nil && isatty(2) != 0 && (try? self.loggingOptions.logsAsJSON()) == false
             ? Task { await Self.showLiveStatus(of: client) } : nil
+        if statusLine != nil { TerminalStatusLine.shared.activate() }
         defer {
             statusLine?.cancel()
             TerminalStatusLine.shared.clear()

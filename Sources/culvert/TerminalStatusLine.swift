@@ -1,5 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
+import Synchronization
 
 /// The client's one-line live status at the bottom of the terminal: redrawn in place (`\r`, erase line), cleared
 /// before each log line and drawn again after it, so that log lines scroll above it and never run into it.
@@ -10,9 +11,17 @@ final class TerminalStatusLine: Sendable {
 
     /// The line on the screen now (nil: none).
     private let shown = NIOLockedValueBox<String?>(nil)
+    /// Whether a status line is drawn in this run at all; until then log lines skip the lock.
+    private let isActive = Atomic<Bool>(false)
+
+    /// Says that a status line will be drawn, before the first one is (so no log line can race the first draw).
+    func activate() {
+        self.isActive.store(true, ordering: .sequentiallyConsistent)
+    }
 
     /// Draws `line` in place of the one shown, cut to the terminal's width so that it never wraps.
     func show(_ line: String) {
+        self.activate()
         let fitted = Self.fitted(line, width: Self.terminalWidth())
         self.shown.withLockedValue { shown in
             shown = fitted
@@ -22,6 +31,7 @@ final class TerminalStatusLine: Sendable {
 
     /// Runs `body` (which writes a log line) with the status line cleared, and draws it again after.
     func aroundLog(_ body: () -> Void) {
+        guard self.isActive.load(ordering: .sequentiallyConsistent) else { return body() }
         self.shown.withLockedValue { shown in
             guard let line = shown else { return body() }
             Self.write("\r\u{1B}[2K")
