@@ -30,8 +30,9 @@ import Testing
         #expect(refusal?.contains("maximum of 1 session") == true)
         #expect(alicesWaiting.ended.withLockedValue { $0 } == 1)
         #expect(bobsWaiting.ended.withLockedValue { $0 } == 0)
-        #expect(access.detachedSessions(of: "alice") == 0)
-        #expect(access.detachedSessions(of: "bob") == 1)
+        // Bob's waiting session is still known: Bob's own refusal ends it.
+        #expect(lookup.admit("bob") != nil)
+        #expect(bobsWaiting.ended.withLockedValue { $0 } == 1)
 
         // The ended session gives its place back; the client that knocked gets in on its next try.
         access.release(user: "alice")

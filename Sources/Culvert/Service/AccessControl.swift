@@ -63,11 +63,6 @@ public final class AccessControl: Sendable {
         }
     }
 
-    /// Sessions of `user` waiting to be resumed.
-    public func detachedSessions(of user: String) -> Int {
-        self.state.withLockedValue { $0.detachedByUser[user]?.count ?? 0 }
-    }
-
     /// A session of `user` that ``userLookup`` admitted has ended.
     public func release(user: String) {
         self.state.withLockedValue { state in
