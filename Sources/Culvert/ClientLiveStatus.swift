@@ -12,7 +12,8 @@ public struct ClientLiveStatus: Sendable, Equatable {
     public var roundTrip: TimeAmount?
     /// Streams open on the current session and on those the server is draining.
     public var openStreams: Int
-    /// Stream payload bytes sent and received by the current session and those the server is draining.
+    /// Stream payload bytes the client has sent and received so far, over all its sessions (ended ones included, so
+    /// the totals never go back).
     public var bytesSent: Int
     public var bytesReceived: Int
     /// Sessions the client holds: the current one and those the server is draining.
@@ -42,7 +43,7 @@ extension ClientLiveStatus {
         parts.append(self.openStreams == 1 ? "1 stream" : "\(self.openStreams) streams")
         if self.sessions > 1 { parts.append("\(self.sessions - 1) draining session\(self.sessions == 2 ? "" : "s")") }
         let seconds = Double(max(elapsed.nanoseconds, 1)) / 1e9
-        // A new session counts from zero: a sample across it shows no rate rather than a negative one.
+        // (The totals only grow; a sample older than this client's would show no rate rather than a negative one.)
         let up = previous.map { max(0, self.bytesSent - $0.bytesSent) } ?? 0
         let down = previous.map { max(0, self.bytesReceived - $0.bytesReceived) } ?? 0
         parts.append("up " + Self.rate(Double(up) / seconds))

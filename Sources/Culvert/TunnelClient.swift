@@ -86,6 +86,10 @@ public final class TunnelClient: StreamOpening, Sendable {
         var disconnectedSince: NIODeadline?
         /// Sessions the server sent GOAWAY on, kept until their open streams have finished.
         var draining: [TunnelSession] = []
+        /// Stream bytes moved by the sessions that have ended, so that the live status's totals never go back.
+        var bytesOfEndedSessions = (sent: 0, received: 0)
+        /// Whether `session` has ended and its bytes are in `bytesOfEndedSessions` (until the next one replaces it).
+        var currentSessionEnded = false
     }
 
     /// A connection a listener accepted while no session was established: it waits for the first one.
@@ -137,11 +141,13 @@ public final class TunnelClient: StreamOpening, Sendable {
     /// their loops. With `measuringRoundTrip`, the current session also sends a PING whose answer the next sample
     /// shows.
     public func liveStatus(measuringRoundTrip: Bool) async -> ClientLiveStatus {
-        let (current, draining, transport, connected) = self.state.withLockedValue {
-            ($0.session, $0.draining, $0.transport, $0.disconnectedSince == nil)
+        // A session's bytes count live until it ends and in the ended total after, never both: one lock takes both.
+        let (current, draining, transport, connected, ended) = self.state.withLockedValue {
+            ($0.currentSessionEnded ? nil : $0.session, $0.draining, $0.transport, $0.disconnectedSince == nil, $0.bytesOfEndedSessions)
         }
         var status = ClientLiveStatus(
-            transport: transport, isConnected: connected, roundTrip: nil, openStreams: 0, bytesSent: 0, bytesReceived: 0, sessions: 0
+            transport: transport, isConnected: connected, roundTrip: nil, openStreams: 0, bytesSent: ended.sent,
+            bytesReceived: ended.received, sessions: 0
         )
         for session in [current].compactMap({ $0 }) + draining {
             let isCurrent = session === current
@@ -290,6 +296,7 @@ public final class TunnelClient: StreamOpening, Sendable {
         let (stopping, first) = self.state.withLockedValue { state in
             if !state.stopping {
                 state.session = session
+                state.currentSessionEnded = false
                 state.sessionsStarted += 1
             }
             return (state.stopping, state.sessionsStarted == 1)
@@ -414,9 +421,14 @@ public final class TunnelClient: StreamOpening, Sendable {
             self.scheduleResume(of: session)
         }
         session.ended.whenSuccess { [self] reason in
+            let statistics = session.statistics
             let (stopping, current) = self.state.withLockedValue { state in
                 defer { state.draining.removeAll { $0 === session } }
-                return (state.stopping, state.session === session)
+                state.bytesOfEndedSessions.sent += statistics.bytesSent
+                state.bytesOfEndedSessions.received += statistics.bytesReceived
+                let current = state.session === session
+                if current { state.currentSessionEnded = true }
+                return (state.stopping, current)
             }
             guard !stopping else {
                 if current { self.finish(reason) }

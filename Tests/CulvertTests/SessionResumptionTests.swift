@@ -90,7 +90,12 @@ import Testing
         #expect(await client.changes.wait(timeout: .seconds(20)) { client.sessionsStarted >= 2 })
         #expect(client.sessionsStarted == 2)
         #expect(client.listenerAddresses[0].port == localPort)
+        // The live status's totals keep the ended session's bytes: its rate never drops to 0 at a new session.
+        let afterFirst = await client.liveStatus(measuringRoundTrip: false)
+        #expect(afterFirst.bytesSent >= 100_000 && afterFirst.bytesReceived >= 100_000)
         #expect(try await TransferClient.echoTransfer(host: "127.0.0.1", port: localPort, byteCount: 100_000, group: self.group).digestsMatch)
+        let afterSecond = await client.liveStatus(measuringRoundTrip: false)
+        #expect(afterSecond.bytesSent >= afterFirst.bytesSent + 100_000)
         await client.shutdown(gracePeriod: .zero)
         await second.shutdown(gracePeriod: .zero)
         try await echo.close()
