@@ -611,13 +611,23 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
             connection.eventLoop.scheduleTask(in: .seconds(2)) { connection.close(promise: nil) }
             return
         }
-        let head = self.uploadHead(streaming: false, contentLength: 1, offset: self.upSentUpTo)
+        // The close goes out on a request of its own, while the last upload (the session's last ACK, say) may
+        // still be on its way and is cut by the close: this one carries, ahead of the close, what the server has
+        // not confirmed and an ACK of what came down, so the peer's last word and ours both arrive.
+        var body = ByteBufferAllocator().buffer(capacity: 256)
+        HTTPTransportRecord.acknowledge(self.downCursor.received).write(to: &body)
+        let firstOffset = self.upLog.acknowledged
+        for piece in self.upLog.pieces(from: firstOffset, limit: self.settings.maximumPostBodyBytes - 64) {
+            HTTPTransportRecord.data(offset: piece.offset, payload: piece.bytes).write(to: &body)
+        }
+        HTTPTransportRecord.close.write(to: &body)
+        let head = self.uploadHead(streaming: false, contentLength: body.readableBytes, offset: firstOffset)
         let route = self.route
         HTTPClientChannel.dial(route: route, on: self.eventLoop, timeout: self.connectTimeout)
             .assumeIsolated()
-            .whenSuccess { bound in
+            .whenSuccess { [body] bound in
                 let channel = bound.value
-                channel.send(head, body: HTTPTransportRecord.close.encoded(), end: true) { event in
+                channel.send(head, body: body, end: true) { event in
                     switch event {
                     case .end, .failed: channel.close()
                     case .head, .body: break
