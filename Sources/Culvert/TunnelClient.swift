@@ -400,17 +400,19 @@ public final class TunnelClient: StreamOpening, Sendable {
         session.onUpstreamModeChange = { [self] in self.changes.notify() }
         session.onStreamRemoved = { [self] in self.changes.notify() }
         session.onDetached = { [self] session, reason in
-            if !reason.isPlannedTransportMove {
+            // A session the server drains resumes too, to finish its streams; only the current one's drop counts.
+            let current = self.state.withLockedValue { $0.session === session }
+            if current && !reason.isPlannedTransportMove {
                 self.noteDrop(reason)
                 self.state.withLockedValue { state in state.disconnectedSince = state.disconnectedSince ?? .now() }
             }
             self.scheduleResume(of: session, planned: reason.isPlannedTransportMove)
             self.changes.notify()
         }
-        session.onResumed = { [self] _ in
+        session.onResumed = { [self] session in
             self.state.withLockedValue { state in
                 state.backoff.connected(now: .now())
-                state.disconnectedSince = nil
+                if state.session === session { state.disconnectedSince = nil }
             }
             self.changes.notify()
         }
@@ -563,6 +565,7 @@ public final class TunnelClient: StreamOpening, Sendable {
             let transport = self.state.withLockedValue { $0.transport }
             var options = configuration.transportOptions
             options.cookies = session.cookies
+            options.extraHeaders.append((TransportOptions.resumptionHeaderName, "1"))
             ClientTransports.make(transport, options: options)
                 .connect(to: configuration.server, on: self.eventLoop)
                 .whenComplete { [self] result in

@@ -67,6 +67,11 @@ public final class TunnelServer: Sendable {
     private let metrics: TunnelMetrics?
     private let sessions: NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>
     private let memoryTrimming = NIOLockedValueBox<RepeatedTask?>(nil)
+    /// Set when ``shutdown(gracePeriod:)`` begins: HELLOs that would start a new session are refused from then on
+    /// (read once per HELLO).
+    private let drains: NIOLockedValueBox<Bool>
+    /// Established sessions that lost their transport and wait for their client to resume them.
+    private let waitingForClient: NIOLockedValueBox<Set<ObjectIdentifier>>
 
     /// The bound address (useful when listening on port 0).
     public var localAddress: SocketAddress? { self.transportServer.localAddress }
@@ -76,6 +81,8 @@ public final class TunnelServer: Sendable {
     public var httpConnectionCount: Int { self.transportServer.httpConnectionCount }
     /// Sessions currently running.
     public var activeSessions: Int { self.sessions.withLockedValue { $0.count } }
+    /// Sessions that lost their transport and wait for their client to resume them (``changes`` is notified).
+    public var sessionsWaitingForClient: Int { self.waitingForClient.withLockedValue { $0.count } }
     /// Whether the server drains with its listener open for its chunked and polling sessions (see ``shutdown(gracePeriod:)``).
     public var isDrainingWithListenerOpen: Bool { self.transportServer.isDraining }
     /// Notified after a session starts or ends: await a condition on ``activeSessions`` with
@@ -84,8 +91,11 @@ public final class TunnelServer: Sendable {
 
     private init(
         transportServer: TransportServer, sessions: NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>, changes: StateChangeSignal,
-        accessControl: AccessControl, metrics: TunnelMetrics?
+        accessControl: AccessControl, metrics: TunnelMetrics?, drains: NIOLockedValueBox<Bool>,
+        waitingForClient: NIOLockedValueBox<Set<ObjectIdentifier>>
     ) {
+        self.waitingForClient = waitingForClient
+        self.drains = drains
         self.metrics = metrics
         self.accessControl = accessControl
         self.transportServer = transportServer
@@ -104,10 +114,17 @@ public final class TunnelServer: Sendable {
         // Established sessions by id, for resumption.
         let resumable = NIOLockedValueBox<[[UInt8]: ResumableSession]>([:])
         let access = AccessControl(configuration.accessRules)
+        let drains = NIOLockedValueBox(false)
+        let waitingForClient = NIOLockedValueBox<Set<ObjectIdentifier>>([])
         let sessionConfiguration = {
             var session = configuration.session
             // Always: a reload may bring users where there were none.
             session.users = access.userLookup()
+            // A draining server takes back its own sessions (a client whose connection dropped resumes to finish
+            // its streams), and no new one.
+            session.refusesNewSession = {
+                drains.withLockedValue { $0 } ? "this server is draining (shutting down) and takes no new sessions; connect again, to another server" : nil
+            }
             return session
         }()
         let connector = {
@@ -194,22 +211,30 @@ public final class TunnelServer: Sendable {
                         return
                     }
                     wasEstablished.withLockedValue { $0 = (true, outcome.user, false) }
-                    if let user = outcome.user {
+                    let user = outcome.user
+                    if let user {
                         var userConnector = connector
                         userConnector.user = user
                         session.connector = userConnector
+                    }
+                    session.onDetached = { session, _ in
+                        waitingForClient.withLockedValue { _ = $0.insert(key) }
+                        changes.notify()
                         // While it waits for its client, the session is one the user's limit may end to make room
                         // for the client knocking (the same one, restarted, most often).
-                        session.onDetached = { session, _ in
-                            access.sessionDetached(user: user, id: key) {
-                                session.eventLoop.execute {
-                                    guard session.isDetached else { return }
-                                    session.logger.info("user \(user) is at its session limit and a client knocks: ending this session, which waits for its client")
-                                    session.close(.replaced(user: user))
-                                }
+                        guard let user else { return }
+                        access.sessionDetached(user: user, id: key) {
+                            session.eventLoop.execute {
+                                guard session.isDetached else { return }
+                                session.logger.info("user \(user) is at its session limit and a client knocks: ending this session, which waits for its client")
+                                session.close(.replaced(user: user))
                             }
                         }
-                        session.onResumed = { _ in access.sessionResumedOrEnded(user: user, id: key) }
+                    }
+                    session.onResumed = { _ in
+                        waitingForClient.withLockedValue { _ = $0.remove(key) }
+                        changes.notify()
+                        if let user { access.sessionResumedOrEnded(user: user, id: key) }
                     }
                     attempt.finish(failed: false)
                     resumable.withLockedValue {
@@ -221,6 +246,7 @@ public final class TunnelServer: Sendable {
                 }
                 session.ended.whenSuccess { reason in
                     sessions.withLockedValue { _ = $0.removeValue(forKey: key) }
+                    waitingForClient.withLockedValue { _ = $0.remove(key) }
                     if let user = wasEstablished.withLockedValue({ $0.user }) {
                         access.sessionResumedOrEnded(user: user, id: key)
                         access.release(user: user)
@@ -264,7 +290,7 @@ public final class TunnelServer: Sendable {
             throw ForwardingError.bindFailed(address: listenAddress, reason: describeBindError(error))
         }
         connector.listenPort.withLockedValue { $0 = transportServer.localAddress?.port }
-        let server = TunnelServer(transportServer: transportServer, sessions: sessions, changes: changes, accessControl: access, metrics: configuration.session.metrics)
+        let server = TunnelServer(transportServer: transportServer, sessions: sessions, changes: changes, accessControl: access, metrics: configuration.session.metrics, drains: drains, waitingForClient: waitingForClient)
         server.startReturningFreedMemory(on: group.next())
         return server
     }
@@ -305,18 +331,22 @@ public final class TunnelServer: Sendable {
     /// Stops accepting new sessions, sends GOAWAY to every session, lets open streams finish for up to
     /// `gracePeriod`, then closes what is left.
     ///
-    /// The listener closes at once unless chunked or polling sessions are open: their next requests need it, so it
-    /// stays open for them until they end, answering 503 to anything that would start a new session.
+    /// The listener closes at once unless chunked or polling sessions are open, or sessions wait for their client
+    /// to resume them: their next requests need it, so it stays open for them until they end, answering 503 to
+    /// anything that would start a new session (a resumption, marked ``TransportOptions/resumptionHeaderName``,
+    /// passes), and refusing a HELLO for a new session that comes anyway.
     public func shutdown(gracePeriod: TimeAmount = .seconds(5)) async {
         self.memoryTrimming.withLockedValue { $0?.cancel() }
-        let keepsListening = gracePeriod > .zero && self.transportServer.httpConnectionCount > 0
+        self.drains.withLockedValue { $0 = true }
+        let sessions = self.sessions.withLockedValue { Array($0.values) }
+        let keepsListening =
+            gracePeriod > .zero && (self.transportServer.httpConnectionCount > 0 || self.sessionsWaitingForClient > 0)
         if keepsListening {
             self.transportServer.startDraining()
             self.changes.notify()
         } else {
             try? await self.transportServer.close().get()
         }
-        let sessions = self.sessions.withLockedValue { Array($0.values) }
         // All sessions drain at once, so shutdown takes one grace period, not one per session.
         let endings = sessions.map { $0.shutdown(gracePeriod: gracePeriod) }
         for ending in endings { _ = try? await ending.get() }

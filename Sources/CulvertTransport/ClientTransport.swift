@@ -3,6 +3,11 @@ public import NIOCore
 
 /// Options every transport dialer takes.
 public struct TransportOptions: Sendable {
+    /// The header on every request of a transport connection that resumes a session: a draining server lets those
+    /// through (and refuses a HELLO on them that starts a new session), so a session whose connection dropped
+    /// while its streams finish comes back to finish them.
+    public static let resumptionHeaderName = "Culvert-Resume"
+
     /// Extra headers on every HTTP request (e.g. for a reverse proxy's routing or auth).
     public var extraHeaders: [(String, String)]
     /// Time allowed for TCP connect plus the transport's own handshake.

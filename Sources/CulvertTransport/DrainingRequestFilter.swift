@@ -5,7 +5,8 @@ import Synchronization
 /// While the server drains, answers every request that would start something new — a WebSocket or CONNECT upgrade,
 /// a chunked or polling `open`, a negotiation probe, the endpoint page a balancer's health check reads — with 503
 /// and `Connection: close`, and lets the requests of the chunked and polling connections it already has through, so
-/// that their sessions can finish their streams. A balancer that retries on 503 sends the client elsewhere at once.
+/// that their sessions can finish their streams; so does a request that resumes a session
+/// (``TransportOptions/resumptionHeaderName``: the server refuses its HELLO if it starts a new one instead). A balancer that retries on 503 sends the client elsewhere at once.
 final class DrainingRequestFilter: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
@@ -47,7 +48,9 @@ final class DrainingRequestFilter: ChannelInboundHandler, RemovableChannelHandle
         let part = self.unwrapInboundIn(data)
         switch part {
         case .head(let head):
-            if self.gate.isDraining, self.gate.newSessionPaths.contains(head.pathWithoutQuery) {
+            if self.gate.isDraining, self.gate.newSessionPaths.contains(head.pathWithoutQuery),
+                !head.headers.contains(name: TransportOptions.resumptionHeaderName)
+            {
                 self.refused = head
                 return
             }

@@ -250,8 +250,84 @@ import Testing
         #expect(server.isGoingAway && !server.acceptsNewStreams)
         guard case .peerGoingAway = client.receive(goAway, now: self.start) else { Issue.record("client not going away"); return }
         #expect(client.isGoingAway && !client.acceptsNewStreams)
-        // Lost while going away: nothing to resume for.
-        guard case .end = client.transportLost(.transportClosed("cut"), now: self.start) else { Issue.record("detached"); return }
+    }
+
+    /// Runs a resumption of the detached `client` and `server` over a new server connection; returns what each
+    /// side's resumption action was.
+    func resume(
+        _ client: inout SessionStateMachine, _ server: inout SessionStateMachine, at now: NIODeadline
+    ) throws -> (client: SessionStateMachine.Action, server: SessionStateMachine.Action) {
+        let hello = try unwrap(client.resume(now: now))
+        var newConnection = SessionStateMachine(role: .server, settings: self.settings(), now: now)
+        _ = newConnection.receive(hello, now: now)
+        let target = (sessionKey: try unwrap(server.sessionKey), capabilities: Capabilities())
+        let challenge = try unwrap(self.sent(newConnection.resumptionLookedUp(target, hello: hello, now: now)))
+        let auth = try unwrap(self.sent(client.receive(challenge, now: now)))
+        guard case .handOver(let outcome, let welcome) = newConnection.receive(auth, now: now) else { throw Failure("no hand-over") }
+        let serverAction = server.adopt(outcome, welcome: welcome, now: now)
+        let reply = try unwrap(self.sent(serverAction))
+        return (client.receive(reply, now: now), serverAction)
+    }
+
+    /// A session going away whose transport drops detaches like any other and is resumed still going away: its
+    /// open streams finish on it, and neither side takes a new stream on it.
+    @Test func aSessionGoingAwayThatLosesItsTransportIsResumedStillGoingAway() throws {
+        var (client, server) = try self.establishedPair()
+        let goAway = try unwrap(self.sent(server.shutdown()))
+        _ = client.receive(goAway, now: self.start)
+        guard case .detach = client.transportLost(.transportClosed("cut"), now: self.start) else { Issue.record("client ended"); return }
+        guard case .detach(_, let expiry?) = server.transportLost(.transportClosed("cut"), now: self.start) else {
+            Issue.record("server ended"); return
+        }
+        #expect(expiry == self.start + .seconds(60))
+        #expect(client.isDetached && client.isGoingAway && !client.acceptsNewStreams)
+        #expect(server.isDetached && server.isGoingAway && !server.acceptsNewStreams)
+
+        let (clientResumed, serverResumed) = try self.resume(&client, &server, at: self.start + .seconds(1))
+        guard case .resumed = clientResumed, case .resumed = serverResumed else { Issue.record("not resumed"); return }
+        #expect(client.isCarryingStreams && client.isGoingAway && !client.acceptsNewStreams)
+        #expect(server.isCarryingStreams && server.isGoingAway && !server.acceptsNewStreams)
+        // The side that shut down says so again (the first GOAWAY may have been lost with the old transport); the
+        // side told has nothing to say, and a repeated GOAWAY changes nothing on it.
+        let repeated = try unwrap(server.goAwayAfterResumption)
+        #expect(client.goAwayAfterResumption == nil)
+        guard case .none = client.receive(repeated, now: self.start + .seconds(1)) else { Issue.record("a repeated GOAWAY did something"); return }
+    }
+
+    /// Shut down while detached, a session does not end: its streams get their grace period, and the GOAWAY it
+    /// could not send goes out once it is resumed.
+    @Test func aSessionShutDownWhileDetachedSaysItsGoAwayOnceResumed() throws {
+        var (client, server) = try self.establishedPair()
+        _ = client.transportLost(.transportClosed("cut"), now: self.start)
+        _ = server.transportLost(.transportClosed("cut"), now: self.start)
+        guard case .none = server.shutdown() else { Issue.record("a detached session ended or sent on shutdown"); return }
+        #expect(server.isDetached && server.isGoingAway && !server.acceptsNewStreams)
+        #expect(server.goAwayAfterResumption == nil, "said only once resumed")
+
+        _ = try self.resume(&client, &server, at: self.start + .seconds(1))
+        #expect(server.isGoingAway && server.isCarryingStreams)
+        #expect(!client.isGoingAway, "the client learns it from the GOAWAY")
+        let owed = try unwrap(server.goAwayAfterResumption)
+        guard case .peerGoingAway = client.receive(owed, now: self.start + .seconds(1)) else { Issue.record("client not going away"); return }
+    }
+
+    /// A draining server refuses a HELLO that would start a new session with GOAWAY `overloaded` and the reason,
+    /// and still takes a resumption's HELLO to the session it names.
+    @Test func aServerRefusingNewSessionsStillLooksUpResumptions() throws {
+        var draining = self.settings()
+        draining.refusesNewSession = { "draining" }
+        var client = SessionStateMachine(role: .client, settings: self.settings(), now: self.start)
+        var server = SessionStateMachine(role: .server, settings: draining, now: self.start)
+        let hello = try unwrap(client.start())
+        guard case .end(.refused(.overloaded, "draining"), .goAway(.overloaded, "draining")?) = server.receive(hello, now: self.start) else {
+            Issue.record("a new session was not refused"); return
+        }
+        var established = try self.establishedPair().client
+        _ = established.transportLost(.transportClosed("cut"), now: self.start)
+        var newConnection = SessionStateMachine(role: .server, settings: draining, now: self.start)
+        guard case .lookUpResumption = newConnection.receive(try unwrap(established.resume(now: self.start)), now: self.start) else {
+            Issue.record("a resumption was refused"); return
+        }
     }
 
     /// A session that carries no streams (still handshaking) ends at once on shutdown.

@@ -12,6 +12,9 @@ public struct SessionConfiguration: Sendable {
     public var user: String?
     /// Server: its named users and their limits (`--users`); nil when the shared token is all it knows.
     public var users: UserLookup?
+    /// Server: refuses a HELLO that would start a new session (not a resumption) with this message, while it says
+    /// one (a draining server).
+    public var refusesNewSession: (@Sendable () -> String?)?
     /// Where the session reports its figures (sessions and streams open, bytes, resumes, GOAWAYs); nil: nowhere,
     /// and the data path does no metrics work at all.
     public var metrics: TunnelMetrics?

@@ -167,6 +167,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             detachedGracePeriod: configuration.detachedGracePeriod
         )
         settings.isProbe = configuration.isProbe
+        settings.refusesNewSession = configuration.refusesNewSession
         return settings
     }
 
@@ -600,6 +601,10 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         var batch = ByteBufferAllocator().buffer(capacity: replay.reduce(0) { $0 + $1.readableBytes })
         for frame in replay { batch.writeImmutableBuffer(frame) }
         if batch.readableBytes > 0 { transport.send(batch) }
+        if let goAway = self.machine.goAwayAfterResumption {
+            self.countIfGoAway(goAway)
+            self.enqueue(goAway)
+        }
         self.logger.info("session resumed over \(transport.kind) (\(replay.count) frames sent again)")
         if let metrics = self.metrics {
             self.reportTraffic()
@@ -615,6 +620,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         if self.role == .server { transport.sessionAuthenticated(key: outcome.sessionKey) }
         self.resumeReads()
         self.onResumed?(self)
+        // Going away, its last streams may have finished while it was detached.
+        self.endIfDrained()
     }
 
     /// Server: hands this connection to the session it proved to resume (on that session's loop) and ends.
@@ -1043,7 +1050,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         guard self.machine.isGoingAway && self.streams.isEmpty && !self.finished else { return }
         self.flushNow()
         let unacknowledged = self.machine.readEstablished { $0.sequencer.replayBytes } ?? 0
-        if unacknowledged > 0 && self.transport != nil {
+        // (Detached, it waits as long for the resumption that lets the peer acknowledge.)
+        if unacknowledged > 0 {
             guard !self.endsWhenAcknowledged else { return }
             self.endsWhenAcknowledged = true
             self.eventLoop.scheduleTask(in: self.configuration.keepaliveTimeout) { [self] in

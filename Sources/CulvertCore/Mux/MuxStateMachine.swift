@@ -167,6 +167,9 @@ public struct MuxStateMachine: Sendable {
         self.goingAway = true
     }
 
+    /// Whether ``beginGoingAway()`` was called: the session takes no new streams.
+    public var isGoingAway: Bool { self.goingAway }
+
     // MARK: Received frames
 
     /// Handles one received stream frame (OPEN … RST).

@@ -6,12 +6,14 @@ public import NIOCore
 ///
 /// ```
 /// handshaking ──► established ──► goingAway ──► ended
-///      │              │  ▲   ▲
-///      │   lost       ▼  │   │ resumed
-///      │           detached ─► resuming        (server: handshaking ──► ended(handedOver) when the HELLO
-///      ▼                                        resumes another session and its proof verifies)
+///      │              │  ▲   ▲        │  ▲
+///      │   lost       ▼  │   │ resumed│  │ resumed (if going away)
+///      │           detached ─► resuming ◄┘        (server: handshaking ──► ended(handedOver) when the HELLO
+///      ▼                                           resumes another session and its proof verifies)
 ///    ended
 /// ```
+/// A session going away stays going away through a lost transport and its resumption, so that its open streams
+/// still finish; one that this side shut down says its GOAWAY again once resumed (``goAwayAfterResumption``).
 /// The driver feeds it events (frames, a lost transport, timer firings, the time passed in) and performs the
 /// returned action; it reads no clock and owns no socket. The data path's calls (``receive(_:)`` for DATA, the
 /// ``withEstablished(_:)`` accessors for sending) cost one switch each.
@@ -32,6 +34,9 @@ public struct SessionStateMachine: Sendable {
         public var compression: Bool
         /// Client: the session is a transport probe (``Capabilities/probe``).
         public var isProbe = false
+        /// Server: asked for each HELLO that would start a new session (not a resumption); a message refuses it
+        /// with GOAWAY `overloaded` (a draining server takes back its own sessions only).
+        public var refusesNewSession: (@Sendable () -> String?)?
         public var mux: MuxConfiguration
         public var handshakeTimeout: TimeAmount
         public var keepaliveInterval: TimeAmount
@@ -69,6 +74,9 @@ public struct SessionStateMachine: Sendable {
         public let sessionID: [UInt8]
         public let sessionKey: [UInt8]
         public let capabilities: Capabilities
+        /// This side shut down: its GOAWAY is said again on every resumption (it may have been lost with the old
+        /// transport; it is not a sequenced frame, and a peer going away already ignores it).
+        var shutDownHere = false
     }
 
     /// The timers the driver runs for the machine; when one fires the driver calls ``timerFired(_:now:)``, which
@@ -89,7 +97,8 @@ public struct SessionStateMachine: Sendable {
         case established(Established)
         /// No new streams; open ones finish.
         case goingAway(Established)
-        /// The transport was lost; streams stay open. `expiry` only on the server.
+        /// The transport was lost; streams stay open. `expiry` only on the server. A session that was going away
+        /// (its mux says so) stays going away through detach and resumption: its streams still finish.
         case detached(Established, expiry: NIODeadline?)
         /// Client: the resumption handshake runs on a new transport.
         case resuming(Established, HandshakeStateMachine, deadline: NIODeadline)
@@ -191,9 +200,13 @@ public struct SessionStateMachine: Sendable {
         return false
     }
 
+    /// No new streams; the open ones finish (a detached or resuming session too, once either side said GOAWAY).
     public var isGoingAway: Bool {
-        if case .goingAway = self.state { return true }
-        return false
+        switch self.state {
+        case .goingAway: true
+        case .detached(let e, _), .resuming(let e, _, _): e.mux.isGoingAway
+        default: false
+        }
     }
 
     public var isEnded: Bool {
@@ -210,7 +223,8 @@ public struct SessionStateMachine: Sendable {
     /// New streams may be opened (the session exists and is not going away).
     public var acceptsNewStreams: Bool {
         switch self.state {
-        case .established, .detached, .resuming: true
+        case .established: true
+        case .detached(let e, _), .resuming(let e, _, _): !e.mux.isGoingAway
         default: false
         }
     }
@@ -281,8 +295,12 @@ public struct SessionStateMachine: Sendable {
             if case .modifying = self.state { self.state = .goingAway(e) }
             return action
         case .handshaking(var handshake, let deadline):
-            if case .server = self.role, case .hello(let hello) = frame, !hello.resumeSessionID.isEmpty {
-                return .lookUpResumption(hello.resumeSessionID)
+            if case .server = self.role, case .hello(let hello) = frame {
+                if !hello.resumeSessionID.isEmpty { return .lookUpResumption(hello.resumeSessionID) }
+                if let refusal = self.settings.refusesNewSession?() {
+                    self.state = .ended(.refused(.overloaded, refusal))
+                    return .end(.refused(.overloaded, refusal), reply: .goAway(code: .overloaded, message: refusal))
+                }
             }
             let action = handshake.receive(frame)
             self.state = .handshaking(handshake, deadline: deadline)
@@ -305,7 +323,7 @@ public struct SessionStateMachine: Sendable {
                 self.state = .resuming(e, handshake, deadline: deadline)
                 return .sendAhead(reply)
             case .established(let outcome, let reply):
-                return self.completeResumption(e, outcome, reply: reply, goingAway: false, now: now())
+                return self.completeResumption(e, outcome, reply: reply, goingAway: e.mux.isGoingAway, now: now())
             case .fail(.refusedByPeer(let code, let message), _) where code == .overloaded || code == .throttled:
                 // The server is busy, not refusing the session: it keeps it; wait and try again.
                 self.state = .detached(e, expiry: nil)
@@ -357,7 +375,8 @@ public struct SessionStateMachine: Sendable {
     /// The current transport closed or failed (`reason` says how): an established session detaches, anything else ends.
     public mutating func transportLost(_ reason: SessionEndReason, now: NIODeadline) -> Action {
         switch self.state {
-        case .established(let e) where self.settings.resumption, .resuming(let e, _, _) where self.settings.resumption:
+        case .established(let e) where self.settings.resumption, .goingAway(let e) where self.settings.resumption,
+            .resuming(let e, _, _) where self.settings.resumption:
             let expiry: NIODeadline? = self.role == .server ? now + self.settings.detachedGracePeriod : nil
             self.state = .detached(e, expiry: expiry)
             return .detach(reason, expiry: expiry)
@@ -389,10 +408,8 @@ public struct SessionStateMachine: Sendable {
         let e: Established
         let goingAway: Bool
         switch self.state {
-        case .established(let established), .detached(let established, _):
-            (e, goingAway) = (established, false)
-        case .goingAway(let established):
-            (e, goingAway) = (established, true)
+        case .established(let established), .detached(let established, _), .goingAway(let established):
+            (e, goingAway) = (established, established.mux.isGoingAway)
         default:
             return .none
         }
@@ -452,14 +469,36 @@ public struct SessionStateMachine: Sendable {
         switch self.state {
         case .established(var e):
             e.mux.beginGoingAway()
+            e.shutDownHere = true
             self.state = .goingAway(e)
-            return .sendNow(.goAway(code: .normal, message: "shutting down"))
+            return .sendNow(Self.shutdownGoAway)
+        case .detached(var e, let expiry):
+            // No transport to say it on: the GOAWAY goes out when the session is resumed, and the open streams
+            // have the same grace period to finish as on a connected session.
+            e.mux.beginGoingAway()
+            e.shutDownHere = true
+            self.state = .detached(e, expiry: expiry)
+            return .none
+        case .resuming(var e, let handshake, let deadline):
+            e.mux.beginGoingAway()
+            e.shutDownHere = true
+            self.state = .resuming(e, handshake, deadline: deadline)
+            return .none
         case .goingAway, .ended:
             return .none
         default:
             self.state = .ended(.shutdown)
             return .end(.shutdown, reply: nil)
         }
+    }
+
+    private static let shutdownGoAway = Frame.goAway(code: .normal, message: "shutting down")
+
+    /// Right after a resumption: the GOAWAY to say again because this side has shut down (while detached, it could
+    /// not say it; before, it may have been lost with the old transport).
+    public var goAwayAfterResumption: Frame? {
+        guard case .goingAway(let e) = self.state, e.shutDownHere else { return nil }
+        return Self.shutdownGoAway
     }
 
     /// Server: refuses the session before its handshake with a GOAWAY; nothing more is read.
