@@ -37,7 +37,10 @@ public final class TunnelServer: Sendable {
 
         /// The access rules this configuration starts with.
         public var accessRules: AccessRules {
-            AccessRules(allowlist: self.allowlist, reverseAllowlist: self.reverseAllowlist, users: self.users)
+            AccessRules(
+                allowlist: self.allowlist, reverseAllowlist: self.reverseAllowlist, users: self.users,
+                maximumSessions: self.maximumSessions, authenticationFailuresPerMinute: self.authenticationFailuresPerMinute
+            )
         }
 
         public init(
@@ -72,6 +75,7 @@ public final class TunnelServer: Sendable {
     private let drains: NIOLockedValueBox<Bool>
     /// Established sessions that lost their transport and wait for their client to resume them.
     private let waitingForClient: NIOLockedValueBox<Set<ObjectIdentifier>>
+    private let throttle: NIOLockedValueBox<AuthenticationThrottle>
 
     /// The bound address (useful when listening on port 0).
     public var localAddress: SocketAddress? { self.transportServer.localAddress }
@@ -92,8 +96,9 @@ public final class TunnelServer: Sendable {
     private init(
         transportServer: TransportServer, sessions: NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>, changes: StateChangeSignal,
         accessControl: AccessControl, metrics: TunnelMetrics?, drains: NIOLockedValueBox<Bool>,
-        waitingForClient: NIOLockedValueBox<Set<ObjectIdentifier>>
+        waitingForClient: NIOLockedValueBox<Set<ObjectIdentifier>>, throttle: NIOLockedValueBox<AuthenticationThrottle>
     ) {
+        self.throttle = throttle
         self.waitingForClient = waitingForClient
         self.drains = drains
         self.metrics = metrics
@@ -182,7 +187,9 @@ public final class TunnelServer: Sendable {
                 // client's probes connect every transport at once and send their HELLO one at a time.
                 let attempt = AuthenticationAttempt(address: address, throttle: throttle)
                 session.admitFirstMessage = {
-                    guard let wait = throttle.withLockedValue({ $0.beginAttempt(address, now: .now()) }) else {
+                    guard let (wait, limit) = throttle.withLockedValue({ throttle in
+                        throttle.beginAttempt(address, now: .now()).map { ($0, throttle.limit) }
+                    }) else {
                         attempt.begun()
                         return nil
                     }
@@ -190,12 +197,13 @@ public final class TunnelServer: Sendable {
                     configuration.session.metrics?.throttledConnection()
                     return (
                         .throttled,
-                        "earlier attempts from \(address) failed to authenticate (the server allows \(configuration.authenticationFailuresPerMinute) a minute); try again in \(Int(wait.seconds.rounded(.up))) s"
+                        "earlier attempts from \(address) failed to authenticate (the server allows \(limit) a minute); try again in \(Int(wait.seconds.rounded(.up))) s"
                     )
                 }
-                if sessionCount > configuration.maximumSessions {
-                    session.logger.warning("refused a session: the server has its maximum of \(configuration.maximumSessions) sessions (--max-sessions)")
-                    session.refuse(.overloaded, "the server has its maximum of \(configuration.maximumSessions) sessions; try again later")
+                let maximumSessions = access.rules.maximumSessions
+                if sessionCount > maximumSessions {
+                    session.logger.warning("refused a session: the server has its maximum of \(maximumSessions) sessions (--max-sessions)")
+                    session.refuse(.overloaded, "the server has its maximum of \(maximumSessions) sessions; try again later")
                 }
                 // Whether the session was established, and as which named user (whose session count it holds).
                 let wasEstablished = NIOLockedValueBox<(Bool, user: String?, probe: Bool)>((false, nil, false))
@@ -257,7 +265,7 @@ public final class TunnelServer: Sendable {
                         throttle.withLockedValue({ $0.retryAfter(address, now: .now()) }) != nil
                     {
                         configuration.session.metrics?.addressThrottled()
-                        session.logger.warning("\(address) failed to authenticate \(configuration.authenticationFailuresPerMinute) times within a minute: refusing it for a while")
+                        session.logger.warning("\(address) failed to authenticate \(throttle.withLockedValue { $0.limit }) times within a minute: refusing it for a while")
                     }
                     if case .refused = reason { return }
                     resumable.withLockedValue { table in
@@ -290,7 +298,7 @@ public final class TunnelServer: Sendable {
             throw ForwardingError.bindFailed(address: listenAddress, reason: describeBindError(error))
         }
         connector.listenPort.withLockedValue { $0 = transportServer.localAddress?.port }
-        let server = TunnelServer(transportServer: transportServer, sessions: sessions, changes: changes, accessControl: access, metrics: configuration.session.metrics, drains: drains, waitingForClient: waitingForClient)
+        let server = TunnelServer(transportServer: transportServer, sessions: sessions, changes: changes, accessControl: access, metrics: configuration.session.metrics, drains: drains, waitingForClient: waitingForClient, throttle: throttle)
         server.startReturningFreedMemory(on: group.next())
         return server
     }
@@ -311,6 +319,7 @@ public final class TunnelServer: Sendable {
     /// stay, even where the new rules would refuse them.
     public func updateAccessRules(_ rules: AccessRules) {
         self.accessControl.replace(rules)
+        self.throttle.withLockedValue { $0.limit = rules.authenticationFailuresPerMinute }
     }
 
     /// glibc keeps memory freed by other threads in their arenas: after a burst (an attack, a crowd of clients

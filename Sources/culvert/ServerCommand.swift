@@ -130,6 +130,8 @@ struct ServerCommand: AsyncParsableCommand {
 
     /// The allowlists and users these settings give (the users file read now).
     func accessRules() throws -> AccessRules {
+        guard self.maxSessions >= 1 else { throw ValidationError("--max-sessions must be at least 1") }
+        guard self.authFailuresPerMinute >= 1 else { throw ValidationError("--auth-failures-per-minute must be at least 1") }
         var entries: [Allowlist.Entry] = []
         for text in self.allow {
             do { entries.append(try Allowlist.Entry(parsing: text)) } catch { throw ValidationError(error.description) }
@@ -144,22 +146,38 @@ struct ServerCommand: AsyncParsableCommand {
         }
         return AccessRules(
             allowlist: Allowlist(entries: entries, allowsAny: self.allowAny), reverseAllowlist: ReverseAllowlist(entries: reverseEntries),
-            users: users
+            users: users, maximumSessions: self.maxSessions, authenticationFailuresPerMinute: self.authFailuresPerMinute
         )
     }
 
-    /// SIGHUP: the config file (if any) and the users file read again, and their access rules put in force for new
-    /// sessions and streams; a file that does not parse is refused with a log line, and the rules in force stay.
-    private func reload(server: TunnelServer, configFile: FlagFile?, logger: Logger) {
+    /// The config file's keys a SIGHUP puts in force: the access rules, the server-wide limits and the drain
+    /// timeout. A change to any other key is logged as waiting for the next start.
+    static let reloadableKeys: Set<String> = [
+        "allow", "allow-any", "allow-reverse", "users", "max-sessions", "auth-failures-per-minute", "drain-timeout", "shutdown-grace",
+    ]
+
+    /// SIGHUP: the config file (if any) and the users file read again, and their access rules and limits put in force
+    /// for new sessions and streams; a file that does not parse is refused with a log line, and the rules in force
+    /// stay. Returns the settings now in force (nil: unchanged).
+    func reload(server: TunnelServer, configFile: FlagFile?, logger: Logger) -> (command: ServerCommand, file: FlagFile?)? {
         do {
-            let settings = try configFile.map { try Self.merged(configPath: $0.path, commandLine: Self.commandLineArguments()).command } ?? self
+            let reloaded = try configFile.map { try Self.merged(configPath: $0.path, commandLine: Self.commandLineArguments()) }
+            let settings = reloaded?.command ?? self
             let rules = try settings.accessRules()
             server.updateAccessRules(rules)
             let users = rules.users.map { ", \($0.count) user\($0.count == 1 ? "" : "s")" } ?? ""
             let allow = rules.allowlist.allowsAny ? "any target" : "\(rules.allowlist.entries.count) --allow entr\(rules.allowlist.entries.count == 1 ? "y" : "ies")"
-            logger.info("SIGHUP: reloaded the access rules (\(allow)\(users)); new sessions and streams follow them, open ones stay")
+            logger.info("SIGHUP: reloaded the access rules (\(allow)\(users); max-sessions \(rules.maximumSessions), auth-failures-per-minute \(rules.authenticationFailuresPerMinute), drain-timeout \(TimeAmount.fromSeconds(settings.drainSeconds).roundedText)); new sessions and streams follow them, open ones stay")
+            if let reloaded, let configFile {
+                let waiting = reloaded.file.keysChanged(since: configFile).filter { !Self.reloadableKeys.contains($0) }
+                if !waiting.isEmpty {
+                    logger.warning("SIGHUP: \(waiting.joined(separator: ", ")) changed in \(configFile.path) and take\(waiting.count == 1 ? "s" : "") effect at the next start (a reload changes only \(Self.reloadableKeys.sorted().joined(separator: ", ")))")
+                }
+            }
+            return (settings, reloaded?.file ?? configFile)
         } catch {
             logger.error("SIGHUP: reload refused, the rules in force stay: \(error)")
+            return nil
         }
     }
 
@@ -197,8 +215,6 @@ struct ServerCommand: AsyncParsableCommand {
         session.detachedGracePeriod = .fromSeconds(self.resumeGrace)
         guard self.handshakeTimeout > 0 else { throw ValidationError("--handshake-timeout must be more than 0 seconds") }
         session.handshakeTimeout = .fromSeconds(self.handshakeTimeout)
-        guard self.maxSessions >= 1 else { throw ValidationError("--max-sessions must be at least 1") }
-        guard self.authFailuresPerMinute >= 1 else { throw ValidationError("--auth-failures-per-minute must be at least 1") }
         var configuration = TunnelServer.Configuration(
             listenHost: host,
             listenPort: port,
@@ -230,14 +246,22 @@ struct ServerCommand: AsyncParsableCommand {
             logger.info("metrics at http://\(address.displayText)/metrics")
         }
         logger.info("culvert server listening on \(server.localAddress.map(\.displayText) ?? listen)\(configuration.tls == nil ? "" : " (HTTPS)"), path \(prefix)")
+        // What the last reload put in force: the file to compare the next one with, and the drain timeout.
+        let inForce = NIOLockedValueBox((command: self, file: configFile))
         let reloading = Task {
-            for await _ in hangups { self.reload(server: server, configFile: configFile, logger: logger) }
+            for await _ in hangups {
+                let file = inForce.withLockedValue { $0.file }
+                if let reloaded = self.reload(server: server, configFile: file, logger: logger) {
+                    inForce.withLockedValue { $0 = reloaded }
+                }
+            }
         }
         defer { reloading.cancel() }
         let signal = await SignalWaiter.wait(signals)
         let sessions = server.activeSessions
-        logger.info("\(SignalWaiter.name(of: signal)): shutting down: no new sessions, GOAWAY to \(sessions) session\(sessions == 1 ? "" : "s"); open streams get \(TimeAmount.fromSeconds(self.drainSeconds).roundedText) to finish (again to exit at once)")
-        await server.shutdown(gracePeriod: .milliseconds(Int64(self.drainSeconds * 1000)))
+        let drainSeconds = inForce.withLockedValue { $0.command.drainSeconds }
+        logger.info("\(SignalWaiter.name(of: signal)): shutting down: no new sessions, GOAWAY to \(sessions) session\(sessions == 1 ? "" : "s"); open streams get \(TimeAmount.fromSeconds(drainSeconds).roundedText) to finish (again to exit at once)")
+        await server.shutdown(gracePeriod: .milliseconds(Int64(drainSeconds * 1000)))
         logger.info("drained: exiting")
     }
 }

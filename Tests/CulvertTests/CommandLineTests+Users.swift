@@ -70,13 +70,44 @@ extension CommandLineTests {
 
         _ = try scratch.write("users.toml", "[users.bob]\ntoken = \"bobs\"\n\(allow)\n")
         kill(server.process.pid, SIGHUP)
-        #expect(try await server.waitForLog("SIGHUP: reloaded the access rules (0 --allow entries, 1 user)"), "\(server.log)")
+        #expect(try await server.waitForLog("SIGHUP: reloaded the access rules (0 --allow entries, 1 user;"), "\(server.log)")
         let aliceRemoved = try self.run(aliceArguments)
         #expect(aliceRemoved.status != 0)
         #expect(aliceRemoved.standardError.contains("unknown user or wrong token"), "\(aliceRemoved.standardError)")
         let transfer = try await TransferClient.echoTransfer(host: "127.0.0.1", port: bobsPort, byteCount: 1 << 20, group: group)
         #expect(transfer.digestsMatch)
         #expect(server.process.isRunning)
+        try await echo.close()
+    }
+
+    /// SIGHUP puts a new server-wide session limit in force for the next session, and names the changed keys that
+    /// only a restart applies.
+    @Test func sighupPutsANewSessionLimitInForceAndNamesTheChangesThatWaitForARestart() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let echo = try await EchoServer.start(group: group)
+        let serverPort = try await RawConnection.unusedPort(group: group)
+        let scratch = try ScratchDirectory()
+        defer { scratch.remove() }
+        let settings = "listen = \"127.0.0.1:\(serverPort)\"\ntoken = \"t\"\nallow = [\"127.0.0.1:\(echo.port)\"]\n"
+        let config = try scratch.write("server.toml", settings + "max-sessions = 1\n")
+        let server = try LoggedProcess(["server", "--config", config])
+        defer { server.stop() }
+        #expect(try await RealProxy.waitForListener(port: serverPort, startedBy: server.process))
+        let client = ["client", "http://127.0.0.1:\(serverPort)", "--token", "t", "--transport", "websocket", "-L", "0:127.0.0.1:\(echo.port)"]
+        let first = try LoggedProcess(client)
+        defer { first.stop() }
+        #expect(try await first.waitForLog("tunnel established"), "\(first.log)")
+        let refused = try LoggedProcess(client)
+        #expect(try await refused.waitForLog("the server has its maximum of 1 sessions"), "\(refused.log)")
+        refused.stop()
+
+        _ = try scratch.write("server.toml", settings + "max-sessions = 2\nudp-timeout = 5\n")
+        kill(server.process.pid, SIGHUP)
+        #expect(try await server.waitForLog("max-sessions 2"), "\(server.log)")
+        #expect(server.log.contains("SIGHUP: udp-timeout changed in \(config) and takes effect at the next start"), "\(server.log)")
+        let second = try LoggedProcess(client)
+        defer { second.stop() }
+        #expect(try await second.waitForLog("tunnel established"), "\(second.log)")
         try await echo.close()
     }
 

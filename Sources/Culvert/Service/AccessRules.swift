@@ -1,5 +1,5 @@
 /// What a server lets clients do, as one value a reload replaces whole: where streams may go, where reverse
-/// listeners may open, and, with a users file, each user's token and rights.
+/// listeners may open, with a users file each user's token and rights, and the server-wide admission limits.
 public struct AccessRules: Sendable {
     /// The server's `--allow` list: for clients of the shared token, and users whose entry has no `allow`.
     public var allowlist: Allowlist
@@ -7,11 +7,20 @@ public struct AccessRules: Sendable {
     public var reverseAllowlist: ReverseAllowlist
     /// The users file's users by name; nil without one.
     public var users: [String: UserAccount]?
+    /// Sessions at once on the server (`--max-sessions`); past it new ones are refused with GOAWAY `overloaded`.
+    public var maximumSessions: Int
+    /// Failed authentications an address may have per minute before its new sessions are refused unheard.
+    public var authenticationFailuresPerMinute: Int
 
-    public init(allowlist: Allowlist, reverseAllowlist: ReverseAllowlist = ReverseAllowlist(), users: [String: UserAccount]? = nil) {
+    public init(
+        allowlist: Allowlist, reverseAllowlist: ReverseAllowlist = ReverseAllowlist(), users: [String: UserAccount]? = nil,
+        maximumSessions: Int = 1024, authenticationFailuresPerMinute: Int = 10
+    ) {
         self.allowlist = allowlist
         self.reverseAllowlist = reverseAllowlist
         self.users = users
+        self.maximumSessions = maximumSessions
+        self.authenticationFailuresPerMinute = authenticationFailuresPerMinute
     }
 
     /// The targets `user`'s streams may reach (nil: a client of the shared token). A user no longer in the file may

@@ -26,6 +26,13 @@ public struct FlagFile: Sendable {
     /// The arguments, in the file's order (keys sorted: TOML tables are unordered).
     public var arguments: [String] { self.settings.flatMap(\.arguments) }
 
+    /// The keys whose values differ between `earlier` and this file (added, removed or changed), sorted.
+    public func keysChanged(since earlier: FlagFile) -> [String] {
+        let before = Dictionary(earlier.settings.map { ($0.key, $0.arguments) }, uniquingKeysWith: { $1 })
+        let now = Dictionary(self.settings.map { ($0.key, $0.arguments) }, uniquingKeysWith: { $1 })
+        return Set(before.keys).union(now.keys).filter { before[$0] != now[$0] }.sorted()
+    }
+
     /// Reads `path`, leaving out keys whose flags `commandLine` gives; `refused` are keys that may not appear
     /// (`config` itself).
     public static func load(path: String, commandLine: [String], refused: Set<String> = ["config"]) throws(ConfigurationFileError) -> FlagFile {

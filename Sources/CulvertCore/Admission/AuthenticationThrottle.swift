@@ -11,7 +11,10 @@ public import NIOCore
 ///
 /// A client that knows the token is never slowed down by others: only the failing address is throttled.
 public struct AuthenticationThrottle: Sendable {
-    public let limit: Int
+    /// Changed by a reload: the next attempts are counted against the new limit.
+    public var limit: Int {
+        didSet { self.limit = max(1, self.limit) }
+    }
     public let window: TimeAmount
     public let maximumAddresses: Int
     /// How soon an address whose attempts (not failures) fill the limit may try again.
