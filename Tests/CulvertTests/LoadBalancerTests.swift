@@ -89,6 +89,41 @@ import Testing
         await balanced.stop()
     }
 
+    /// A WebSocket or CONNECT session (one long connection) whose connection drops resumes through the balancer on
+    /// the server that holds it: its upgrade requests carry the cookies of the session (haproxy's SRV, the affinity
+    /// cookie nginx hashes), so its open stream goes on and no new session starts.
+    @Test(arguments: [
+        (RealProxy.Kind.haproxy, "haproxy-sticky.cfg", TransportKind.websocket), (.haproxy, "haproxy-sticky.cfg", .connect),
+        (.nginx, "nginx-hash.conf", .websocket), (.nginx, "nginx-hash.conf", .connect),
+    ])
+    func aDroppedConnectionResumesThroughTheBalancerOnTheServerThatHoldsTheSession(
+        kind: RealProxy.Kind, configuration: String, transport: TransportKind
+    ) async throws {
+        let balanced = try await self.start(kind, configuration: configuration)
+        let relay = try await CuttingRelay.start(targetPort: balanced.balancer.port, group: self.group)
+        var clients: [TunnelClient] = []
+        var held: [CommandLineTests.EchoConnection] = []
+        do {
+            // Three sessions: with round robin and no cookie, each resumption would reach another server 2 times in 3.
+            for _ in 0..<3 {
+                let client = try await TunnelHarness.connectClient(serverPort: relay.port, targets: [balanced.echo.port], transport: transport)
+                clients.append(client)
+                held.append(try await CommandLineTests.EchoConnection(port: client.listenerAddresses[0].port!, group: self.group))
+            }
+            for connection in held { #expect(try await connection.echo("before") == "before") }
+            relay.cutAll()
+            for client in clients { #expect(await client.changes.wait(timeout: .seconds(30)) { client.session.resumptions >= 1 && client.isConnected }) }
+            for connection in held { #expect(try await connection.echo("after the drop") == "after the drop", "\(kind) \(transport)") }
+            for client in clients { #expect(client.sessionsStarted == 1, "a session was lost: \(kind) \(transport)") }
+        } catch {
+            Issue.record("\(kind) \(transport): \(error)\n\(balanced.balancer.log)")
+        }
+        for connection in held { try? await connection.channel.close() }
+        for client in clients { await client.shutdown(gracePeriod: .zero) }
+        try? await relay.close()
+        await balanced.stop()
+    }
+
     /// The server holding a chunked or polling session drains with time to spare: it keeps serving that session's
     /// requests (the balancer's cookie still brings them) so its open stream goes on to its end, while the client's
     /// new connections go to a new session on the other server; once the stream ends the drained server is done.

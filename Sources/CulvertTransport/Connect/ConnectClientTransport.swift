@@ -19,8 +19,10 @@ public struct ConnectClientTransport: ClientTransport {
     }
 
     public func connect(to endpoint: ServerEndpoint, on eventLoop: any EventLoop) -> EventLoopFuture<any TransportConnection> {
-        // Inside the CONNECT tunnel the request goes to the server itself: origin-form, no proxy credentials.
-        let innerRoute = HTTPRoute(endpoint: endpoint, proxy: nil, extraHeaders: self.options.extraHeaders, tls: self.options.tls)
+        // Inside the CONNECT tunnel the request goes to the server itself: origin-form, no proxy credentials; with
+        // the session's cookies, so that a balancer in front of several servers sends a resumption to its own.
+        var innerRoute = HTTPRoute(endpoint: endpoint, proxy: nil, extraHeaders: self.options.extraHeaders, tls: self.options.tls)
+        innerRoute.cookies = self.options.cookies
         let route = HTTPRoute(endpoint: endpoint, options: self.options)
         var headers = innerRoute.baseHeaders()
         headers.add(name: "Upgrade", value: Self.upgradeProtocol)
