@@ -126,9 +126,15 @@ public final class TunnelServer: Sendable {
             // Always: a reload may bring users where there were none.
             session.users = access.userLookup()
             // A draining server takes back its own sessions (a client whose connection dropped resumes to finish
-            // its streams), and no new one.
+            // its streams), and no new one; nor does a server at its session limit, where a resumption is not a new
+            // session (the one it resumes holds its place).
             session.refusesNewSession = {
-                drains.withLockedValue { $0 } ? "this server is draining (shutting down) and takes no new sessions; connect again, to another server" : nil
+                if drains.withLockedValue({ $0 }) {
+                    return "this server is draining (shutting down) and takes no new sessions; connect again, to another server"
+                }
+                let maximum = access.rules.maximumSessions
+                guard sessions.withLockedValue({ $0.count }) > maximum else { return nil }
+                return "the server has its maximum of \(maximum) sessions (--max-sessions); try again later"
             }
             return session
         }()
@@ -200,10 +206,11 @@ public final class TunnelServer: Sendable {
                         "earlier attempts from \(address) failed to authenticate (the server allows \(limit) a minute); try again in \(Int(wait.seconds.rounded(.up))) s"
                     )
                 }
+                // Far past the limit, refused unheard: room is kept only for the sessions that wait for their
+                // clients to resume them (the HELLO then says whether it is one; see refusesNewSession).
                 let maximumSessions = access.rules.maximumSessions
-                if sessionCount > maximumSessions {
-                    session.logger.warning("refused a session: the server has its maximum of \(maximumSessions) sessions (--max-sessions)")
-                    session.refuse(.overloaded, "the server has its maximum of \(maximumSessions) sessions; try again later")
+                if sessionCount > maximumSessions + waitingForClient.withLockedValue({ $0.count }) {
+                    session.refuse(.overloaded, "the server has its maximum of \(maximumSessions) sessions (--max-sessions); try again later")
                 }
                 // Whether the session was established, and as which named user (whose session count it holds).
                 let wasEstablished = NIOLockedValueBox<(Bool, user: String?, probe: Bool)>((false, nil, false))
@@ -267,7 +274,10 @@ public final class TunnelServer: Sendable {
                         configuration.session.metrics?.addressThrottled()
                         session.logger.warning("\(address) failed to authenticate \(throttle.withLockedValue { $0.limit }) times within a minute: refusing it for a while")
                     }
-                    if case .refused = reason { return }
+                    if case .refused(let code, let message) = reason {
+                        if code == .overloaded { session.logger.warning("refused a session: \(message)") }
+                        return
+                    }
                     resumable.withLockedValue { table in
                         if let id = table.first(where: { $0.value.session === session })?.key { table.removeValue(forKey: id) }
                     }

@@ -34,12 +34,12 @@ import Testing
 
     private func connect(
         _ server: TunnelServer, echoPort: Int, token: String = "right", transport: TransportKind = .websocket,
-        sourceAddress: String? = nil, refusalWait: TimeAmount = .zero
+        sourceAddress: String? = nil, refusalWait: TimeAmount = .zero, throughPort: Int? = nil
     ) async throws -> TunnelClient {
         var options = TransportOptions(connectTimeout: .seconds(5), logger: TunnelHarness.logger)
         options.sourceAddress = try sourceAddress.map { try SocketAddress(ipAddress: $0, port: 0) }
         var configuration = TunnelClient.Configuration(
-            server: ServerEndpoint(host: "127.0.0.1", port: server.localAddress!.port!), transport: transport,
+            server: ServerEndpoint(host: "127.0.0.1", port: throughPort ?? server.localAddress!.port!), transport: transport,
             transportOptions: options, session: SessionConfiguration(token: token),
             forwards: [ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: echoPort))]
         )
@@ -96,6 +96,35 @@ import Testing
         }
         await first.shutdown(gracePeriod: .zero)
         await second.shutdown(gracePeriod: .zero)
+        await server.shutdown(gracePeriod: .zero)
+        try await echo.close()
+    }
+
+    /// At the session limit, a session whose connection dropped is resumed, not refused: the session it resumes
+    /// holds its place. A new session is still refused meanwhile.
+    @Test(arguments: [TransportKind.websocket, .connect])
+    func aSessionWaitingForItsClientAtTheLimitIsResumedNotRefused(transport: TransportKind) async throws {
+        let echo = try await EchoServer.start(group: self.group)
+        let server = try await self.startServer(echoPort: echo.port, maximumSessions: 1)
+        let relay = try await CuttingRelay.start(targetPort: server.localAddress!.port!, group: self.group)
+        let client = try await self.connect(server, echoPort: echo.port, transport: transport, throughPort: relay.port)
+        let held = try await CommandLineTests.EchoConnection(port: client.listenerAddresses[0].port!, group: self.group)
+        #expect(try await held.echo("before") == "before")
+        relay.setRefusing(true)
+        relay.cutAll()
+        #expect(await server.changes.wait(timeout: .seconds(10)) { server.sessionsWaitingForClient == 1 })
+        await #expect {
+            _ = try await self.connect(server, echoPort: echo.port, transport: transport)
+        } throws: { error in
+            "\(error)".contains("maximum of 1 sessions")
+        }
+        relay.setRefusing(false)
+        #expect(await client.changes.wait(timeout: .seconds(20)) { client.session.resumptions >= 1 && client.isConnected })
+        #expect(try await held.echo("after the drop") == "after the drop")
+        #expect(client.sessionsStarted == 1)
+        try await held.channel.close()
+        await client.shutdown(gracePeriod: .zero)
+        try await relay.close()
         await server.shutdown(gracePeriod: .zero)
         try await echo.close()
     }
