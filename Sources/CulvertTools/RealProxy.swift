@@ -66,7 +66,8 @@ public struct RealProxy: Sendable {
         configuration: String,
         upstreamPort: Int? = nil,
         moreUpstreamPorts: [Int] = [],
-        extraLines: [String] = []
+        extraLines: [String] = [],
+        files: [String: String] = [:]
     ) async throws -> RealProxy {
         guard let binary = kind.binary else { throw NotInstalled(kind: kind) }
         let template = try String(contentsOfFile: configuration, encoding: .utf8)
@@ -83,6 +84,11 @@ public struct RealProxy: Sendable {
             }
             text = text.replacingOccurrences(of: "@UPSTREAM@", with: String(upstreamPort ?? 0))
             text = text.replacingOccurrences(of: "@DIR@", with: directory) + extraLines.map { $0 + "\n" }.joined()
+            // Files the configuration names under @DIR@ (a password file, say), readable by the unprivileged user.
+            for (name, contents) in files {
+                try contents.write(toFile: directory + "/" + name, atomically: true, encoding: .utf8)
+                chmod(directory + "/" + name, 0o644)
+            }
             let configurationPath = directory + "/" + URL(fileURLWithPath: configuration).lastPathComponent
             try text.write(toFile: configurationPath, atomically: true, encoding: .utf8)
             let process = try ChildProcess.spawn(

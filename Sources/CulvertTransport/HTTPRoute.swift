@@ -33,6 +33,13 @@ public struct HTTPRoute: Sendable {
     /// (directly, or inside a CONNECT tunnel for `https`).
     var requestsGoToProxy: Bool { self.proxy != nil && !self.endpoint.usesTLS }
 
+    /// What goes after the HTTP codec of a connection whose requests go to the proxy with credentials: the handler
+    /// that authenticates each request (none otherwise).
+    func proxyAuthentication() -> [any ChannelHandler] {
+        guard self.requestsGoToProxy, let authenticator = self.proxy?.authenticator else { return [] }
+        return [ProxyAuthenticationHandler(authenticator: authenticator)]
+    }
+
     /// Where the TCP connection goes: the proxy when there is one.
     public var dialHost: String { self.proxy?.host ?? self.endpoint.host }
     public var dialPort: Int { self.proxy?.port ?? self.endpoint.port }
@@ -52,9 +59,7 @@ public struct HTTPRoute: Sendable {
         headers.add(name: "Host", value: self.endpoint.hostHeader)
         headers.add(name: "Cache-Control", value: "no-store")
         headers.add(name: "User-Agent", value: "culvert/\(CulvertVersion.string)")
-        if self.requestsGoToProxy, let authorization = self.proxy?.authorizationHeader {
-            headers.add(name: "Proxy-Authorization", value: authorization)
-        }
+        // (`Proxy-Authorization` is added per request by ProxyAuthenticationHandler: Digest's depends on it.)
         for (name, value) in self.extraHeaders { headers.add(name: name, value: value) }
         if let cookies = self.cookies { headers.add(name: "Cookie", value: cookies.cookieHeader) }
         return headers
@@ -78,7 +83,7 @@ public struct HTTPRoute: Sendable {
             let challenge = head.headers.first(name: "Proxy-Authenticate") ?? head.headers.first(name: "WWW-Authenticate")
             let scheme = challenge.flatMap { $0.split(separator: " ", maxSplits: 1).first.map(String.init) }
             return .proxyAuthenticationRequired(
-                proxy: proxy.description, scheme: scheme, credentialsSent: proxy.authorizationHeader != nil
+                proxy: proxy.description, scheme: scheme, credentialsSent: proxy.authenticator?.schemeName != nil
             )
         case 403, 405:
             return .proxyRefused(proxy: proxy.description, status: status, reason: reason, method: method)

@@ -36,14 +36,18 @@ enum HTTPUpgradeDialer {
                 upgradePromise.fail(error)
             case .success(let channel):
                 do {
-                    try channel.pipeline.syncOperations.addHandlers([
-                        HTTPRequestEncoder(),
-                        ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes)),
-                        HTTPUpgradeClientHandler(
-                            kind: kind, route: route, request: request, upgradePromise: upgradePromise,
-                            validate: validate, install: install
-                        ),
-                    ])
+                    // (Through a CONNECT tunnel the request goes to the server: the proxy authenticated the CONNECT.)
+                    let authentication = throughConnectTunnel ? [] : route.proxyAuthentication()
+                    try channel.pipeline.syncOperations.addHandlers(
+                        [HTTPRequestEncoder(), ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes))]
+                            + authentication
+                            + [
+                                HTTPUpgradeClientHandler(
+                                    kind: kind, route: route, request: request, upgradePromise: upgradePromise,
+                                    validate: validate, install: install
+                                )
+                            ]
+                    )
                 } catch {
                     upgradePromise.fail(error)
                 }

@@ -5,12 +5,28 @@ import NIOCore
 /// CONNECT line); and TLS to the server for `https`. The returned channel is ready for the transport's handlers.
 enum ServerPathDialer {
     /// `tunnelOpened` is called when the proxy accepted CONNECT (a later silence is then the proxy's doing).
+    /// A proxy with credentials that has not yet said what it wants is asked first (``ProxyChallengePreflight``).
     static func open(
         route: HTTPRoute,
         connectTunnel: Bool,
         on eventLoop: any EventLoop,
         timeout: TimeAmount,
         tunnelOpened: (@Sendable () -> Void)? = nil
+    ) -> EventLoopFuture<any Channel> {
+        let tunnel = connectTunnel || route.endpoint.usesTLS
+        if let authenticator = route.proxy?.authenticator, authenticator.needsChallenge {
+            return ProxyChallengePreflight.run(route: route, authenticator: authenticator, tunnel: tunnel, on: eventLoop, timeout: timeout)
+                .flatMap { Self.openAsked(route: route, connectTunnel: connectTunnel, on: eventLoop, timeout: timeout, tunnelOpened: tunnelOpened) }
+        }
+        return Self.openAsked(route: route, connectTunnel: connectTunnel, on: eventLoop, timeout: timeout, tunnelOpened: tunnelOpened)
+    }
+
+    private static func openAsked(
+        route: HTTPRoute,
+        connectTunnel: Bool,
+        on eventLoop: any EventLoop,
+        timeout: TimeAmount,
+        tunnelOpened: (@Sendable () -> Void)?
     ) -> EventLoopFuture<any Channel> {
         let tunnelProxy = connectTunnel || route.endpoint.usesTLS ? route.proxy : nil
         let tunnelPromise = eventLoop.makePromise(of: Void.self)

@@ -73,9 +73,9 @@ public enum TransportError: Error, Hashable, Sendable, CustomStringConvertible {
         case .proxyAuthenticationRequired(let proxy, let scheme, let credentialsSent):
             "the proxy \(proxy) needs authentication (407, scheme \(scheme ?? "not named")); "
                 + (credentialsSent
-                    ? "it refused the user and password in the proxy URL"
-                    : "put USER:PASS@ in the proxy URL")
-                + (scheme.map { $0.lowercased() == "basic" } == false ? " (culvert speaks Basic only)" : "")
+                    ? "it refused the user and password that were sent (check --proxy-user, CULVERT_PROXY_USER, the proxy URL or --netrc)"
+                    : "give its user and password: --proxy-user USER:PASS, CULVERT_PROXY_USER, USER:PASS@ in the proxy URL, or --netrc")
+                + (scheme.map { ["basic", "digest"].contains($0.lowercased()) } == false ? " (culvert speaks Basic and Digest)" : "")
         case .proxyRefused(let proxy, let status, let reason, let method):
             "the proxy \(proxy) refuses \(method) to this server or port (\(status) \(reason)); try another --transport or ask for the port to be allowed"
         case .proxyCannotReachServer(let proxy, let status, let reason):

@@ -199,7 +199,8 @@ struct TuningOptions: ParsableArguments {
     }
 }
 
-/// `--proxy` and `--no-proxy`; without either, the proxy environment variables that curl reads.
+/// `--proxy` and `--no-proxy`; without either, the proxy environment variables that curl reads. The proxy's
+/// credentials: `--proxy-user`, else `CULVERT_PROXY_USER`, else the proxy URL's user info, else `--netrc`.
 struct ProxyOptions: ParsableArguments {
     @Option(help: "Forward proxy http://[USER:PASS@]HOST:PORT (default: HTTP_PROXY / HTTPS_PROXY / ALL_PROXY, minus NO_PROXY).")
     var proxy: String?
@@ -207,23 +208,82 @@ struct ProxyOptions: ParsableArguments {
     @Flag(help: "Connect directly, ignoring the proxy environment variables.")
     var noProxy = false
 
-    /// The proxy to use for `server`, or nil; logs where it came from.
+    @Option(help: ArgumentHelp(
+        "The proxy's credentials, USER:PASS (or DOMAIN\\USER:PASS), in place of the proxy URL's; the environment's CULVERT_PROXY_USER keeps them out of the process list.",
+        valueName: "USER:PASS"
+    ))
+    var proxyUser: String?
+
+    @Option(name: .customLong("netrc"), help: ArgumentHelp(
+        "Take the proxy's credentials from a netrc file (curl's format; --netrc alone: ~/.netrc) when nothing else gives them.",
+        valueName: "FILE"
+    ))
+    var netrc: String?
+
+    /// The proxy to use for `server`, or nil; logs where it came from (never the credentials).
     func resolve(for server: ServerEndpoint, logger: Logger) throws -> ProxyConfiguration? {
         if self.noProxy {
             guard self.proxy == nil else { throw ValidationError("--proxy and --no-proxy contradict each other") }
             return nil
         }
+        let found: ProxyConfiguration?
         do {
             if let proxy = self.proxy {
-                let configuration = try ProxyConfiguration(url: proxy)
-                logger.debug("through the proxy \(configuration)")
-                return configuration
+                found = try ProxyConfiguration(url: proxy)
+                logger.debug("through the proxy \(found!)")
+            } else {
+                found = try ProxyEnvironment(ProcessInfo.processInfo.environment).proxy(for: server)
+                if let found { logger.info("through the proxy \(found) (from the environment; --no-proxy ignores it)") }
             }
-            let configuration = try ProxyEnvironment(ProcessInfo.processInfo.environment).proxy(for: server)
-            if let configuration { logger.info("through the proxy \(configuration) (from the environment; --no-proxy ignores it)") }
-            return configuration
         } catch {
             throw ValidationError(error.description)
         }
+        guard let configuration = found else { return nil }
+        return try self.withCredentials(configuration, logger: logger)
+    }
+
+    /// `configuration` with the credentials the options, the environment or the netrc file give.
+    private func withCredentials(_ configuration: ProxyConfiguration, logger: Logger) throws -> ProxyConfiguration {
+        if let given = self.proxyUser ?? ProcessInfo.processInfo.environment["CULVERT_PROXY_USER"] {
+            let source = self.proxyUser != nil ? "--proxy-user" : "CULVERT_PROXY_USER"
+            guard let colon = given.firstIndex(of: ":"), colon != given.startIndex else {
+                throw ValidationError("\(source) must be USER:PASS (or DOMAIN\\USER:PASS)")
+            }
+            logger.debug("proxy credentials from \(source) for user \(given[..<colon])")
+            return configuration.withCredentials(username: String(given[..<colon]), password: String(given[given.index(after: colon)...]))
+        }
+        guard !configuration.hasCredentials, let path = self.netrc else { return configuration }
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ValidationError("--netrc \(path): cannot be read (\((error as NSError).localizedDescription)); give a readable netrc file, or leave out --netrc")
+        }
+        guard let (login, password) = NetrcFile(text: text).credentials(for: configuration.host) else {
+            logger.info("--netrc \(path) has no entry for the proxy \(configuration.host) (and no default): no proxy credentials")
+            return configuration
+        }
+        logger.debug("proxy credentials from \(path) for user \(login)")
+        return configuration.withCredentials(username: login, password: password)
+    }
+
+    /// The arguments with a bare `--netrc` (no file after it, or an argument that is not a file) made
+    /// `--netrc=~/.netrc`: ArgumentParser has no options whose value is optional, and curl's `--netrc` takes none.
+    static func expandingBareNetrc(_ arguments: [String], home: String) -> [String] {
+        var result: [String] = []
+        var index = arguments.startIndex
+        while index < arguments.endIndex {
+            let argument = arguments[index]
+            result.append(argument)
+            if argument == "--netrc" {
+                let next = arguments.index(after: index)
+                var isDirectory: ObjCBool = false
+                let nextIsFile = next < arguments.endIndex && !arguments[next].hasPrefix("-")
+                    && FileManager.default.fileExists(atPath: arguments[next], isDirectory: &isDirectory) && !isDirectory.boolValue
+                if !nextIsFile { result[result.count - 1] = "--netrc=\(home)/.netrc" }
+            }
+            index = arguments.index(after: index)
+        }
+        return result
     }
 }

@@ -23,7 +23,10 @@ struct CulvertCommand: AsyncParsableCommand {
     static func main() async {
         var parsed: (any ParsableCommand)?
         do {
-            var command = try Self.parseAsRoot()
+            let arguments = ProxyOptions.expandingBareNetrc(
+                Array(CommandLine.arguments.dropFirst()), home: ProcessInfo.processInfo.environment["HOME"] ?? NSHomeDirectory()
+            )
+            var command = try Self.parseAsRoot(arguments)
             parsed = command
             if var asyncCommand = command as? any AsyncParsableCommand {
                 try await asyncCommand.run()

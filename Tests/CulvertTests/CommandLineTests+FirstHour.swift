@@ -14,9 +14,9 @@ extension CommandLineTests {
 
         /// With `onTerminal`, culvert runs under util-linux's `script`, so that its standard error is a pseudo-terminal
         /// (what `script` writes to the log is what a user's terminal would get).
-        init(_ arguments: [String], onTerminal: Bool = false) throws {
+        init(_ arguments: [String], onTerminal: Bool = false, environment extra: [String: String] = [:]) throws {
             self.logPath = FileManager.default.temporaryDirectory.appendingPathComponent("culvert-cli-\(UUID().uuidString).log").path
-            let environment = ["XDG_CACHE_HOME": CommandLineTests.cacheDirectory]
+            let environment = ["XDG_CACHE_HOME": CommandLineTests.cacheDirectory].merging(extra) { $1 }
             if onTerminal {
                 let command = ([CommandLineTests.executable.path] + arguments).map { "'" + $0 + "'" }.joined(separator: " ")
                 self.process = try ChildProcess.spawn(

@@ -12,24 +12,9 @@ import Testing
     let group = TunnelHarness.group
 
     private func connectError(
-        transport: TransportKind,
-        proxy: ProxyConfiguration,
-        serverPort: Int,
-        connectTimeout: TimeAmount = .seconds(5)
+        transport: TransportKind, proxy: ProxyConfiguration, serverPort: Int, connectTimeout: TimeAmount = .seconds(5)
     ) async -> TransportError? {
-        do {
-            let client = try await TunnelHarness.connectClient(
-                serverPort: serverPort, targets: [], transport: transport, proxy: proxy, connectTimeout: connectTimeout
-            )
-            await client.shutdown(gracePeriod: .zero)
-            Issue.record("connected through \(proxy) although it should have failed")
-            return nil
-        } catch let SessionError.transport(error) {
-            return error
-        } catch {
-            Issue.record("unexpected error \(error)")
-            return nil
-        }
+        await TunnelHarness.transportError(connecting: transport, proxy: proxy, serverPort: serverPort, connectTimeout: connectTimeout)
     }
 
     /// tinyproxy drops `Upgrade`: the WebSocket request reaches the server as a plain GET, which answers 426,

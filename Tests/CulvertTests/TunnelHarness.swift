@@ -6,6 +6,7 @@ import CulvertTransport
 import Logging
 import NIOCore
 import NIOPosix
+import Testing
 
 /// A server and a client on loopback, with the client's forwards given as targets.
 struct TunnelHarness {
@@ -162,5 +163,27 @@ extension TunnelSession {
     /// Evaluates `condition` on the session's loop, where its state lives (false if the loop is gone).
     func onLoop(_ condition: @escaping @Sendable (TunnelSession) -> Bool) async -> Bool {
         (try? await self.eventLoop.submit { condition(self) }.get()) ?? false
+    }
+}
+
+extension TunnelHarness {
+    /// The transport error a client meets connecting over `transport` through `proxy` (recorded as an issue, and
+    /// nil, when it connects or fails otherwise).
+    static func transportError(
+        connecting transport: TransportKind, proxy: ProxyConfiguration, serverPort: Int, connectTimeout: TimeAmount = .seconds(5)
+    ) async -> TransportError? {
+        do {
+            let client = try await Self.connectClient(
+                serverPort: serverPort, targets: [], transport: transport, proxy: proxy, connectTimeout: connectTimeout
+            )
+            await client.shutdown(gracePeriod: .zero)
+            Issue.record("connected through \(proxy) over \(transport) although it should have failed")
+            return nil
+        } catch let SessionError.transport(error) {
+            return error
+        } catch {
+            Issue.record("unexpected error \(error)")
+            return nil
+        }
     }
 }

@@ -2,15 +2,20 @@ import CulvertTransport
 import Testing
 
 struct ProxyConfigurationTests {
-    /// A full proxy URL gives host, port and percent-decoded credentials, sent as Basic authorization.
+    /// A full proxy URL gives host, port and percent-decoded credentials; once the proxy asks for Basic, they are
+    /// sent as Basic authorization.
     @Test func parsesHostPortAndPercentEncodedCredentials() throws {
         let proxy = try ProxyConfiguration(url: "http://al%40ice:p%3Ass@proxy.example:3128/")
         #expect(proxy.host == "proxy.example")
         #expect(proxy.port == 3128)
         #expect(proxy.username == "al@ice")
         #expect(proxy.password == "p:ss")
+        let authenticator = try #require(proxy.authenticator)
+        #expect(authenticator.needsChallenge)
+        #expect(authenticator.authorization(method: "GET", uri: "http://server/") == nil, "nothing before the proxy asks")
+        #expect(authenticator.challenged([ProxyChallenge(scheme: "Basic", parameters: ["realm": "p"])], sent: nil))
         // base64("al@ice:p:ss")
-        #expect(proxy.authorizationHeader == "Basic YWxAaWNlOnA6c3M=")
+        #expect(authenticator.authorization(method: "GET", uri: "http://server/") == "Basic YWxAaWNlOnA6c3M=")
         #expect(proxy.description == "http://proxy.example:3128")
     }
 
@@ -18,7 +23,7 @@ struct ProxyConfigurationTests {
     @Test func bareHostUsesCurlsDefaultPort() throws {
         let proxy = try ProxyConfiguration(url: "proxy.example")
         #expect(proxy.port == 1080)
-        #expect(proxy.authorizationHeader == nil)
+        #expect(proxy.authenticator == nil)
     }
 
     /// IPv6 literals in brackets parse, and show bracketed again.

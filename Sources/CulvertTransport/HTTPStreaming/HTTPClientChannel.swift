@@ -24,6 +24,9 @@ final class HTTPClientChannel {
 
     /// Whether a failure of the current request means only that the idle connection had been closed.
     var failedAsStaleConnection: Bool { self.requestsSent > 1 && !self.responseStarted }
+    /// Whether the current request failed only because the proxy asked for new credentials, which the request
+    /// carries when sent again on a new connection (``ProxyAuthenticationHandler``).
+    fileprivate(set) var failedForNewProxyCredentials = false
 
     /// Whether a new request can go out on this connection now.
     var isIdle: Bool { self.onEvent == nil && self.reusable && !self.isClosed }
@@ -43,11 +46,10 @@ final class HTTPClientChannel {
     ) -> EventLoopFuture<NIOLoopBound<HTTPClientChannel>> {
         ServerPathDialer.open(route: route, connectTunnel: false, on: eventLoop, timeout: timeout).flatMapThrowing { channel in
             let relay = HTTPClientResponseRelay()
-            try channel.pipeline.syncOperations.addHandlers([
-                HTTPRequestEncoder(),
-                ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)),
-                relay,
-            ])
+            try channel.pipeline.syncOperations.addHandlers(
+                [HTTPRequestEncoder(), ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes))]
+                    + route.proxyAuthentication() + [relay]
+            )
             let client = HTTPClientChannel(channel: channel, cookies: route.cookies)
             relay.owner = client
             if !channel.isActive { client.isClosed = true }
@@ -127,6 +129,7 @@ private final class HTTPClientResponseRelay: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if error is ProxyAuthenticationHandler.NewCredentialsNeedANewConnection { self.owner?.failedForNewProxyCredentials = true }
         self.owner?.fail(error)
         context.close(promise: nil)
     }

@@ -515,6 +515,11 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
     /// Whether `channel` failed only because the other end had closed it while idle; if so, stops reusing
     /// connections and closes it (the request is then sent again at once on a fresh one).
     private func staleConnection(_ channel: HTTPClientChannel?) -> Bool {
+        if let channel, channel.failedForNewProxyCredentials {
+            // The proxy wants the request again with new credentials (a stale Digest nonce), on a new connection.
+            channel.close()
+            return true
+        }
         guard let channel, channel.failedAsStaleConnection else { return false }
         if self.reuseConnections {
             self.logger.debug("the path closes HTTP connections after each response; using a new connection per request")

@@ -1,12 +1,15 @@
 /// A forward HTTP proxy to reach the server through, parsed from `http://[USER:PASS@]HOST[:PORT]`.
 ///
-/// The port defaults to 1080, as in curl. User and password may be percent-encoded; they become a `Basic`
-/// `Proxy-Authorization` header (RFC 9110 §11.7.2) on every request to the proxy.
+/// The port defaults to 1080, as in curl. User and password may be percent-encoded; they answer the proxy's
+/// `Proxy-Authenticate` challenge (Basic or Digest, see ``ProxyAuthenticator``) on every request to the proxy.
 public struct ProxyConfiguration: Hashable, Sendable, CustomStringConvertible {
     public var host: String
     public var port: Int
-    public var username: String?
-    public var password: String?
+    public private(set) var username: String?
+    public private(set) var password: String?
+    /// The credentials' answers to the proxy's challenges, shared by every copy of this configuration (so by every
+    /// connection a client makes through the proxy); nil without credentials.
+    public private(set) var authenticator: ProxyAuthenticator?
 
     public static let defaultPort = 1080
 
@@ -15,6 +18,24 @@ public struct ProxyConfiguration: Hashable, Sendable, CustomStringConvertible {
         self.port = port
         self.username = username
         self.password = password
+        self.authenticator = username.map { ProxyAuthenticator(username: $0, password: password ?? "") }
+    }
+
+    /// This proxy with `username` and `password` (from `--proxy-user`, the environment or a netrc file) in place
+    /// of any the URL had.
+    public func withCredentials(username: String, password: String) -> ProxyConfiguration {
+        ProxyConfiguration(host: self.host, port: self.port, username: username, password: password)
+    }
+
+    public static func == (lhs: ProxyConfiguration, rhs: ProxyConfiguration) -> Bool {
+        lhs.host == rhs.host && lhs.port == rhs.port && lhs.username == rhs.username && lhs.password == rhs.password
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(self.host)
+        hasher.combine(self.port)
+        hasher.combine(self.username)
+        hasher.combine(self.password)
     }
 
     /// Parses a proxy URL. Only `http://` proxies are supported (a bare `HOST:PORT` is taken as one).
@@ -38,11 +59,14 @@ public struct ProxyConfiguration: Hashable, Sendable, CustomStringConvertible {
             else {
                 throw .invalidProxyURL(url, reason: "bad percent-encoding in the user info")
             }
+            let password = parts.count == 2 ? PercentDecoding.decode(parts[1]) ?? "" : ""
             self.username = user
-            self.password = parts.count == 2 ? PercentDecoding.decode(parts[1]) : ""
+            self.password = password
+            self.authenticator = ProxyAuthenticator(username: user, password: password)
         } else {
             self.username = nil
             self.password = nil
+            self.authenticator = nil
         }
         do {
             (self.host, self.port) = try Authority.split(String(rest), defaultPort: Self.defaultPort)
@@ -51,11 +75,8 @@ public struct ProxyConfiguration: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// `Basic` credentials for `Proxy-Authorization`, when the URL had user info.
-    public var authorizationHeader: String? {
-        guard let username else { return nil }
-        return "Basic " + Base64.encode(Array("\(username):\(self.password ?? "")".utf8))
-    }
+    /// Whether there are credentials to answer a challenge with.
+    public var hasCredentials: Bool { self.username != nil }
 
     /// The proxy's address for messages, without credentials.
     public var description: String {

@@ -4,8 +4,10 @@ import NIOHTTP1
 /// Opens a CONNECT tunnel through a forward proxy (RFC 9110 §9.3.6): sends `CONNECT host:port`, and on a 2xx
 /// removes itself and the HTTP codec, so that the channel carries the tunnel's raw bytes.
 ///
-/// NIOExtras' `NIOHTTP1ProxyConnectHandler` does the same, but drops the proxy's answer on failure; this one
-/// keeps the status and the `Proxy-Authenticate` scheme to tell the user what the proxy wants.
+/// NIOExtras' `NIOHTTP1ProxyConnectHandler` does the same, but drops the proxy's answer on failure and knows no
+/// proxy authentication; this one answers a 407 it can satisfy (a Digest nonce gone stale, a first challenge) by
+/// sending CONNECT again on the same connection, and otherwise keeps the status and the `Proxy-Authenticate` scheme
+/// to tell the user what the proxy wants.
 final class ProxyConnectHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundOut = HTTPClientRequestPart
@@ -16,6 +18,11 @@ final class ProxyConnectHandler: ChannelInboundHandler, RemovableChannelHandler 
     private var head: HTTPResponseHead?
     private var requestSent = false
     private var done = false
+    /// The `Proxy-Authorization` the last CONNECT carried.
+    private var sentAuthorization: String?
+    /// A 407 is being read to its end, after which CONNECT goes again with new credentials.
+    private var answeringChallenge = false
+    private var attempts = 0
 
     init(route: HTTPRoute, proxy: ProxyConfiguration, promise: EventLoopPromise<Void>) {
         self.route = route
@@ -44,12 +51,14 @@ final class ProxyConnectHandler: ChannelInboundHandler, RemovableChannelHandler 
     private func sendRequest(context: ChannelHandlerContext) {
         guard !self.requestSent else { return }
         self.requestSent = true
+        self.attempts += 1
         let endpoint = self.route.endpoint
         let authority = endpoint.host.contains(":") ? "[\(endpoint.host)]:\(endpoint.port)" : "\(endpoint.host):\(endpoint.port)"
         var headers = HTTPHeaders()
         headers.add(name: "Host", value: authority)
         headers.add(name: "User-Agent", value: "culvert/\(CulvertVersion.string)")
-        if let authorization = self.proxy.authorizationHeader {
+        self.sentAuthorization = self.proxy.authenticator?.authorization(method: "CONNECT", uri: authority)
+        if let authorization = self.sentAuthorization {
             headers.add(name: "Proxy-Authorization", value: authorization)
         }
         let head = HTTPRequestHead(version: .http1_1, method: .CONNECT, uri: authority, headers: headers)
@@ -62,6 +71,14 @@ final class ProxyConnectHandler: ChannelInboundHandler, RemovableChannelHandler 
         switch self.unwrapInboundIn(data) {
         case .head(let head):
             self.head = head
+            if head.status == .proxyAuthenticationRequired, self.attempts < 3, let authenticator = self.proxy.authenticator,
+                head.isKeepAlive,
+                authenticator.challenged(ProxyChallenge.parse(head.headers["Proxy-Authenticate"]), sent: self.sentAuthorization)
+            {
+                self.answeringChallenge = true
+                return
+            }
+            if (200..<300).contains(head.status.code) { self.proxy.authenticator?.proxyAskedForNothing() }
             if !(200..<300).contains(head.status.code) {
                 self.fail(
                     context: context,
@@ -72,6 +89,11 @@ final class ProxyConnectHandler: ChannelInboundHandler, RemovableChannelHandler 
             }
         case .body:
             break
+        case .end where self.answeringChallenge:
+            self.answeringChallenge = false
+            self.head = nil
+            self.requestSent = false
+            self.sendRequest(context: context)
         case .end:
             guard self.head != nil else { return }
             self.done = true

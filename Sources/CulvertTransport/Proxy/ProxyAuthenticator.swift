@@ -1,0 +1,98 @@
+import NIOConcurrencyHelpers
+
+/// One forward proxy's credentials and what the proxy last asked for, shared by every connection a client makes
+/// through it: each request gets the `Proxy-Authorization` the proxy's scheme wants — Basic, or Digest with the nonce
+/// it gave and the next nonce count — and each 407 updates it. Of the schemes a proxy offers, the strongest this side
+/// speaks is used (Digest SHA-256-sess, SHA-256, MD5-sess, MD5, then Basic).
+///
+/// Nothing is sent before the proxy has named its scheme (``needsChallenge``; ``ServerPathDialer`` asks first), so a
+/// password never goes out in Basic's clear text to a proxy that would take Digest. Never logged: ``description``
+/// names the user and the scheme only. A lock, not a loop: connections on all of a client's loops share it.
+public final class ProxyAuthenticator: Sendable, CustomStringConvertible {
+    public let username: String
+    private let password: String
+
+    private enum Scheme: Sendable {
+        /// The proxy asked for nothing: send nothing.
+        case none
+        case basic
+        case digest(DigestAuthentication, clientNonce: String, count: UInt32)
+    }
+
+    /// nil until the proxy's first answer.
+    private let scheme = NIOLockedValueBox<Scheme?>(nil)
+
+    public init(username: String, password: String) {
+        self.username = username
+        self.password = password
+    }
+
+    /// Whether the proxy has not yet said what it wants (ask it before sending a request that matters).
+    public var needsChallenge: Bool { self.scheme.withLockedValue { $0 == nil } }
+
+    /// The scheme in force, as a proxy names it (`Basic`, `Digest`), or nil before one.
+    public var schemeName: String? {
+        self.scheme.withLockedValue { scheme in
+            switch scheme {
+            case .basic?: "Basic"
+            case .digest?: "Digest"
+            case .none?, nil: nil
+            }
+        }
+    }
+
+    /// The proxy answered a request without asking for credentials.
+    public func proxyAskedForNothing() {
+        self.scheme.withLockedValue { if $0 == nil { $0 = Scheme.none } }
+    }
+
+    /// The `Proxy-Authorization` value for a request with `method` to `uri` (the request target as sent), or nil
+    /// when nothing is to be sent.
+    public func authorization(method: String, uri: String) -> String? {
+        self.scheme.withLockedValue { scheme -> String? in
+            switch scheme {
+            case .basic?:
+                return "Basic " + Base64.encode(Array("\(self.username):\(self.password)".utf8))
+            case .digest(let digest, let clientNonce, let count)?:
+                let next = count &+ 1
+                scheme = .digest(digest, clientNonce: clientNonce, count: next)
+                return digest.authorization(
+                    username: self.username, password: self.password, method: method, uri: uri, nonceCount: next, clientNonce: clientNonce
+                )
+            case .none?, nil:
+                return nil
+            }
+        }
+    }
+
+    /// The challenges of a 407 to a request that carried `sent` (nil: no credentials): puts the strongest one this
+    /// side can answer in force. Returns whether sending the request again may succeed — a first challenge, a
+    /// stale nonce, a scheme that changed — and false when these credentials were just refused (or nothing offered
+    /// can be answered).
+    @discardableResult
+    public func challenged(_ challenges: [ProxyChallenge], sent: String?) -> Bool {
+        let digest = challenges.compactMap(DigestAuthentication.init).max { $0.algorithm.strength < $1.algorithm.strength }
+        let offersBasic = challenges.contains { $0.scheme == "basic" }
+        let sentScheme = sent?.split(separator: " ", maxSplits: 1).first?.lowercased()
+        return self.scheme.withLockedValue { scheme in
+            if let digest {
+                let worthRetrying = sentScheme != "digest" || digest.stale
+                scheme = .digest(digest, clientNonce: Self.makeClientNonce(), count: 0)
+                return worthRetrying
+            }
+            guard offersBasic else { return false }
+            scheme = .basic
+            return sentScheme != "basic"
+        }
+    }
+
+    public var description: String { "\(self.username) (\(self.schemeName ?? "scheme not known yet"))" }
+
+    /// 16 random bytes as hex: the `cnonce` of every answer to one nonce.
+    private static func makeClientNonce() -> String {
+        (0..<16).map { _ in
+            let byte = UInt8.random(in: 0...255)
+            return (byte < 16 ? "0" : "") + String(byte, radix: 16)
+        }.joined()
+    }
+}

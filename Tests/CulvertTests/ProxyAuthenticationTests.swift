@@ -1,0 +1,93 @@
+import Culvert
+import CulvertTools
+import CulvertTransport
+import Foundation
+import NIOCore
+import NIOPosix
+import Testing
+
+/// squid from Debian demanding proxy authentication, checked by its own helpers (basic_ncsa_auth against an
+/// htpasswd file, digest_file_auth against a password file): right, wrong and missing credentials over every
+/// transport squid lets through, a Digest nonce that goes stale mid-session, and the command line's view of it.
+@Suite(.serialized, .timeLimit(.minutes(3))) struct ProxyAuthenticationTests {
+    let group = TunnelHarness.group
+
+    enum Scheme: String, CaseIterable, Sendable {
+        case basic, digest
+
+        var name: String { self == .basic ? "Basic" : "Digest" }
+        /// alice's password is `s3cret`: as an htpasswd line (`openssl passwd -apr1 -salt culvert s3cret`) for
+        /// basic_ncsa_auth, in the clear for digest_file_auth.
+        var passwords: String { self == .basic ? "alice:$apr1$culvert$onBpL9Wty4TBYsW3sCy6T/\n" : "alice:s3cret\n" }
+    }
+
+    /// The transports squid lets through (docs/compatibility.md): CONNECT only goes to port 443.
+    static let transports: [TransportKind] = [.websocket, .chunked, .polling]
+
+    static func startSquid(_ scheme: Scheme) async throws -> RealProxy {
+        try await RealProxy.start(
+            .squid, configuration: fixturesDirectory() + "/proxies/squid-forward-\(scheme.rawValue).conf",
+            files: ["passwords": scheme.passwords]
+        )
+    }
+
+    private func connectError(transport: TransportKind, proxy: ProxyConfiguration, serverPort: Int) async -> TransportError? {
+        await TunnelHarness.transportError(connecting: transport, proxy: proxy, serverPort: serverPort)
+    }
+
+    @Test(arguments: Scheme.allCases)
+    func rightCredentialsCarryDataAndWrongOrMissingOnesAreReportedOverEveryTransportSquidPasses(scheme: Scheme) async throws {
+        let squid = try await Self.startSquid(scheme)
+        defer { squid.stop() }
+        let echo = try await EchoServer.start(group: self.group)
+        let server = try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"])
+        let port = server.localAddress!.port!
+        let proxyName = "http://127.0.0.1:\(squid.port)"
+        for transport in Self.transports {
+            let missing = await self.connectError(transport: transport, proxy: ProxyConfiguration(host: "127.0.0.1", port: squid.port), serverPort: port)
+            #expect(missing == .proxyAuthenticationRequired(proxy: proxyName, scheme: scheme.name, credentialsSent: false), "\(transport)")
+            let wrong = await self.connectError(
+                transport: transport, proxy: ProxyConfiguration(host: "127.0.0.1", port: squid.port, username: "alice", password: "nope"),
+                serverPort: port
+            )
+            #expect(wrong == .proxyAuthenticationRequired(proxy: proxyName, scheme: scheme.name, credentialsSent: true), "\(transport)")
+
+            let proxy = ProxyConfiguration(host: "127.0.0.1", port: squid.port, username: "alice", password: "s3cret")
+            let client = try await TunnelHarness.connectClient(serverPort: port, targets: [echo.port], transport: transport, proxy: proxy)
+            let result = try await TransferClient.echoTransfer(
+                host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 256 * 1024, group: self.group
+            )
+            #expect(result.digestsMatch, "\(scheme) \(transport)")
+            #expect(proxy.authenticator?.schemeName == scheme.name)
+            #expect(client.sessionsStarted == 1 && client.session.resumptions == 0, "\(scheme) \(transport): the tunnel broke")
+            await client.shutdown(gracePeriod: .zero)
+        }
+        #expect(!squid.log.contains("s3cret"))
+        await server.shutdown(gracePeriod: .zero)
+        try await echo.close()
+    }
+
+    /// squid here retires a Digest nonce after five uses (`nonce_max_count 5`): a polling session makes hundreds of
+    /// requests, and each stale nonce is answered on the spot, so the session never notices.
+    @Test func aDigestNonceGoingStaleMidSessionIsAnsweredWithoutBreakingTheTunnel() async throws {
+        let squid = try await Self.startSquid(.digest)
+        defer { squid.stop() }
+        let echo = try await EchoServer.start(group: self.group)
+        let server = try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"])
+        let proxy = ProxyConfiguration(host: "127.0.0.1", port: squid.port, username: "alice", password: "s3cret")
+        let client = try await TunnelHarness.connectClient(
+            serverPort: server.localAddress!.port!, targets: [echo.port], transport: .polling, proxy: proxy
+        )
+        let result = try await TransferClient.echoTransfer(
+            host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 512 * 1024, group: self.group
+        )
+        #expect(result.digestsMatch)
+        #expect(client.sessionsStarted == 1 && client.session.resumptions == 0, "a stale nonce broke the tunnel")
+        let accessLog = (try? String(contentsOfFile: squid.directory + "/access.log", encoding: .utf8)) ?? ""
+        let challenges = accessLog.split(separator: "\n").filter { $0.contains("/407") }.count
+        #expect(challenges >= 3, "squid challenged \(challenges) times: the nonce never went stale\n\(accessLog.suffix(2000))")
+        await client.shutdown(gracePeriod: .zero)
+        await server.shutdown(gracePeriod: .zero)
+        try await echo.close()
+    }
+}
