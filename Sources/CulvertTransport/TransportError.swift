@@ -75,7 +75,7 @@ public enum TransportError: Error, Hashable, Sendable, CustomStringConvertible {
                 + (credentialsSent
                     ? "it refused the user and password that were sent (check --proxy-user, CULVERT_PROXY_USER, the proxy URL or --netrc)"
                     : "give its user and password: --proxy-user USER:PASS, CULVERT_PROXY_USER, USER:PASS@ in the proxy URL, or --netrc")
-                + (scheme.map { ["basic", "digest"].contains($0.lowercased()) } == false ? " (culvert speaks Basic and Digest)" : "")
+                + (scheme.map { ["basic", "digest", "ntlm"].contains($0.lowercased()) } == false ? " (culvert speaks Basic, Digest and NTLM)" : "")
         case .proxyRefused(let proxy, let status, let reason, let method):
             "the proxy \(proxy) refuses \(method) to this server or port (\(status) \(reason)); try another --transport or ask for the port to be allowed"
         case .proxyCannotReachServer(let proxy, let status, let reason):

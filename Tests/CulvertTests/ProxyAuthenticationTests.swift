@@ -90,4 +90,86 @@ import Testing
         await server.shutdown(gracePeriod: .zero)
         try await echo.close()
     }
+
+    /// `fixtures/ntlm_proxy.py` on a free loopback port, demanding NTLM from `Domain\User` with `Password`.
+    struct NTLMCheckingProxy {
+        let process: ChildProcess
+        let port: Int
+        let logPath: String
+        var log: String { (try? String(contentsOfFile: self.logPath, encoding: .utf8)) ?? "" }
+
+        static func start() async throws -> NTLMCheckingProxy {
+            let logPath = FileManager.default.temporaryDirectory.appendingPathComponent("culvert-ntlm-\(UUID().uuidString).log").path
+            let started = try await RealProxy.startOnFreePort { port -> NTLMCheckingProxy? in
+                let process = try ChildProcess.spawn(
+                    "/usr/bin/python3", [fixturesDirectory() + "/ntlm_proxy.py", String(port), "User", "Domain", "Password", logPath],
+                    outputPath: logPath + ".output"
+                )
+                let proxy = NTLMCheckingProxy(process: process, port: port, logPath: logPath)
+                if try await RealProxy.waitForListener(port: port, startedBy: process) { return proxy }
+                process.stop()
+                return nil
+            }
+            return try #require(started, "fixtures/ntlm_proxy.py did not start")
+        }
+
+        func stop() {
+            self.process.stop()
+            try? FileManager.default.removeItem(atPath: self.logPath)
+            try? FileManager.default.removeItem(atPath: self.logPath + ".output")
+        }
+    }
+
+    /// NTLMv2 through a proxy that checks the answer itself (its own MD4 and HMAC-MD5, checked against MS-NLMP's
+    /// values at start), over all four transports: the right password carries data, a wrong one is refused.
+    @Test(arguments: TransportKind.allCases)
+    func ntlmIsAnsweredSoThatAnIndependentCheckOfTheMSNLMPArithmeticAcceptsIt(transport: TransportKind) async throws {
+        let proxy = try await NTLMCheckingProxy.start()
+        defer { proxy.stop() }
+        let echo = try await EchoServer.start(group: self.group)
+        let server = try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"])
+        let port = server.localAddress!.port!
+        let wrong = await self.connectError(
+            transport: transport, proxy: ProxyConfiguration(host: "127.0.0.1", port: proxy.port, username: "Domain\\User", password: "nope"),
+            serverPort: port
+        )
+        #expect(wrong == .proxyAuthenticationRequired(proxy: "http://127.0.0.1:\(proxy.port)", scheme: "NTLM", credentialsSent: true))
+        #expect(proxy.log.contains("refused: NTProofStr does not verify (wrong password)"), "\(proxy.log)")
+
+        let configuration = ProxyConfiguration(host: "127.0.0.1", port: proxy.port, username: "Domain\\User", password: "Password")
+        let client = try await TunnelHarness.connectClient(serverPort: port, targets: [echo.port], transport: transport, proxy: configuration)
+        let result = try await TransferClient.echoTransfer(
+            host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 256 * 1024, group: self.group
+        )
+        #expect(result.digestsMatch, "\(transport)")
+        #expect(proxy.log.contains("verified user Domain\\User"), "\(proxy.log)")
+        await client.shutdown(gracePeriod: .zero)
+        await server.shutdown(gracePeriod: .zero)
+        try await echo.close()
+    }
+
+    /// squid's own NTLM (its ntlm_fake_auth helper checks the exchange's flow on one kept-alive connection, not the
+    /// password) over every transport squid lets through.
+    @Test func ntlmThroughSquidCarriesDataOverEveryTransportItPasses() async throws {
+        let squid = try await RealProxy.start(.squid, configuration: fixturesDirectory() + "/proxies/squid-forward-ntlm.conf")
+        defer { squid.stop() }
+        let echo = try await EchoServer.start(group: self.group)
+        let server = try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"])
+        for transport in Self.transports {
+            let proxy = ProxyConfiguration(host: "127.0.0.1", port: squid.port, username: "CORP\\alice", password: "s3cret")
+            let client = try await TunnelHarness.connectClient(
+                serverPort: server.localAddress!.port!, targets: [echo.port], transport: transport, proxy: proxy
+            )
+            let result = try await TransferClient.echoTransfer(
+                host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 256 * 1024, group: self.group
+            )
+            #expect(result.digestsMatch, "\(transport)")
+            #expect(proxy.authenticator?.schemeName == "NTLM")
+            await client.shutdown(gracePeriod: .zero)
+        }
+        let accessLog = (try? String(contentsOfFile: squid.directory + "/access.log", encoding: .utf8)) ?? ""
+        #expect(accessLog.contains("alice"), "squid logged no NTLM user\n\(accessLog.suffix(1500))")
+        await server.shutdown(gracePeriod: .zero)
+        try await echo.close()
+    }
 }

@@ -32,7 +32,7 @@ struct HTTPRouteTests {
         #expect(error == .proxyAuthenticationRequired(proxy: "http://proxy.example:3128", scheme: "Basic", credentialsSent: false))
         #expect("\(error!)".contains("needs authentication") && "\(error!)".contains("USER:PASS@"))
         let negotiate = route.proxyError(for: self.head(.proxyAuthenticationRequired, [("Proxy-Authenticate", "Negotiate")]), method: "GET")
-        #expect("\(negotiate!)".contains("culvert speaks Basic and Digest"))
+        #expect("\(negotiate!)".contains("culvert speaks Basic, Digest and NTLM"))
     }
 
     /// 403/405 mean the proxy refuses the method or port; 502/504 that it cannot reach the server; a 404 is the

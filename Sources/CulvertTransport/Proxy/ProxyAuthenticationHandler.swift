@@ -10,6 +10,10 @@ import NIOHTTP1
 /// ``NewCredentialsNeedANewConnection`` and the transport sends the request again at once on a new one. A 407 it
 /// cannot satisfy goes up as it came. One request at a time, as ``HTTPClientChannel`` sends them; after a 101 it
 /// leaves the pipeline with the HTTP codec.
+///
+/// With NTLM, which authenticates the connection, the first request waits while the handler runs the handshake on
+/// the connection — NEGOTIATE, the proxy's CHALLENGE, AUTHENTICATE — on `HEAD` requests for the same URL (no body,
+/// no effect on the server); then it goes out, and the requests after it, with no credentials at all.
 final class ProxyAuthenticationHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPClientResponsePart
     typealias InboundOut = HTTPClientResponsePart
@@ -31,7 +35,18 @@ final class ProxyAuthenticationHandler: ChannelDuplexHandler, RemovableChannelHa
         var sends = 1
     }
 
+    /// Where this connection's NTLM handshake stands.
+    private enum NTLMStage {
+        /// No handshake (not NTLM), or it is done: requests go as they come.
+        case none
+        /// The NEGOTIATE (`authenticating: false`) or the AUTHENTICATE (`true`) is out; the requests wait.
+        case handshaking(authenticating: Bool, held: [(HTTPClientRequestPart, EventLoopPromise<Void>?)], answer: String?)
+    }
+
     private let authenticator: ProxyAuthenticator
+    private var ntlm = NTLMStage.none
+    /// Whether this connection has finished an NTLM handshake.
+    private var connectionAuthenticated = false
     /// The request whose response has not begun.
     private var request: Request?
     /// A 407 is being read to its end; then the request goes again.
@@ -42,7 +57,22 @@ final class ProxyAuthenticationHandler: ChannelDuplexHandler, RemovableChannelHa
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        switch self.unwrapOutboundIn(data) {
+        let part = self.unwrapOutboundIn(data)
+        if case .handshaking(let authenticating, var held, let answer) = self.ntlm {
+            held.append((part, promise))
+            self.ntlm = .handshaking(authenticating: authenticating, held: held, answer: answer)
+            return
+        }
+        if case .head(let head) = part, !self.connectionAuthenticated, self.authenticator.isConnectionBased {
+            self.ntlm = .handshaking(authenticating: false, held: [(part, promise)], answer: nil)
+            self.sendHandshake(context: context, like: head, authorization: self.authenticator.ntlmNegotiation())
+            return
+        }
+        if self.connectionAuthenticated {
+            context.write(data, promise: promise)
+            return
+        }
+        switch part {
         case .head(var head):
             self.authorize(&head)
             self.request = Request(head: head)
@@ -58,6 +88,10 @@ final class ProxyAuthenticationHandler: ChannelDuplexHandler, RemovableChannelHa
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = self.unwrapInboundIn(data)
+        if case .handshaking = self.ntlm {
+            self.handshakeRead(context: context, part)
+            return
+        }
         switch part {
         case .head(let head):
             if head.status == .proxyAuthenticationRequired, head.isKeepAlive, let request = self.request, request.ended,
@@ -99,6 +133,55 @@ final class ProxyAuthenticationHandler: ChannelDuplexHandler, RemovableChannelHa
         self.request = request
         context.write(self.wrapOutboundOut(.head(request.head)), promise: nil)
         context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+    }
+
+    // MARK: NTLM
+
+    /// A `HEAD` of `request`'s URL with `authorization`: the handshake's messages go on requests of their own.
+    private func sendHandshake(context: ChannelHandlerContext, like request: HTTPRequestHead, authorization: String) {
+        var headers = HTTPHeaders()
+        for name in ["Host", "User-Agent"] { if let value = request.headers.first(name: name) { headers.add(name: name, value: value) } }
+        headers.add(name: "Proxy-Authorization", value: authorization)
+        headers.add(name: "Proxy-Connection", value: "keep-alive")
+        context.write(self.wrapOutboundOut(.head(HTTPRequestHead(version: .http1_1, method: .HEAD, uri: request.uri, headers: headers))), promise: nil)
+        context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+    }
+
+    /// An answer to a handshake request: a CHALLENGE gets the AUTHENTICATE; anything but a 407 after it means
+    /// the connection is authenticated, and the held requests go. A 407 that ends the handshake goes up as the
+    /// answer to the first held request (the credentials were refused, or the proxy broke off).
+    private func handshakeRead(context: ChannelHandlerContext, _ part: HTTPClientResponsePart) {
+        guard case .handshaking(let authenticating, let held, let answer) = self.ntlm else { return }
+        switch part {
+        case .head(let head):
+            if head.status == .proxyAuthenticationRequired {
+                let challenges = ProxyChallenge.parse(head.headers["Proxy-Authenticate"])
+                if !authenticating, head.isKeepAlive, let answer = self.authenticator.ntlmAuthentication(answering: challenges) {
+                    self.ntlm = .handshaking(authenticating: false, held: held, answer: answer)
+                    return
+                }
+                // Refused: the held request is answered with this 407, and the handshake is over.
+                self.ntlm = .none
+                for (_, promise) in held { promise?.succeed() }
+                context.fireChannelRead(self.wrapInboundOut(part))
+                return
+            }
+            // Through: the connection is authenticated (the HEAD's own answer is dropped).
+            self.ntlm = .handshaking(authenticating: true, held: held, answer: nil)
+            self.connectionAuthenticated = true
+        case .body:
+            break
+        case .end:
+            if let answer {
+                self.ntlm = .handshaking(authenticating: true, held: held, answer: nil)
+                guard case .head(let first)? = held.first?.0 else { return }
+                self.sendHandshake(context: context, like: first, authorization: answer)
+            } else if self.connectionAuthenticated {
+                self.ntlm = .none
+                for (heldPart, promise) in held { context.write(self.wrapOutboundOut(heldPart), promise: promise) }
+                context.flush()
+            }
+        }
     }
 
     private func authorize(_ head: inout HTTPRequestHead) {

@@ -3,7 +3,8 @@ import NIOConcurrencyHelpers
 /// One forward proxy's credentials and what the proxy last asked for, shared by every connection a client makes
 /// through it: each request gets the `Proxy-Authorization` the proxy's scheme wants — Basic, or Digest with the nonce
 /// it gave and the next nonce count — and each 407 updates it. Of the schemes a proxy offers, the strongest this side
-/// speaks is used (Digest SHA-256-sess, SHA-256, MD5-sess, MD5, then Basic).
+/// speaks is used: Digest SHA-256-sess or SHA-256, then NTLMv2, then Digest MD5-sess or MD5, then Basic. NTLM
+/// authenticates a connection rather than a request: its handshake is the handlers' (``isConnectionBased``).
 ///
 /// Nothing is sent before the proxy has named its scheme (``needsChallenge``; ``ServerPathDialer`` asks first), so a
 /// password never goes out in Basic's clear text to a proxy that would take Digest. Never logged: ``description``
@@ -17,6 +18,7 @@ public final class ProxyAuthenticator: Sendable, CustomStringConvertible {
         case none
         case basic
         case digest(DigestAuthentication, clientNonce: String, count: UInt32)
+        case ntlm
     }
 
     /// nil until the proxy's first answer.
@@ -36,6 +38,7 @@ public final class ProxyAuthenticator: Sendable, CustomStringConvertible {
             switch scheme {
             case .basic?: "Basic"
             case .digest?: "Digest"
+            case .ntlm?: "NTLM"
             case .none?, nil: nil
             }
         }
@@ -59,10 +62,29 @@ public final class ProxyAuthenticator: Sendable, CustomStringConvertible {
                 return digest.authorization(
                     username: self.username, password: self.password, method: method, uri: uri, nonceCount: next, clientNonce: clientNonce
                 )
-            case .none?, nil:
+            case .none?, .ntlm?, nil:
                 return nil
             }
         }
+    }
+
+    /// Whether the scheme in force authenticates connections (NTLM): each new connection runs its handshake first.
+    public var isConnectionBased: Bool {
+        self.scheme.withLockedValue { if case .ntlm? = $0 { return true } else { return false } }
+    }
+
+    /// NTLM's first message, as a `Proxy-Authorization` value.
+    public func ntlmNegotiation() -> String {
+        "NTLM " + Base64.encode(NTLMAuthentication.negotiateMessage())
+    }
+
+    /// NTLM's last message answering the CHALLENGE in `challenges` (the `NTLM <token>` of a 407), as a
+    /// `Proxy-Authorization` value; nil when there is none.
+    public func ntlmAuthentication(answering challenges: [ProxyChallenge]) -> String? {
+        guard let token = challenges.first(where: { $0.scheme == "ntlm" })?.token,
+            let challenge = NTLMAuthentication.Challenge(fromBase64: token)
+        else { return nil }
+        return "NTLM " + Base64.encode(NTLMAuthentication.authenticateMessage(challenge: challenge, username: self.username, password: self.password))
     }
 
     /// The challenges of a 407 to a request that carried `sent` (nil: no credentials): puts the strongest one this
@@ -73,8 +95,13 @@ public final class ProxyAuthenticator: Sendable, CustomStringConvertible {
     public func challenged(_ challenges: [ProxyChallenge], sent: String?) -> Bool {
         let digest = challenges.compactMap(DigestAuthentication.init).max { $0.algorithm.strength < $1.algorithm.strength }
         let offersBasic = challenges.contains { $0.scheme == "basic" }
+        let offersNTLM = challenges.contains { $0.scheme == "ntlm" }
         let sentScheme = sent?.split(separator: " ", maxSplits: 1).first?.lowercased()
         return self.scheme.withLockedValue { scheme in
+            if offersNTLM, (digest?.algorithm.strength ?? 0) < DigestAuthentication.Algorithm.sha256.strength {
+                scheme = .ntlm
+                return sentScheme != "ntlm"
+            }
             if let digest {
                 let worthRetrying = sentScheme != "digest" || digest.stale
                 scheme = .digest(digest, clientNonce: Self.makeClientNonce(), count: 0)

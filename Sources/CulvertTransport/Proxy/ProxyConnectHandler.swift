@@ -23,6 +23,8 @@ final class ProxyConnectHandler: ChannelInboundHandler, RemovableChannelHandler 
     /// A 407 is being read to its end, after which CONNECT goes again with new credentials.
     private var answeringChallenge = false
     private var attempts = 0
+    /// NTLM's last message, for the next CONNECT, once the proxy's CHALLENGE has come.
+    private var nextAuthorization: String?
 
     init(route: HTTPRoute, proxy: ProxyConfiguration, promise: EventLoopPromise<Void>) {
         self.route = route
@@ -57,7 +59,14 @@ final class ProxyConnectHandler: ChannelInboundHandler, RemovableChannelHandler 
         var headers = HTTPHeaders()
         headers.add(name: "Host", value: authority)
         headers.add(name: "User-Agent", value: "culvert/\(CulvertVersion.string)")
-        self.sentAuthorization = self.proxy.authenticator?.authorization(method: "CONNECT", uri: authority)
+        if let next = self.nextAuthorization {
+            self.sentAuthorization = next
+            self.nextAuthorization = nil
+        } else if let authenticator = self.proxy.authenticator, authenticator.isConnectionBased {
+            self.sentAuthorization = authenticator.ntlmNegotiation()
+        } else {
+            self.sentAuthorization = self.proxy.authenticator?.authorization(method: "CONNECT", uri: authority)
+        }
         if let authorization = self.sentAuthorization {
             headers.add(name: "Proxy-Authorization", value: authorization)
         }
@@ -72,11 +81,21 @@ final class ProxyConnectHandler: ChannelInboundHandler, RemovableChannelHandler 
         case .head(let head):
             self.head = head
             if head.status == .proxyAuthenticationRequired, self.attempts < 3, let authenticator = self.proxy.authenticator,
-                head.isKeepAlive,
-                authenticator.challenged(ProxyChallenge.parse(head.headers["Proxy-Authenticate"]), sent: self.sentAuthorization)
+                head.isKeepAlive
             {
-                self.answeringChallenge = true
-                return
+                let challenges = ProxyChallenge.parse(head.headers["Proxy-Authenticate"])
+                if self.sentAuthorization == authenticator.ntlmNegotiation(),
+                    let answer = authenticator.ntlmAuthentication(answering: challenges)
+                {
+                    // NTLM's CHALLENGE: the AUTHENTICATE goes on this connection, which it authenticates.
+                    self.nextAuthorization = answer
+                    self.answeringChallenge = true
+                    return
+                }
+                if authenticator.challenged(challenges, sent: self.sentAuthorization) {
+                    self.answeringChallenge = true
+                    return
+                }
             }
             if (200..<300).contains(head.status.code) { self.proxy.authenticator?.proxyAskedForNothing() }
             if !(200..<300).contains(head.status.code) {
