@@ -52,6 +52,11 @@ public struct ServerEndpoint: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// The value of a `Host` header for this server.
+    /// `host:port` with the port always there and an IPv6 host in brackets: CONNECT's request target.
+    public var authority: String {
+        self.host.contains(":") ? "[\(self.host)]:\(self.port)" : "\(self.host):\(self.port)"
+    }
+
     public var hostHeader: String {
         let host = self.host.contains(":") ? "[\(self.host)]" : self.host
         let defaultPort = self.usesTLS ? 443 : 80

@@ -7,7 +7,8 @@ import NIOHTTP1
 /// absence) goes to the ``ProxyAuthenticator``, whose credentials every later request then carries.
 ///
 /// Its own connection because some proxies (tinyproxy) close the connection after a 407, so the request cannot be
-/// sent again on it; a client asks once (while the scheme is unknown), not per request.
+/// sent again on it. Asked only while the scheme is unknown: at a client's start (once per transport that dials
+/// then, as the negotiator's probes do), never per request.
 enum ProxyChallengePreflight {
     static func run(
         route: HTTPRoute, authenticator: ProxyAuthenticator, tunnel: Bool, on eventLoop: any EventLoop, timeout: TimeAmount
@@ -15,8 +16,7 @@ enum ProxyChallengePreflight {
         let answered = eventLoop.makePromise(of: Void.self)
         let head: HTTPRequestHead
         if tunnel {
-            let endpoint = route.endpoint
-            let authority = endpoint.host.contains(":") ? "[\(endpoint.host)]:\(endpoint.port)" : "\(endpoint.host):\(endpoint.port)"
+            let authority = route.endpoint.authority
             head = HTTPRequestHead(version: .http1_1, method: .CONNECT, uri: authority, headers: ["Host": authority])
         } else {
             var headers = route.baseHeaders()

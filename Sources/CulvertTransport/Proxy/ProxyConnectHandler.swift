@@ -54,8 +54,7 @@ final class ProxyConnectHandler: ChannelInboundHandler, RemovableChannelHandler 
         guard !self.requestSent else { return }
         self.requestSent = true
         self.attempts += 1
-        let endpoint = self.route.endpoint
-        let authority = endpoint.host.contains(":") ? "[\(endpoint.host)]:\(endpoint.port)" : "\(endpoint.host):\(endpoint.port)"
+        let authority = self.route.endpoint.authority
         var headers = HTTPHeaders()
         headers.add(name: "Host", value: authority)
         headers.add(name: "User-Agent", value: "culvert/\(CulvertVersion.string)")
