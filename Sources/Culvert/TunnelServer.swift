@@ -210,6 +210,7 @@ public final class TunnelServer: Sendable {
                 // clients to resume them (the HELLO then says whether it is one; see refusesNewSession).
                 let maximumSessions = access.rules.maximumSessions
                 if sessionCount > maximumSessions + waitingForClient.withLockedValue({ $0.count }) {
+                    session.logger.warning("refused a session unheard: the server has its maximum of \(maximumSessions) sessions (--max-sessions)")
                     session.refuse(.overloaded, "the server has its maximum of \(maximumSessions) sessions (--max-sessions); try again later")
                 }
                 // Whether the session was established, and as which named user (whose session count it holds).
@@ -274,10 +275,7 @@ public final class TunnelServer: Sendable {
                         configuration.session.metrics?.addressThrottled()
                         session.logger.warning("\(address) failed to authenticate \(throttle.withLockedValue { $0.limit }) times within a minute: refusing it for a while")
                     }
-                    if case .refused(let code, let message) = reason {
-                        if code == .overloaded { session.logger.warning("refused a session: \(message)") }
-                        return
-                    }
+                    if case .refused = reason { return }
                     resumable.withLockedValue { table in
                         if let id = table.first(where: { $0.value.session === session })?.key { table.removeValue(forKey: id) }
                     }

@@ -538,6 +538,11 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             self.didResume(outcome, reply: reply, replay: replay)
         case .handOver(let outcome, let welcome):
             self.handOver(outcome, welcome: welcome)
+        case .refuseSession(let code, let message):
+            // As a refusal before the handshake: the GOAWAY stays deliverable (a chunked or polling connection
+            // holds it for the client's next request) until the client closes, or two seconds.
+            self.logger.warning("refused a new session: \(message)")
+            self.refuse(code, message)
         case .peerGoingAway:
             self.logger.info("peer is shutting down: open streams finish, new ones are refused")
             self.onPeerGoingAway?(self)

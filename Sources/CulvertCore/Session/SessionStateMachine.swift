@@ -120,6 +120,9 @@ public struct SessionStateMachine: Sendable {
         case resumed(HandshakeStateMachine.Outcome, reply: Frame?, replay: [ByteBuffer])
         /// Server: this connection proved it resumes the session the driver looked up; hand it over. Ended.
         case handOver(HandshakeStateMachine.Outcome, welcome: Frame?)
+        /// Server: the HELLO would start a new session and ``Settings/refusesNewSession`` refuses it: refuse the
+        /// connection with this GOAWAY (``refuse(_:_:)``), as a refusal before the handshake is.
+        case refuseSession(GoAwayCode, String)
         /// Server: a HELLO asks to resume this session id: look it up and call ``resumptionLookedUp(_:hello:now:)``.
         case lookUpResumption([UInt8])
         /// A frame for the multiplexer's streams.
@@ -297,10 +300,7 @@ public struct SessionStateMachine: Sendable {
         case .handshaking(var handshake, let deadline):
             if case .server = self.role, case .hello(let hello) = frame {
                 if !hello.resumeSessionID.isEmpty { return .lookUpResumption(hello.resumeSessionID) }
-                if let refusal = self.settings.refusesNewSession?() {
-                    self.state = .ended(.refused(.overloaded, refusal))
-                    return .end(.refused(.overloaded, refusal), reply: .goAway(code: .overloaded, message: refusal))
-                }
+                if let refusal = self.settings.refusesNewSession?() { return .refuseSession(.overloaded, refusal) }
             }
             let action = handshake.receive(frame)
             self.state = .handshaking(handshake, deadline: deadline)
