@@ -365,9 +365,20 @@ public final class TunnelServer: Sendable {
             try? await self.transportServer.close().get()
         }
         // All sessions drain at once, so shutdown takes one grace period, not one per session.
+        let deadline = NIODeadline.now() + gracePeriod
+        var shutDown = Set(sessions.map(ObjectIdentifier.init))
         let endings = sessions.map { $0.shutdown(gracePeriod: gracePeriod) }
         for ending in endings { _ = try? await ending.get() }
         if keepsListening { try? await self.transportServer.close().get() }
+        // Connections the open listener took meanwhile (a resumption, a HELLO being refused) end within the same
+        // grace period: shutdown returns with no session left.
+        while true {
+            let late = self.sessions.withLockedValue { table in table.filter { !shutDown.contains($0.key) } }
+            guard !late.isEmpty else { break }
+            shutDown.formUnion(late.keys)
+            let remaining = max(.zero, deadline - NIODeadline.now())
+            for ending in late.values.map({ $0.shutdown(gracePeriod: remaining) }) { _ = try? await ending.get() }
+        }
     }
 }
 
