@@ -76,10 +76,10 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         let frames = Self.frames(bytes)
         let random: @Sendable (Int) -> [UInt8] = { Array(repeating: 7, count: $0) }
         var server = HandshakeStateMachine(
-            role: .server(token: "fuzz", authenticationRequired: true), capabilities: [], maximumDataPayload: 32 * 1024,
+            role: .server(token: "fuzz", authenticationRequired: true), capabilities: [.sealed], maximumDataPayload: 32 * 1024,
             randomBytes: random
         )
-        var client = HandshakeStateMachine(role: .client(token: "fuzz"), capabilities: [], maximumDataPayload: 32 * 1024, randomBytes: random)
+        var client = HandshakeStateMachine(role: .client(token: "fuzz"), capabilities: [.sealed], maximumDataPayload: 32 * 1024, randomBytes: random)
         _ = client.start()
         for frame in frames {
             _ = server.receive(frame)

@@ -126,7 +126,7 @@ func fail(_ message: String, exitCode: Int32 = 1) -> Never {
     exit(exitCode)
 }
 
-/// Flow-control, memory and keepalive settings shared by server and client.
+/// Flow-control, memory, keepalive and protection settings shared by server and client.
 struct TuningOptions: ParsableArguments {
     @Option(help: "Largest DATA frame payload in KiB, so that one bulk stream cannot hold the tunnel for long.")
     var maxFrameKib: Int = 32
@@ -158,6 +158,9 @@ struct TuningOptions: ParsableArguments {
     @Option(help: "zlib memory level when compressing, 1 to 9.")
     var compressMemLevel: Int32 = 8
 
+    @Flag(help: "Turn off end-to-end session encryption, which is on by default; both sides must say so. Only where TLS is end to end and pinned: otherwise a proxy that opens TLS can read and alter the tunnel.")
+    var noSessionEncryption = false
+
     func validate() throws {
         guard (1...1024).contains(self.maxFrameKib) else { throw ValidationError("--max-frame-kib must be 1 to 1024") }
         guard self.initialWindowKib >= 1, self.maxWindowKib >= self.initialWindowKib, self.maxWindowKib <= 1024 * 1024 else {
@@ -177,7 +180,7 @@ struct TuningOptions: ParsableArguments {
 
     /// A session configuration with these settings.
     func sessionConfiguration(token: String?, authenticationRequired: Bool = true, compression: Bool) -> SessionConfiguration {
-        SessionConfiguration(
+        var configuration = SessionConfiguration(
             token: token,
             authenticationRequired: authenticationRequired,
             mux: MuxConfiguration(
@@ -196,6 +199,8 @@ struct TuningOptions: ParsableArguments {
                 memoryLevel: self.compressMemLevel
             )
         )
+        configuration.sealing = !self.noSessionEncryption
+        return configuration
     }
 }
 

@@ -24,6 +24,9 @@ struct ProbeCommand: AsyncParsableCommand {
 
     @OptionGroup var userOptions: UserOptions
 
+    @Flag(help: "Probe a server started with --no-session-encryption (end-to-end session encryption off on both sides).")
+    var noSessionEncryption = false
+
     @Flag(help: "Print one JSON object instead of a table.")
     var json = false
 
@@ -44,6 +47,7 @@ struct ProbeCommand: AsyncParsableCommand {
             session: try {
                 var session = SessionConfiguration(token: try self.tokenOptions.resolve())
                 session.user = try self.userOptions.resolve()
+                session.sealing = !self.noSessionEncryption
                 return session
             }(),
             group: MultiThreadedEventLoopGroup.singleton,

@@ -6,9 +6,11 @@ import Testing
 /// The golden vectors in fixtures/frames.hex, computed independently of the Swift encoder.
 enum GoldenFrames {
     static let frames: [String: Frame] = [
-        "hello": .hello(Hello(version: 1, capabilities: [.compression, .resumption], nonce: Array(0..<32),
+        "hello": .hello(Hello(version: 2, capabilities: [.compression, .resumption, .sealed], nonce: Array(0..<32),
+                              keyShare: Array(200..<232),
                               maximumDataPayload: 32768)),
-        "challenge": .challenge(Challenge(version: 1, capabilities: .compression, nonce: Array(32..<64),
+        "challenge": .challenge(Challenge(version: 2, capabilities: [.compression, .sealed], nonce: Array(32..<64),
+                                          keyShare: Array(160..<192),
                                           maximumDataPayload: 16384)),
         "auth": .auth(Auth(proof: Array(64..<96), received: 0)),
         "welcome": .welcome(Welcome(proof: Array(96..<128), sessionID: Array(128..<144), capabilities: .resumption,
@@ -30,6 +32,7 @@ enum GoldenFrames {
         "pong": .pong(0x0102_0304_0506_0708),
         "ack": .ack(received: 42),
         "goaway": .goAway(code: .normal, message: "bye"),
+        "sealed": .sealed(payload: ByteBuffer(bytes: Array(0..<20))),
     ]
 
     static func fixture() throws -> [(String, [UInt8])] {

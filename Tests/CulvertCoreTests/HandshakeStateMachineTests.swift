@@ -82,7 +82,7 @@ import Testing
         var server = HandshakeStateMachine(role: .server(token: "t", authenticationRequired: true),
                                            capabilities: [], maximumDataPayload: 16384)
         let hello = Frame.hello(Hello(version: 9, capabilities: [], nonce: Array(repeating: 1, count: 32),
-                                      maximumDataPayload: 1024))
+                                      keyShare: Array(repeating: 9, count: 32), maximumDataPayload: 1024))
         guard case .fail(.unsupportedVersion(9), .goAway(.unsupportedVersion, _)?) = server.receive(hello) else {
             Issue.record("version 9 accepted"); return
         }

@@ -173,7 +173,10 @@ import Testing
     /// A HELLO without a user (as before users existed) and one with a user both decode; a user name longer than
     /// 64 bytes or cut short is malformed.
     @Test func helloWithAndWithoutAUserDecodes() throws {
-        let plain = Hello(version: 1, capabilities: [], nonce: Array(repeating: 1, count: 32), maximumDataPayload: 32768)
+        let plain = Hello(
+            version: HandshakeStateMachine.protocolVersion, capabilities: [], nonce: Array(repeating: 1, count: 32),
+            keyShare: Array(repeating: 2, count: 32), maximumDataPayload: 32768
+        )
         var named = plain
         named.user = "alice@example"
         for hello in [plain, named] {

@@ -151,7 +151,7 @@ import Testing
             Issue.record("no lookup"); return
         }
         #expect(id == server.sessionID)
-        let target = (sessionKey: try unwrap(server.sessionKey), capabilities: Capabilities())
+        let target = (sessionKey: try unwrap(server.sessionKey), capabilities: Capabilities.sealed)
         let challenge = try unwrap(self.sent(newConnection.resumptionLookedUp(target, hello: hello, now: self.start)))
         let auth = try unwrap(self.sent(client.receive(challenge, now: self.start + .seconds(1))))
         guard case .handOver(let outcome, let welcome) = newConnection.receive(auth, now: self.start + .seconds(1)) else {
@@ -185,7 +185,7 @@ import Testing
         let hello = try unwrap(client.resume(now: self.start))
         var newConnection = SessionStateMachine(role: .server, settings: self.settings(), now: self.start)
         _ = newConnection.receive(hello, now: self.start)
-        let wrongKey = (sessionKey: [UInt8](repeating: 7, count: 32), capabilities: Capabilities())
+        let wrongKey = (sessionKey: [UInt8](repeating: 7, count: 32), capabilities: Capabilities.sealed)
         let challenge = try unwrap(self.sent(newConnection.resumptionLookedUp(wrongKey, hello: hello, now: self.start)))
         let auth = try unwrap(self.sent(client.receive(challenge, now: self.start)))
         guard case .end(.handshake(.resumeProofInvalid), _) = newConnection.receive(auth, now: self.start) else {
@@ -260,7 +260,7 @@ import Testing
         let hello = try unwrap(client.resume(now: now))
         var newConnection = SessionStateMachine(role: .server, settings: self.settings(), now: now)
         _ = newConnection.receive(hello, now: now)
-        let target = (sessionKey: try unwrap(server.sessionKey), capabilities: Capabilities())
+        let target = (sessionKey: try unwrap(server.sessionKey), capabilities: Capabilities.sealed)
         let challenge = try unwrap(self.sent(newConnection.resumptionLookedUp(target, hello: hello, now: now)))
         let auth = try unwrap(self.sent(client.receive(challenge, now: now)))
         guard case .handOver(let outcome, let welcome) = newConnection.receive(auth, now: now) else { throw Failure("no hand-over") }
@@ -386,7 +386,10 @@ import Testing
     /// A handshake frame after the handshake is a protocol violation.
     @Test func aHandshakeFrameAfterTheHandshakeEndsTheSession() throws {
         var server = try self.establishedPair().server
-        let hello = Frame.hello(Hello(version: 1, capabilities: [], nonce: [UInt8](repeating: 0, count: 32), maximumDataPayload: 32768))
+        let hello = Frame.hello(Hello(
+            version: HandshakeStateMachine.protocolVersion, capabilities: [], nonce: [UInt8](repeating: 0, count: 32),
+            keyShare: [UInt8](repeating: 9, count: 32), maximumDataPayload: 32768
+        ))
         guard case .protocolFailure = server.receive(hello, now: self.start) else {
             Issue.record("accepted"); return
         }

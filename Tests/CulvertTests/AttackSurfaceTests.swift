@@ -174,7 +174,7 @@ enum ForgedResumption {
             let driver = HandshakeDriver(
                 machine: HandshakeStateMachine(
                     role: .resumingClient(sessionID: sessionID, sessionKey: Array(repeating: 9, count: 32), received: 0),
-                    capabilities: [], maximumDataPayload: 32768
+                    capabilities: [.sealed], maximumDataPayload: 32768
                 ),
                 connection: connection, outcome: outcome
             )

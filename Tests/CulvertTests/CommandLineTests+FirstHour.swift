@@ -62,7 +62,7 @@ extension CommandLineTests {
         let (status, output) = try self.runForOutput(["--version"])
         #expect(status == 0)
         #expect(output.hasPrefix("culvert 0."))
-        #expect(output.contains("wire protocol 1"))
+        #expect(output.contains("wire protocol 2"))
         let head = ChildProcess.run("/usr/bin/git", ["-C", #filePath.components(separatedBy: "/Tests/")[0], "rev-parse", "--short=12", "HEAD"])?
             .trimmingCharacters(in: .whitespacesAndNewlines)
         if let head, !head.isEmpty {

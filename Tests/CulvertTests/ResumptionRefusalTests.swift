@@ -17,15 +17,16 @@ import Testing
         logger.logLevel = .critical
         let session = TunnelSession(role: .client, transport: transport, configuration: SessionConfiguration(token: "t"), logger: logger)
         session.start()
-        var server = HandshakeStateMachine(role: .server(token: "t", authenticationRequired: true), capabilities: [], maximumDataPayload: 32768)
+        var server = HandshakeStateMachine(role: .server(token: "t", authenticationRequired: true), capabilities: [.sealed], maximumDataPayload: 32768)
         guard let hello = transport.takeSent().first, case .send(let challenge) = server.receive(hello) else {
             throw HarnessError("no HELLO")
         }
         transport.inject(challenge)
-        guard let auth = transport.takeSent().first, case .established(_, let welcome?) = server.receive(auth) else {
+        guard let auth = transport.takeSent().first, case .established(let outcome, let welcome?) = server.receive(auth) else {
             throw HarnessError("no AUTH")
         }
         transport.inject(welcome)
+        transport.sealAsPeer(outcome, peerIsClient: false)
         #expect(session.handshakeIsEstablished)
         transport.close()
         #expect(session.isDetached)

@@ -13,7 +13,7 @@ import Testing
     /// A server session past the handshake (token "t"), and the scripted transport that plays the client.
     func establishedServerSession() throws -> (TunnelSession, ScriptedTransport) {
         let (session, transport) = self.startedServerSession(token: "t")
-        var client = HandshakeStateMachine(role: .client(token: "t"), capabilities: [], maximumDataPayload: 32768)
+        var client = HandshakeStateMachine(role: .client(token: "t"), capabilities: [.sealed], maximumDataPayload: 32768)
         transport.inject(client.start())
         guard let challenge = transport.takeSent().first, case .challenge = challenge,
             case .send(let auth) = client.receive(challenge)
@@ -21,7 +21,10 @@ import Testing
             throw HarnessError("no challenge")
         }
         transport.inject(auth)
-        guard case .welcome = transport.takeSent().first else { throw HarnessError("no welcome") }
+        guard let welcome = transport.takeSent().first, case .established(let outcome, _) = client.receive(welcome) else {
+            throw HarnessError("no welcome")
+        }
+        transport.sealAsPeer(outcome, peerIsClient: true)
         return (session, transport)
     }
 
@@ -86,13 +89,16 @@ import Testing
         )
         session.connector = EmbeddedTargetConnector()
         session.start()
-        var client = HandshakeStateMachine(role: .client(token: "t"), capabilities: [.compression], maximumDataPayload: 32768)
+        var client = HandshakeStateMachine(role: .client(token: "t"), capabilities: [.compression, .sealed], maximumDataPayload: 32768)
         transport.inject(client.start())
         guard let challenge = transport.takeSent().first, case .send(let auth) = client.receive(challenge) else {
             Issue.record("no challenge"); return
         }
         transport.inject(auth)
-        _ = transport.takeSent()
+        guard let welcome = transport.takeSent().first, case .established(let outcome, _) = client.receive(welcome) else {
+            Issue.record("no welcome"); return
+        }
+        transport.sealAsPeer(outcome, peerIsClient: true)
         #expect(session.compressionEnabled)
         transport.inject(.open(streamID: 1, initialWindow: 65536, target: .init(host: "127.0.0.1", port: 9)))
         #expect(transport.takeSent().contains { if case .openOK(1, _) = $0 { true } else { false } })
@@ -113,7 +119,7 @@ import Testing
     /// A wrong token ends the handshake with GOAWAY(authenticationFailed) and closes the transport.
     @Test func wrongTokenGetsGoAway() throws {
         let (_, transport) = self.startedServerSession(token: "right")
-        var client = HandshakeStateMachine(role: .client(token: "wrong"), capabilities: [], maximumDataPayload: 32768)
+        var client = HandshakeStateMachine(role: .client(token: "wrong"), capabilities: [.sealed], maximumDataPayload: 32768)
         transport.inject(client.start())
         guard let challenge = transport.takeSent().first, case .send(let auth) = client.receive(challenge) else {
             Issue.record("no challenge"); return

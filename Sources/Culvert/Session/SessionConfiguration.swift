@@ -20,6 +20,9 @@ public struct SessionConfiguration: Sendable {
     public var metrics: TunnelMetrics?
     /// Client: the session only probes the path (``Capabilities/probe``): it will carry nothing and end at once.
     public var isProbe = false
+    /// End-to-end protection: every frame after the handshake sealed with keys only the two ends hold
+    /// (``SessionCipher``). Off (`--no-session-encryption`) only where both sides turn it off.
+    public var sealing = true
     public var mux: MuxConfiguration
     /// A ping is sent after this long without inbound traffic (below common proxies' 30–60 s idle timeouts).
     public var keepaliveInterval: TimeAmount

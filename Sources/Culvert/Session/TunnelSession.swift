@@ -30,6 +30,13 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     private(set) var transport: (any TransportConnection)?
     private var frameReader: FrameReader
     private let encoder = FrameEncoder()
+    /// Seals what this side sends and opens what it receives on the current transport, once its handshake is done
+    /// (nil before, while detached, and with end-to-end protection off).
+    private var cipher: SessionCipher?
+    /// Reads the frames a SEALED frame holds.
+    private var sealedFrameDecoder: FrameDecoder
+    /// Where a batch made of several parts is put together to be sealed (kept for its storage).
+    private var sealingInput = ByteBuffer()
     /// The batch of frames for the next transport message.
     private var outbound: ByteBuffer
     /// Where the reliable frames of the unsent batch lie in `outbound`. They are handed to the replay buffer (as
@@ -146,6 +153,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             now: transport.eventLoop.now
         )
         self.frameReader = Self.makeFrameReader(configuration)
+        self.sealedFrameDecoder = FrameDecoder(maximumPayloadLength: Self.maximumPayloadLength(configuration))
         self.outbound = ByteBufferAllocator().buffer(capacity: Self.smallBatchCapacity)
         self.establishedPromise = transport.eventLoop.makePromise()
         self.endedPromise = transport.eventLoop.makePromise()
@@ -167,14 +175,19 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             detachedGracePeriod: configuration.detachedGracePeriod
         )
         settings.isProbe = configuration.isProbe
+        settings.sealing = configuration.sealing
         settings.refusesNewSession = configuration.refusesNewSession
         return settings
     }
 
     private static func makeFrameReader(_ configuration: SessionConfiguration) -> FrameReader {
-        // Compressed payloads of incompressible data can come out a few bytes longer than the original (deflate's
-        // stored blocks and sync flush): allow 1 KiB over the maximum DATA size.
-        FrameReader(maximumPayloadLength: max(configuration.mux.maximumDataPayload + 1024, 4096))
+        FrameReader(maximumPayloadLength: Self.maximumPayloadLength(configuration))
+    }
+
+    /// The longest frame payload accepted. Compressed payloads of incompressible data can come out a few bytes
+    /// longer than the original (deflate's stored blocks and sync flush): 1 KiB over the maximum DATA size.
+    private static func maximumPayloadLength(_ configuration: SessionConfiguration) -> Int {
+        max(configuration.mux.maximumDataPayload + 1024, 4096)
     }
 
     /// Starts the handshake (the client sends HELLO) and the timers.
@@ -401,7 +414,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         self.flushAtReadComplete = true
         do {
             try self.frameReader.process(message) { frame in
-                if !self.finished { self.handle(frame) }
+                if !self.finished { self.receive(frame) }
             }
         } catch let error as FrameDecodingError {
             self.perform(self.machine.decodingFailed(error.goAwayCode, error.description))
@@ -483,6 +496,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     /// Makes `transport` the session's and starts it (what it had read is delivered now).
     private func attach(_ transport: any TransportConnection) {
         self.transport = transport
+        self.cipher = nil
         self.frameReader = Self.makeFrameReader(self.configuration)
         self.followUpstreamMode(of: transport)
         transport.start(delegate: self)
@@ -494,6 +508,48 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     }
 
     // MARK: Performing the state machine's actions
+
+    /// A frame off the transport. Once this connection's handshake is done with end-to-end protection, only SEALED
+    /// frames may come, each opened as the next one expected; anything else means the path altered the session,
+    /// which ends it (no byte of it is delivered).
+    private func receive(_ frame: Frame) {
+        guard self.cipher != nil else {
+            self.handle(frame)
+            return
+        }
+        guard case .sealed(let payload) = frame else {
+            self.integrityFailed("an unsealed \(frame.type) frame arrived after the handshake: something on the path injected it")
+            return
+        }
+        var plaintext: ByteBuffer
+        do {
+            plaintext = try self.cipher!.open(payload)
+        } catch {
+            self.integrityFailed(error.description)
+            return
+        }
+        do {
+            while !self.finished, self.cipher != nil, let inner = try self.sealedFrameDecoder.decode(buffer: &plaintext) {
+                if case .sealed = inner {
+                    self.integrityFailed("a sealed frame holds another")
+                    return
+                }
+                self.handle(inner)
+            }
+            if !self.finished, self.cipher != nil, plaintext.readableBytes > 0 {
+                self.integrityFailed("a sealed frame ends inside a frame")
+            }
+        } catch let error as FrameDecodingError {
+            self.perform(self.machine.decodingFailed(error.goAwayCode, error.description))
+        } catch {
+            self.perform(self.machine.decodingFailed(.protocolError, "\(error)"))
+        }
+    }
+
+    /// Ends the session because what came over this connection was not what the peer sealed.
+    private func integrityFailed(_ reason: String) {
+        self.perform(self.machine.decodingFailed(.protocolError, "end-to-end integrity check failed: \(reason)"))
+    }
 
     private func handle(_ frame: Frame) {
         let action = self.machine.receive(frame, now: self.eventLoop.now)
@@ -583,12 +639,20 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         }
         // The client signs every request from here on (nothing may go out unsigned after the handshake); the
         // server lifts its limits once its WELCOME is out.
-        if self.role == .client { self.transport?.sessionAuthenticated(key: outcome.sessionKey) }
+        if self.role == .client {
+            self.transport?.sessionAuthenticated(key: outcome.sessionKey)
+            self.startSealing(outcome)
+        }
         if let reply { self.enqueue(reply) }
         self.timers.removeValue(forKey: .handshake)?.cancel()
         self.logCompressionOutcome()
+        self.logProtection(outcome)
         self.flushNow()
-        if self.role == .server { self.transport?.sessionAuthenticated(key: outcome.sessionKey) }
+        if self.role == .server {
+            // The WELCOME went out as it is; everything after it is sealed.
+            self.startSealing(outcome)
+            self.transport?.sessionAuthenticated(key: outcome.sessionKey)
+        }
         if let metrics = self.metrics, let kind = self.transport?.kind, !outcome.isProbe, !self.configuration.isProbe {
             metrics.sessionsOpen(1, transport: kind, user: self.user)
             self.metricsTransport = kind
@@ -603,9 +667,11 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         self.timers.removeValue(forKey: .handshake)?.cancel()
         self.timers.removeValue(forKey: .detachedExpiry)?.cancel()
         if let reply { self.sendAhead(reply) }
+        // New keys for this connection: the frames sent again are sealed afresh.
+        self.startSealing(outcome)
         var batch = ByteBufferAllocator().buffer(capacity: replay.reduce(0) { $0 + $1.readableBytes })
         for frame in replay { batch.writeImmutableBuffer(frame) }
-        if batch.readableBytes > 0 { transport.send(batch) }
+        if batch.readableBytes > 0 { self.send(batch, on: transport) }
         if let goAway = self.machine.goAwayAfterResumption {
             self.countIfGoAway(goAway)
             self.enqueue(goAway)
@@ -651,6 +717,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         }
         let old = self.transport
         self.transport = nil
+        self.cipher = nil
         self.flushAtReadComplete = false
         self.frameReader = Self.makeFrameReader(self.configuration)
         self.timers.removeValue(forKey: .handshake)?.cancel()
@@ -999,7 +1066,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         // What the batch buffer itself held (gathered payloads were not in it) sizes the next one.
         let sent = self.outbound.readableBytes
         if self.gatheredPayloads.isEmpty {
-            transport.send(self.outbound)
+            self.send(self.outbound, on: transport)
         } else {
             // Headers and small frames from the batch, each large payload as it came from its socket.
             var cursor = self.outbound.readerIndex
@@ -1011,7 +1078,14 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             if cursor < self.outbound.writerIndex {
                 self.messageParts.append(self.outbound.getSlice(at: cursor, length: self.outbound.writerIndex - cursor)!)
             }
-            transport.send(parts: self.messageParts)
+            if self.cipher != nil {
+                // Sealing copies every byte once anyway: the parts are put together for it.
+                self.sealingInput.clear(minimumCapacity: sent + self.gatheredBytes)
+                for part in self.messageParts { self.sealingInput.writeImmutableBuffer(part) }
+                self.send(self.sealingInput, on: transport)
+            } else {
+                transport.send(parts: self.messageParts)
+            }
             self.messageParts.removeAll(keepingCapacity: true)
             self.gatheredPayloads.removeAll(keepingCapacity: true)
             self.gatheredBytes = 0
@@ -1042,7 +1116,50 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         guard let transport = self.transport else { return }
         var buffer = ByteBufferAllocator().buffer(capacity: 128)
         self.encoder.encode(frame, into: &buffer)
-        transport.send(buffer)
+        self.send(buffer, on: transport)
+    }
+
+    // MARK: End-to-end protection
+
+    /// Seals (and opens) this connection's frames from now on with the keys of its handshake, if both sides agreed.
+    private func startSealing(_ outcome: HandshakeStateMachine.Outcome) {
+        self.cipher = outcome.sealingKeys.map { SessionCipher(keys: $0, isClient: self.role == .client) }
+    }
+
+    /// Says, once per session, whether its frames are protected end to end.
+    private func logProtection(_ outcome: HandshakeStateMachine.Outcome) {
+        if outcome.sealingKeys != nil {
+            self.logger.debug("end-to-end protection on: frames sealed with AES-256-GCM under keys from an X25519 exchange")
+        } else {
+            self.logger.warning(
+                "end-to-end session encryption is off on both sides (--no-session-encryption): this session relies on TLS alone, and a proxy that opens TLS can read and alter it"
+            )
+        }
+    }
+
+    /// Sends one transport message of whole frames: sealed once this connection's handshake is done (in SEALED
+    /// frames of at most ``SessionCipher/maximumPlaintextLength`` bytes each, cut between frames), as it is before.
+    private func send(_ message: ByteBuffer, on transport: any TransportConnection) {
+        guard self.cipher != nil else {
+            transport.send(message)
+            return
+        }
+        let pieces = message.readableBytes / SessionCipher.maximumPlaintextLength + 1
+        var sealed = ByteBufferAllocator().buffer(
+            capacity: message.readableBytes + pieces * (FrameEncoder.headerLength + SessionCipher.tagLength)
+        )
+        var rest = message
+        while rest.readableBytes > SessionCipher.maximumPlaintextLength {
+            var length = 0
+            while length < rest.readableBytes {
+                let frameLength = FrameEncoder.headerLength + Int(rest.getInteger(at: rest.readerIndex + length + 6, as: UInt32.self)!)
+                if length > 0 && length + frameLength > SessionCipher.maximumPlaintextLength { break }
+                length += frameLength
+            }
+            self.cipher!.seal(rest.readSlice(length: length)!, into: &sealed)
+        }
+        if rest.readableBytes > 0 { self.cipher!.seal(rest, into: &sealed) }
+        transport.send(sealed)
     }
 
     // MARK: Ending

@@ -37,6 +37,10 @@ public enum Frame: Hashable, Sendable {
     /// The sender has received `received` reliable frames in this session so far.
     case ack(received: UInt64)
     case goAway(code: GoAwayCode, message: String)
+    /// Frames sealed with the attachment's key (``SessionCipher``): after the handshake, every frame a side sends
+    /// travels inside one of these, so that no hop on the path can read, alter, drop, reorder or inject any.
+    /// `payload` is the ciphertext followed by the 16-byte tag.
+    case sealed(payload: ByteBuffer)
 
     public var type: FrameType {
         switch self {
@@ -58,6 +62,7 @@ public enum Frame: Hashable, Sendable {
         case .pong: .pong
         case .ack: .ack
         case .goAway: .goAway
+        case .sealed: .sealed
         }
     }
 
@@ -95,4 +100,7 @@ public struct Capabilities: OptionSet, Hashable, Sendable {
     /// Client only: this session only checks that the path works (a transport probe); it carries no stream and
     /// ends at once, so a server does not count it against a user's session limit.
     public static let probe = Capabilities(rawValue: 0x04)
+    /// End-to-end protection: every frame after the handshake is sealed (``Frame/sealed(payload:)``). A side that
+    /// offers it requires it: a peer without it is refused, so that no hop can strip it from the handshake.
+    public static let sealed = Capabilities(rawValue: 0x08)
 }

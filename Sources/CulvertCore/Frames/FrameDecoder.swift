@@ -10,9 +10,15 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
 
     /// The longest payload accepted, in bytes.
     public var maximumPayloadLength: Int
+    /// The longest SEALED payload accepted: room for the frames a peer may seal together, each no longer than
+    /// ``maximumPayloadLength`` allows.
+    public var maximumSealedPayloadLength: Int
 
     public init(maximumPayloadLength: Int) {
         self.maximumPayloadLength = maximumPayloadLength
+        self.maximumSealedPayloadLength = SessionCipher.maximumSealedPayloadLength(
+            maximumFrameLength: FrameEncoder.headerLength + maximumPayloadLength
+        )
     }
 
     /// The length, header included, of the frame at the start of `buffer`; nil while its header is incomplete.
@@ -25,8 +31,9 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
             throw FrameDecodingError.unknownFrameType(rawType)
         }
         let length = Int(buffer.getInteger(at: start + 6, as: UInt32.self)!)
-        guard length <= self.maximumPayloadLength else {
-            throw FrameDecodingError.payloadTooLarge(length: length, maximum: self.maximumPayloadLength)
+        let maximum = rawType == FrameType.sealed.rawValue ? self.maximumSealedPayloadLength : self.maximumPayloadLength
+        guard length <= maximum else {
+            throw FrameDecodingError.payloadTooLarge(length: length, maximum: maximum)
         }
         return FrameEncoder.headerLength + length
     }
@@ -73,10 +80,12 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
 
         switch type {
         case .hello:
-            guard payload.readableBytes >= 1 + 4 + 32 + 4 + 1 else { throw malformed("payload too short") }
+            try Self.requireCurrentVersion(payload, type)
+            guard payload.readableBytes >= 1 + 4 + 32 + 32 + 4 + 1 else { throw malformed("payload too short") }
             let version = payload.readInteger(as: UInt8.self)!
             let capabilities = Capabilities(rawValue: payload.readInteger(as: UInt32.self)!)
             let nonce = payload.readBytes(length: 32)!
+            let keyShare = payload.readBytes(length: 32)!
             let maximumDataPayload = payload.readInteger(as: UInt32.self)!
             let resumeLength = Int(payload.readInteger(as: UInt8.self)!)
             guard payload.readableBytes >= resumeLength else { throw malformed("resume id length mismatch") }
@@ -93,18 +102,21 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
                     version: version,
                     capabilities: capabilities,
                     nonce: nonce,
+                    keyShare: keyShare,
                     maximumDataPayload: maximumDataPayload,
                     resumeSessionID: resume,
                     user: user
                 )
             )
         case .challenge:
-            try requireLength(1 + 4 + 32 + 4)
+            try Self.requireCurrentVersion(payload, type)
+            try requireLength(1 + 4 + 32 + 32 + 4)
             return .challenge(
                 Challenge(
                     version: payload.readInteger()!,
                     capabilities: Capabilities(rawValue: payload.readInteger()!),
                     nonce: payload.readBytes(length: 32)!,
+                    keyShare: payload.readBytes(length: 32)!,
                     maximumDataPayload: payload.readInteger()!
                 )
             )
@@ -173,7 +185,19 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
             guard payload.readableBytes >= 2 else { throw malformed("payload too short") }
             let code = GoAwayCode(rawValue: payload.readInteger()!)
             return .goAway(code: code, message: try Self.readMessage(&payload, type))
+        case .sealed:
+            guard payload.readableBytes >= SessionCipher.tagLength else { throw malformed("shorter than its tag") }
+            return .sealed(payload: payload)
         }
+    }
+
+    /// HELLO and CHALLENGE begin with the protocol version: a peer of another version gets that said, not a
+    /// complaint about a layout it does not share.
+    private static func requireCurrentVersion(_ payload: ByteBuffer, _ type: FrameType) throws {
+        guard let version = payload.getInteger(at: payload.readerIndex, as: UInt8.self) else {
+            throw FrameDecodingError.malformedPayload(type, "payload too short")
+        }
+        guard version == HandshakeStateMachine.protocolVersion else { throw FrameDecodingError.unsupportedVersion(version) }
     }
 
     /// Port u16 then host (1 to 255 printable bytes, the rest of the payload), as OPEN and LISTEN carry them.

@@ -6,6 +6,8 @@ public enum FrameDecodingError: Error, Hashable, Sendable, CustomStringConvertib
     case payloadTooLarge(length: Int, maximum: Int)
     /// The payload does not have the layout its type requires.
     case malformedPayload(FrameType, String)
+    /// A HELLO or CHALLENGE of another protocol version (whose layout this one does not read).
+    case unsupportedVersion(UInt8)
 
     public var description: String {
         switch self {
@@ -15,6 +17,8 @@ public enum FrameDecodingError: Error, Hashable, Sendable, CustomStringConvertib
             "frame payload of \(length) bytes exceeds the maximum of \(maximum)"
         case .malformedPayload(let type, let reason):
             "malformed \(type) frame: \(reason)"
+        case .unsupportedVersion(let version):
+            "peer speaks protocol version \(version); this culvert speaks \(HandshakeStateMachine.protocolVersion): run the same release on both sides"
         }
     }
 
@@ -22,6 +26,7 @@ public enum FrameDecodingError: Error, Hashable, Sendable, CustomStringConvertib
     public var goAwayCode: GoAwayCode {
         switch self {
         case .payloadTooLarge: .frameTooLarge
+        case .unsupportedVersion: .unsupportedVersion
         default: .protocolError
         }
     }

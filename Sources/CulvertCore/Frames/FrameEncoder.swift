@@ -40,6 +40,7 @@ public struct FrameEncoder: Sendable {
             buffer.writeInteger(hello.version)
             buffer.writeInteger(hello.capabilities.rawValue)
             buffer.writeBytes(hello.nonce)
+            buffer.writeBytes(hello.keyShare)
             buffer.writeInteger(hello.maximumDataPayload)
             buffer.writeInteger(UInt8(hello.resumeSessionID.count))
             buffer.writeBytes(hello.resumeSessionID)
@@ -51,6 +52,7 @@ public struct FrameEncoder: Sendable {
             buffer.writeInteger(challenge.version)
             buffer.writeInteger(challenge.capabilities.rawValue)
             buffer.writeBytes(challenge.nonce)
+            buffer.writeBytes(challenge.keyShare)
             buffer.writeInteger(challenge.maximumDataPayload)
         case .auth(let auth):
             buffer.writeBytes(auth.proof)
@@ -91,6 +93,8 @@ public struct FrameEncoder: Sendable {
         case .goAway(let code, let message):
             buffer.writeInteger(code.rawValue)
             Self.writeMessage(message, into: &buffer)
+        case .sealed(let payload):
+            buffer.writeImmutableBuffer(payload)
         }
 
         let length = UInt32(buffer.writerIndex - payloadStart)

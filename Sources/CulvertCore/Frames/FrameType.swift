@@ -1,7 +1,8 @@
 /// The one-byte type that starts every Culvert frame header.
 ///
 /// Types below `0x10` belong to the handshake, `0x10 ..< 0x20` to streams and reverse listeners (these are the
-/// *reliable* frames that the session sequence-numbers and replays), and `0x20` and above to session control.
+/// *reliable* frames that the session sequence-numbers and replays), `0x20 ..< 0x30` to session control, and `0x30`
+/// to end-to-end protection (the container of every frame after the handshake).
 public enum FrameType: UInt8, Sendable, CaseIterable {
     case hello = 0x01
     case challenge = 0x02
@@ -24,6 +25,8 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case pong = 0x21
     case ack = 0x22
     case goAway = 0x23
+
+    case sealed = 0x30
 
     /// Whether frames of this type are counted by the session's sequence numbers and kept for replay.
     public var isReliable: Bool {

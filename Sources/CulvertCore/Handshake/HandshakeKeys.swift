@@ -74,6 +74,7 @@ public struct HandshakeKeys: Sendable {
         bytes.append(hello.version)
         bytes.append(contentsOf: hello.capabilities.rawValue.bigEndianBytes)
         bytes.append(contentsOf: hello.nonce)
+        bytes.append(contentsOf: hello.keyShare)
         bytes.append(contentsOf: hello.maximumDataPayload.bigEndianBytes)
         bytes.append(UInt8(hello.resumeSessionID.count))
         bytes.append(contentsOf: hello.resumeSessionID)
@@ -84,8 +85,30 @@ public struct HandshakeKeys: Sendable {
         bytes.append(challenge.version)
         bytes.append(contentsOf: challenge.capabilities.rawValue.bigEndianBytes)
         bytes.append(contentsOf: challenge.nonce)
+        bytes.append(contentsOf: challenge.keyShare)
         bytes.append(contentsOf: challenge.maximumDataPayload.bigEndianBytes)
         return bytes
+    }
+
+    /// The keys that seal this attachment's frames (``SessionCipher``): HKDF-SHA256 with the session key as salt
+    /// over the X25519 secret of the two key shares, expanded once per direction with the transcript's hash.
+    ///
+    /// The key shares are fresh in every handshake, a resumption's too, so every attachment has keys of its own
+    /// (its frame counters can start at 0 without a nonce ever repeating under a key), and a recorded session
+    /// cannot be read later even with the token: the X25519 secrets are gone. The session key, which only holders
+    /// of the token (or the session) can make, keeps a hop that swapped the key shares from deriving them; the
+    /// proofs, which cover the key shares in the transcript, make sure the handshake fails first.
+    public static func sealingKeys(sharedSecret: [UInt8], sessionKey: [UInt8], transcript: [UInt8]) -> SealingKeys {
+        let pseudoRandomKey = HKDF<SHA256>.extract(inputKeyMaterial: SymmetricKey(data: sharedSecret), salt: sessionKey)
+        let transcriptHash = Array(SHA256.hash(data: transcript))
+        func expand(_ label: String) -> [UInt8] {
+            let key = HKDF<SHA256>.expand(pseudoRandomKey: pseudoRandomKey, info: Array(label.utf8) + transcriptHash, outputByteCount: 32)
+            return key.withUnsafeBytes { Array($0) }
+        }
+        return SealingKeys(
+            clientToServer: expand("culvert v2 seal client to server"),
+            serverToClient: expand("culvert v2 seal server to client")
+        )
     }
 
     private static func mac(_ key: SymmetricKey, label: String, _ data: [UInt8]) -> [UInt8] {

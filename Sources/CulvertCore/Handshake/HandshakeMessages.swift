@@ -1,9 +1,11 @@
-/// The client's first message: protocol version, what it can do, and a fresh nonce.
+/// The client's first message: protocol version, what it can do, a fresh nonce and an ephemeral key share.
 public struct Hello: Hashable, Sendable {
     public var version: UInt8
     public var capabilities: Capabilities
     /// 32 fresh random bytes.
     public var nonce: [UInt8]
+    /// The client's ephemeral X25519 public key (32 bytes), fresh for this handshake.
+    public var keyShare: [UInt8]
     /// The largest DATA payload this side accepts.
     public var maximumDataPayload: UInt32
     /// Empty for a new session; the id of the session to resume otherwise.
@@ -18,6 +20,7 @@ public struct Hello: Hashable, Sendable {
         version: UInt8,
         capabilities: Capabilities,
         nonce: [UInt8],
+        keyShare: [UInt8],
         maximumDataPayload: UInt32,
         resumeSessionID: [UInt8] = [],
         user: String = ""
@@ -26,22 +29,32 @@ public struct Hello: Hashable, Sendable {
         self.version = version
         self.capabilities = capabilities
         self.nonce = nonce
+        self.keyShare = keyShare
         self.maximumDataPayload = maximumDataPayload
         self.resumeSessionID = resumeSessionID
     }
 }
 
-/// The server's answer to HELLO: its version, capabilities and own fresh nonce.
+/// The server's answer to HELLO: its version, capabilities, own fresh nonce and key share.
 public struct Challenge: Hashable, Sendable {
     public var version: UInt8
     public var capabilities: Capabilities
     public var nonce: [UInt8]
+    /// The server's ephemeral X25519 public key (32 bytes), fresh for this handshake.
+    public var keyShare: [UInt8]
     public var maximumDataPayload: UInt32
 
-    public init(version: UInt8, capabilities: Capabilities, nonce: [UInt8], maximumDataPayload: UInt32) {
+    public init(
+        version: UInt8,
+        capabilities: Capabilities,
+        nonce: [UInt8],
+        keyShare: [UInt8],
+        maximumDataPayload: UInt32
+    ) {
         self.version = version
         self.capabilities = capabilities
         self.nonce = nonce
+        self.keyShare = keyShare
         self.maximumDataPayload = maximumDataPayload
     }
 }

@@ -1,19 +1,25 @@
+import Crypto
+
 /// The session handshake, for either role, as a pure state machine.
 ///
 /// ```
-/// client                         server
-///   HELLO (version, caps, nonce) →
-///                                ← CHALLENGE (version, caps, nonce)
+/// client                                   server
+///   HELLO (version, caps, nonce, key share) →
+///                                ← CHALLENGE (version, caps, nonce, key share)
 ///   AUTH (client proof)          →
 ///                                ← WELCOME (server proof, session id)     or  ← GOAWAY (reason)
 /// ```
 /// Resuming a session on a new transport connection is the same exchange: HELLO names the session, the proofs are
 /// made with the session key instead of the token, and AUTH and WELCOME carry how many reliable frames each side
 /// has received, so each can send the other what it missed.
+///
+/// Each side's key share is a fresh X25519 public key. With ``Capabilities/sealed`` on both sides, the outcome
+/// carries the keys that seal every later frame of this connection (``SessionCipher``); a side that offers it and
+/// meets a peer that does not fails the handshake (``HandshakeError/sealingMismatch(clientHasIt:)``).
 /// Feed every handshake frame to ``receive(_:)`` and perform the returned ``Action``.
 public struct HandshakeStateMachine: Sendable {
     /// The protocol version this implementation speaks.
-    public static let protocolVersion: UInt8 = 1
+    public static let protocolVersion: UInt8 = 2
 
     /// What the session learns from a completed handshake.
     public struct Outcome: Hashable, Sendable {
@@ -29,6 +35,8 @@ public struct HandshakeStateMachine: Sendable {
         public var user: String? = nil
         /// Server: the client said the session only probes the path (``Capabilities/probe``).
         public var isProbe = false
+        /// The keys of this connection's sealed frames; nil when both sides have end-to-end protection off.
+        public var sealingKeys: SealingKeys? = nil
 
         /// The session id in lower-case hex, as logs show it.
         public var sessionIDString: String {
@@ -69,10 +77,12 @@ public struct HandshakeStateMachine: Sendable {
 
     private enum State: Sendable {
         case clientIdle
-        case clientAwaitingChallenge(Hello)
-        case clientAwaitingWelcome(transcript: [UInt8], capabilities: Capabilities, peerMaximum: UInt32)
+        case clientAwaitingChallenge(Hello, privateKey: [UInt8])
+        case clientAwaitingWelcome(transcript: [UInt8], capabilities: Capabilities, peerMaximum: UInt32, sharedSecret: [UInt8])
         case serverAwaitingHello
-        case serverAwaitingAuth(transcript: [UInt8], capabilities: Capabilities, peerMaximum: UInt32, user: String, isProbe: Bool)
+        case serverAwaitingAuth(
+            transcript: [UInt8], capabilities: Capabilities, peerMaximum: UInt32, user: String, isProbe: Bool, sharedSecret: [UInt8]
+        )
         case established
         case failed
     }
@@ -149,15 +159,17 @@ public struct HandshakeStateMachine: Sendable {
         guard case .clientIdle = self.state else {
             preconditionFailure("start() is for a client that has not started")
         }
+        let privateKey = self.newPrivateKey()
         let hello = Hello(
             version: Self.protocolVersion,
             capabilities: self.capabilities,
             nonce: self.randomBytes(32),
+            keyShare: Self.keyShare(of: privateKey),
             maximumDataPayload: self.maximumDataPayload,
             resumeSessionID: self.resumption?.sessionID ?? [],
             user: self.userKeys?.name ?? ""
         )
-        self.state = .clientAwaitingChallenge(hello)
+        self.state = .clientAwaitingChallenge(hello, privateKey: privateKey)
         return .hello(hello)
     }
 
@@ -170,15 +182,22 @@ public struct HandshakeStateMachine: Sendable {
     /// Handles one frame received before the session is established.
     public mutating func receive(_ frame: Frame) -> Action {
         switch (self.state, frame) {
-        case (.clientAwaitingChallenge(let hello), .challenge(let challenge)):
+        case (.clientAwaitingChallenge(let hello, let privateKey), .challenge(let challenge)):
             guard challenge.version == Self.protocolVersion else {
                 return self.fail(.unsupportedVersion(challenge.version), goAway: nil)
+            }
+            if self.capabilities.contains(.sealed) != challenge.capabilities.contains(.sealed) {
+                return self.fail(.sealingMismatch(clientHasIt: self.capabilities.contains(.sealed)), goAway: .protocolError)
+            }
+            guard let sharedSecret = Self.sharedSecret(privateKey, challenge.keyShare) else {
+                return self.fail(.protocolViolation("CHALLENGE key share is not a usable X25519 public key"), goAway: .protocolError)
             }
             let transcript = HandshakeKeys.transcript(hello: hello, challenge: challenge)
             self.state = .clientAwaitingWelcome(
                 transcript: transcript,
                 capabilities: hello.capabilities.intersection(challenge.capabilities),
-                peerMaximum: challenge.maximumDataPayload
+                peerMaximum: challenge.maximumDataPayload,
+                sharedSecret: sharedSecret
             )
             if let resumption = self.resumption {
                 let proof = resumption.keys.clientResumeProof(transcript: transcript)
@@ -189,7 +208,7 @@ public struct HandshakeStateMachine: Sendable {
             }
             return .send(.auth(Auth(proof: self.keys.clientProof(transcript: transcript), received: 0)))
 
-        case (.clientAwaitingWelcome(let transcript, let capabilities, let peerMaximum), .welcome(let welcome))
+        case (.clientAwaitingWelcome(let transcript, let capabilities, let peerMaximum, let sharedSecret), .welcome(let welcome))
         where self.resumption != nil:
             let resumption = self.resumption!
             let expected = resumption.keys.serverResumeProof(transcript: transcript, sessionID: welcome.sessionID)
@@ -197,16 +216,18 @@ public struct HandshakeStateMachine: Sendable {
                 return self.fail(.serverProofInvalid, goAway: .authenticationFailed)
             }
             self.state = .established
+            let agreed = capabilities.intersection(welcome.capabilities)
             let outcome = Outcome(
                 sessionID: resumption.sessionID,
                 sessionKey: resumption.sessionKey,
-                capabilities: capabilities.intersection(welcome.capabilities),
+                capabilities: agreed,
                 peerMaximumDataPayload: peerMaximum,
-                peerReceived: welcome.received
+                peerReceived: welcome.received,
+                sealingKeys: Self.sealingKeys(agreed, sharedSecret, resumption.sessionKey, transcript)
             )
             return .established(outcome, send: nil)
 
-        case (.clientAwaitingWelcome(let transcript, let capabilities, let peerMaximum), .welcome(let welcome)):
+        case (.clientAwaitingWelcome(let transcript, let capabilities, let peerMaximum, let sharedSecret), .welcome(let welcome)):
             let expected: [UInt8]
             let sessionKey: [UInt8]
             if let (_, userKeys) = self.userKeys {
@@ -222,13 +243,15 @@ public struct HandshakeStateMachine: Sendable {
                 return self.fail(.serverProofInvalid, goAway: .authenticationFailed)
             }
             self.state = .established
+            let agreed = capabilities.intersection(welcome.capabilities)
             let outcome = Outcome(
                 sessionID: welcome.sessionID,
                 sessionKey: sessionKey,
-                capabilities: capabilities.intersection(welcome.capabilities),
+                capabilities: agreed,
                 peerMaximumDataPayload: peerMaximum,
                 peerReceived: welcome.received,
-                user: self.userKeys?.name
+                user: self.userKeys?.name,
+                sealingKeys: Self.sealingKeys(agreed, sharedSecret, sessionKey, transcript)
             )
             return .established(outcome, send: nil)
 
@@ -242,10 +265,18 @@ public struct HandshakeStateMachine: Sendable {
             guard hello.resumeSessionID == (self.resumption?.sessionID ?? []) else {
                 return self.fail(.resumeRefused, goAway: .resumeRefused)
             }
+            if self.capabilities.contains(.sealed) != hello.capabilities.contains(.sealed) {
+                return self.fail(.sealingMismatch(clientHasIt: hello.capabilities.contains(.sealed)), goAway: .protocolError)
+            }
+            let privateKey = self.newPrivateKey()
+            guard let sharedSecret = Self.sharedSecret(privateKey, hello.keyShare) else {
+                return self.fail(.protocolViolation("HELLO key share is not a usable X25519 public key"), goAway: .protocolError)
+            }
             let challenge = Challenge(
                 version: Self.protocolVersion,
                 capabilities: self.capabilities,
                 nonce: self.randomBytes(32),
+                keyShare: Self.keyShare(of: privateKey),
                 maximumDataPayload: self.maximumDataPayload
             )
             self.state = .serverAwaitingAuth(
@@ -253,11 +284,12 @@ public struct HandshakeStateMachine: Sendable {
                 capabilities: hello.capabilities.intersection(self.capabilities),
                 peerMaximum: hello.maximumDataPayload,
                 user: hello.user,
-                isProbe: hello.capabilities.contains(.probe)
+                isProbe: hello.capabilities.contains(.probe),
+                sharedSecret: sharedSecret
             )
             return .send(.challenge(challenge))
 
-        case (.serverAwaitingAuth(let transcript, let capabilities, let peerMaximum, _, _), .auth(let auth))
+        case (.serverAwaitingAuth(let transcript, let capabilities, let peerMaximum, _, _, let sharedSecret), .auth(let auth))
         where self.resumption != nil:
             let resumption = self.resumption!
             guard HandshakeKeys.proofsMatch(auth.proof, resumption.keys.clientResumeProof(transcript: transcript)) else {
@@ -275,17 +307,19 @@ public struct HandshakeStateMachine: Sendable {
                 sessionKey: resumption.sessionKey,
                 capabilities: capabilities,
                 peerMaximumDataPayload: peerMaximum,
-                peerReceived: auth.received
+                peerReceived: auth.received,
+                sealingKeys: Self.sealingKeys(capabilities, sharedSecret, resumption.sessionKey, transcript)
             )
             return .established(outcome, send: .welcome(welcome))
 
-        case (.serverAwaitingAuth(let transcript, let capabilities, let peerMaximum, let user, let isProbe), .auth(let auth))
+        case (.serverAwaitingAuth(let transcript, let capabilities, let peerMaximum, let user, let isProbe, let sharedSecret), .auth(let auth))
         where !user.isEmpty:
             return self.authenticateUser(
-                user, auth: auth, transcript: transcript, capabilities: capabilities, peerMaximum: peerMaximum, isProbe: isProbe
+                user, auth: auth, transcript: transcript, capabilities: capabilities, peerMaximum: peerMaximum, isProbe: isProbe,
+                sharedSecret: sharedSecret
             )
 
-        case (.serverAwaitingAuth(let transcript, let capabilities, let peerMaximum, _, let isProbe), .auth(let auth)):
+        case (.serverAwaitingAuth(let transcript, let capabilities, let peerMaximum, _, let isProbe, let sharedSecret), .auth(let auth)):
             // A server with named users only: a client that names none cannot be checked against any token.
             guard self.acceptsSharedToken else {
                 return self.fail(.userProofInvalid, goAway: .authenticationFailed)
@@ -300,7 +334,8 @@ public struct HandshakeStateMachine: Sendable {
             return self.welcomeNewSession(
                 serverProof: { keys.serverProof(transcript: transcript, sessionID: $0) },
                 sessionKey: keys.sessionKey(transcript: transcript),
-                capabilities: capabilities, peerMaximum: peerMaximum, auth: auth, user: nil, isProbe: isProbe
+                capabilities: capabilities, peerMaximum: peerMaximum, auth: auth, user: nil, isProbe: isProbe,
+                transcript: transcript, sharedSecret: sharedSecret
             )
 
         case (_, .goAway(.authenticationFailed, _)) where self.clientWithoutToken:
@@ -322,7 +357,8 @@ public struct HandshakeStateMachine: Sendable {
     /// Checks a named user's proof. An unknown user is checked against a verifier made up for the occasion, so it
     /// takes the same work and gets the same refusal as a wrong token: from outside the two look alike.
     private mutating func authenticateUser(
-        _ user: String, auth: Auth, transcript: [UInt8], capabilities: Capabilities, peerMaximum: UInt32, isProbe: Bool
+        _ user: String, auth: Auth, transcript: [UInt8], capabilities: Capabilities, peerMaximum: UInt32, isProbe: Bool,
+        sharedSecret: [UInt8]
     ) -> Action {
         let known = self.users?.verifier(user)
         let verifier = known ?? TokenVerifier(storedKey: self.randomBytes(32), serverKey: self.randomBytes(32))
@@ -339,7 +375,8 @@ public struct HandshakeStateMachine: Sendable {
                 HandshakeKeys.userServerProof(serverKey: verifier.serverKey, transcript: transcript, sessionID: $0)
             },
             sessionKey: HandshakeKeys.userSessionKey(clientKey: clientKey, transcript: transcript),
-            capabilities: capabilities, peerMaximum: peerMaximum, auth: auth, user: user, isProbe: isProbe
+            capabilities: capabilities, peerMaximum: peerMaximum, auth: auth, user: user, isProbe: isProbe,
+            transcript: transcript, sharedSecret: sharedSecret
         )
     }
 
@@ -353,7 +390,9 @@ public struct HandshakeStateMachine: Sendable {
         peerMaximum: UInt32,
         auth: Auth,
         user: String?,
-        isProbe: Bool
+        isProbe: Bool,
+        transcript: [UInt8],
+        sharedSecret: [UInt8]
     ) -> Action {
         let sessionID = self.randomBytes(16)
         let welcome = Welcome(proof: serverProof(sessionID), sessionID: sessionID, capabilities: capabilities, received: 0)
@@ -365,9 +404,41 @@ public struct HandshakeStateMachine: Sendable {
             peerMaximumDataPayload: peerMaximum,
             peerReceived: auth.received,
             user: user,
-            isProbe: isProbe
+            isProbe: isProbe,
+            sealingKeys: Self.sealingKeys(capabilities, sharedSecret, sessionKey, transcript)
         )
         return .established(outcome, send: .welcome(welcome))
+    }
+
+    /// A fresh X25519 private key, from the injected source of randomness (so that test vectors can fix it).
+    private func newPrivateKey() -> [UInt8] {
+        self.randomBytes(32)
+    }
+
+    /// The public key of `privateKey`, as the key share on the wire.
+    private static func keyShare(of privateKey: [UInt8]) -> [UInt8] {
+        // 32 bytes are always an X25519 private key.
+        let key = try! Curve25519.KeyAgreement.PrivateKey(rawRepresentation: privateKey)
+        return Array(key.publicKey.rawRepresentation)
+    }
+
+    /// The X25519 secret of our private key and the peer's key share; nil for a share that is not a public key or
+    /// gives the all-zero secret (a point of small order, which would make the secret known to anyone).
+    private static func sharedSecret(_ privateKey: [UInt8], _ peerShare: [UInt8]) -> [UInt8]? {
+        guard let key = try? Curve25519.KeyAgreement.PrivateKey(rawRepresentation: privateKey),
+            let peer = try? Curve25519.KeyAgreement.PublicKey(rawRepresentation: peerShare),
+            let secret = try? key.sharedSecretFromKeyAgreement(with: peer)
+        else { return nil }
+        let bytes = secret.withUnsafeBytes { Array($0) }
+        return bytes.allSatisfy({ $0 == 0 }) ? nil : bytes
+    }
+
+    /// The sealing keys when both sides agreed on ``Capabilities/sealed``.
+    private static func sealingKeys(
+        _ agreed: Capabilities, _ sharedSecret: [UInt8], _ sessionKey: [UInt8], _ transcript: [UInt8]
+    ) -> SealingKeys? {
+        guard agreed.contains(.sealed) else { return nil }
+        return HandshakeKeys.sealingKeys(sharedSecret: sharedSecret, sessionKey: sessionKey, transcript: transcript)
     }
 
     private mutating func fail(_ error: HandshakeError, goAway code: GoAwayCode?) -> Action {
@@ -407,6 +478,8 @@ public enum HandshakeError: Error, Hashable, Sendable, CustomStringConvertible {
     /// session's id, not its client.
     case resumeProofInvalid
     case protocolViolation(String)
+    /// One side has end-to-end protection (``Capabilities/sealed``) on and the other off.
+    case sealingMismatch(clientHasIt: Bool)
     /// The peer ended the handshake with GOAWAY.
     case refusedByPeer(GoAwayCode, String)
 
@@ -430,6 +503,9 @@ public enum HandshakeError: Error, Hashable, Sendable, CustomStringConvertible {
             "session resumption refused: the proof does not verify with the session's key"
         case .protocolViolation(let reason):
             "protocol violation: \(reason)"
+        case .sealingMismatch(let clientHasIt):
+            "end-to-end session encryption is \(clientHasIt ? "on" : "off") at the client and \(clientHasIt ? "off" : "on") at the "
+                + "server: start both with --no-session-encryption (only where TLS is end to end and pinned), or neither"
         case .refusedByPeer(let code, let message):
             message.isEmpty ? "refused by peer: \(code)" : "refused by peer: \(message)"
         }

@@ -34,6 +34,9 @@ public struct SessionStateMachine: Sendable {
         public var compression: Bool
         /// Client: the session is a transport probe (``Capabilities/probe``).
         public var isProbe = false
+        /// End-to-end protection (``Capabilities/sealed``): offered, and then required of the peer. Off only where
+        /// both sides are started with it off.
+        public var sealing = true
         /// Server: asked for each HELLO that would start a new session (not a resumption); a message refuses it
         /// with GOAWAY `overloaded` (a draining server takes back its own sessions only).
         public var refusesNewSession: (@Sendable () -> String?)?
@@ -166,7 +169,8 @@ public struct SessionStateMachine: Sendable {
         self.state = .handshaking(
             HandshakeStateMachine(
                 role: handshakeRole,
-                capabilities: Capabilities(settings.compression ? [.compression] : []).union(settings.isProbe ? [.probe] : []),
+                capabilities: Capabilities(settings.compression ? [.compression] : [])
+                    .union(settings.isProbe ? [.probe] : []).union(settings.sealing ? [.sealed] : []),
                 maximumDataPayload: UInt32(settings.mux.maximumDataPayload)
             ),
             deadline: now + settings.handshakeTimeout
@@ -394,7 +398,7 @@ public struct SessionStateMachine: Sendable {
         guard case .detached(let e, _) = self.state else { return nil }
         var handshake = HandshakeStateMachine(
             role: .resumingClient(sessionID: e.sessionID, sessionKey: e.sessionKey, received: e.sequencer.received),
-            capabilities: e.capabilities.contains(.compression) ? [.compression] : [],
+            capabilities: e.capabilities.intersection([.compression, .sealed]),
             maximumDataPayload: UInt32(self.settings.mux.maximumDataPayload)
         )
         let hello = handshake.start()

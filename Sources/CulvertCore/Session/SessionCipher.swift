@@ -1,0 +1,105 @@
+import Crypto
+import struct Foundation.Data
+public import NIOCore
+
+/// Seals the frames one side sends and opens the ones it receives, for one attachment of a session: AES-256-GCM
+/// (the CPU's AES instructions, through BoringSSL) under the keys of ``SealingKeys``.
+///
+/// Each SEALED frame holds whole frames. Its nonce is the count of SEALED frames sealed before it in this direction
+/// of this attachment (4 zero bytes, then the count as a big-endian u64), never sent: the receiver opens with the
+/// count it expects, so a frame dropped, repeated, reordered or made up by anyone on the path fails to open, as does
+/// any altered byte. The frame's header is the additional data, so its length cannot be changed either. A new
+/// attachment (a resumption) has new keys, so the counts start again at 0 without a nonce ever repeating.
+public struct SessionCipher: Sendable {
+    /// Bytes of the AES-GCM tag after the ciphertext.
+    public static let tagLength = 16
+    /// A sender puts at most this much plaintext in one SEALED frame, unless a single frame is longer (a DATA
+    /// frame of a large `--max-frame-kib`).
+    public static let maximumPlaintextLength = 256 * 1024
+
+    /// The longest SEALED payload a receiver accepts whose own frames are at most `maximumFrameLength` bytes.
+    public static func maximumSealedPayloadLength(maximumFrameLength: Int) -> Int {
+        max(Self.maximumPlaintextLength, maximumFrameLength) + Self.tagLength
+    }
+
+    private let sealingKey: SymmetricKey
+    private let openingKey: SymmetricKey
+    /// SEALED frames sealed so far: the next one's nonce.
+    public private(set) var sealedCount: UInt64 = 0
+    /// SEALED frames opened so far: the nonce the next one must have been sealed with.
+    public private(set) var openedCount: UInt64 = 0
+
+    /// - Parameter isClient: the client seals with the client-to-server key and opens with the other.
+    public init(keys: SealingKeys, isClient: Bool) {
+        let clientToServer = SymmetricKey(data: keys.clientToServer)
+        let serverToClient = SymmetricKey(data: keys.serverToClient)
+        self.sealingKey = isClient ? clientToServer : serverToClient
+        self.openingKey = isClient ? serverToClient : clientToServer
+    }
+
+    /// Appends one SEALED frame holding `plaintext` (whole encoded frames) to `buffer`.
+    public mutating func seal(_ plaintext: ByteBuffer, into buffer: inout ByteBuffer) {
+        precondition(self.sealedCount < UInt64.max, "a session attachment sealed 2^64 frames")
+        let header = Self.header(payloadLength: plaintext.readableBytes + Self.tagLength)
+        let box = plaintext.withUnsafeReadableBytes { bytes in
+            // Only a wrong key or nonce size makes sealing throw; both are fixed here.
+            try! AES.GCM.seal(bytes, using: self.sealingKey, nonce: Self.nonce(self.sealedCount), authenticating: header)
+        }
+        self.sealedCount += 1
+        buffer.reserveCapacity(minimumWritableBytes: header.count + plaintext.readableBytes + Self.tagLength)
+        buffer.writeBytes(header)
+        box.ciphertext.withUnsafeBytes { _ = buffer.writeBytes($0) }
+        box.tag.withUnsafeBytes { _ = buffer.writeBytes($0) }
+    }
+
+    /// Opens the payload of a SEALED frame: the frames it holds, encoded. Throws when it was not sealed, as the
+    /// next frame, by the peer of this attachment.
+    public mutating func open(_ payload: ByteBuffer) throws(SessionCipherError) -> ByteBuffer {
+        guard payload.readableBytes >= Self.tagLength else { throw .tooShort }
+        let header = Self.header(payloadLength: payload.readableBytes)
+        let ciphertextLength = payload.readableBytes - Self.tagLength
+        let plaintext: Data
+        do {
+            plaintext = try payload.withUnsafeReadableBytes { bytes in
+                let box = try AES.GCM.SealedBox(
+                    nonce: Self.nonce(self.openedCount),
+                    ciphertext: UnsafeRawBufferPointer(rebasing: bytes[..<ciphertextLength]),
+                    tag: UnsafeRawBufferPointer(rebasing: bytes[ciphertextLength...])
+                )
+                return try AES.GCM.open(box, using: self.openingKey, authenticating: header)
+            }
+        } catch {
+            throw .authenticationFailed(frame: self.openedCount)
+        }
+        self.openedCount += 1
+        return plaintext.withUnsafeBytes { ByteBuffer(bytes: $0) }
+    }
+
+    /// The 10-byte frame header of a SEALED frame with this payload length: the additional authenticated data.
+    private static func header(payloadLength: Int) -> [UInt8] {
+        [FrameType.sealed.rawValue, 0, 0, 0, 0, 0] + UInt32(payloadLength).bigEndianBytes
+    }
+
+    private static func nonce(_ count: UInt64) -> AES.GCM.Nonce {
+        // 12 bytes are always a valid GCM nonce.
+        try! AES.GCM.Nonce(data: [0, 0, 0, 0] + count.bigEndianBytes)
+    }
+}
+
+/// Why a SEALED frame did not open.
+public enum SessionCipherError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// Shorter than its tag.
+    case tooShort
+    /// The tag does not verify for the frame expected next (number `frame` of this attachment): a byte was
+    /// altered, or a frame was dropped, repeated, reordered or injected on the path.
+    case authenticationFailed(frame: UInt64)
+
+    public var description: String {
+        switch self {
+        case .tooShort:
+            "a sealed frame is shorter than its tag"
+        case .authenticationFailed(let frame):
+            "sealed frame \(frame) of this connection did not verify: something on the path altered, dropped, repeated or injected data"
+        }
+    }
+}
