@@ -66,7 +66,7 @@ import Testing
             var (client, server) = self.newSession(
                 clientCapabilities: clientHasIt ? .sealed : [], serverCapabilities: clientHasIt ? [] : .sealed
             )
-            guard case .fail(.sealingMismatch(clientHasIt), .goAway(.protocolError, let message)?) = server.receive(client.start()) else {
+            guard case .fail(.sealingMismatch(clientHasIt), .goAway(.protectionMismatch, let message)?) = server.receive(client.start()) else {
                 Issue.record("the server took a HELLO with protection \(clientHasIt ? "on" : "off") against its own")
                 continue
             }

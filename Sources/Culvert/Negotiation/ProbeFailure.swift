@@ -25,6 +25,8 @@ public enum ProbeFailure: String, Sendable, Codable, CaseIterable {
     case authentication = "auth_failed"
     /// The server turns this address away for now: earlier attempts from it failed to authenticate.
     case throttled
+    /// End-to-end session encryption is on at one side and off at the other (`--no-session-encryption`).
+    case protectionMismatch = "protection_mismatch"
     /// No answer within the probe's time.
     case timeout
     /// Some other HTTP status or protocol error.
@@ -43,6 +45,7 @@ public enum ProbeFailure: String, Sendable, Codable, CaseIterable {
         case .serverUnreachableFromProxy: "proxy cannot reach the server"
         case .authentication: "token refused"
         case .throttled: "address throttled after failed attempts"
+        case .protectionMismatch: "end-to-end encryption on at one side only"
         case .timeout: "no answer in time"
         case .other: "failed"
         }
@@ -65,6 +68,8 @@ public enum ProbeFailure: String, Sendable, Codable, CaseIterable {
                 return .authentication
             case .handshake(let handshakeError) where handshakeError.isThrottled:
                 return .throttled
+            case .handshake(.sealingMismatch), .handshake(.refusedByPeer(.protectionMismatch, _)):
+                return .protectionMismatch
             default:
                 return .other
             }

@@ -89,6 +89,7 @@ public enum SessionError: Error, Sendable, CustomStringConvertible {
         if self.isAuthenticationFailure { return true }
         switch self {
         case .handshake(.unsupportedVersion), .handshake(.refusedByPeer(.unsupportedVersion, _)): return true
+        case .handshake(.sealingMismatch), .handshake(.refusedByPeer(.protectionMismatch, _)): return true
         case .transport(let error): return error.retryCannotFix
         default: return false
         }

@@ -93,6 +93,9 @@ public struct GoAwayCode: RawRepresentable, Hashable, Sendable, CustomStringConv
     /// Too many authentication attempts from the client's address: it waits and tries again (the message says how
     /// long); the token was not checked.
     public static let throttled = GoAwayCode(rawValue: 9)
+    /// End-to-end protection is on at one side and off at the other (the message says which): only a change of
+    /// settings fixes it.
+    public static let protectionMismatch = GoAwayCode(rawValue: 10)
 
     public var description: String {
         switch self {
@@ -106,6 +109,7 @@ public struct GoAwayCode: RawRepresentable, Hashable, Sendable, CustomStringConv
         case .overloaded: "overloaded"
         case .internalError: "internal error"
         case .throttled: "throttled"
+        case .protectionMismatch: "end-to-end protection mismatch"
         default: "code \(self.rawValue)"
         }
     }

@@ -187,7 +187,7 @@ public struct HandshakeStateMachine: Sendable {
                 return self.fail(.unsupportedVersion(challenge.version), goAway: nil)
             }
             if self.capabilities.contains(.sealed) != challenge.capabilities.contains(.sealed) {
-                return self.fail(.sealingMismatch(clientHasIt: self.capabilities.contains(.sealed)), goAway: .protocolError)
+                return self.fail(.sealingMismatch(clientHasIt: self.capabilities.contains(.sealed)), goAway: .protectionMismatch)
             }
             guard let sharedSecret = Self.sharedSecret(privateKey, challenge.keyShare) else {
                 return self.fail(.protocolViolation("CHALLENGE key share is not a usable X25519 public key"), goAway: .protocolError)
@@ -266,7 +266,7 @@ public struct HandshakeStateMachine: Sendable {
                 return self.fail(.resumeRefused, goAway: .resumeRefused)
             }
             if self.capabilities.contains(.sealed) != hello.capabilities.contains(.sealed) {
-                return self.fail(.sealingMismatch(clientHasIt: hello.capabilities.contains(.sealed)), goAway: .protocolError)
+                return self.fail(.sealingMismatch(clientHasIt: hello.capabilities.contains(.sealed)), goAway: .protectionMismatch)
             }
             let privateKey = self.newPrivateKey()
             guard let sharedSecret = Self.sharedSecret(privateKey, hello.keyShare) else {
