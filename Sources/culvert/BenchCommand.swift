@@ -61,6 +61,9 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Also run a tunnel from this (earlier) culvert binary, as the path \"before\", to compare two builds in one run.")
     var compareBinary: String?
 
+    @Flag(inversion: .prefixedNo, help: "Also run the tunnel with end-to-end session encryption off on both sides, as the path \"unsealed\", to show what the protection costs.")
+    var unsealedPath = true
+
     func run() async throws {
         if self.negotiation {
             try await NegotiationBenchmark(repeats: self.repeats).run()
@@ -94,7 +97,8 @@ struct BenchCommand: AsyncParsableCommand {
         var counterPaths: [String: [String]] = [:]
         func counted(_ path: String, name: String) -> [String: String] {
             guard let counterLibrary else { return [:] }
-            let counter = "\(scratch)/\(name)-\(counterPaths[path, default: []].count).count"
+            // One file per process of each path (paths share process names: every tunnel has a server).
+            let counter = "\(scratch)/\(path.filter(\.isLetter))-\(name)-\(counterPaths[path, default: []].count).count"
             counterPaths[path, default: []].append(counter)
             return AllocationCounterLibrary.environment(library: counterLibrary, counterPath: counter)
         }
@@ -151,19 +155,19 @@ struct BenchCommand: AsyncParsableCommand {
         // The tunnel: server and client processes of this same binary (or of --tunnel-binary), and with
         // --compare-binary a second tunnel from that build beside it, as the path "before".
         let token = UUID().uuidString
-        func startTunnel(binary: String, path: String) async throws -> [Int] {
+        func startTunnel(binary: String, path: String, extraArguments: [String] = []) async throws -> [Int] {
             let serverPort = try freePort()
             // Room for the idle streams (a session takes 4,096 streams by default).
             let streamLimit = self.idleStreams > 4000 ? ["--max-streams", "\(self.idleStreams + 256)"] : []
             var serverArguments = ["server", "--listen", "127.0.0.1:\(serverPort)", "--token", token, "--log-level", "error"]
-                + streamLimit
+                + streamLimit + extraArguments
             for port in tunnelTargets { serverArguments += ["--allow", "127.0.0.1:\(port)"] }
             let server = try ChildProcess.spawn(binary, serverArguments, environment: counted(path, name: "server"))
             processes.add(server)
             try await waitUntilListening(serverPort)
             var ports: [Int] = []
             var clientArguments = ["client", "http://127.0.0.1:\(serverPort)", "--token", token, "--transport", kind.rawValue,
-                                   "--log-level", "error"] + streamLimit
+                                   "--log-level", "error"] + streamLimit + extraArguments
             for port in tunnelTargets {
                 let local = try freePort()
                 ports.append(local)
@@ -182,6 +186,11 @@ struct BenchCommand: AsyncParsableCommand {
                                         ("nio+nio", chainedRelayPorts), ("culvert", tunnelPorts)]
         if let compareBinary = self.compareBinary {
             paths.insert(("before", try await startTunnel(binary: compareBinary, path: "before")), at: paths.count - 1)
+        }
+        // The same tunnel with end-to-end encryption off on both sides: what the protection costs.
+        if self.unsealedPath {
+            let unsealed = try await startTunnel(binary: self.tunnelBinary ?? me, path: "unsealed", extraArguments: ["--no-session-encryption"])
+            paths.insert(("unsealed", unsealed), at: paths.count - 1)
         }
         // ssh -L, the tunnel most people use today (OpenSSH, aes128-gcm), beside culvert.
         let ssh = try await SSHReference.start(targets: tunnelTargets, freePort: freePort)
@@ -279,6 +288,7 @@ struct BenchCommand: AsyncParsableCommand {
         let names = paths.map(\.0)
         let ratios = ["socat", "socat+socat", "nio+nio"] + (names.contains("ssh -L") ? ["ssh -L"] : [])
             + (names.contains("before") ? ["before"] : [])
+            + (names.contains("unsealed") ? ["unsealed"] : [])
             + (names.contains("httptunnel") ? ["httptunnel"] : [])
         print("culvert bench: transport \(kind), loopback, \(ProcessInfo.processInfo.activeProcessorCount) cores, best of \(self.repeats)")
         print(pad("", 34) + names.map { pad($0, 13) }.joined() + ratios.map { pad("culvert/\($0)", 21) }.joined())

@@ -17,6 +17,7 @@ import Testing
     struct Interception {
         let pki: TLSTests.PKI
         let proxyCAFile: String
+        let proxyCA: (certificatePEM: String, keyPEM: String)
         let proxyCertificate: (certificatePEM: String, keyPEM: String)
 
         static func make() throws -> Interception {
@@ -25,7 +26,7 @@ import Testing
             let proxyCertificate = try ServerTLS.makeSelfSigned(names: ["127.0.0.1", "localhost"], validFrom: Date(), days: 30, issuer: proxyCA)
             let proxyCAFile = pki.directory + "/inspection-ca.pem"
             try proxyCA.certificatePEM.write(toFile: proxyCAFile, atomically: true, encoding: .utf8)
-            return Interception(pki: pki, proxyCAFile: proxyCAFile, proxyCertificate: proxyCertificate)
+            return Interception(pki: pki, proxyCAFile: proxyCAFile, proxyCA: proxyCA, proxyCertificate: proxyCertificate)
         }
     }
 
@@ -102,6 +103,64 @@ import Testing
         #expect(seen.firstRange(of: Array("no proxy may read".utf8)) == nil, "\(transport): the proxy read the payload")
         #expect(seen.firstRange(of: Array("127.0.0.1:\(tunnel.echo.port)".utf8)) == nil, "\(transport): the proxy read the target")
         try await tunnel.stop()
+    }
+
+    /// squid from Debian, built with OpenSSL (`squid-openssl`), bumping TLS with its own CA as a company proxy does:
+    /// the tunnel works over every transport through it, and nothing squid logs (its access log lists every tunnel
+    /// request, so it did read inside TLS) holds the payload.
+    @Test(arguments: TransportKind.allCases)
+    func squidInspectingTLSCarriesTheTunnelAndLogsNoneOfThePayload(transport: TransportKind) async throws {
+        let interception = try Interception.make()
+        defer { try? FileManager.default.removeItem(atPath: interception.pki.directory) }
+        // squid's certificate database, made before it starts, writable by the user squid drops to as root.
+        let database = interception.pki.directory + "/ssl_db"
+        #expect(ChildProcess.run("/usr/lib/squid/security_file_certgen", ["-c", "-s", database, "-M", "4MB"]) != nil)
+        _ = ChildProcess.run("/bin/chmod", ["-R", "a+rwX", interception.pki.directory])
+        let squid = try await RealProxy.start(
+            .squid, configuration: fixturesDirectory() + "/proxies/squid-sslbump.conf",
+            extraLines: ["sslcrtd_program /usr/lib/squid/security_file_certgen -s \(database) -M 4MB", "sslcrtd_children 2 startup=1 idle=1"],
+            files: ["ca.pem": interception.proxyCA.certificatePEM, "ca.key": interception.proxyCA.keyPEM]
+        )
+        defer { squid.stop() }
+        let echo = try await EchoServer.start(group: self.group)
+        let server = try await TunnelServer.start(
+            configuration: .init(
+                listenHost: "127.0.0.1", listenPort: 0, session: SessionConfiguration(token: "test-token"),
+                allowlist: Allowlist(entries: [try Allowlist.Entry(parsing: "127.0.0.1:\(echo.port)")]),
+                tls: try interception.pki.serverTLS()
+            ),
+            group: self.group, logger: TunnelHarness.logger
+        )
+        let client = try await TunnelClient.connect(
+            configuration: .init(
+                server: ServerEndpoint(host: "127.0.0.1", port: server.localAddress!.port!, usesTLS: true),
+                transport: transport,
+                transportOptions: TransportOptions(
+                    connectTimeout: .seconds(5), proxy: ProxyConfiguration(host: "127.0.0.1", port: squid.port),
+                    tls: try ClientTLS(verification: .certificateAuthorities(file: interception.proxyCAFile)),
+                    logger: TunnelHarness.logger
+                ),
+                session: SessionConfiguration(token: "test-token"),
+                forwards: [ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: echo.port))]
+            ),
+            group: self.group, logger: TunnelHarness.logger
+        )
+        let echoed = try await RawConnection.sendThenHalfCloseAndReadAll(
+            port: client.listenerAddresses[0].port!, bytes: Self.secret, group: self.group
+        )
+        #expect(echoed == Self.secret, "\(transport): the echo came back \(echoed.count) of \(Self.secret.count) bytes")
+        // (The client trusts only squid's CA: the echo came through squid's own TLS.) An upgraded request is logged
+        // when its connection ends.
+        await client.shutdown(gracePeriod: .zero)
+        await server.shutdown(gracePeriod: .zero)
+        try await echo.close()
+        var accessLog = ""
+        for _ in 0..<100 where !accessLog.contains("/culvert/") {
+            try await Task.sleep(for: .milliseconds(50))
+            accessLog = (try? String(contentsOfFile: squid.directory + "/access.log", encoding: .utf8)) ?? ""
+        }
+        #expect(accessLog.contains("/culvert/"), "\(transport): squid did not read inside TLS:\n\(accessLog)")
+        #expect(!(accessLog + squid.log).contains("no proxy may read"), "\(transport): squid logged the payload")
     }
 
     /// The same proxy reads the payload once both sides turn protection off: what the flag gives away.
