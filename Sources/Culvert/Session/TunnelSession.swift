@@ -37,6 +37,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     private var sealedFrameDecoder: FrameDecoder
     /// Where a batch made of several parts is put together to be sealed (kept for its storage).
     private var sealingInput = ByteBuffer()
+    /// The last sealed message: its storage holds the next one once the transport has let go of it.
+    private var lastSealedMessage = ByteBuffer()
     /// The batch of frames for the next transport message.
     private var outbound: ByteBuffer
     /// Where the reliable frames of the unsent batch lie in `outbound`. They are handed to the replay buffer (as
@@ -1145,9 +1147,10 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             return
         }
         let pieces = message.readableBytes / SessionCipher.maximumPlaintextLength + 1
-        var sealed = ByteBufferAllocator().buffer(
-            capacity: message.readableBytes + pieces * (FrameEncoder.headerLength + SessionCipher.tagLength)
-        )
+        // `clear(minimumCapacity:)` allocates only while the transport still holds the last message.
+        var sealed = self.lastSealedMessage
+        self.lastSealedMessage = ByteBuffer()
+        sealed.clear(minimumCapacity: message.readableBytes + pieces * (FrameEncoder.headerLength + SessionCipher.tagLength))
         var rest = message
         while rest.readableBytes > SessionCipher.maximumPlaintextLength {
             var length = 0
@@ -1160,6 +1163,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         }
         if rest.readableBytes > 0 { self.cipher!.seal(rest, into: &sealed) }
         transport.send(sealed)
+        self.lastSealedMessage = sealed
     }
 
     // MARK: Ending

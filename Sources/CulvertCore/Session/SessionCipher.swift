@@ -40,14 +40,22 @@ public struct SessionCipher: Sendable {
     /// Appends one SEALED frame holding `plaintext` (whole encoded frames) to `buffer`.
     public mutating func seal(_ plaintext: ByteBuffer, into buffer: inout ByteBuffer) {
         precondition(self.sealedCount < UInt64.max, "a session attachment sealed 2^64 frames")
-        let header = Self.header(payloadLength: plaintext.readableBytes + Self.tagLength)
-        let box = plaintext.withUnsafeReadableBytes { bytes in
-            // Only a wrong key or nonce size makes sealing throw; both are fixed here.
-            try! AES.GCM.seal(bytes, using: self.sealingKey, nonce: Self.nonce(self.sealedCount), authenticating: header)
+        let payloadLength = plaintext.readableBytes + Self.tagLength
+        // Header and nonce on the stack: swift-crypto's own buffers are all a seal allocates.
+        let box = Self.withHeader(payloadLength: payloadLength) { header in
+            Self.withNonce(self.sealedCount) { nonce in
+                plaintext.withUnsafeReadableBytes { bytes in
+                    // Only a wrong key or nonce size makes sealing throw; both are fixed here.
+                    try! AES.GCM.seal(bytes, using: self.sealingKey, nonce: nonce, authenticating: header)
+                }
+            }
         }
         self.sealedCount += 1
-        buffer.reserveCapacity(minimumWritableBytes: header.count + plaintext.readableBytes + Self.tagLength)
-        buffer.writeBytes(header)
+        buffer.reserveCapacity(minimumWritableBytes: FrameEncoder.headerLength + payloadLength)
+        buffer.writeInteger(FrameType.sealed.rawValue)
+        buffer.writeInteger(UInt8(0))
+        buffer.writeInteger(UInt32(0))
+        buffer.writeInteger(UInt32(payloadLength))
         box.ciphertext.withUnsafeBytes { _ = buffer.writeBytes($0) }
         box.tag.withUnsafeBytes { _ = buffer.writeBytes($0) }
     }
@@ -56,33 +64,44 @@ public struct SessionCipher: Sendable {
     /// next frame, by the peer of this attachment.
     public mutating func open(_ payload: ByteBuffer) throws(SessionCipherError) -> ByteBuffer {
         guard payload.readableBytes >= Self.tagLength else { throw .tooShort }
-        let header = Self.header(payloadLength: payload.readableBytes)
         let ciphertextLength = payload.readableBytes - Self.tagLength
-        let plaintext: Data
-        do {
-            plaintext = try payload.withUnsafeReadableBytes { bytes in
-                let box = try AES.GCM.SealedBox(
-                    nonce: Self.nonce(self.openedCount),
-                    ciphertext: UnsafeRawBufferPointer(rebasing: bytes[..<ciphertextLength]),
-                    tag: UnsafeRawBufferPointer(rebasing: bytes[ciphertextLength...])
-                )
-                return try AES.GCM.open(box, using: self.openingKey, authenticating: header)
+        let opened: ByteBuffer? = Self.withHeader(payloadLength: payload.readableBytes) { header in
+            Self.withNonce(self.openedCount) { nonce in
+                payload.withUnsafeReadableBytes { bytes in
+                    guard let box = try? AES.GCM.SealedBox(
+                        nonce: nonce,
+                        ciphertext: UnsafeRawBufferPointer(rebasing: bytes[..<ciphertextLength]),
+                        tag: UnsafeRawBufferPointer(rebasing: bytes[ciphertextLength...])
+                    ), let plaintext = try? AES.GCM.open(box, using: self.openingKey, authenticating: header)
+                    else { return nil }
+                    return plaintext.withUnsafeBytes { ByteBuffer(bytes: $0) }
+                }
             }
-        } catch {
-            throw .authenticationFailed(frame: self.openedCount)
         }
+        guard let opened else { throw .authenticationFailed(frame: self.openedCount) }
         self.openedCount += 1
-        return plaintext.withUnsafeBytes { ByteBuffer(bytes: $0) }
+        return opened
     }
 
-    /// The 10-byte frame header of a SEALED frame with this payload length: the additional authenticated data.
-    private static func header(payloadLength: Int) -> [UInt8] {
-        [FrameType.sealed.rawValue, 0, 0, 0, 0, 0] + UInt32(payloadLength).bigEndianBytes
+    /// Calls `body` with the 10-byte frame header of a SEALED frame with this payload length (the additional
+    /// authenticated data), laid out on the stack.
+    private static func withHeader<Result>(payloadLength: Int, _ body: (UnsafeRawBufferPointer) -> Result) -> Result {
+        withUnsafeTemporaryAllocation(byteCount: FrameEncoder.headerLength, alignment: 1) { header in
+            header.initializeMemory(as: UInt8.self, repeating: 0)
+            header[0] = FrameType.sealed.rawValue
+            header.storeBytes(of: UInt32(payloadLength).bigEndian, toByteOffset: 6, as: UInt32.self)
+            return body(UnsafeRawBufferPointer(header))
+        }
     }
 
-    private static func nonce(_ count: UInt64) -> AES.GCM.Nonce {
-        // 12 bytes are always a valid GCM nonce.
-        try! AES.GCM.Nonce(data: [0, 0, 0, 0] + count.bigEndianBytes)
+    /// Calls `body` with the nonce of SEALED frame number `count`: 4 zero bytes, then `count` big-endian.
+    private static func withNonce<Result>(_ count: UInt64, _ body: (AES.GCM.Nonce) -> Result) -> Result {
+        withUnsafeTemporaryAllocation(byteCount: 12, alignment: 1) { bytes in
+            bytes.initializeMemory(as: UInt8.self, repeating: 0)
+            bytes.storeBytes(of: count.bigEndian, toByteOffset: 4, as: UInt64.self)
+            // 12 bytes are always a valid GCM nonce (held inline, not allocated).
+            return body(try! AES.GCM.Nonce(data: UnsafeRawBufferPointer(bytes)))
+        }
     }
 }
 
