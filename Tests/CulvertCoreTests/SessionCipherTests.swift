@@ -76,6 +76,38 @@ import Testing
         #expect(throws: SessionCipherError.tooShort) { _ = try server.open(ByteBuffer(bytes: [1, 2, 3])) }
     }
 
+    /// A batch longer than a SEALED frame holds (a resumption's replay) is cut between frames, each piece within the
+    /// limit unless one frame alone is longer; opened in order they give back the batch byte for byte.
+    @Test func aLongBatchIsSealedInPiecesCutBetweenFrames() throws {
+        var (client, server) = self.pair()
+        let encoder = FrameEncoder()
+        var batch = ByteBuffer()
+        for index in 0..<40 {
+            let length = index == 20 ? SessionCipher.maximumPlaintextLength + 5000 : 20_000 + index
+            encoder.encode(.data(streamID: 1, flags: [], payload: ByteBuffer(repeating: UInt8(index), count: length)), into: &batch)
+        }
+        var wire = ByteBuffer()
+        client.sealFrames(batch, into: &wire)
+        var decoder = FrameDecoder(maximumPayloadLength: 2 * SessionCipher.maximumPlaintextLength)
+        var opened = ByteBuffer()
+        var pieces = 0
+        while let frame = try decoder.decode(buffer: &wire) {
+            guard case .sealed(let payload) = frame else { throw Failure("not a SEALED frame") }
+            var plaintext = try server.open(payload)
+            pieces += 1
+            let isTheLongFrame = plaintext.readableBytes > SessionCipher.maximumPlaintextLength
+            var inner = FrameDecoder(maximumPayloadLength: 2 * SessionCipher.maximumPlaintextLength)
+            var frames = 0
+            var start = plaintext
+            while try inner.decode(buffer: &plaintext) != nil { frames += 1 }
+            #expect(plaintext.readableBytes == 0, "a piece ends inside a frame")
+            #expect(!isTheLongFrame || frames == 1, "the long frame shares its piece")
+            opened.writeBuffer(&start)
+        }
+        #expect(pieces > 3)
+        #expect(opened == batch)
+    }
+
     @Test func aCutOrLengthenedFrameFailsToOpen() throws {
         var (client, _) = self.pair()
         let sealed = try self.seal(["sixteen bytes or more of payload"], with: &client)[0]

@@ -1151,17 +1151,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         var sealed = self.lastSealedMessage
         self.lastSealedMessage = ByteBuffer()
         sealed.clear(minimumCapacity: message.readableBytes + pieces * (FrameEncoder.headerLength + SessionCipher.tagLength))
-        var rest = message
-        while rest.readableBytes > SessionCipher.maximumPlaintextLength {
-            var length = 0
-            while length < rest.readableBytes {
-                let frameLength = FrameEncoder.headerLength + Int(rest.getInteger(at: rest.readerIndex + length + 6, as: UInt32.self)!)
-                if length > 0 && length + frameLength > SessionCipher.maximumPlaintextLength { break }
-                length += frameLength
-            }
-            self.cipher!.seal(rest.readSlice(length: length)!, into: &sealed)
-        }
-        if rest.readableBytes > 0 { self.cipher!.seal(rest, into: &sealed) }
+        self.cipher!.sealFrames(message, into: &sealed)
         transport.send(sealed)
         self.lastSealedMessage = sealed
     }

@@ -60,6 +60,22 @@ public struct SessionCipher: Sendable {
         box.tag.withUnsafeBytes { _ = buffer.writeBytes($0) }
     }
 
+    /// Appends `frames` (whole encoded frames) to `buffer` as SEALED frames of at most ``maximumPlaintextLength``
+    /// bytes of them each, cut between frames (a frame longer than that alone in one).
+    public mutating func sealFrames(_ frames: ByteBuffer, into buffer: inout ByteBuffer) {
+        var rest = frames
+        while rest.readableBytes > Self.maximumPlaintextLength {
+            var length = 0
+            while length < rest.readableBytes {
+                let frameLength = FrameEncoder.headerLength + Int(rest.getInteger(at: rest.readerIndex + length + 6, as: UInt32.self)!)
+                if length > 0 && length + frameLength > Self.maximumPlaintextLength { break }
+                length += frameLength
+            }
+            self.seal(rest.readSlice(length: min(length, rest.readableBytes))!, into: &buffer)
+        }
+        if rest.readableBytes > 0 { self.seal(rest, into: &buffer) }
+    }
+
     /// Opens the payload of a SEALED frame: the frames it holds, encoded. Throws when it was not sealed, as the
     /// next frame, by the peer of this attachment.
     public mutating func open(_ payload: ByteBuffer) throws(SessionCipherError) -> ByteBuffer {
