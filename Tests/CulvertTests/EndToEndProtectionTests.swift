@@ -56,7 +56,8 @@ import Testing
     }
 
     func intercepted(
-        transport: TransportKind, sealing: Bool = true, tamper: InterceptingProxy.Tamper? = nil
+        transport: TransportKind, sealing: Bool = true, tamper: InterceptingProxy.Tamper? = nil,
+        direction: InterceptingProxy.Direction = .fromServer
     ) async throws -> InterceptedTunnel {
         let interception = try Interception.make()
         let echo = try await EchoServer.start(group: self.group)
@@ -72,7 +73,7 @@ import Testing
         )
         let proxy = try await InterceptingProxy.start(
             upstreamPort: server.localAddress!.port!, certificatePEM: interception.proxyCertificate.certificatePEM,
-            keyPEM: interception.proxyCertificate.keyPEM, tamper: tamper, sealedFrame: 3, group: self.group
+            keyPEM: interception.proxyCertificate.keyPEM, tamper: tamper, sealedFrame: 3, direction: direction, group: self.group
         )
         let client = try await TunnelClient.connect(
             configuration: .init(
@@ -171,20 +172,22 @@ import Testing
         try await tunnel.stop()
     }
 
-    /// A flipped bit, a dropped, repeated or made-up frame in the stream from the server ends the session with the
-    /// reason; the application gets the bytes that came before, intact, then its connection ends — never a byte
-    /// the proxy changed.
-    @Test(arguments: InterceptingProxy.Tamper.allCases)
-    func anyChangeToTheStreamEndsTheSessionAndNothingAlteredIsDelivered(tamper: InterceptingProxy.Tamper) async throws {
-        let tunnel = try await self.intercepted(transport: .connect, tamper: tamper)
+    /// A flipped bit, a dropped, repeated or made-up frame in either direction ends the session with the reason
+    /// (the side that saw it tells the other in its GOAWAY); the application gets the bytes that came before,
+    /// intact, then its connection ends — never a byte the proxy changed.
+    @Test(arguments: InterceptingProxy.Tamper.allCases, InterceptingProxy.Direction.allCases)
+    func anyChangeToTheStreamEndsTheSessionAndNothingAlteredIsDelivered(
+        tamper: InterceptingProxy.Tamper, direction: InterceptingProxy.Direction
+    ) async throws {
+        let tunnel = try await self.intercepted(transport: .connect, tamper: tamper, direction: direction)
         let session = tunnel.client.session
         let sent = (0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 9) }
         let echoed = try await tunnel.echo(sent)
         #expect(tunnel.proxy.tampered)
         let reason = try await Self.end(of: session, within: .seconds(10))
-        #expect("\(reason)".contains("end-to-end integrity check failed"), "\(tamper): the session ended with: \(reason)")
-        #expect(echoed.count < sent.count, "\(tamper): the whole echo arrived despite the change")
-        #expect(echoed == Array(sent.prefix(echoed.count)), "\(tamper): altered bytes reached the application")
+        #expect("\(reason)".contains("end-to-end integrity check failed"), "\(tamper) \(direction): the session ended with: \(reason)")
+        #expect(echoed.count < sent.count, "\(tamper) \(direction): the whole echo arrived despite the change")
+        #expect(echoed == Array(sent.prefix(echoed.count)), "\(tamper) \(direction): altered bytes reached the application")
         try await tunnel.stop()
     }
 

@@ -8,8 +8,13 @@ import NIOSSL
 /// server, and relays the bytes in between in the clear — recording them all, and, when told, altering the stream
 /// from the server once the handshake is over. Faults beside the real TLS-inspecting squid, never instead of it.
 final class InterceptingProxy: Sendable {
-    /// A change to the stream from the server, made to one of its SEALED frames (the CONNECT transport carries
-    /// frames as they are, after the upgrade's head).
+    /// Which way the changed stream goes.
+    enum Direction: String, Sendable, CaseIterable {
+        case fromServer, fromClient
+    }
+
+    /// A change to one stream, made to one of its SEALED frames (the CONNECT transport carries frames as they are,
+    /// after the upgrade's head).
     enum Tamper: String, Sendable, CaseIterable {
         /// One bit of the frame's ciphertext flipped.
         case flipBit
@@ -41,10 +46,11 @@ final class InterceptingProxy: Sendable {
     }
 
     /// Intercepts TLS connections to 127.0.0.1:`upstreamPort` with `certificatePEM` and `keyPEM` (signed by the
-    /// CA the client trusts); with `tamper`, alters the server's SEALED frame number `sealedFrame` (from 0).
+    /// CA the client trusts); with `tamper`, alters SEALED frame number `sealedFrame` (from 0) of the stream that
+    /// goes `direction`.
     static func start(
         upstreamPort: Int, certificatePEM: String, keyPEM: String, tamper: Tamper? = nil, sealedFrame: Int = 3,
-        group: any EventLoopGroup
+        direction: Direction = .fromServer, group: any EventLoopGroup
     ) async throws -> InterceptingProxy {
         let serverContext = try NIOSSLContext(
             configuration: .makeServerConfiguration(
@@ -76,10 +82,9 @@ final class InterceptingProxy: Sendable {
                         }
                         .connect(host: "127.0.0.1", port: upstreamPort)
                         .flatMapThrowing { upstream in
-                            let toServer = InterceptedStream(record: record)
-                            let toClient = InterceptedStream(
-                                record: record, tamper: tamper.map { SealedFrameTamperer($0, at: sealedFrame, onTamper: markTampered) }
-                            )
+                            let tamperer = tamper.map { SealedFrameTamperer($0, at: sealedFrame, onTamper: markTampered) }
+                            let toServer = InterceptedStream(record: record, tamper: direction == .fromClient ? tamperer : nil)
+                            let toClient = InterceptedStream(record: record, tamper: direction == .fromServer ? tamperer : nil)
                             try client.pipeline.syncOperations.addHandler(toClient.reader(writingTo: upstream))
                             try upstream.pipeline.syncOperations.addHandler(toServer.reader(writingTo: client))
                             client.setOption(.autoRead, value: true).whenComplete { _ in }
