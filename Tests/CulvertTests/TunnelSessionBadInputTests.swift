@@ -116,6 +116,27 @@ import Testing
         #expect(transport.takeSent().contains(.pong(9)))
     }
 
+    /// A protocol violation while DATA waits in the batch drops that DATA whole: the GOAWAY goes out alone and
+    /// intact (a payload waiting to go out after its header once landed inside the GOAWAY instead, and the peer read
+    /// the stream's bytes as its code and message).
+    @Test func aProtocolViolationWithDataWaitingSendsTheGoAwayAloneAndIntact() throws {
+        let (session, transport) = try self.establishedServerSession()
+        let connector = RecordingEmbeddedConnector()
+        session.connector = connector
+        transport.inject(.open(streamID: 1, initialWindow: 1 << 20, target: .init(host: "127.0.0.1", port: 9)))
+        #expect(transport.takeSent().contains { if case .openOK(1, _) = $0 { true } else { false } })
+        // The target answers with more than is copied into the batch; the flush waits for the loop.
+        let target = try #require(connector.channels.first)
+        try target.writeInbound(ByteBuffer(repeating: 0x07, count: 4096))
+        transport.injectUnsealed(ByteBuffer(bytes: [0x7F, 0, 0, 0, 0, 0, 0, 0, 0, 0]))
+        let sent = transport.takeSent()
+        #expect(sent.count == 1, "sent \(sent)")
+        guard case .goAway(.protocolError, let message)? = sent.last else {
+            Issue.record("no intact GOAWAY: \(sent)"); return
+        }
+        #expect(message == "unknown frame type 0x7f", "\(message)")
+    }
+
     /// A wrong token ends the handshake with GOAWAY(authenticationFailed) and closes the transport.
     @Test func wrongTokenGetsGoAway() throws {
         let (_, transport) = self.startedServerSession(token: "right")
@@ -138,6 +159,18 @@ struct HarnessError: Error, CustomStringConvertible {
 
 /// Connects every stream to a new `EmbeddedChannel` on the session's (embedded) loop: a target that takes
 /// whatever it is sent.
+/// An ``EmbeddedTargetConnector`` that keeps the targets it made, for a test to play them.
+final class RecordingEmbeddedConnector: StreamConnector, @unchecked Sendable {
+    // @unchecked: used only on the test's EmbeddedEventLoop.
+    private(set) var channels: [EmbeddedChannel] = []
+
+    func connect(to target: TargetAddress, on eventLoop: any EventLoop, logger: Logger) -> EventLoopFuture<any Channel> {
+        let channel = EmbeddedChannel(loop: eventLoop as! EmbeddedEventLoop)
+        self.channels.append(channel)
+        return eventLoop.makeSucceededFuture(channel)
+    }
+}
+
 struct EmbeddedTargetConnector: StreamConnector {
     func connect(to target: TargetAddress, on eventLoop: any EventLoop, logger: Logger) -> EventLoopFuture<any Channel> {
         let loop = eventLoop as! EmbeddedEventLoop

@@ -623,8 +623,11 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             self.finish(SessionError(reason))
         case .protocolFailure(let goAway, let reason):
             if case .protocolViolation(_, let message) = reason { self.logger.error("protocol error: \(message); ending the session") }
+            // The batch is dropped whole: its headers, and the payloads that would have gone out after them.
             self.outbound.clear()
             self.unsentReliableFrames.removeAll()
+            self.gatheredPayloads.removeAll()
+            self.gatheredBytes = 0
             self.countIfGoAway(goAway)
             self.encoder.encode(goAway, into: &self.outbound)
             self.flushNow()
