@@ -83,10 +83,10 @@ final class InterceptingProxy: Sendable {
                         .connect(host: "127.0.0.1", port: upstreamPort)
                         .flatMapThrowing { upstream in
                             let tamperer = tamper.map { SealedFrameTamperer($0, at: sealedFrame, onTamper: markTampered) }
-                            let toServer = InterceptedStream(record: record, tamper: direction == .fromClient ? tamperer : nil)
-                            let toClient = InterceptedStream(record: record, tamper: direction == .fromServer ? tamperer : nil)
-                            try client.pipeline.syncOperations.addHandler(toClient.reader(writingTo: upstream))
-                            try upstream.pipeline.syncOperations.addHandler(toServer.reader(writingTo: client))
+                            let clientToServer = InterceptedStream(record: record, tamper: direction == .fromClient ? tamperer : nil)
+                            let serverToClient = InterceptedStream(record: record, tamper: direction == .fromServer ? tamperer : nil)
+                            try client.pipeline.syncOperations.addHandler(clientToServer.reader(writingTo: upstream))
+                            try upstream.pipeline.syncOperations.addHandler(serverToClient.reader(writingTo: client))
                             client.setOption(.autoRead, value: true).whenComplete { _ in }
                         }
                 }
