@@ -68,7 +68,7 @@ public enum ProbeFailure: String, Sendable, Codable, CaseIterable {
                 return .authentication
             case .handshake(let handshakeError) where handshakeError.isThrottled:
                 return .throttled
-            case .handshake(.sealingMismatch), .handshake(.refusedByPeer(.protectionMismatch, _)):
+            case _ where error.isProtectionMismatch:
                 return .protectionMismatch
             default:
                 return .other

@@ -82,14 +82,21 @@ public enum SessionError: Error, Sendable, CustomStringConvertible {
         }
     }
 
+    /// Whether end-to-end protection is on at one side and off at the other: found here, or said by the peer.
+    public var isProtectionMismatch: Bool {
+        switch self {
+        case .handshake(.sealingMismatch), .handshake(.refusedByPeer(.protectionMismatch, _)): true
+        default: false
+        }
+    }
+
     /// Whether trying again cannot help: the token is wrong or missing, the peer speaks another protocol version, or
     /// the transport failed in a way that only a change of settings fixes (see ``TransportError/retryCannotFix``).
     /// A client exits on these at once instead of waiting for the server.
     public var retryCannotFix: Bool {
-        if self.isAuthenticationFailure { return true }
+        if self.isAuthenticationFailure || self.isProtectionMismatch { return true }
         switch self {
         case .handshake(.unsupportedVersion), .handshake(.refusedByPeer(.unsupportedVersion, _)): return true
-        case .handshake(.sealingMismatch), .handshake(.refusedByPeer(.protectionMismatch, _)): return true
         case .transport(let error): return error.retryCannotFix
         default: return false
         }
