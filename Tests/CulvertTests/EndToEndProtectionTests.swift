@@ -61,36 +61,54 @@ import Testing
     ) async throws -> InterceptedTunnel {
         let interception = try Interception.make()
         let echo = try await EchoServer.start(group: self.group)
-        var session = SessionConfiguration(token: "test-token")
-        session.sealing = sealing
-        let server = try await TunnelServer.start(
-            configuration: .init(
-                listenHost: "127.0.0.1", listenPort: 0, session: session,
-                allowlist: Allowlist(entries: [try Allowlist.Entry(parsing: "127.0.0.1:\(echo.port)")]),
-                tls: try interception.pki.serverTLS()
-            ),
-            group: self.group, logger: TunnelHarness.logger
-        )
+        let server = try await self.startServer(interception, echoPort: echo.port, sealing: sealing)
         let proxy = try await InterceptingProxy.start(
             upstreamPort: server.localAddress!.port!, certificatePEM: interception.proxyCertificate.certificatePEM,
             keyPEM: interception.proxyCertificate.keyPEM, tamper: tamper, sealedFrame: 3, direction: direction, group: self.group
         )
-        let client = try await TunnelClient.connect(
+        let client = try await self.connectClient(
+            serverPort: proxy.port, interception, echoPort: echo.port, transport: transport, sealing: sealing
+        )
+        return InterceptedTunnel(interception: interception, echo: echo, server: server, proxy: proxy, client: client)
+    }
+
+    /// A TLS server (the test PKI's certificate) that lets streams reach the echo target.
+    func startServer(_ interception: Interception, echoPort: Int, sealing: Bool = true) async throws -> TunnelServer {
+        var session = SessionConfiguration(token: "test-token")
+        session.sealing = sealing
+        return try await TunnelServer.start(
             configuration: .init(
-                server: ServerEndpoint(host: "127.0.0.1", port: proxy.port, usesTLS: true),
+                listenHost: "127.0.0.1", listenPort: 0, session: session,
+                allowlist: Allowlist(entries: [try Allowlist.Entry(parsing: "127.0.0.1:\(echoPort)")]),
+                tls: try interception.pki.serverTLS()
+            ),
+            group: self.group, logger: TunnelHarness.logger
+        )
+    }
+
+    /// A client of `https://127.0.0.1:serverPort` (through `proxy`, if any) that trusts only the inspecting
+    /// proxy's CA, forwarding one port to the echo target. It does not reconnect within a test's time.
+    func connectClient(
+        serverPort: Int, proxy: ProxyConfiguration? = nil, _ interception: Interception, echoPort: Int, transport: TransportKind,
+        sealing: Bool = true
+    ) async throws -> TunnelClient {
+        var session = SessionConfiguration(token: "test-token")
+        session.sealing = sealing
+        return try await TunnelClient.connect(
+            configuration: .init(
+                server: ServerEndpoint(host: "127.0.0.1", port: serverPort, usesTLS: true),
                 transport: transport,
                 transportOptions: TransportOptions(
-                    connectTimeout: .seconds(5),
+                    connectTimeout: .seconds(5), proxy: proxy,
                     tls: try ClientTLS(verification: .certificateAuthorities(file: interception.proxyCAFile)),
                     logger: TunnelHarness.logger
                 ),
                 session: session,
-                forwards: [ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: echo.port))],
+                forwards: [ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: echoPort))],
                 reconnect: ReconnectBackoff(initial: .seconds(30), maximum: .seconds(30))
             ),
             group: self.group, logger: TunnelHarness.logger
         )
-        return InterceptedTunnel(interception: interception, echo: echo, server: server, proxy: proxy, client: client)
     }
 
     @Test(arguments: TransportKind.allCases)
@@ -124,27 +142,10 @@ import Testing
         )
         defer { squid.stop() }
         let echo = try await EchoServer.start(group: self.group)
-        let server = try await TunnelServer.start(
-            configuration: .init(
-                listenHost: "127.0.0.1", listenPort: 0, session: SessionConfiguration(token: "test-token"),
-                allowlist: Allowlist(entries: [try Allowlist.Entry(parsing: "127.0.0.1:\(echo.port)")]),
-                tls: try interception.pki.serverTLS()
-            ),
-            group: self.group, logger: TunnelHarness.logger
-        )
-        let client = try await TunnelClient.connect(
-            configuration: .init(
-                server: ServerEndpoint(host: "127.0.0.1", port: server.localAddress!.port!, usesTLS: true),
-                transport: transport,
-                transportOptions: TransportOptions(
-                    connectTimeout: .seconds(5), proxy: ProxyConfiguration(host: "127.0.0.1", port: squid.port),
-                    tls: try ClientTLS(verification: .certificateAuthorities(file: interception.proxyCAFile)),
-                    logger: TunnelHarness.logger
-                ),
-                session: SessionConfiguration(token: "test-token"),
-                forwards: [ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: echo.port))]
-            ),
-            group: self.group, logger: TunnelHarness.logger
+        let server = try await self.startServer(interception, echoPort: echo.port)
+        let client = try await self.connectClient(
+            serverPort: server.localAddress!.port!, proxy: ProxyConfiguration(host: "127.0.0.1", port: squid.port), interception,
+            echoPort: echo.port, transport: transport
         )
         let echoed = try await RawConnection.sendThenHalfCloseAndReadAll(
             port: client.listenerAddresses[0].port!, bytes: Self.secret, group: self.group
