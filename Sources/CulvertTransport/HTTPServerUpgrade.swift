@@ -14,6 +14,14 @@ enum HTTPServerUpgrade {
         return headers
     }
 
+    /// Whether `head` says a body follows it: any `Transfer-Encoding`, or a `Content-Length` other than 0. An upgrade
+    /// request has no body, and such a head is not upgraded: NIO's upgrade handler, once it accepts a head, holds
+    /// itself (and the connection's whole pipeline) until the request's end, which a body that never ends or fails to
+    /// parse never brings, so every such connection would leak.
+    static func announcesBody(_ head: HTTPRequestHead) -> Bool {
+        head.headers.contains(name: "Transfer-Encoding") || head.headers["Content-Length"].contains { $0 != "0" }
+    }
+
     /// Bytes an upgraded connection may send before its session has authenticated the peer: a handshake is a few
     /// hundred bytes; without a bound, a stranger could make the server buffer a 16 MiB WebSocket frame per
     /// connection.

@@ -15,7 +15,9 @@ struct RawStreamServerUpgrader: HTTPServerProtocolUpgrader, Sendable {
         upgradeRequest: HTTPRequestHead,
         initialResponseHeaders: HTTPHeaders
     ) -> EventLoopFuture<HTTPHeaders> {
-        guard upgradeRequest.method == .GET, upgradeRequest.pathWithoutQuery == self.path else {
+        guard upgradeRequest.method == .GET, upgradeRequest.pathWithoutQuery == self.path,
+            !HTTPServerUpgrade.announcesBody(upgradeRequest)
+        else {
             return channel.eventLoop.makeFailedFuture(HTTPServerUpgradeErrors.invalidHTTPOrdering)
         }
         let headers = HTTPServerUpgrade.responseHeaders(initialResponseHeaders, protocolName: ConnectClientTransport.upgradeProtocol)

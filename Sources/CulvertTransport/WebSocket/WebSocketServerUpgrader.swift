@@ -22,7 +22,9 @@ struct WebSocketServerUpgrader: HTTPServerProtocolUpgrader, Sendable {
     ) -> EventLoopFuture<HTTPHeaders> {
         let keys = upgradeRequest.headers["Sec-WebSocket-Key"]
         // RFC 6455 section 4.1: the opening handshake is a GET; anything else is not an upgrade.
-        guard upgradeRequest.method == .GET, upgradeRequest.pathWithoutQuery == self.path else {
+        guard upgradeRequest.method == .GET, upgradeRequest.pathWithoutQuery == self.path,
+            !HTTPServerUpgrade.announcesBody(upgradeRequest)
+        else {
             return channel.eventLoop.makeFailedFuture(NIOWebSocketUpgradeError.unsupportedWebSocketTarget)
         }
         guard keys.count == 1, upgradeRequest.headers["Sec-WebSocket-Version"] == ["13"] else {
