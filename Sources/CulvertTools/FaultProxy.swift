@@ -59,6 +59,14 @@ public final class FaultProxy: Sendable {
         case limitRequestBodies(bytes: Int)
         /// Delays everything it passes on, each way, by `delay`.
         case latency(TimeAmount)
+        /// Answers 403 to a request whose body's media type (`Content-Type` without parameters) is one of these,
+        /// as content filters that block uploads of some types do.
+        case refuseRequestContentTypes([String])
+        /// Puts a 403 block page in place of a response whose media type is one of these (binary downloads blocked).
+        case refuseResponseContentTypes([String])
+        /// A response over `bytes`: a 403 block page in its place when its length is declared, else cut (both
+        /// connections) once that many of its body bytes have passed, as a proxy's reply size limit does.
+        case limitResponseBodies(bytes: Int)
 
         public var description: String {
             switch self {
@@ -73,6 +81,9 @@ public final class FaultProxy: Sendable {
             case .idleTimeout(let timeout): "idleTimeout(\(timeout.nanoseconds / 1_000_000)ms)"
             case .limitRequestBodies(let bytes): "limitRequestBodies(\(bytes))"
             case .latency(let delay): "latency(\(delay.nanoseconds / 1_000_000)ms)"
+            case .refuseRequestContentTypes(let types): "refuseRequestContentTypes(\(types.joined(separator: ",")))"
+            case .refuseResponseContentTypes(let types): "refuseResponseContentTypes(\(types.joined(separator: ",")))"
+            case .limitResponseBodies(let bytes): "limitResponseBodies(\(bytes))"
             }
         }
     }
@@ -124,6 +135,10 @@ struct FaultProxySettings: Sendable {
     let idleTimeout: TimeAmount?
     let requestBodyLimit: Int?
     let latency: TimeAmount?
+    /// Media types refused in requests and in responses (lowercased), and the response body limit.
+    let refusedRequestTypes: Set<String>
+    let refusedResponseTypes: Set<String>
+    let responseBodyLimit: Int?
 
     init(_ configuration: FaultProxy.Configuration) {
         self.upstream = configuration.upstream
@@ -133,6 +148,7 @@ struct FaultProxySettings: Sendable {
         self.cutAfterBytes = configuration.cutAfterBytes
         self.faults = configuration.faults
         var burst: TimeAmount?, slow: TimeAmount?, idle: TimeAmount?, limit: Int?, latency: TimeAmount?
+        var requestTypes = Set<String>(), responseTypes = Set<String>(), responseLimit: Int?
         for fault in configuration.faults {
             switch fault {
             case .burstResponses(let interval): burst = interval
@@ -140,6 +156,9 @@ struct FaultProxySettings: Sendable {
             case .idleTimeout(let timeout): idle = timeout
             case .limitRequestBodies(let bytes): limit = bytes
             case .latency(let delay): latency = delay
+            case .refuseRequestContentTypes(let types): requestTypes.formUnion(types.map { $0.lowercased() })
+            case .refuseResponseContentTypes(let types): responseTypes.formUnion(types.map { $0.lowercased() })
+            case .limitResponseBodies(let bytes): responseLimit = bytes
             case .stripUpgrade, .nothingAfterUpgrade, .refuseConnect, .connectThenNothing, .bufferResponses,
                 .bufferRequestBodies:
                 break
@@ -150,6 +169,15 @@ struct FaultProxySettings: Sendable {
         self.idleTimeout = idle
         self.requestBodyLimit = limit
         self.latency = latency
+        self.refusedRequestTypes = requestTypes
+        self.refusedResponseTypes = responseTypes
+        self.responseBodyLimit = responseLimit
+    }
+
+    /// The media type of a `Content-Type` value: lowercased, without parameters.
+    static func mediaType(_ contentType: String?) -> String? {
+        guard let contentType, let type = contentType.split(separator: ";").first else { return nil }
+        return type.trimmingCharacters(in: .whitespaces).lowercased()
     }
 
     func has(_ fault: FaultProxy.Fault) -> Bool { self.faults.contains(fault) }

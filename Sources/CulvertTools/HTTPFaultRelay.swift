@@ -5,7 +5,8 @@ import NIOPosix
 /// Relays HTTP requests, message by message, from a client connection to an upstream connection and their responses
 /// back, for ``FaultProxy``: the place for the faults that real proxies have at the HTTP level — responses held
 /// until they end or passed on in bursts, request bodies held and re-framed with a Content-Length, bodies over a
-/// limit answered 413, slow bodies cut, idle connections cut with a 504. Hop-by-hop headers (`Connection`,
+/// limit answered 413, slow bodies cut, idle connections cut with a 504, content rules (a 403 for a request or a
+/// block page for a response of a refused type, replies over a size limit refused or cut). Hop-by-hop headers (`Connection`,
 /// `Upgrade`, `Proxy-*`) are not passed on; each side keeps its own keep-alive.
 final class HTTPFaultRelay: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
@@ -43,6 +44,8 @@ final class HTTPFaultRelay: ChannelInboundHandler {
     private var burstTimer: Scheduled<Void>?
     /// Response bytes relayed on this connection, for `cutAfterBytes`.
     private var relayedBytes = 0
+    /// Body bytes of the current response, for `limitResponseBodies`.
+    private var responseBodyBytes = 0
 
     init(settings: FaultProxySettings) {
         self.settings = settings
@@ -99,6 +102,10 @@ final class HTTPFaultRelay: ChannelInboundHandler {
             self.refuse(context: context, "400 Bad Request")
             return
         }
+        if let type = FaultProxySettings.mediaType(head.headers["Content-Type"].first), self.settings.refusedRequestTypes.contains(type) {
+            self.refuse(context: context, "403 Forbidden", page: "uploads of \(type) are not allowed by policy")
+            return
+        }
         let declaredLength = head.headers["Content-Length"].first.flatMap { Int($0) }
         if let limit = self.settings.requestBodyLimit, let declaredLength, declaredLength > limit {
             self.refuse(context: context, "413 Content Too Large")
@@ -133,13 +140,15 @@ final class HTTPFaultRelay: ChannelInboundHandler {
             || lower == "te" || lower == "trailer"
     }
 
-    /// Answers `status` itself and closes both connections.
-    private func refuse(context: ChannelHandlerContext, _ status: String, extra: [(String, String)] = []) {
+    /// Answers `status` itself and closes both connections; with `page`, the body is an HTML block page saying it,
+    /// as content filters send.
+    private func refuse(context: ChannelHandlerContext, _ status: String, page: String? = nil, extra: [(String, String)] = []) {
         guard !self.closing else { return }
         self.closing = true
         let code = Int(status.prefix(3))!
-        let body = "test proxy: \(status)\n"
+        let body = page.map { "<html><body><h1>Access denied</h1><p>test proxy: \($0)</p></body></html>\n" } ?? "test proxy: \(status)\n"
         var headers = HTTPHeaders([("Content-Length", String(body.utf8.count)), ("Connection", "close")])
+        if page != nil { headers.add(name: "Content-Type", value: "text/html") }
         for (name, value) in extra { headers.add(name: name, value: value) }
         let head = HTTPResponseHead(version: self.requestVersion, status: HTTPResponseStatus(statusCode: code), headers: headers)
         context.write(self.wrapOutboundOut(.head(head)), promise: nil)
@@ -230,6 +239,17 @@ final class HTTPFaultRelay: ChannelInboundHandler {
         guard let context = self.context, !self.closing else { return }
         switch part {
         case .head(let head):
+            self.responseBodyBytes = 0
+            if let type = FaultProxySettings.mediaType(head.headers["Content-Type"].first), self.settings.refusedResponseTypes.contains(type) {
+                self.refuse(context: context, "403 Forbidden", page: "downloads of \(type) are not allowed by policy")
+                return
+            }
+            if let limit = self.settings.responseBodyLimit, let length = head.headers["Content-Length"].first.flatMap({ Int($0) }),
+                length > limit
+            {
+                self.refuse(context: context, "403 Forbidden", page: "replies over \(limit) bytes are not allowed by policy")
+                return
+            }
             self.responseStarted = true
             self.responseKeepAlive = head.isKeepAlive && self.clientKeepAlive
             var clientHead = HTTPResponseHead(version: self.requestVersion, status: head.status)
@@ -238,6 +258,11 @@ final class HTTPFaultRelay: ChannelInboundHandler {
             self.respond(context: context, .head(clientHead))
         case .body(let body):
             self.relayedBytes += body.readableBytes
+            self.responseBodyBytes += body.readableBytes
+            if let limit = self.settings.responseBodyLimit, self.responseBodyBytes > limit {
+                self.closeBoth()  // a reply that grew past the limit is cut where it stands
+                return
+            }
             self.respond(context: context, .body(.byteBuffer(body)))
             if let cut = self.settings.cutAfterBytes, self.relayedBytes >= cut {
                 context.flush()
