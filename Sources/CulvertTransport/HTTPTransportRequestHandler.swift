@@ -47,6 +47,9 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
     /// that the connection's next request may be an upgrade too.
     var rearmUpgrade: ((ChannelHandlerContext) -> Void)?
     private var decoder: NIOSingleStepByteToMessageProcessor<HTTPTransportRecordDecoder>?
+    /// The upload's body shape (its `Content-Type`), and the base64 decoder before `decoder` when it is text.
+    private var uploadShape = HTTPBodyShape.binary
+    private var textDecoder: Base64LineDecoder?
 
     init(
         pathPrefix: String,
@@ -147,6 +150,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
         connection.pendingUploads.withLockedValue { $0 -= 1 }
         connection.eventLoop.execute { _ = connection.uploadFinished(channel: channel) }
         self.decoder = nil
+        self.textDecoder = nil
     }
 
     private func begin(context: ChannelHandlerContext, head: HTTPRequestHead) {
@@ -171,8 +175,14 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
             self.state = .download(connection)
             let channel = context.channel
             let version = head.version
+            let shape = HTTPBodyShape.requested(by: head)
+            // A client behind a proxy that limits reply sizes asks for small responses (at least 1 KiB).
+            let byteLimit = query["r"].flatMap { Int($0) }.map { max($0, 1024) }
             connection.eventLoop.execute {
-                connection.downRequest(channel: channel, version: version, mode: mode, acknowledged: acknowledged, signed: signed)
+                connection.downRequest(
+                    channel: channel, version: version, mode: mode, acknowledged: acknowledged, signed: signed, shape: shape,
+                    byteLimit: byteLimit
+                )
             }
         case "up" where head.method == .POST:
             guard let connection = self.lookup(context: context, head: head, query: query) else { return }
@@ -201,6 +211,8 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
                 HTTPTransportRecordDecoder(maximumPayloadLength: recordLimit),
                 maximumBufferSize: recordLimit + 64
             )
+            self.uploadShape = HTTPBodyShape.requested(by: head)
+            self.textDecoder = self.uploadShape.makeDecoder()
             if signed {
                 self.armSignedUploadTimer(context: context, head: head)
             } else {
@@ -244,7 +256,8 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
     ) {
         var records: [HTTPTransportRecord] = []
         do {
-            try self.decoder?.process(buffer: body) { records.append($0) }
+            let bytes = try self.textDecoder?.decode(body) ?? body
+            try self.decoder?.process(buffer: bytes) { records.append($0) }
         } catch {
             self.abandonUpload(connection, channel: context.channel)
             self.respondError(context: context, head: nil, status: .badRequest, "malformed upload: \(error)")
@@ -266,19 +279,22 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
             connection.pendingUploads.withLockedValue { $0 -= 1 }
             let truncated: Bool
             do {
+                try self.textDecoder?.finish()
                 try self.decoder?.finishProcessing(seenEOF: true) { _ in }
                 truncated = false
             } catch {
                 truncated = true
             }
             self.decoder = nil
+            self.textDecoder = nil
             let channel = context.channel
+            let shape = self.uploadShape
             connection.eventLoop.execute {
                 let acknowledged = connection.uploadFinished(channel: channel)
                 if truncated {
                     Self.writeError(channel: channel, version: head.version, status: .badRequest, "the body ended inside a record")
                 } else {
-                    HTTPServerTransportConnection.respondEmpty(channel: channel, records: [.acknowledge(acknowledged)])
+                    HTTPServerTransportConnection.respondEmpty(channel: channel, records: [.acknowledge(acknowledged)], shape: shape)
                 }
             }
         case .download:
@@ -379,8 +395,12 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
         let bodyComing = head?.hasBody ?? true
         self.state = .discarding
         self.decoder = nil
+        self.textDecoder = nil
         Self.writeError(channel: context.channel, version: version, status: status, message, closeConnection: bodyComing)
     }
+
+    /// Marks the server's own error answers, so that a client tells them from a proxy's refusal (a content rule).
+    static let errorHeaderName = "Culvert-Error"
 
     static func writeError(
         channel: any Channel,
@@ -395,6 +415,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
         headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
         headers.add(name: "Content-Length", value: String(body.utf8.count))
         headers.add(name: "Cache-Control", value: "no-store")
+        headers.add(name: Self.errorHeaderName, value: String(status.code))
         if closeConnection { headers.add(name: "Connection", value: "close") }
         for (name, value) in extra { headers.add(name: name, value: value) }
         channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: version, status: status, headers: headers)), promise: nil)

@@ -62,10 +62,20 @@ public protocol UpstreamModeReporting: AnyObject {
     var upstreamUsesShortRequests: Bool { get }
     /// Called on the connection's loop when ``upstreamUsesShortRequests`` changes.
     var onUpstreamModeChange: (() -> Void)? { get set }
+    /// The shape the connection's bodies have now (it moves on when the path refuses one).
+    var bodyShape: HTTPBodyShape { get }
+    /// The most bytes a body has on the wire, once the path refused bodies of every shape at their full size.
+    var bodyByteLimit: Int? { get }
 }
 
 extension TransportConnection {
     /// Whether upstream bytes go as short requests because the path holds or cuts streaming request bodies; false
     /// for every transport that streams upstream (read on the connection's loop).
     public var upstreamUsesShortRequests: Bool { (self as? any UpstreamModeReporting)?.upstreamUsesShortRequests ?? false }
+
+    /// The shape of the connection's bodies (chunked and polling); nil for transports that carry no HTTP bodies.
+    public var bodyShape: HTTPBodyShape? { (self as? any UpstreamModeReporting)?.bodyShape }
+
+    /// The most bytes a chunked or polling body has on the wire once the path refused larger ones; nil otherwise.
+    public var bodyByteLimit: Int? { (self as? any UpstreamModeReporting)?.bodyByteLimit ?? nil }
 }

@@ -35,6 +35,9 @@ public enum TransportError: Error, Hashable, Sendable, CustomStringConvertible {
     case invalidTLSSetting(String)
     /// The TLS handshake with the server failed (its certificate was not trusted, or it does not speak TLS).
     case tlsFailed(endpoint: String, reason: String)
+    /// Something in the path refused the chunked or polling transport's bodies in every shape it had to try (a
+    /// proxy's content rules: by content type, size or inspection); `refusals` says what was refused how.
+    case contentRefused(TransportKind, refusals: String)
 
     /// Whether trying again cannot help, only a change of settings: the proxy refuses the credentials or the port,
     /// TLS is refused, the server has no such path, a URL or TLS setting is unusable, or the proxy relays nothing
@@ -42,7 +45,7 @@ public enum TransportError: Error, Hashable, Sendable, CustomStringConvertible {
     public var retryCannotFix: Bool {
         switch self {
         case .invalidURL, .invalidProxyURL, .invalidTLSSetting, .tlsFailed, .proxyAuthenticationRequired, .proxyRefused,
-            .proxyRelaysNothing:
+            .proxyRelaysNothing, .contentRefused:
             true
         case .unexpectedStatus(_, let status, _, _):
             status == 404
@@ -92,6 +95,8 @@ public enum TransportError: Error, Hashable, Sendable, CustomStringConvertible {
             reason
         case .tlsFailed(let endpoint, let reason):
             "TLS with \(endpoint) failed: \(reason)"
+        case .contentRefused(let kind, let refusals):
+            "\(kind): the path's content rules refused its bodies (\(refusals)); try another --transport, or ask for the server's URL to be allowed"
         }
     }
 }

@@ -50,6 +50,23 @@ struct HTTPClientTransportOptions: ParsableArguments {
     @Option(help: "Seconds without an acknowledgement of a streaming POST before upstream switches to short POSTs.")
     var upstreamAckTimeout: Double = 3
 
+    /// Which body shapes the chunked and polling transports may use.
+    enum BodyShapeChoice: String, ExpressibleByArgument, CaseIterable {
+        case auto, binary, text
+
+        /// The shapes to use, in order (one: no fallback).
+        var shapes: [HTTPBodyShape] {
+            switch self {
+            case .auto: HTTPBodyShape.fallbackOrder
+            case .binary: [.binary]
+            case .text: [.text]
+            }
+        }
+    }
+
+    @Option(help: "Chunked and polling bodies: binary (application/octet-stream), text (base64 in text/plain, for proxies whose content rules refuse binary), or auto: binary, then text, then small text bodies, as the path refuses them.")
+    var bodyShape: BodyShapeChoice = .auto
+
     func settings() throws -> HTTPTransportClientSettings {
         guard self.maxPostKib >= 16, self.streamRequestMib >= 1, self.streamRequestAge > 0, self.upstreamAckTimeout > 0 else {
             throw ValidationError("--max-post-kib must be at least 16, --stream-request-mib at least 1, and the times positive")
@@ -58,7 +75,8 @@ struct HTTPClientTransportOptions: ParsableArguments {
             maximumPostBodyBytes: self.maxPostKib * 1024,
             streamRequestLimitBytes: self.streamRequestMib * 1024 * 1024,
             streamRequestMaxAge: .fromSeconds(self.streamRequestAge),
-            upstreamAckTimeout: .fromSeconds(self.upstreamAckTimeout)
+            upstreamAckTimeout: .fromSeconds(self.upstreamAckTimeout),
+            bodyShapes: self.bodyShape.shapes
         )
     }
 }

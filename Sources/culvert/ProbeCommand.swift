@@ -27,6 +27,9 @@ struct ProbeCommand: AsyncParsableCommand {
     @Flag(help: "Probe a server started with --no-session-encryption (end-to-end session encryption off on both sides).")
     var noSessionEncryption = false
 
+    @Option(help: "Chunked and polling bodies to try: auto (binary, then text, then small text bodies, as the path refuses them), binary or text.")
+    var bodyShape: HTTPClientTransportOptions.BodyShapeChoice = .auto
+
     @Flag(help: "Print one JSON object instead of a table.")
     var json = false
 
@@ -38,12 +41,14 @@ struct ProbeCommand: AsyncParsableCommand {
         do { server = try ServerEndpoint(url: self.serverURL) } catch { throw ValidationError(error.description) }
         var quiet = logger
         quiet.logLevel = .critical
+        var options = TransportOptions(
+            proxy: try self.proxyOptions.resolve(for: server, logger: logger),
+            tls: try self.tlsOptions.resolve(for: server, logger: logger), logger: quiet
+        )
+        options.http.bodyShapes = self.bodyShape.shapes
         let results = await TransportNegotiator.probe(
             server: server,
-            options: TransportOptions(
-                proxy: try self.proxyOptions.resolve(for: server, logger: logger),
-                tls: try self.tlsOptions.resolve(for: server, logger: logger), logger: quiet
-            ),
+            options: options,
             session: try {
                 var session = SessionConfiguration(token: try self.tokenOptions.resolve())
                 session.user = try self.userOptions.resolve()
@@ -63,8 +68,9 @@ struct ProbeCommand: AsyncParsableCommand {
         if choice == nil { throw ExitCode(1) }
     }
 
-    /// `{"choice": …, "transports": [{"name", "works", "failure", "rtt_ms", "time_ms", "upstream", "detail"}]}`;
-    /// `upstream` is `"stream"`, `"short_posts"` or null (the transport does not work).
+    /// `{"choice": …, "transports": [{"name", "works", "failure", "rtt_ms", "time_ms", "upstream", "body", "detail"}]}`;
+    /// `upstream` is `"stream"`, `"short_posts"` or null (the transport does not work); `body` is the body shape a
+    /// chunked or polling transport that works settled on (`"binary"`, `"text"`), null otherwise.
     static func json(_ results: [ProbeResult], choice: TransportKind?) -> String {
         struct Entry: Encodable {
             var name: String
@@ -73,10 +79,11 @@ struct ProbeCommand: AsyncParsableCommand {
             var rttMilliseconds: Double?
             var timeMilliseconds: Double
             var upstream: String?
+            var body: String?
             var detail: String
 
             enum CodingKeys: String, CodingKey {
-                case name, works, failure, detail, upstream
+                case name, works, failure, detail, upstream, body
                 case rttMilliseconds = "rtt_ms"
                 case timeMilliseconds = "time_ms"
             }
@@ -90,6 +97,7 @@ struct ProbeCommand: AsyncParsableCommand {
                 try container.encode(self.rttMilliseconds, forKey: .rttMilliseconds)
                 try container.encode(self.timeMilliseconds, forKey: .timeMilliseconds)
                 try container.encode(self.upstream, forKey: .upstream)
+                try container.encode(self.body, forKey: .body)
                 try container.encode(self.detail, forKey: .detail)
             }
         }
@@ -111,7 +119,7 @@ struct ProbeCommand: AsyncParsableCommand {
                 Entry(name: $0.transport.rawValue, works: $0.works, failure: $0.failure?.rawValue,
                       rttMilliseconds: $0.roundTripMilliseconds.map { ($0 * 10).rounded() / 10 },
                       timeMilliseconds: ($0.elapsedMilliseconds * 10).rounded() / 10, upstream: $0.upstream?.rawValue,
-                      detail: $0.detail)
+                      body: $0.bodyShape?.rawValue, detail: $0.detail)
             }
         )
         let encoder = JSONEncoder()

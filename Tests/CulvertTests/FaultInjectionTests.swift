@@ -8,7 +8,7 @@ import Testing
 
 /// One proxy misbehaviour at a time (and combinations seen in the field), injected by the Swift test proxy as a
 /// forward or a reverse proxy: the probes name the failure mode of each transport it breaks, `auto` settles on the
-/// best transport that still works and moves 4 MiB each way intact through the faulty proxy, and so does every other
+/// best transport that still works and moves 4 MiB (1 MiB where bodies go as text) each way intact through the faulty proxy, and so does every other
 /// transport the fault bears on.
 @Suite(.serialized, .timeLimit(.minutes(2))) struct FaultInjectionTests {
     struct Case: Sendable, CustomTestStringConvertible {
@@ -22,6 +22,11 @@ import Testing
         var alsoCarry: [TransportKind] = []
         /// Words the failed transports' details must contain, where the failure code alone does not say enough.
         var details: [TransportKind: String] = [:]
+        /// Working transports whose probe must report text bodies, and those whose bodies must also be small.
+        var textBodies: Set<TransportKind> = []
+        var smallBodies: Set<TransportKind> = []
+        /// Bytes carried each way (text bodies cost the debug build's base64 time: small volumes for them).
+        var byteCount = 4 << 20
         /// A lower bound on every working transport's measured round trip.
         var minimumRoundTripMilliseconds: Double = 0
         var testDescription: String {
@@ -46,6 +51,27 @@ import Testing
         // A corporate proxy that both strips Upgrade and allows CONNECT only to 443.
         Case(faults: [.stripUpgrade, .refuseConnect], failures: [.websocket: .upgradeStripped, .connect: .connectRefused],
              choice: .chunked),
+        // Content rules: a filter that blocks binary uploads and downloads (and neither upgrades nor CONNECT pass). The
+        // chunked and polling transports' bodies go as text instead, and say so.
+        Case(faults: [.stripUpgrade, .refuseConnect, .refuseRequestContentTypes(["application/octet-stream"]),
+                      .refuseResponseContentTypes(["application/octet-stream"])],
+             failures: [.websocket: .upgradeStripped, .connect: .connectRefused], choice: .chunked, alsoCarry: [.polling],
+             details: [.chunked: "content rules refused application/octet-stream", .polling: "text/plain"],
+             textBodies: [.chunked, .polling], byteCount: 1 << 20),
+        // Only downloads of binary blocked, as a reverse proxy in front of the server.
+        Case(faults: [.stripUpgrade, .refuseResponseContentTypes(["application/octet-stream"])], reverse: true,
+             failures: [.websocket: .upgradeStripped, .connect: .upgradeStripped], choice: .chunked, alsoCarry: [.polling],
+             textBodies: [.chunked, .polling], byteCount: 1 << 20),
+        // Every body type the transports have refused in requests: chunked and polling cannot send, and say why.
+        Case(faults: [.refuseRequestContentTypes(["application/octet-stream", "text/plain"])],
+             failures: [.chunked: .contentRefused, .polling: .contentRefused], choice: .websocket,
+             details: [.chunked: "then a POST with text/plain", .polling: "application/octet-stream bodies answered 403"],
+             byteCount: 1 << 20),
+        // A reply size limit: a polling response over it is refused whatever its type, so polling ends up with small
+        // text bodies; chunked's streaming responses (no declared length) are cut at the limit, and resumed.
+        Case(faults: [.stripUpgrade, .refuseConnect, .limitResponseBodies(bytes: 128 * 1024)],
+             failures: [.websocket: .upgradeStripped, .connect: .connectRefused], choice: .chunked, alsoCarry: [.polling],
+             byteCount: 1 << 20),
         // A reverse proxy with the defaults of many: no upgrades, responses and request bodies buffered, idle
         // connections cut at 60 s, bodies over 1 MiB refused.
         Case(
@@ -82,6 +108,10 @@ import Testing
             if let words = faultCase.details[result.transport] {
                 #expect(result.detail.contains(words), "\(result.transport): \(result.detail)")
             }
+            if result.works && (result.transport == .chunked || result.transport == .polling) {
+                #expect(result.bodyShape == (faultCase.textBodies.contains(result.transport) ? .text : .binary), "\(result.transport)")
+                #expect(result.detail.contains("KiB") == faultCase.smallBodies.contains(result.transport), "\(result.transport): \(result.detail)")
+            }
             if result.works {
                 #expect(result.upstream == (faultCase.shortPosts.contains(result.transport) ? .shortRequests : .stream),
                         "\(result.transport)")
@@ -103,10 +133,17 @@ import Testing
                 : try await TunnelClient.connect(configuration: configuration, group: group, logger: TunnelHarness.logger)
             #expect(client.currentTransport == transport ?? faultCase.choice)
             let transfer = try await TransferClient.echoTransfer(
-                host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 4 << 20, seed: 9, group: group
+                host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: faultCase.byteCount, seed: 9, group: group
             )
             #expect(transfer.digestsMatch, "\(client.currentTransport)")
-            #expect(transfer.bytesReceived == 4 << 20, "\(client.currentTransport)")
+            #expect(transfer.bytesReceived == faultCase.byteCount, "\(client.currentTransport)")
+            if faultCase.faults.contains(.limitResponseBodies(bytes: 128 * 1024)) && transport == .polling {
+                // Its 1 MiB responses were refused as binary and as text: it went on in small text bodies.
+                let session = client.session
+                let (shape, limit) = try await session.eventLoop.submit { (session.bodyShape, session.bodyByteLimit) }.get()
+                #expect(shape == .text)
+                #expect(limit == 64 * 1024)
+            }
             if faultCase.faults.contains(.limitRequestBodies(bytes: 1024 * 1024)) && transport == .chunked {
                 // 4 MiB in one streaming POST reaches the 1 MiB limit: the 413 moved upstream to short POSTs.
                 let session = client.session

@@ -17,6 +17,9 @@ public enum ProbeFailure: String, Sendable, Codable, CaseIterable {
     case proxyAuthentication = "proxy_auth"
     /// A request body was refused as too large (413).
     case bodyTooLarge = "body_too_large"
+    /// The path's content rules refused the chunked or polling bodies in every shape (by content type, size or
+    /// inspection: a 403, 415 or 451 from the proxy, or a block page in place of the answer).
+    case contentRefused = "content_refused"
     /// The server or the proxy could not be reached.
     case unreachable
     /// The proxy could not reach the server (502, 504).
@@ -41,6 +44,7 @@ public enum ProbeFailure: String, Sendable, Codable, CaseIterable {
         case .connectNoRelay: "CONNECT accepted, nothing relayed"
         case .proxyAuthentication: "proxy needs authentication"
         case .bodyTooLarge: "request body too large"
+        case .contentRefused: "bodies refused by content rules"
         case .unreachable: "unreachable"
         case .serverUnreachableFromProxy: "proxy cannot reach the server"
         case .authentication: "token refused"
@@ -84,6 +88,7 @@ public enum ProbeFailure: String, Sendable, Codable, CaseIterable {
             case .proxyRelaysNothing: return .connectNoRelay
             case .proxyAuthenticationRequired: return .proxyAuthentication
             case .proxyCannotReachServer: return .serverUnreachableFromProxy
+            case .contentRefused: return .contentRefused
             case .unreachable, .proxyUnreachable: return .unreachable
             case .timedOut: return transportEstablished ? .noRelayAfterUpgrade : .timeout
             default: return .other

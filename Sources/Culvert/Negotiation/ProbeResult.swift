@@ -22,6 +22,8 @@ public struct ProbeResult: Sendable {
     public var elapsedMilliseconds: Double
     /// How upstream travels, when the transport works.
     public var upstream: Upstream?
+    /// The shape of the bodies of a chunked or polling transport that works (text when the path refused binary).
+    public var bodyShape: HTTPBodyShape?
     /// For a failure: whether trying again cannot help (see ``SessionError/retryCannotFix``).
     public var retryCannotFix = false
 
@@ -32,7 +34,8 @@ public struct ProbeResult: Sendable {
         detail: String,
         roundTripMilliseconds: Double?,
         elapsedMilliseconds: Double,
-        upstream: Upstream? = nil
+        upstream: Upstream? = nil,
+        bodyShape: HTTPBodyShape? = nil
     ) {
         self.transport = transport
         self.works = works
@@ -41,6 +44,7 @@ public struct ProbeResult: Sendable {
         self.roundTripMilliseconds = roundTripMilliseconds
         self.elapsedMilliseconds = elapsedMilliseconds
         self.upstream = upstream
+        self.bodyShape = bodyShape
     }
 
     /// A failed probe of `transport` that started at `start`.

@@ -6,7 +6,7 @@ import CulvertTransport
 public enum ProbeTable {
     /// The table for `results`, one line per row, each ending in a newline.
     public static func text(_ results: [ProbeResult]) -> String {
-        let header = ["transport", "works", "failure", "rtt ms", "time ms", "upstream"]
+        let header = ["transport", "works", "failure", "rtt ms", "time ms", "upstream", "body"]
         let rows = results.map { result in
             [
                 result.transport.rawValue,
@@ -15,6 +15,7 @@ public enum ProbeTable {
                 result.roundTripMilliseconds.map { String(format: "%.1f", $0) } ?? "-",
                 String(format: "%.0f", result.elapsedMilliseconds),
                 result.upstream?.rawValue ?? "-",
+                result.bodyShape?.rawValue ?? "-",
             ]
         }
         let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }

@@ -152,17 +152,28 @@ public enum TransportNegotiator {
             gate.accepted()
             holdsGate = false
             let handshake = NIODeadline.now() - handshakeStart
-            let shortRequests = try await eventLoop.submit { connection.upstreamUsesShortRequests }.get()
+            let (shortRequests, bodyShape, bodyLimit) = try await eventLoop.submit {
+                (connection.upstreamUsesShortRequests, connection.bodyShape, connection.bodyByteLimit)
+            }.get()
             _ = try? await tunnel.shutdown(gracePeriod: .zero).get()
             if let delivery, let held = Self.heldBack(try await delivery.get().verdict) {
                 return ProbeResult(failed: kind, .responseBuffered, held, since: start)
             }
+            var details: [String] = []
+            if shortRequests { details.append("the path holds or cuts streaming request bodies: upstream goes as short POSTs") }
+            if let bodyShape, bodyShape != options.http.bodyShapes.first || bodyLimit != nil {
+                details.append(
+                    "the path's content rules refused \(options.http.bodyShapes.first?.contentType ?? "binary") bodies: they go as \(bodyShape.contentType)"
+                        + (bodyLimit.map { " of at most \($0 / 1024) KiB" } ?? "")
+                )
+            }
             return ProbeResult(
                 transport: kind, works: true, failure: nil,
-                detail: shortRequests ? "the path holds or cuts streaming request bodies: upstream goes as short POSTs" : "",
+                detail: details.joined(separator: "; "),
                 roundTripMilliseconds: Double(handshake.nanoseconds) / 2e6,
                 elapsedMilliseconds: Double((NIODeadline.now() - start).nanoseconds) / 1e6,
-                upstream: kind == .polling || shortRequests ? .shortRequests : .stream
+                upstream: kind == .polling || shortRequests ? .shortRequests : .stream,
+                bodyShape: bodyShape
             )
         } catch {
             if holdsGate { gate.inconclusive() }

@@ -28,6 +28,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
 
     private var machine: SessionStateMachine
     private(set) var transport: (any TransportConnection)?
+    /// The error the current transport closed with, when it said one.
+    private var transportCloseError: TransportError?
     private var frameReader: FrameReader
     private let encoder = FrameEncoder()
     /// Seals what this side sends and opens what it receives on the current transport, once its handshake is done
@@ -132,6 +134,10 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     /// Whether the current transport sends upstream in short requests because the path holds or cuts streaming
     /// request bodies (the chunked transport's fallback).
     public var upstreamUsesShortRequests: Bool { self.transport?.upstreamUsesShortRequests ?? false }
+    /// The shape of the current chunked or polling transport's bodies, and their size limit once the path refused
+    /// larger ones (nil for the other transports).
+    public var bodyShape: HTTPBodyShape? { self.transport?.bodyShape }
+    public var bodyByteLimit: Int? { self.transport?.bodyByteLimit }
     /// Streams currently open.
     public var streamCount: Int { self.streams.count }
     /// The transport was lost; the session waits to be resumed.
@@ -449,6 +455,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     public func transportDidClose(_ transport: any TransportConnection, error: (any Error)?) {
         guard transport === self.transport else { return }
         let reason = error.map { "\($0)" } ?? "closed by the peer or a proxy in between"
+        self.transportCloseError = error as? TransportError
         self.perform(self.machine.transportLost(.transportClosed(reason), now: self.eventLoop.now))
     }
 
@@ -620,7 +627,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             if case .handshake(let error) = reason, self.machine.hasSession || self.resumeTarget != nil {
                 self.logger.warning("resumption failed: \(error)")
             }
-            self.finish(SessionError(reason))
+            self.finish(self.error(endingWith: reason))
         case .protocolFailure(let goAway, let reason):
             if case .protocolViolation(_, let message) = reason { self.logger.error("protocol error: \(message); ending the session") }
             // The batch is dropped whole: its headers, and the payloads that would have gone out after them.
@@ -633,6 +640,16 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             self.flushNow()
             self.finish(SessionError(reason))
         }
+    }
+
+    /// The error a session that ended with `reason` reports: a transport that closed because of something retrying
+    /// cannot fix (its path's content rules, say) reports that error itself, so owners can tell it (the probe
+    /// names it, the client stops).
+    private func error(endingWith reason: SessionEndReason) -> SessionError {
+        if case .transportClosed = reason, let error = self.transportCloseError, error.retryCannotFix {
+            return .transport(error)
+        }
+        return SessionError(reason)
     }
 
     private func didEstablish(_ outcome: HandshakeStateMachine.Outcome, reply: Frame?) {

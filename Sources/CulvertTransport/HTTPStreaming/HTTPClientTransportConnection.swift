@@ -38,6 +38,14 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
     /// Streaming POSTs cut in a row before this side ended them.
     private var upStreamCuts = 0
     let downMode: DownMode
+    /// The shape of the bodies now; the next of ``HTTPTransportClientSettings/bodyShapes`` once the path refuses it.
+    private(set) var bodyShape: HTTPBodyShape
+    /// What the path refused so far, for the error when no shape is left.
+    private var shapeRefusals: [String] = []
+    /// Set after the last shape was refused too: every body, each way, is at most this long on the wire.
+    private(set) var bodyByteLimit: Int?
+    /// The largest POST body on the wire now.
+    private var postBodyBytes: Int { min(self.settings.maximumPostBodyBytes, self.bodyByteLimit ?? .max) }
 
     private var upLog = OutboundByteLog()
     private var downCursor = InboundByteCursor()
@@ -52,6 +60,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
     private var downFailures = 0
     private var downTimer: Scheduled<Void>?
     private var downDecoder: NIOSingleStepByteToMessageProcessor<HTTPTransportRecordDecoder>?
+    private var downText: Base64LineDecoder?
     private var downAckSent: UInt64 = 0
     private var downAckNeeded = false
     private var downAckTimer: Scheduled<Void>?
@@ -68,6 +77,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
     private var upRequestBytes = 0
     private var upTimer: Scheduled<Void>?
     private var upDecoder: NIOSingleStepByteToMessageProcessor<HTTPTransportRecordDecoder>?
+    private var upText: Base64LineDecoder?
     private var ackWatchdog: Scheduled<Void>?
     private var ackAtWatchdogStart: UInt64 = 0
     private var retryTimers: [Scheduled<Void>] = []
@@ -99,6 +109,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         self.logger[metadataKey: "transport"] = "\(kind)"
         self.upMode = kind == .chunked ? .stream : .batch
         self.downMode = kind == .chunked ? .stream : .poll
+        self.bodyShape = options.http.bodyShapes.first ?? .binary
         self.upChannel = firstChannel
     }
 
@@ -142,6 +153,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         self.requestCounter += 1
         var headers = self.route.baseHeaders()
         headers.add(name: HTTPRequestSigner.connectionHeaderName, value: self.id)
+        headers.add(name: "Accept", value: self.bodyShape.contentType)
         if let signer = self.signer {
             headers.add(
                 name: HTTPRequestSigner.headerName,
@@ -165,7 +177,9 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
             let received = self.downCursor.received
             self.downAckSent = max(self.downAckSent, received)
             self.downDecoder = self.makeDecoder()
-            let head = self.requestHead(.GET, endpoint: "down", offset: received, query: "m=\(self.downMode.rawValue)&a=\(received)")
+            self.downText = self.bodyShape.makeDecoder()
+            let limit = self.bodyByteLimit.map { "&r=\($0)" } ?? ""
+            let head = self.requestHead(.GET, endpoint: "down", offset: received, query: "m=\(self.downMode.rawValue)&a=\(received)\(limit)")
             let timeout = self.downMode == .poll ? self.settings.pollResponseTimeout : self.settings.requestTimeout
             self.downTimer = self.eventLoop.scheduleTask(in: timeout) { [self] in
                 guard generation == self.downGeneration else { return }
@@ -185,11 +199,13 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         switch event {
         case .head(let head):
             if self.downMode == .stream { self.downTimer?.cancel() }
+            if self.refusedByContentRules(head, method: "GET") { return }
             if head.status != .ok { self.refused(head, method: "GET") }
         case .body(let body):
             var records: [HTTPTransportRecord] = []
             do {
-                try self.downDecoder?.process(buffer: body) { records.append($0) }
+                let bytes = try self.downText?.decode(body) ?? body
+                try self.downDecoder?.process(buffer: bytes) { records.append($0) }
             } catch {
                 self.closeNow(error: TransportError.protocolViolation("\(self.kind): malformed downstream body: \(error)"))
                 return
@@ -311,7 +327,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
     /// A POST's head; `offset` is where its first DATA record starts (signed with it).
     private func uploadHead(streaming: Bool, contentLength: Int, offset: UInt64) -> HTTPRequestHead {
         var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: "application/octet-stream")
+        headers.add(name: "Content-Type", value: self.bodyShape.contentType)
         if streaming {
             headers.add(name: "Transfer-Encoding", value: "chunked")
         } else {
@@ -329,6 +345,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
             self.upSentUpTo = self.upLog.acknowledged
             self.upRequestBytes = 0
             self.upDecoder = self.makeDecoder()
+            self.upText = self.bodyShape.makeDecoder()
             channel.send(self.uploadHead(streaming: true, contentLength: 0, offset: self.upSentUpTo), body: nil, end: false) { [self] event in
                 guard generation == self.upGeneration else { return }
                 self.upEvent(event)
@@ -352,22 +369,24 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         if self.downAckNeeded {
             self.downAckNeeded = false
             self.downAckSent = self.downCursor.received
-            channel.writeBody(HTTPTransportRecord.acknowledge(self.downAckSent).encoded(allocator: channel.channel.allocator))
+            let ack = HTTPTransportRecord.acknowledge(self.downAckSent).encoded(allocator: channel.channel.allocator)
+            channel.writeBody(self.bodyShape.wire(ack, allocator: channel.channel.allocator))
             wrote = true
         }
         var wroteData = false
         for piece in self.upLog.pieces(from: self.upSentUpTo, limit: Int.max) {
             var header = channel.channel.allocator.buffer(capacity: HTTPTransportRecord.dataHeaderLength)
             HTTPTransportRecord.writeDataHeader(offset: piece.offset, length: piece.bytes.readableBytes, to: &header)
-            channel.writeBody(header)
-            channel.writeBody(piece.bytes)
+            channel.writeBody(self.bodyShape.wire(header, allocator: channel.channel.allocator))
+            channel.writeBody(self.bodyShape.wire(piece.bytes, allocator: channel.channel.allocator))
             self.upRequestBytes += piece.bytes.readableBytes
             wroteData = true
         }
         self.upSentUpTo = self.upLog.produced
         if wrote || wroteData { channel.flush() }
         if wroteData { self.armAckWatchdog() }
-        if self.upRequestBytes >= self.settings.streamRequestLimitBytes { self.endStream() }
+        let streamLimit = min(self.settings.streamRequestLimitBytes, self.bodyShape.recordBytes(inWireBytes: self.bodyByteLimit ?? .max))
+        if self.upRequestBytes >= streamLimit { self.endStream() }
     }
 
     /// Ends the streaming POST; the next begins when its response has come.
@@ -430,13 +449,15 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
             self.downAckTimer = nil
             self.downAckSent = self.downCursor.received
             HTTPTransportRecord.acknowledge(self.downAckSent).write(to: &body)
-            let budget = self.settings.maximumPostBodyBytes - 64
+            let budget = self.bodyShape.recordBytes(inWireBytes: self.postBodyBytes) - 64
             let firstOffset = self.upSentUpTo
             for piece in self.upLog.pieces(from: self.upSentUpTo, limit: budget) {
                 HTTPTransportRecord.data(offset: piece.offset, payload: piece.bytes).write(to: &body)
                 self.upSentUpTo = piece.offset + UInt64(piece.bytes.readableBytes)
             }
             self.upDecoder = self.makeDecoder()
+            self.upText = self.bodyShape.makeDecoder()
+            body = self.bodyShape.wire(body, allocator: channel.channel.allocator)
             self.upTimer = self.eventLoop.scheduleTask(in: self.settings.requestTimeout) { [self] in
                 guard generation == self.upGeneration else { return }
                 self.upFailed(TransportError.timedOut(self.kind, phase: "upstream request", seconds: self.settings.requestTimeout.seconds))
@@ -462,11 +483,13 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
                 self.switchToBatches(because: "the streaming POST was answered \(head.status.code) \(head.status.reasonPhrase)")
                 return
             }
+            if self.refusedByContentRules(head, method: "POST") { return }
             if head.status != .ok { self.refused(head, method: "POST") }
         case .body(let body):
             var records: [HTTPTransportRecord] = []
             do {
-                try self.upDecoder?.process(buffer: body) { records.append($0) }
+                let bytes = try self.upText?.decode(body) ?? body
+                try self.upDecoder?.process(buffer: bytes) { records.append($0) }
             } catch {
                 self.closeNow(error: TransportError.protocolViolation("\(self.kind): malformed upload answer: \(error)"))
                 return
@@ -565,6 +588,49 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
             }
     }
 
+    /// Whether `head` is something in the path refusing this request's body shape rather than the server answering
+    /// it: a 403, 415 or 451 without the server's ``HTTPTransportRequestHandler/errorHeaderName``, or a 200 whose
+    /// content type is not the one asked for (a block page in its place). The `open` request before it passed, so
+    /// the path lets the server's URL through: what it refuses is these requests' content. Then the connection moves
+    /// on to the next shape and makes its requests again (offsets make that safe), or ends, when no shape is left,
+    /// with ``TransportError/contentRefused(_:refusals:)``; either way it returns true.
+    private func refusedByContentRules(_ head: HTTPResponseHead, method: String) -> Bool {
+        let refusal: String
+        if head.status == .ok {
+            guard let type = head.headers.first(name: "Content-Type"), !self.bodyShape.matches(contentType: type) else { return false }
+            refusal = "\(self.bodyShape.contentType) to a \(method) answered with \(type) instead"
+        } else {
+            guard [403, 415, 451].contains(head.status.code),
+                !head.headers.contains(name: HTTPTransportRequestHandler.errorHeaderName)
+            else { return false }
+            refusal = "a \(method) with \(self.bodyShape.contentType) bodies answered \(head.status.code) \(head.status.reasonPhrase)"
+        }
+        self.shapeRefusals.append(refusal)
+        let shapes = self.settings.bodyShapes
+        if let index = shapes.firstIndex(of: self.bodyShape), index + 1 < shapes.count {
+            self.bodyShape = shapes[index + 1]
+            self.logger.warning("the path refused \(refusal); bodies go as \(self.bodyShape.contentType) from now on")
+        } else if self.bodyByteLimit == nil {
+            // Every type refused: what the path refuses may be the size (a reply size limit refuses any type).
+            self.bodyByteLimit = self.settings.smallBodyBytes
+            self.logger.warning("the path refused \(refusal); bodies go as \(self.bodyShape.contentType) of at most \(self.settings.smallBodyBytes) bytes from now on")
+        } else {
+            self.closeNow(error: TransportError.contentRefused(self.kind, refusals: self.shapeRefusals.joined(separator: "; then ")))
+            return true
+        }
+        // Every request in flight was made in the old shape: make them again in the new one.
+        self.downTimer?.cancel()
+        self.downGeneration += 1
+        self.downInFlight = false
+        self.downChannel?.close()
+        self.downChannel = nil
+        self.abandonUpload()
+        self.issueDown()
+        self.pumpUp()
+        self.onUpstreamModeChange?()
+        return true
+    }
+
     /// A request answered with something other than 200: the connection is gone or something refuses it.
     private func refused(_ head: HTTPResponseHead, method: String) {
         if let proxyError = self.route.proxyError(for: head, method: method) {
@@ -608,7 +674,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
     /// Tells the server the connection ends, best effort: in the open streaming POST, or in a last short POST.
     private func sendCloseRecord() {
         if self.upStreamWritable, let channel = self.upChannel {
-            channel.writeBody(HTTPTransportRecord.close.encoded())
+            channel.writeBody(self.bodyShape.wire(HTTPTransportRecord.close.encoded(), allocator: channel.channel.allocator))
             channel.endBody()
             self.upChannel = nil
             // Let the last chunk go out before the connection closes.
@@ -622,10 +688,11 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         var body = ByteBufferAllocator().buffer(capacity: 256)
         HTTPTransportRecord.acknowledge(self.downCursor.received).write(to: &body)
         let firstOffset = self.upLog.acknowledged
-        for piece in self.upLog.pieces(from: firstOffset, limit: self.settings.maximumPostBodyBytes - 64) {
+        for piece in self.upLog.pieces(from: firstOffset, limit: self.bodyShape.recordBytes(inWireBytes: self.postBodyBytes) - 64) {
             HTTPTransportRecord.data(offset: piece.offset, payload: piece.bytes).write(to: &body)
         }
         HTTPTransportRecord.close.write(to: &body)
+        body = self.bodyShape.wire(body, allocator: ByteBufferAllocator())
         let head = self.uploadHead(streaming: false, contentLength: body.readableBytes, offset: firstOffset)
         let route = self.route
         HTTPClientChannel.dial(route: route, on: self.eventLoop, timeout: self.connectTimeout)

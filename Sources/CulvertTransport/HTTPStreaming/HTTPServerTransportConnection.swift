@@ -18,6 +18,10 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
     private struct DownResponder {
         let channel: any Channel
         let mode: DownMode
+        /// The shape the request asked for (`Accept`).
+        let shape: HTTPBodyShape
+        /// Payload bytes this response carries at most (a streaming one then ends, and the client asks again).
+        let payloadLimit: Int
         /// Offset of the next byte to write on this response.
         var nextOffset: UInt64
         var bytesWritten = 0
@@ -142,26 +146,33 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
     // MARK: Requests (called on eventLoop by HTTPTransportRequestHandler)
 
     /// A GET for downstream bytes arrived on `channel`; `acknowledged` is what the client has received.
-    func downRequest(channel: any Channel, version: HTTPVersion, mode: DownMode, acknowledged: UInt64, signed: Bool) {
+    func downRequest(
+        channel: any Channel, version: HTTPVersion, mode: DownMode, acknowledged: UInt64, signed: Bool, shape: HTTPBodyShape,
+        byteLimit: Int? = nil
+    ) {
         self.lastActivity = .now()
         guard !self.closed else {
-            self.answerAfterClose(channel: channel, acknowledged: acknowledged)
+            self.answerAfterClose(channel: channel, acknowledged: acknowledged, shape: shape)
             return
         }
         guard signed || !self.isAuthenticated else {
-            self.answerUnsigned(channel: channel, version: version, from: acknowledged)
+            self.answerUnsigned(channel: channel, version: version, from: acknowledged, shape: shape)
             return
         }
         guard self.applyAcknowledgement(acknowledged) else { return }
         // A newer request replaces an older one (the client gave up on it): answer the old one empty.
         if let old = self.responder { self.finishResponder(old) }
-        var responder = DownResponder(channel: channel, mode: mode, nextOffset: self.down.acknowledged, signed: signed)
+        let wireLimit = min(mode == .stream ? self.settings.streamResponseLimitBytes : self.settings.maximumPollResponseBytes, byteLimit ?? .max)
+        var responder = DownResponder(
+            channel: channel, mode: mode, shape: shape, payloadLimit: max(1, shape.recordBytes(inWireBytes: wireLimit) - 64),
+            nextOffset: self.down.acknowledged, signed: signed
+        )
         switch mode {
         case .stream:
             responder.timer = self.eventLoop.scheduleTask(in: self.settings.streamResponseMaxAge) { [self] in
                 if let current = self.responder, current.channel === channel { self.finishResponder(current) }
             }
-            var headers = Self.responseHeaders()
+            var headers = Self.responseHeaders(shape: shape)
             if version.major == 1 && version.minor == 0 {
                 responder.closeDelimited = true
                 headers.add(name: "Connection", value: "close")
@@ -171,7 +182,8 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
             channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: version, status: .ok, headers: headers)), promise: nil)
             responder.headSent = true
             // The ack of upstream bytes so far lets the client see at once that the stream gets through.
-            channel.write(HTTPServerResponsePart.body(.byteBuffer(HTTPTransportRecord.acknowledge(self.up.received).encoded())), promise: nil)
+            let ack = shape.wire(HTTPTransportRecord.acknowledge(self.up.received).encoded(), allocator: channel.allocator)
+            channel.write(HTTPServerResponsePart.body(.byteBuffer(ack)), promise: nil)
             self.ackWritten = self.up.received
             channel.flush()
         case .poll:
@@ -250,18 +262,19 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
         guard responder.nextOffset < self.down.produced else { return }
         switch responder.mode {
         case .stream:
-            let pieces = self.down.pieces(from: responder.nextOffset, limit: Int.max)
+            let pieces = self.down.pieces(from: responder.nextOffset, limit: responder.payloadLimit - responder.bytesWritten)
             for piece in pieces {
                 var header = responder.channel.allocator.buffer(capacity: HTTPTransportRecord.dataHeaderLength)
                 HTTPTransportRecord.writeDataHeader(offset: piece.offset, length: piece.bytes.readableBytes, to: &header)
-                responder.channel.write(HTTPServerResponsePart.body(.byteBuffer(header)), promise: nil)
-                responder.channel.write(HTTPServerResponsePart.body(.byteBuffer(piece.bytes)), promise: nil)
+                let allocator = responder.channel.allocator
+                responder.channel.write(HTTPServerResponsePart.body(.byteBuffer(responder.shape.wire(header, allocator: allocator))), promise: nil)
+                responder.channel.write(HTTPServerResponsePart.body(.byteBuffer(responder.shape.wire(piece.bytes, allocator: allocator))), promise: nil)
                 responder.bytesWritten += piece.bytes.readableBytes
+                responder.nextOffset = piece.offset + UInt64(piece.bytes.readableBytes)
             }
             responder.channel.flush()
-            responder.nextOffset = self.down.produced
             self.responder = responder
-            if responder.bytesWritten >= self.settings.streamResponseLimitBytes {
+            if responder.bytesWritten >= responder.payloadLimit {
                 self.finishResponder(responder)
             }
         case .poll:
@@ -276,14 +289,15 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
         var records: [HTTPTransportRecord] = []
         if !responder.headSent {
             records.append(.acknowledge(self.up.received))
-            for piece in self.down.pieces(from: responder.nextOffset, limit: self.settings.maximumPollResponseBytes) {
+            for piece in self.down.pieces(from: responder.nextOffset, limit: responder.payloadLimit) {
                 records.append(.data(offset: piece.offset, payload: piece.bytes))
             }
             if self.closed { records.append(.close) }
-            Self.respondEmpty(channel: responder.channel, records: records)
+            Self.respondEmpty(channel: responder.channel, records: records, shape: responder.shape)
         } else {
             if self.closed {
-                responder.channel.write(HTTPServerResponsePart.body(.byteBuffer(HTTPTransportRecord.close.encoded())), promise: nil)
+                let close = responder.shape.wire(HTTPTransportRecord.close.encoded(), allocator: responder.channel.allocator)
+                responder.channel.write(HTTPServerResponsePart.body(.byteBuffer(close)), promise: nil)
             }
             let channel = responder.channel
             let ended = channel.writeAndFlush(HTTPServerResponsePart.end(nil))
@@ -298,10 +312,8 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
             self.ackWriteScheduled = false
             guard let responder = self.responder, responder.mode == .stream, self.ackWritten < self.up.received else { return }
             self.ackWritten = self.up.received
-            responder.channel.writeAndFlush(
-                HTTPServerResponsePart.body(.byteBuffer(HTTPTransportRecord.acknowledge(self.up.received).encoded())),
-                promise: nil
-            )
+            let ack = responder.shape.wire(HTTPTransportRecord.acknowledge(self.up.received).encoded(), allocator: responder.channel.allocator)
+            responder.channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(ack)), promise: nil)
         }
     }
 
@@ -369,7 +381,7 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
     /// An unsigned GET after the session was authenticated: the client's own when it asked before it had the key
     /// (the WELCOME was still on its way), so it gets the rest of the handshake, never a byte after it; from anyone
     /// else, nothing.
-    private func answerUnsigned(channel: any Channel, version: HTTPVersion, from offset: UInt64) {
+    private func answerUnsigned(channel: any Channel, version: HTTPVersion, from offset: UInt64, shape: HTTPBodyShape) {
         let start = max(offset, self.down.acknowledged)
         guard start < self.handshakeEnd else {
             HTTPTransportRequestHandler.writeError(channel: channel, version: version, status: .forbidden,
@@ -379,7 +391,7 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
         let records = self.down.pieces(from: start, limit: Int(self.handshakeEnd - start)).map {
             HTTPTransportRecord.data(offset: $0.offset, payload: $0.bytes)
         }
-        Self.respondEmpty(channel: channel, records: records)
+        Self.respondEmpty(channel: channel, records: records, shape: shape)
     }
 
     /// Frees what a closed connection kept and lets the registry forget its id.
@@ -392,24 +404,26 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
     }
 
     /// A GET on a closed connection: what the client has not received yet, then the close record.
-    private func answerAfterClose(channel: any Channel, acknowledged: UInt64) {
+    private func answerAfterClose(channel: any Channel, acknowledged: UInt64, shape: HTTPBodyShape) {
         var records: [HTTPTransportRecord] = []
         if self.lingerTask != nil {
             _ = self.down.acknowledge(acknowledged)
-            for piece in self.down.pieces(from: self.down.acknowledged, limit: self.settings.maximumPollResponseBytes) {
+            let limit = shape.recordBytes(inWireBytes: self.settings.maximumPollResponseBytes)
+            for piece in self.down.pieces(from: self.down.acknowledged, limit: limit) {
                 records.append(.data(offset: piece.offset, payload: piece.bytes))
             }
         }
         records.append(.close)
-        Self.respondEmpty(channel: channel, records: records)
+        Self.respondEmpty(channel: channel, records: records, shape: shape)
         self.forget()
     }
 
     // MARK: Responses
 
-    static func responseHeaders() -> HTTPHeaders {
+    /// The headers of every answer the server gives a chunked or polling request, its body in `shape`.
+    static func responseHeaders(shape: HTTPBodyShape = .binary) -> HTTPHeaders {
         var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: "application/octet-stream")
+        headers.add(name: "Content-Type", value: shape.contentType)
         headers.add(name: "Cache-Control", value: "no-store")
         // Asks nginx (and proxies that honour it) not to buffer the response.
         headers.add(name: "X-Accel-Buffering", value: "no")
@@ -418,10 +432,11 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
     }
 
     /// Answers a request with a complete body of `records` (Content-Length, so HTTP/1.0 proxies pass it too).
-    static func respondEmpty(channel: any Channel, records: [HTTPTransportRecord]) {
+    static func respondEmpty(channel: any Channel, records: [HTTPTransportRecord], shape: HTTPBodyShape) {
         var body = channel.allocator.buffer(capacity: 64)
         for record in records { record.write(to: &body) }
-        var headers = Self.responseHeaders()
+        if body.readableBytes > 0 { body = shape.wire(body, allocator: channel.allocator) }
+        var headers = Self.responseHeaders(shape: shape)
         headers.add(name: "Content-Length", value: String(body.readableBytes))
         channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers)), promise: nil)
         if body.readableBytes > 0 { channel.write(HTTPServerResponsePart.body(.byteBuffer(body)), promise: nil) }

@@ -21,6 +21,12 @@ public struct HTTPTransportClientSettings: Sendable {
     public var maximumRetries: Int
     /// Unacknowledged bytes the client holds for the server before it stops taking more from the session.
     public var sendWindowBytes: Int
+    /// The body shapes to use, in order: the transport starts in the first, and moves to the next when something
+    /// in the path refuses it (a content rule). One shape only: no fallback (`--body-shape`).
+    public var bodyShapes: [HTTPBodyShape]
+    /// The last step after every shape was refused: bodies of at most this many bytes each way (a proxy's size
+    /// limit on replies or requests refuses larger ones, whatever their type).
+    public var smallBodyBytes = 64 * 1024
 
     public init(
         maximumPostBodyBytes: Int = 512 * 1024,
@@ -30,7 +36,8 @@ public struct HTTPTransportClientSettings: Sendable {
         requestTimeout: TimeAmount = .seconds(30),
         pollResponseTimeout: TimeAmount = .seconds(45),
         maximumRetries: Int = 6,
-        sendWindowBytes: Int = 4 * 1024 * 1024
+        sendWindowBytes: Int = 4 * 1024 * 1024,
+        bodyShapes: [HTTPBodyShape] = HTTPBodyShape.fallbackOrder
     ) {
         self.maximumPostBodyBytes = maximumPostBodyBytes
         self.streamRequestLimitBytes = streamRequestLimitBytes
@@ -40,5 +47,6 @@ public struct HTTPTransportClientSettings: Sendable {
         self.pollResponseTimeout = pollResponseTimeout
         self.maximumRetries = maximumRetries
         self.sendWindowBytes = sendWindowBytes
+        self.bodyShapes = bodyShapes.isEmpty ? HTTPBodyShape.fallbackOrder : bodyShapes
     }
 }

@@ -126,4 +126,30 @@ public enum HTTPTransportRecordFuzzing {
         }
         return records.count
     }
+
+    /// Decodes `bytes` as a text-shaped body (``HTTPBodyShape/text``), fed in pieces of `pieceLength`; what it decodes
+    /// must come back the same through the encoder and the decoder again, and the records in it decode as above.
+    /// Returns how many bytes were decoded before the end or the first error.
+    public static func decodeTextBody(_ bytes: [UInt8], pieceLength: Int) -> Int {
+        var decoder = Base64LineDecoder()
+        var decoded = ByteBuffer()
+        var offset = 0
+        do {
+            while offset < bytes.count {
+                let end = min(bytes.count, offset + max(1, pieceLength))
+                var piece = try decoder.decode(ByteBuffer(bytes: bytes[offset..<end]))
+                decoded.writeBuffer(&piece)
+                offset = end
+            }
+            try decoder.finish()
+        } catch {
+            // Malformed text is refused; what was decoded before it must still round-trip.
+        }
+        var again = Base64LineDecoder()
+        let line = HTTPBodyShape.text.wire(decoded, allocator: ByteBufferAllocator())
+        let roundTrip = try? again.decode(line)
+        precondition(roundTrip == decoded, "a text body's bytes do not come back through the encoder and decoder")
+        _ = Self.decodeAndReencode(Array(decoded.readableBytesView), pieceLength: pieceLength)
+        return decoded.readableBytes
+    }
 }

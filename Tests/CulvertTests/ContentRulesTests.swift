@@ -1,0 +1,58 @@
+import Culvert
+import CulvertCore
+import CulvertTools
+import CulvertTransport
+import Foundation
+import NIOCore
+import Testing
+
+/// A real proxy with content rules: squid from Debian with its defaults (no upgrades, CONNECT only to 443) and two
+/// ACLs that refuse `application/octet-stream` uploads and downloads with its 403 page
+/// (`fixtures/proxies/squid-forward-content-rules.conf`). The chunked and polling transports notice the refusal,
+/// go on with text bodies, and say so; `auto` settles on chunked and the data arrives intact.
+@Suite(.serialized, .timeLimit(.minutes(2))) struct ContentRulesTests {
+    @Test func squidRefusingBinaryBodiesLeavesChunkedAndPollingWorkingInText() async throws {
+        let group = TunnelHarness.group
+        let echo = try await EchoServer.start(group: group)
+        let server = try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"])
+        let squid = try await RealProxy.start(.squid, configuration: fixturesDirectory() + "/proxies/squid-forward-content-rules.conf")
+        defer { squid.stop() }
+        let endpoint = ServerEndpoint(host: "127.0.0.1", port: server.localAddress!.port!)
+        let options = TransportOptions(proxy: ProxyConfiguration(host: "127.0.0.1", port: squid.port), logger: TunnelHarness.logger)
+
+        let results = await TransportNegotiator.probe(
+            server: endpoint, options: options, session: SessionConfiguration(token: "test-token"), group: group,
+            logger: TunnelHarness.logger
+        )
+        let byKind = Dictionary(uniqueKeysWithValues: results.map { ($0.transport, $0) })
+        #expect(byKind[.websocket]?.failure == .upgradeStripped)
+        #expect(byKind[.connect]?.failure == .connectRefused)
+        for kind in [TransportKind.chunked, .polling] {
+            let result = try #require(byKind[kind])
+            #expect(result.works, "\(kind): \(result.detail)")
+            #expect(result.bodyShape == .text, "\(kind)")
+            #expect(result.detail.contains("content rules refused application/octet-stream"), "\(kind): \(result.detail)")
+        }
+        #expect(TransportNegotiator.choice(results) == .chunked)
+        // squid did refuse them: its access log has the 403s.
+        let accessLog = (try? String(contentsOfFile: squid.directory + "/access.log", encoding: .utf8)) ?? ""
+        #expect(accessLog.contains("TCP_DENIED/403"), "squid refused nothing:\n\(accessLog)")
+
+        let configuration = TunnelClient.Configuration(
+            server: endpoint, transport: .websocket, transportOptions: options, session: SessionConfiguration(token: "test-token"),
+            forwards: [ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: echo.port))]
+        )
+        let client = try await AutomaticTransport.connect(configuration: configuration, cache: nil, group: group, logger: TunnelHarness.logger)
+        #expect(client.currentTransport == .chunked)
+        let transfer = try await TransferClient.echoTransfer(
+            host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 1 << 20, seed: 4, group: group
+        )
+        #expect(transfer.digestsMatch)
+        #expect(transfer.bytesReceived == 1 << 20)
+        let session = client.session
+        #expect(try await session.eventLoop.submit { session.bodyShape }.get() == .text)
+        await client.shutdown(gracePeriod: .zero)
+        await server.shutdown(gracePeriod: .zero)
+        try await echo.close()
+    }
+}
