@@ -14,7 +14,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     /// The server's HTTP request handling (every transport's entry: upgrades, open, down, up, probe) on an
     /// `EmbeddedChannel`.
     case httpServer = "http-server"
-    /// The chunked and polling transports' record codec.
+    /// The chunked and polling transports' record codec, on binary and on text-shaped bodies.
     case httpRecords = "http-records"
     /// The WebSocket transport's frame parser and writer, and its handler on a server's or a client's connection.
     case webSocketFrames = "websocket-frames"
@@ -26,8 +26,13 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .handshake: Self.handshake(bytes)
         case .httpServer: Self.httpServer(bytes)
         case .httpRecords:
-            // The first byte picks how the body is cut into pieces, the rest is the body.
-            _ = HTTPTransportRecordFuzzing.decodeAndReencode(Array(bytes.dropFirst()), pieceLength: Int(bytes.first ?? 0) + 1)
+            // The first byte picks how the body is cut into pieces (its low 7 bits) and its shape (its high bit).
+            let pieceLength = Int((bytes.first ?? 0) & 0x7F) + 1
+            if (bytes.first ?? 0) & 0x80 == 0 {
+                _ = HTTPTransportRecordFuzzing.decodeAndReencode(Array(bytes.dropFirst()), pieceLength: pieceLength)
+            } else {
+                _ = HTTPTransportRecordFuzzing.decodeTextBody(Array(bytes.dropFirst()), pieceLength: pieceLength)
+            }
         case .webSocketFrames: Self.webSocketFrames(bytes)
         }
     }
