@@ -327,6 +327,8 @@ public final class TunnelClient: StreamOpening, Sendable {
         var options = configuration.transportOptions
         let cookies = SessionCookieJar()
         options.cookies = cookies
+        let bodyShapeMemory = BodyShapeMemory()
+        options.bodyShapeMemory = bodyShapeMemory
         let dialer = ClientTransports.make(configuration.transport, options: options)
         let connection: any TransportConnection
         do {
@@ -345,6 +347,7 @@ public final class TunnelClient: StreamOpening, Sendable {
                 logger: finalLogger
             )
             session.cookies = cookies
+            session.bodyShapeMemory = bodyShapeMemory
             if !configuration.reverseForwards.isEmpty {
                 // Set before the handshake: the server may open a reverse stream as soon as it listens.
                 session.connector = ReverseTargetConnector(
@@ -565,6 +568,7 @@ public final class TunnelClient: StreamOpening, Sendable {
             let transport = self.state.withLockedValue { $0.transport }
             var options = configuration.transportOptions
             options.cookies = session.cookies
+            options.bodyShapeMemory = session.bodyShapeMemory
             options.extraHeaders.append((TransportOptions.resumptionHeaderName, "1"))
             ClientTransports.make(transport, options: options)
                 .connect(to: configuration.server, on: self.eventLoop)

@@ -27,6 +27,9 @@ public struct TransportOptions: Sendable {
     /// The session's cookies (what a load balancer set, and the affinity id), sent on every request and kept from
     /// every response; nil: no cookies (a probe, a benchmark).
     public var cookies: SessionCookieJar?
+    /// The session's chunked and polling connections start where an earlier one settled after the path refused its
+    /// bodies; nil: each connection starts at the first shape.
+    public var bodyShapeMemory: BodyShapeMemory?
 
     public init(
         extraHeaders: [(String, String)] = [],

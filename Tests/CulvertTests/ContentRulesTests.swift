@@ -9,7 +9,8 @@ import Testing
 /// A real proxy with content rules: squid from Debian with its defaults (no upgrades, CONNECT only to 443) and two
 /// ACLs that refuse `application/octet-stream` uploads and downloads with its 403 page
 /// (`fixtures/proxies/squid-forward-content-rules.conf`). The chunked and polling transports notice the refusal,
-/// go on with text bodies, and say so; `auto` settles on chunked and the data arrives intact.
+/// go on with text bodies, and say so; `auto` settles on chunked and the data arrives intact; a connection the session
+/// resumes on starts in text.
 @Suite(.serialized, .timeLimit(.minutes(2))) struct ContentRulesTests {
     @Test func squidRefusingBinaryBodiesLeavesChunkedAndPollingWorkingInText() async throws {
         let group = TunnelHarness.group
@@ -51,6 +52,23 @@ import Testing
         #expect(transfer.bytesReceived == 1 << 20)
         let session = client.session
         #expect(try await session.eventLoop.submit { session.bodyShape }.get() == .text)
+
+        // The session resumes on a polling connection: it starts in text, which the session learnt, so squid
+        // refuses nothing more.
+        func denials() -> Int {
+            ((try? String(contentsOfFile: squid.directory + "/access.log", encoding: .utf8)) ?? "")
+                .components(separatedBy: "TCP_DENIED/403").count - 1
+        }
+        let refusedBefore = denials()
+        #expect(refusedBefore > 0)
+        client.switchTransport(to: .polling)
+        #expect(await client.changes.wait(timeout: .seconds(20)) { await session.onLoop { $0.transportKind == .polling } })
+        let again = try await TransferClient.echoTransfer(
+            host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 256 << 10, seed: 5, group: group
+        )
+        #expect(again.digestsMatch)
+        #expect(try await session.eventLoop.submit { session.bodyShape }.get() == .text)
+        #expect(denials() == refusedBefore, "the resumed connection had its bodies refused again")
         await client.shutdown(gracePeriod: .zero)
         await server.shutdown(gracePeriod: .zero)
         try await echo.close()

@@ -116,6 +116,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     /// Client: the cookies of the session's HTTP requests (a balancer's stickiness), sent again on every connection
     /// it resumes on.
     var cookies: SessionCookieJar?
+    /// The body shape its chunked and polling connections settled on, for the ones it resumes on (a client's).
+    var bodyShapeMemory: BodyShapeMemory?
     /// The transport this session is counted under in `culvert_sessions_open`, once established (metrics only).
     private var metricsTransport: TransportKind?
     /// Stream bytes already reported to the metrics, each way.

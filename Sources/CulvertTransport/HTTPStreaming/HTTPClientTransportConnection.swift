@@ -40,6 +40,8 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
     let downMode: DownMode
     /// The shape of the bodies now; the next of ``HTTPTransportClientSettings/bodyShapes`` once the path refuses it.
     private(set) var bodyShape: HTTPBodyShape
+    /// Where this connection's session keeps the step it reached, for the connections it resumes on.
+    private let bodyShapeMemory: BodyShapeMemory?
     /// What the path refused so far, for the error when no shape is left.
     private var shapeRefusals: [String] = []
     /// Set after the last shape was refused too: every body, each way, is at most this long on the wire.
@@ -109,7 +111,10 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         self.logger[metadataKey: "transport"] = "\(kind)"
         self.upMode = kind == .chunked ? .stream : .batch
         self.downMode = kind == .chunked ? .stream : .poll
-        self.bodyShape = options.http.bodyShapes.first ?? .binary
+        self.bodyShapeMemory = options.bodyShapeMemory
+        let learnt = options.bodyShapeMemory?.learnt
+        self.bodyShape = learnt?.shape ?? options.http.bodyShapes.first ?? .binary
+        self.bodyByteLimit = learnt?.byteLimit
         self.upChannel = firstChannel
     }
 
@@ -618,6 +623,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
             self.closeNow(error: TransportError.contentRefused(self.kind, refusals: self.shapeRefusals.joined(separator: "; then ")))
             return true
         }
+        self.bodyShapeMemory?.remember(.init(shape: self.bodyShape, byteLimit: self.bodyByteLimit))
         // Every request in flight was made in the old shape: make them again in the new one.
         self.downTimer?.cancel()
         self.downGeneration += 1
