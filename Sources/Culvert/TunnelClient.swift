@@ -327,7 +327,8 @@ public final class TunnelClient: StreamOpening, Sendable {
         var options = configuration.transportOptions
         let cookies = SessionCookieJar()
         options.cookies = cookies
-        let bodyShapeMemory = BodyShapeMemory()
+        // One per session, unless the configuration gives one (a path known to refuse binary bodies).
+        let bodyShapeMemory = BodyShapeMemory(learnt: configuration.transportOptions.bodyShapeMemory?.learnt)
         options.bodyShapeMemory = bodyShapeMemory
         let dialer = ClientTransports.make(configuration.transport, options: options)
         let connection: any TransportConnection

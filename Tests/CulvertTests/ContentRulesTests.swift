@@ -73,4 +73,45 @@ import Testing
         await server.shutdown(gracePeriod: .zero)
         try await echo.close()
     }
+
+    /// Small bodies keep within their limit each way: a session that starts at text bodies of at most 4 KiB (as one
+    /// that found a reply size limit does) gets through the test proxy refusing any request body over 8 KiB (413,
+    /// which would move chunked to short POSTs) and any reply over it (403, or cut when streamed), with nothing
+    /// refused or cut: streaming POSTs, streaming answers, short POSTs and polls each end in time.
+    @Test(arguments: [TransportKind.chunked, .polling])
+    func smallBodiesStayWithinTheirLimitEachWay(transport: TransportKind) async throws {
+        let group = TunnelHarness.group
+        let echo = try await EchoServer.start(group: group)
+        let server = try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"])
+        let proxy = try await FaultProxy.start(
+            configuration: .init(faults: [.limitRequestBodies(bytes: 8192), .limitResponseBodies(bytes: 8192)]), group: group
+        )
+        var options = TransportOptions(proxy: ProxyConfiguration(host: "127.0.0.1", port: proxy.port), logger: TunnelHarness.logger)
+        options.bodyShapeMemory = BodyShapeMemory(learnt: .init(shape: .text, byteLimit: 4096))
+        let client = try await TunnelClient.connect(
+            configuration: .init(
+                server: ServerEndpoint(host: "127.0.0.1", port: server.localAddress!.port!), transport: transport,
+                transportOptions: options, session: SessionConfiguration(token: "test-token"),
+                forwards: [ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: echo.port))]
+            ),
+            group: group, logger: TunnelHarness.logger
+        )
+        let transfer = try await TransferClient.echoTransfer(
+            host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 256 << 10, seed: 6, group: group
+        )
+        #expect(transfer.digestsMatch)
+        #expect(transfer.bytesReceived == 256 << 10)
+        let session = client.session
+        let (shape, limit, short) = try await session.eventLoop.submit {
+            (session.bodyShape, session.bodyByteLimit, session.upstreamUsesShortRequests)
+        }.get()
+        #expect(shape == .text)
+        #expect(limit == 4096)
+        #expect(!short, "a streaming POST went past its limit and was refused")
+        #expect(session.resumptions == 0)
+        await client.shutdown(gracePeriod: .zero)
+        await server.shutdown(gracePeriod: .zero)
+        try await proxy.close()
+        try await echo.close()
+    }
 }

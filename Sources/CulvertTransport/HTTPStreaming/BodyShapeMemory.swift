@@ -9,11 +9,19 @@ public final class BodyShapeMemory: Sendable {
     public struct Step: Sendable, Equatable {
         public var shape: HTTPBodyShape
         public var byteLimit: Int?
+
+        public init(shape: HTTPBodyShape, byteLimit: Int? = nil) {
+            self.shape = shape
+            self.byteLimit = byteLimit
+        }
     }
 
     private let step = NIOLockedValueBox<Step?>(nil)
 
-    public init() {}
+    /// - Parameter learnt: where to start (a path known to refuse binary, say); nil: at the first shape.
+    public init(learnt: Step? = nil) {
+        self.step.withLockedValue { $0 = learnt }
+    }
 
     /// Where the session's last connection got to; nil until one was refused.
     public var learnt: Step? { self.step.withLockedValue { $0 } }

@@ -77,6 +77,8 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
     private var upFailures = 0
     private var upSentUpTo: UInt64 = 0
     private var upRequestBytes = 0
+    /// Bytes of the streaming POST's body on the wire (record headers and any base64 included), for ``bodyByteLimit``.
+    private var upRequestWireBytes = 0
     private var upTimer: Scheduled<Void>?
     private var upDecoder: NIOSingleStepByteToMessageProcessor<HTTPTransportRecordDecoder>?
     private var upText: Base64LineDecoder?
@@ -349,6 +351,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
             guard generation == self.upGeneration, !self.closed else { return }
             self.upSentUpTo = self.upLog.acknowledged
             self.upRequestBytes = 0
+            self.upRequestWireBytes = 0
             self.upDecoder = self.makeDecoder()
             self.upText = self.bodyShape.makeDecoder()
             channel.send(self.uploadHead(streaming: true, contentLength: 0, offset: self.upSentUpTo), body: nil, end: false) { [self] event in
@@ -374,24 +377,45 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         if self.downAckNeeded {
             self.downAckNeeded = false
             self.downAckSent = self.downCursor.received
-            let ack = HTTPTransportRecord.acknowledge(self.downAckSent).encoded(allocator: channel.channel.allocator)
-            channel.writeBody(self.bodyShape.wire(ack, allocator: channel.channel.allocator))
+            let ack = self.bodyShape.wire(
+                HTTPTransportRecord.acknowledge(self.downAckSent).encoded(allocator: channel.channel.allocator),
+                allocator: channel.channel.allocator
+            )
+            self.upRequestWireBytes += ack.readableBytes
+            channel.writeBody(ack)
             wrote = true
         }
         var wroteData = false
-        for piece in self.upLog.pieces(from: self.upSentUpTo, limit: Int.max) {
+        var full = false
+        // Small bodies (``bodyByteLimit``): a piece that would take the body past it waits for the next POST.
+        let wireLimit = self.bodyByteLimit ?? .max
+        let pieces = self.upLog.pieces(
+            from: self.upSentUpTo, limit: self.bodyByteLimit.map { self.bodyShape.recordBytes(inWireBytes: $0) } ?? .max
+        )
+        for piece in pieces {
             var header = channel.channel.allocator.buffer(capacity: HTTPTransportRecord.dataHeaderLength)
             HTTPTransportRecord.writeDataHeader(offset: piece.offset, length: piece.bytes.readableBytes, to: &header)
-            channel.writeBody(self.bodyShape.wire(header, allocator: channel.channel.allocator))
-            channel.writeBody(self.bodyShape.wire(piece.bytes, allocator: channel.channel.allocator))
+            let wireHeader = self.bodyShape.wire(header, allocator: channel.channel.allocator)
+            let wirePayload = self.bodyShape.wire(piece.bytes, allocator: channel.channel.allocator)
+            let length = wireHeader.readableBytes + wirePayload.readableBytes
+            if wroteData && self.upRequestWireBytes + length > wireLimit {
+                full = true
+                break
+            }
+            channel.writeBody(wireHeader)
+            channel.writeBody(wirePayload)
             self.upRequestBytes += piece.bytes.readableBytes
+            self.upRequestWireBytes += length
+            self.upSentUpTo = piece.offset + UInt64(piece.bytes.readableBytes)
             wroteData = true
         }
-        self.upSentUpTo = self.upLog.produced
+        // What did not fit goes in the next POST, begun as soon as this one is answered.
+        if self.upSentUpTo < self.upLog.produced { full = true }
         if wrote || wroteData { channel.flush() }
         if wroteData { self.armAckWatchdog() }
-        let streamLimit = min(self.settings.streamRequestLimitBytes, self.bodyShape.recordBytes(inWireBytes: self.bodyByteLimit ?? .max))
-        if self.upRequestBytes >= streamLimit { self.endStream() }
+        if full || self.upRequestBytes >= self.settings.streamRequestLimitBytes || self.upRequestWireBytes >= wireLimit {
+            self.endStream()
+        }
     }
 
     /// Ends the streaming POST; the next begins when its response has come.

@@ -22,6 +22,9 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
         let shape: HTTPBodyShape
         /// Payload bytes this response carries at most (a streaming one then ends, and the client asks again).
         let payloadLimit: Int
+        /// Bytes its body may have on the wire when the client asked for small answers (`r=`), and has.
+        let wireLimit: Int
+        var wireBytesWritten = 0
         /// Offset of the next byte to write on this response.
         var nextOffset: UInt64
         var bytesWritten = 0
@@ -165,7 +168,7 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
         let wireLimit = min(mode == .stream ? self.settings.streamResponseLimitBytes : self.settings.maximumPollResponseBytes, byteLimit ?? .max)
         var responder = DownResponder(
             channel: channel, mode: mode, shape: shape, payloadLimit: max(1, shape.recordBytes(inWireBytes: wireLimit) - 64),
-            nextOffset: self.down.acknowledged, signed: signed
+            wireLimit: byteLimit ?? .max, nextOffset: self.down.acknowledged, signed: signed
         )
         switch mode {
         case .stream:
@@ -263,18 +266,28 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
         switch responder.mode {
         case .stream:
             let pieces = self.down.pieces(from: responder.nextOffset, limit: responder.payloadLimit - responder.bytesWritten)
+            var full = false
             for piece in pieces {
                 var header = responder.channel.allocator.buffer(capacity: HTTPTransportRecord.dataHeaderLength)
                 HTTPTransportRecord.writeDataHeader(offset: piece.offset, length: piece.bytes.readableBytes, to: &header)
                 let allocator = responder.channel.allocator
-                responder.channel.write(HTTPServerResponsePart.body(.byteBuffer(responder.shape.wire(header, allocator: allocator))), promise: nil)
-                responder.channel.write(HTTPServerResponsePart.body(.byteBuffer(responder.shape.wire(piece.bytes, allocator: allocator))), promise: nil)
+                let wireHeader = responder.shape.wire(header, allocator: allocator)
+                let wirePayload = responder.shape.wire(piece.bytes, allocator: allocator)
+                let length = wireHeader.readableBytes + wirePayload.readableBytes
+                // Small answers: a piece that would take the body past the client's limit goes in the next one.
+                if responder.wireBytesWritten > 0 && responder.wireBytesWritten + length > responder.wireLimit {
+                    full = true
+                    break
+                }
+                responder.channel.write(HTTPServerResponsePart.body(.byteBuffer(wireHeader)), promise: nil)
+                responder.channel.write(HTTPServerResponsePart.body(.byteBuffer(wirePayload)), promise: nil)
                 responder.bytesWritten += piece.bytes.readableBytes
+                responder.wireBytesWritten += length
                 responder.nextOffset = piece.offset + UInt64(piece.bytes.readableBytes)
             }
             responder.channel.flush()
             self.responder = responder
-            if responder.bytesWritten >= responder.payloadLimit {
+            if full || responder.bytesWritten >= responder.payloadLimit || responder.wireBytesWritten >= responder.wireLimit {
                 self.finishResponder(responder)
             }
         case .poll:
