@@ -36,7 +36,9 @@ enum CompatibilityReport {
         text += """
 
             `short POSTs up`: the path holds or cuts streaming request bodies, so the chunked transport sends upstream in \
-            short POSTs (it notices by itself: see docs/PROTOCOL.md). `works, but probe: response_buffered`: the \
+            short POSTs (it notices by itself: see docs/PROTOCOL.md). `text bodies`: the path's content rules refused \
+            binary bodies, so the chunked or polling transport carried them as base64 text (docs/PROTOCOL.md, "Body \
+            shapes"). `works, but probe: response_buffered`: the \
             transport carries data when forced, but the path passes its streaming responses on in bursts (haproxy \
             holds small writes of a chunked response for up to about 200 ms), so the delivery probe fails it and \
             `auto` does not pick it: interactive traffic would wait.
@@ -63,8 +65,9 @@ enum CompatibilityReport {
     private static func cell(_ forced: SetupResult.Forced?) -> String {
         switch forced {
         case .none: return "–"
-        case .works(let upstream, let degraded):
-            var cell = upstream == .shortRequests ? "works (short POSTs up)" : "works"
+        case .works(let upstream, let degraded, let textBodies):
+            let notes = (upstream == .shortRequests ? ["short POSTs up"] : []) + (textBodies ? ["text bodies"] : [])
+            var cell = notes.isEmpty ? "works" : "works (\(notes.joined(separator: ", ")))"
             if let degraded { cell += ", but probe: `\(degraded.rawValue)`" }
             return cell
         case .fails(let failure, _, let seconds): return String(format: "fails: `%@` (%.1f s)", failure.rawValue, seconds)

@@ -33,9 +33,9 @@ struct MatrixRunner: Sendable {
             if case .fails(_, let detail, let seconds) = result.forced[kind]!, seconds > Self.forcedTimeLimit {
                 result.problems.append("\(setup.file): forced \(kind) took \(Int(seconds)) s to fail (\(detail))")
             }
-            if let probe, case .works(let upstream, _) = result.forced[kind]!, probe.failure == .responseBuffered {
+            if let probe, case .works(let upstream, _, let text) = result.forced[kind]!, probe.failure == .responseBuffered {
                 // Slow, not broken: data moves, but the probe rightly keeps auto off it.
-                result.forced[kind] = .works(upstream: upstream, degraded: .responseBuffered)
+                result.forced[kind] = .works(upstream: upstream, degraded: .responseBuffered, textBodies: text)
             } else if let probe, probe.works != result.forced[kind]!.works {
                 result.problems.append(
                     "\(setup.file): the probe says \(kind) \(probe.works ? "works" : "fails (\(probe.detail))"), forced it \(result.forced[kind]!.works ? "works" : "fails")"
@@ -103,8 +103,8 @@ struct MatrixRunner: Sendable {
                 return .fails(.other, detail: "the transfer arrived damaged", seconds: Self.seconds(since: start))
             }
             let session = client.session
-            let short = try await session.eventLoop.submit { session.upstreamUsesShortRequests }.get()
-            return .works(upstream: kind == .polling || short ? .shortRequests : .stream)
+            let (short, shape) = try await session.eventLoop.submit { (session.upstreamUsesShortRequests, session.bodyShape) }.get()
+            return .works(upstream: kind == .polling || short ? .shortRequests : .stream, textBodies: shape == .text)
         } catch {
             return .fails(
                 ProbeFailure.classify(error, kind: kind, transportEstablished: false), detail: "\(error)",

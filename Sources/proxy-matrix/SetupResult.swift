@@ -7,7 +7,8 @@ struct SetupResult: Sendable {
     enum Forced: Sendable {
         /// `degraded`: the probe's failure for a transport that still carries data, but too slowly for `auto` to
         /// pick it (a response passed on in bursts).
-        case works(upstream: ProbeResult.Upstream, degraded: ProbeFailure? = nil)
+        /// `textBodies`: the path's content rules refused binary bodies, so they went as text.
+        case works(upstream: ProbeResult.Upstream, degraded: ProbeFailure? = nil, textBodies: Bool = false)
         case fails(ProbeFailure, detail: String, seconds: Double)
 
         var works: Bool {
