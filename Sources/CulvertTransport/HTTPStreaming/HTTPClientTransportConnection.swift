@@ -230,20 +230,22 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
 
     private func downFailed(_ error: any Error) {
         if self.staleConnection(self.downChannel) {
-            self.downTimer?.cancel()
-            self.downGeneration += 1
-            self.downInFlight = false
-            self.downChannel = nil
+            self.abandonDownload()
             self.issueDown()
             return
         }
+        self.abandonDownload()
+        self.downFailures += 1
+        self.retry(after: self.downFailures, error: error, direction: "downstream") { [self] in self.issueDown() }
+    }
+
+    /// Drops the GET in flight (whatever still comes of it is ignored) and the connection it was on.
+    private func abandonDownload() {
         self.downTimer?.cancel()
         self.downGeneration += 1
         self.downInFlight = false
         self.downChannel?.close()
         self.downChannel = nil
-        self.downFailures += 1
-        self.retry(after: self.downFailures, error: error, direction: "downstream") { [self] in self.issueDown() }
     }
 
     // MARK: Records from the server
@@ -649,11 +651,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         }
         self.bodyShapeMemory?.remember(.init(shape: self.bodyShape, byteLimit: self.bodyByteLimit))
         // Every request in flight was made in the old shape: make them again in the new one.
-        self.downTimer?.cancel()
-        self.downGeneration += 1
-        self.downInFlight = false
-        self.downChannel?.close()
-        self.downChannel = nil
+        self.abandonDownload()
         self.abandonUpload()
         self.issueDown()
         self.pumpUp()
