@@ -32,10 +32,17 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
+        // AES-256-GCM through OpenSSL's libcrypto (Debian's libssl-dev), for sealing frames: the key expanded once
+        // per direction and no allocation per frame, which swift-crypto's AES.GCM cannot do.
+        .target(
+            name: "CCulvertAESGCM",
+            linkerSettings: [.linkedLibrary("crypto")]
+        ),
         // Pure protocol logic: frames, codec, handshake, multiplexer and session state machines. No sockets.
         .target(
             name: "CulvertCore",
             dependencies: [
+                "CCulvertAESGCM",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),

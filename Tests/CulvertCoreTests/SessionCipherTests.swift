@@ -117,4 +117,28 @@ import Testing
         longer.writeInteger(UInt8(0))
         #expect(throws: SessionCipherError.self) { _ = try server.open(longer) }
     }
+
+    /// Opening writes into the storage of the payload opened before once nothing holds it, so that frame after frame
+    /// opens without allocating; a payload still held is never written over.
+    @Test func anOpenedPayloadLetGoOfTakesTheNextAndOneStillHeldStaysIntact() throws {
+        var (client, server) = self.pair()
+        let sealed = try self.seal(["first frame", "second frame", "third frame"], with: &client)
+        func address(_ buffer: ByteBuffer) -> UInt { buffer.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) } }
+        let firstAddress = try address(server.open(sealed[0]))
+        let second = try server.open(sealed[1])
+        #expect(address(second) == firstAddress)
+        let third = try server.open(sealed[2])
+        #expect(address(third) != address(second))
+        #expect(String(buffer: second) == "second frame")
+        #expect(String(buffer: third) == "third frame")
+    }
+
+    /// An empty batch still seals into a frame that opens (to nothing) and counts.
+    @Test func anEmptyPlaintextSealsAndOpens() throws {
+        var (client, server) = self.pair()
+        let sealed = try self.seal([""], with: &client)
+        #expect(sealed[0].readableBytes == SessionCipher.tagLength)
+        #expect(try server.open(sealed[0]).readableBytes == 0)
+        #expect(server.openedCount == 1)
+    }
 }

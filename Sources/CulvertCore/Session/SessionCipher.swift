@@ -1,18 +1,20 @@
-import Crypto
-import struct Foundation.Data
 public import NIOCore
 
 /// Seals the frames one side sends and opens the ones it receives, for one attachment of a session: AES-256-GCM
-/// (the CPU's AES instructions, through BoringSSL) under the keys of ``SealingKeys``.
+/// (the CPU's AES instructions, through OpenSSL's libcrypto: ``AESGCMContext``) under the keys of ``SealingKeys``.
 ///
 /// Each SEALED frame holds whole frames. Its nonce is the count of SEALED frames sealed before it in this direction
 /// of this attachment (4 zero bytes, then the count as a big-endian u64), never sent: the receiver opens with the
 /// count it expects, so a frame dropped, repeated, reordered or made up by anyone on the path fails to open, as does
 /// any altered byte. The frame's header is the additional data, so its length cannot be changed either. A new
 /// attachment (a resumption) has new keys, so the counts start again at 0 without a nonce ever repeating.
-public struct SessionCipher: Sendable {
+///
+/// Sealing and opening allocate nothing while the buffers they fill are let go of in time: the key of each direction
+/// is expanded once, a sealed frame is written straight into the caller's buffer, and what is opened goes into the
+/// storage of the last opened payload once nothing holds it any more.
+public struct SessionCipher {
     /// Bytes of the AES-GCM tag after the ciphertext.
-    public static let tagLength = 16
+    public static let tagLength = AESGCMContext.tagLength
     /// A sender puts at most this much plaintext in one SEALED frame, unless a single frame is longer (a DATA
     /// frame of a large `--max-frame-kib`).
     public static let maximumPlaintextLength = 256 * 1024
@@ -22,8 +24,10 @@ public struct SessionCipher: Sendable {
         max(Self.maximumPlaintextLength, maximumFrameLength) + Self.tagLength
     }
 
-    private let sealingKey: SymmetricKey
-    private let openingKey: SymmetricKey
+    private let sealing: AESGCMContext
+    private let opening: AESGCMContext
+    /// The last payload opened: its storage takes the next one once the frames read from it are let go of.
+    private var lastOpened = ByteBuffer()
     /// SEALED frames sealed so far: the next one's nonce.
     public private(set) var sealedCount: UInt64 = 0
     /// SEALED frames opened so far: the nonce the next one must have been sealed with.
@@ -31,33 +35,32 @@ public struct SessionCipher: Sendable {
 
     /// - Parameter isClient: the client seals with the client-to-server key and opens with the other.
     public init(keys: SealingKeys, isClient: Bool) {
-        let clientToServer = SymmetricKey(data: keys.clientToServer)
-        let serverToClient = SymmetricKey(data: keys.serverToClient)
-        self.sealingKey = isClient ? clientToServer : serverToClient
-        self.openingKey = isClient ? serverToClient : clientToServer
+        self.sealing = AESGCMContext(key: isClient ? keys.clientToServer : keys.serverToClient, sealing: true)
+        self.opening = AESGCMContext(key: isClient ? keys.serverToClient : keys.clientToServer, sealing: false)
     }
 
     /// Appends one SEALED frame holding `plaintext` (whole encoded frames) to `buffer`.
     public mutating func seal(_ plaintext: ByteBuffer, into buffer: inout ByteBuffer) {
         precondition(self.sealedCount < UInt64.max, "a session attachment sealed 2^64 frames")
-        let payloadLength = plaintext.readableBytes + Self.tagLength
-        // Header and nonce on the stack: swift-crypto's own buffers are all a seal allocates.
-        let box = Self.withHeader(payloadLength: payloadLength) { header in
+        let length = plaintext.readableBytes
+        let payloadLength = length + Self.tagLength
+        buffer.reserveCapacity(minimumWritableBytes: FrameEncoder.headerLength + payloadLength)
+        Self.withHeader(payloadLength: payloadLength) { header in
+            buffer.writeBytes(header)
             Self.withNonce(self.sealedCount) { nonce in
-                plaintext.withUnsafeReadableBytes { bytes in
-                    // Only a wrong key or nonce size makes sealing throw; both are fixed here.
-                    try! AES.GCM.seal(bytes, using: self.sealingKey, nonce: nonce, authenticating: header)
+                plaintext.withUnsafeReadableBytes { input in
+                    _ = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: payloadLength) { output in
+                        self.sealing.seal(
+                            nonce: nonce, authenticating: header, input,
+                            into: UnsafeMutableRawBufferPointer(rebasing: output[..<length]),
+                            tag: UnsafeMutableRawBufferPointer(rebasing: output[length..<payloadLength])
+                        )
+                        return payloadLength
+                    }
                 }
             }
         }
         self.sealedCount += 1
-        buffer.reserveCapacity(minimumWritableBytes: FrameEncoder.headerLength + payloadLength)
-        buffer.writeInteger(FrameType.sealed.rawValue)
-        buffer.writeInteger(UInt8(0))
-        buffer.writeInteger(UInt32(0))
-        buffer.writeInteger(UInt32(payloadLength))
-        box.ciphertext.withUnsafeBytes { _ = buffer.writeBytes($0) }
-        box.tag.withUnsafeBytes { _ = buffer.writeBytes($0) }
     }
 
     /// Appends `frames` (whole encoded frames) to `buffer` as SEALED frames of at most ``maximumPlaintextLength``
@@ -80,22 +83,30 @@ public struct SessionCipher: Sendable {
     /// next frame, by the peer of this attachment.
     public mutating func open(_ payload: ByteBuffer) throws(SessionCipherError) -> ByteBuffer {
         guard payload.readableBytes >= Self.tagLength else { throw .tooShort }
-        let ciphertextLength = payload.readableBytes - Self.tagLength
-        let opened: ByteBuffer? = Self.withHeader(payloadLength: payload.readableBytes) { header in
+        let length = payload.readableBytes - Self.tagLength
+        // `clear(minimumCapacity:)` allocates only while frames read from the last payload are still held.
+        var opened = self.lastOpened
+        self.lastOpened = ByteBuffer()
+        opened.clear(minimumCapacity: length)
+        var verified = false
+        Self.withHeader(payloadLength: payload.readableBytes) { header in
             Self.withNonce(self.openedCount) { nonce in
-                payload.withUnsafeReadableBytes { bytes in
-                    guard let box = try? AES.GCM.SealedBox(
-                        nonce: nonce,
-                        ciphertext: UnsafeRawBufferPointer(rebasing: bytes[..<ciphertextLength]),
-                        tag: UnsafeRawBufferPointer(rebasing: bytes[ciphertextLength...])
-                    ), let plaintext = try? AES.GCM.open(box, using: self.openingKey, authenticating: header)
-                    else { return nil }
-                    return plaintext.withUnsafeBytes { ByteBuffer(bytes: $0) }
+                payload.withUnsafeReadableBytes { input in
+                    _ = opened.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { output in
+                        verified = self.opening.open(
+                            nonce: nonce, authenticating: header,
+                            UnsafeRawBufferPointer(rebasing: input[..<length]),
+                            into: UnsafeMutableRawBufferPointer(rebasing: output[..<length]),
+                            tag: UnsafeRawBufferPointer(rebasing: input[length...])
+                        )
+                        return verified ? length : 0
+                    }
                 }
             }
         }
-        guard let opened else { throw .authenticationFailed(frame: self.openedCount) }
+        guard verified else { throw .authenticationFailed(frame: self.openedCount) }
         self.openedCount += 1
+        self.lastOpened = opened
         return opened
     }
 
@@ -111,12 +122,11 @@ public struct SessionCipher: Sendable {
     }
 
     /// Calls `body` with the nonce of SEALED frame number `count`: 4 zero bytes, then `count` big-endian.
-    private static func withNonce<Result>(_ count: UInt64, _ body: (AES.GCM.Nonce) -> Result) -> Result {
-        withUnsafeTemporaryAllocation(byteCount: 12, alignment: 1) { bytes in
+    private static func withNonce<Result>(_ count: UInt64, _ body: (UnsafeRawBufferPointer) -> Result) -> Result {
+        withUnsafeTemporaryAllocation(byteCount: AESGCMContext.nonceLength, alignment: 1) { bytes in
             bytes.initializeMemory(as: UInt8.self, repeating: 0)
             bytes.storeBytes(of: count.bigEndian, toByteOffset: 4, as: UInt64.self)
-            // 12 bytes are always a valid GCM nonce (held inline, not allocated).
-            return body(try! AES.GCM.Nonce(data: UnsafeRawBufferPointer(bytes)))
+            return body(UnsafeRawBufferPointer(bytes))
         }
     }
 }

@@ -1,0 +1,63 @@
+internal import CCulvertAESGCM
+
+/// One direction of a ``SessionCipher``: AES-256-GCM with its key expanded once, sealing or opening in place in the
+/// caller's memory (OpenSSL's libcrypto, which uses the CPU's AES and carry-less multiply instructions). Neither
+/// call allocates, where swift-crypto's `AES.GCM` expands the key and allocates three buffers for every message.
+final class AESGCMContext {
+    static let keyLength = 32
+    static let nonceLength = 12
+    static let tagLength = 16
+
+    private let context: OpaquePointer
+
+    /// - Parameter sealing: a context seals or opens, never both.
+    init(key: [UInt8], sealing: Bool) {
+        precondition(key.count == Self.keyLength, "AES-256-GCM takes a 32-byte key")
+        guard let context = key.withUnsafeBufferPointer({ culvert_aes_gcm_new($0.baseAddress, sealing ? 1 : 0) }) else {
+            // Only a failed allocation inside libcrypto gets here.
+            fatalError("libcrypto could not make an AES-256-GCM context")
+        }
+        self.context = context
+    }
+
+    deinit {
+        culvert_aes_gcm_free(self.context)
+    }
+
+    /// Encrypts `plaintext` into `ciphertext` (as long) and writes the tag to `tag`.
+    func seal(
+        nonce: UnsafeRawBufferPointer,
+        authenticating aad: UnsafeRawBufferPointer,
+        _ plaintext: UnsafeRawBufferPointer,
+        into ciphertext: UnsafeMutableRawBufferPointer,
+        tag: UnsafeMutableRawBufferPointer
+    ) {
+        precondition(nonce.count == Self.nonceLength && tag.count == Self.tagLength && ciphertext.count == plaintext.count)
+        let sealed = culvert_aes_gcm_seal(
+            self.context, Self.bytes(nonce), Self.bytes(aad), aad.count, Self.bytes(plaintext), plaintext.count,
+            ciphertext.baseAddress?.assumingMemoryBound(to: UInt8.self), tag.baseAddress?.assumingMemoryBound(to: UInt8.self)
+        )
+        // Sealing fails only for lengths over 2 GiB, which no SEALED frame has.
+        precondition(sealed == 1, "AES-256-GCM sealing failed")
+    }
+
+    /// Decrypts `ciphertext` into `plaintext` (as long); false when `tag` does not verify (then `plaintext` holds
+    /// nothing to use).
+    func open(
+        nonce: UnsafeRawBufferPointer,
+        authenticating aad: UnsafeRawBufferPointer,
+        _ ciphertext: UnsafeRawBufferPointer,
+        into plaintext: UnsafeMutableRawBufferPointer,
+        tag: UnsafeRawBufferPointer
+    ) -> Bool {
+        precondition(nonce.count == Self.nonceLength && tag.count == Self.tagLength && ciphertext.count == plaintext.count)
+        return culvert_aes_gcm_open(
+            self.context, Self.bytes(nonce), Self.bytes(aad), aad.count, Self.bytes(ciphertext), ciphertext.count,
+            plaintext.baseAddress?.assumingMemoryBound(to: UInt8.self), Self.bytes(tag)
+        ) == 1
+    }
+
+    private static func bytes(_ buffer: UnsafeRawBufferPointer) -> UnsafePointer<UInt8>? {
+        buffer.baseAddress?.assumingMemoryBound(to: UInt8.self)
+    }
+}
