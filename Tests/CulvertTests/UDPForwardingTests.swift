@@ -48,6 +48,17 @@ import Testing
         ChildProcess.run("/usr/bin/dig", ["@127.0.0.1", "-p", "\(port)", "+tries=1", "+time=5"] + arguments) ?? "dig did not start"
     }
 
+    /// `count` UDP ports on 127.0.0.1 that were all free at once (bound together, then released).
+    static func distinctUDPPorts(_ count: Int) async throws -> [Int] {
+        var channels: [any Channel] = []
+        for _ in 0..<count {
+            channels.append(try await DatagramBootstrap(group: TunnelHarness.group).bind(host: "127.0.0.1", port: 0).get())
+        }
+        let ports = channels.compactMap { $0.localAddress?.port }
+        for channel in channels { try await channel.close() }
+        return ports
+    }
+
     static func udp(_ port: Int) -> ForwardSpec {
         ForwardSpec(bindPort: 0, target: TargetAddress(host: "127.0.0.1", port: port, transport: .udp))
     }
@@ -69,9 +80,13 @@ import Testing
         defer { dns.stop() }
         let tunnel = try await Self.start(allow: ["127.0.0.1:\(dns.port)"], forwards: [Self.udp(dns.port)])
         let port = tunnel.localPort()
-        // Each dig uses a source port of its own: a flow, and a stream, each.
+        // Each dig sends from a source port of its own (chosen here: the kernel may give a later dig the port of one
+        // that has finished, which would then share its flow): a flow, and a stream, each.
+        let sources = try await Self.distinctUDPPorts(12)
         let answers = await withTaskGroup(of: String.self) { group in
-            for index in 0..<12 { group.addTask { Self.dig(port: port, ["+short", "host\(index).culvert.test"]) } }
+            for (index, source) in sources.enumerated() {
+                group.addTask { Self.dig(port: port, ["-b", "127.0.0.1#\(source)", "+short", "host\(index).culvert.test"]) }
+            }
             return await group.reduce(into: [String]()) { $0.append($1) }
         }
         let streams = try await tunnel.client.session.eventLoop.submit { tunnel.client.session.statistics.streamsOpened }.get()
