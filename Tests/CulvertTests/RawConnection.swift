@@ -93,12 +93,10 @@ enum RawConnection {
         }
     }
 
-    /// A loopback port with nothing listening (bound and released).
+    /// A loopback port with nothing listening now, for a listener the test starts later or a connection meant to be
+    /// refused (see ``ReservedPort``).
     static func unusedPort(group: any EventLoopGroup) async throws -> Int {
-        let channel = try await ServerBootstrap(group: group).bind(host: "127.0.0.1", port: 0).get()
-        let port = channel.localAddress!.port!
-        try await channel.close()
-        return port
+        try ReservedPort.take()
     }
 }
 
