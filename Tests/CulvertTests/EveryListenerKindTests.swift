@@ -75,6 +75,6 @@ import Testing
         #expect(socks == "nginx saw GET /socks for host localhost\n", "-D over \(over)")
         #expect(plain == "nginx saw GET /plain for host localhost\n", "-H over \(over)")
         #expect(tunnelled == "nginx saw GET /connect for host localhost\n", "-H CONNECT over \(over)")
-        #expect(reverseAnswers == [.listening(port: reversePort)] && reversed.digestsMatch, "-R over \(over)")
+        #expect(reverseAnswers == [.listening(port: reversePort)] && reversed.digestsMatch, "-R over \(over): the server answered \(reverseAnswers)")
     }
 }
