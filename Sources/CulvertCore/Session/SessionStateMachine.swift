@@ -91,7 +91,7 @@ public struct SessionStateMachine: Sendable {
         case detachedExpiry
     }
 
-    enum State {
+    @usableFromInline enum State: Sendable {
         case handshaking(HandshakeStateMachine, deadline: NIODeadline)
         /// Server: this connection's HELLO resumes another session, whose proof is checked here.
         case resumingAnother(HandshakeStateMachine, deadline: NIODeadline)
@@ -153,7 +153,10 @@ public struct SessionStateMachine: Sendable {
 
     public let role: Role
     public let settings: Settings
-    private(set) var state: State
+    /// Usable from inlinable code so that the queries below are inlined into the driver: called across modules on
+    /// a machine held in a class's stored property, each would first copy the whole machine (retaining everything in
+    /// it), several times per message.
+    @usableFromInline private(set) var state: State
     /// Times the session was resumed on a new transport connection.
     public private(set) var resumptions = 0
 
@@ -180,7 +183,7 @@ public struct SessionStateMachine: Sendable {
     // MARK: Reading the state
 
     /// Established (or going away) with a transport attached: stream frames flow.
-    public var isCarryingStreams: Bool {
+    @inlinable public var isCarryingStreams: Bool {
         switch self.state {
         case .established, .goingAway: true
         default: false
@@ -188,27 +191,27 @@ public struct SessionStateMachine: Sendable {
     }
 
     /// The session's established state exists (it may be detached or resuming).
-    public var hasSession: Bool {
+    @inlinable public var hasSession: Bool {
         switch self.state {
         case .established, .goingAway, .detached, .resuming: true
         default: false
         }
     }
 
-    public var isDetached: Bool {
+    @inlinable public var isDetached: Bool {
         switch self.state {
         case .detached, .resuming: true
         default: false
         }
     }
 
-    public var isResuming: Bool {
+    @inlinable public var isResuming: Bool {
         if case .resuming = self.state { return true }
         return false
     }
 
     /// No new streams; the open ones finish (a detached or resuming session too, once either side said GOAWAY).
-    public var isGoingAway: Bool {
+    @inlinable public var isGoingAway: Bool {
         switch self.state {
         case .goingAway: true
         case .detached(let e, _), .resuming(let e, _, _): e.mux.isGoingAway
@@ -216,19 +219,19 @@ public struct SessionStateMachine: Sendable {
         }
     }
 
-    public var isEnded: Bool {
+    @inlinable public var isEnded: Bool {
         if case .ended = self.state { return true }
         return false
     }
 
     /// Server: refused before its handshake.
-    public var isRefusing: Bool {
+    @inlinable public var isRefusing: Bool {
         if case .refusing = self.state { return true }
         return false
     }
 
     /// New streams may be opened (the session exists and is not going away).
-    public var acceptsNewStreams: Bool {
+    @inlinable public var acceptsNewStreams: Bool {
         switch self.state {
         case .established: true
         case .detached(let e, _), .resuming(let e, _, _): !e.mux.isGoingAway
@@ -272,8 +275,11 @@ public struct SessionStateMachine: Sendable {
     }
 
     /// Reads the established state; nil when there is none.
-    public func readEstablished<Result>(_ body: (Established) -> Result) -> Result? {
-        self.established.map(body)
+    @inlinable public func readEstablished<Result>(_ body: (Established) -> Result) -> Result? {
+        switch self.state {
+        case .established(let e), .goingAway(let e), .detached(let e, _), .resuming(let e, _, _): body(e)
+        default: nil
+        }
     }
 
     // MARK: Events
