@@ -30,17 +30,29 @@ void culvert_aes_gcm_free(culvert_aes_gcm *context) {
     OPENSSL_free(context);
 }
 
-int culvert_aes_gcm_seal(culvert_aes_gcm *context, const uint8_t *nonce, const uint8_t *aad, size_t aad_length,
-                         const uint8_t *plaintext, size_t length, uint8_t *ciphertext, uint8_t *tag) {
-    if (!context->sealing || length > INT_MAX || aad_length > INT_MAX) return 0;
-    EVP_CIPHER_CTX *cipher = context->cipher;
+int culvert_aes_gcm_seal_begin(culvert_aes_gcm *context, const uint8_t *nonce, const uint8_t *aad, size_t aad_length) {
+    if (!context->sealing || aad_length > INT_MAX) return 0;
     int written = 0;
     // A NULL cipher and key keep the expanded key: only the nonce is new.
-    if (!EVP_EncryptInit_ex(cipher, NULL, NULL, NULL, nonce)) return 0;
-    if (aad_length > 0 && !EVP_EncryptUpdate(cipher, NULL, &written, aad, (int)aad_length)) return 0;
-    if (length > 0 && !EVP_EncryptUpdate(cipher, ciphertext, &written, plaintext, (int)length)) return 0;
-    if (!EVP_EncryptFinal_ex(cipher, ciphertext + written, &written)) return 0;
-    return EVP_CIPHER_CTX_ctrl(cipher, EVP_CTRL_GCM_GET_TAG, 16, tag) == 1;
+    if (!EVP_EncryptInit_ex(context->cipher, NULL, NULL, NULL, nonce)) return 0;
+    return aad_length == 0 || EVP_EncryptUpdate(context->cipher, NULL, &written, aad, (int)aad_length);
+}
+
+int culvert_aes_gcm_seal_update(culvert_aes_gcm *context, const uint8_t *plaintext, size_t length, uint8_t *ciphertext) {
+    if (!context->sealing || length > INT_MAX) return 0;
+    if (length == 0) return 1;
+    int written = 0;
+    // GCM is a stream mode: OpenSSL keeps a partial block between calls and writes every byte it is given.
+    return EVP_EncryptUpdate(context->cipher, ciphertext, &written, plaintext, (int)length) && (size_t)written == length;
+}
+
+int culvert_aes_gcm_seal_end(culvert_aes_gcm *context, uint8_t *tag) {
+    if (!context->sealing) return 0;
+    uint8_t none[16];
+    int written = 0;
+    // GCM's final step writes nothing (every byte went out in an update); it completes the tag.
+    if (!EVP_EncryptFinal_ex(context->cipher, none, &written) || written != 0) return 0;
+    return EVP_CIPHER_CTX_ctrl(context->cipher, EVP_CTRL_GCM_GET_TAG, 16, tag) == 1;
 }
 
 int culvert_aes_gcm_open(culvert_aes_gcm *context, const uint8_t *nonce, const uint8_t *aad, size_t aad_length,

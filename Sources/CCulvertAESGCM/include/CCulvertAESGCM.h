@@ -15,10 +15,12 @@ culvert_aes_gcm *culvert_aes_gcm_new(const uint8_t *key, int sealing);
 
 void culvert_aes_gcm_free(culvert_aes_gcm *context);
 
-/// Encrypts `length` bytes of `plaintext` into `ciphertext` (as long; may be the same memory) under the 12-byte
-/// `nonce`, authenticating `aad` too, and writes the 16-byte tag to `tag`. Returns 1, or 0 on failure.
-int culvert_aes_gcm_seal(culvert_aes_gcm *context, const uint8_t *nonce, const uint8_t *aad, size_t aad_length,
-                         const uint8_t *plaintext, size_t length, uint8_t *ciphertext, uint8_t *tag);
+/// Seals a message, which may come in several pieces: begin under the 12-byte `nonce`, authenticating `aad`; encrypt
+/// each piece in order (any lengths; `ciphertext` as long as `plaintext`, and may be the same memory); then end,
+/// writing the 16-byte tag. The result is the same as sealing the pieces joined. Each returns 1, or 0 on failure.
+int culvert_aes_gcm_seal_begin(culvert_aes_gcm *context, const uint8_t *nonce, const uint8_t *aad, size_t aad_length);
+int culvert_aes_gcm_seal_update(culvert_aes_gcm *context, const uint8_t *plaintext, size_t length, uint8_t *ciphertext);
+int culvert_aes_gcm_seal_end(culvert_aes_gcm *context, uint8_t *tag);
 
 /// Decrypts `length` bytes of `ciphertext` into `plaintext` and checks the 16-byte `tag` over it and `aad`.
 /// Returns 1 only when the tag verifies; 0 otherwise (then `plaintext` holds nothing to use).

@@ -37,10 +37,6 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     private var cipher: SessionCipher?
     /// Reads the frames a SEALED frame holds.
     private var sealedFrameDecoder: FrameDecoder
-    /// Where a batch made of several parts is put together to be sealed (kept for its storage).
-    private var sealingInput = ByteBuffer()
-    /// The last sealed message: its storage holds the next one once the transport has let go of it.
-    private var lastSealedMessage = ByteBuffer()
     /// The batch of frames for the next transport message.
     private var outbound: ByteBuffer
     /// Where the reliable frames of the unsent batch lie in `outbound`. They are handed to the replay buffer (as
@@ -1103,10 +1099,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
                 self.messageParts.append(self.outbound.getSlice(at: cursor, length: self.outbound.writerIndex - cursor)!)
             }
             if self.cipher != nil {
-                // Sealing copies every byte once anyway: the parts are put together for it.
-                self.sealingInput.clear(minimumCapacity: sent + self.gatheredBytes)
-                for part in self.messageParts { self.sealingInput.writeImmutableBuffer(part) }
-                self.send(self.sealingInput, on: transport)
+                // Sealed as they lie, in one pass: the sealed message is the only copy.
+                transport.send(self.cipher!.sealMessage(self.messageParts))
             } else {
                 transport.send(parts: self.messageParts)
             }
@@ -1168,14 +1162,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             transport.send(message)
             return
         }
-        let pieces = message.readableBytes / SessionCipher.maximumPlaintextLength + 1
-        // `clear(minimumCapacity:)` allocates only while the transport still holds the last message.
-        var sealed = self.lastSealedMessage
-        self.lastSealedMessage = ByteBuffer()
-        sealed.clear(minimumCapacity: message.readableBytes + pieces * (FrameEncoder.headerLength + SessionCipher.tagLength))
-        self.cipher!.sealFrames(message, into: &sealed)
-        transport.send(sealed)
-        self.lastSealedMessage = sealed
+        transport.send(self.cipher!.sealMessage(CollectionOfOne(message)))
     }
 
     // MARK: Ending

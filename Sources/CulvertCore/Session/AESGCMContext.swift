@@ -32,13 +32,32 @@ final class AESGCMContext {
         into ciphertext: UnsafeMutableRawBufferPointer,
         tag: UnsafeMutableRawBufferPointer
     ) {
-        precondition(nonce.count == Self.nonceLength && tag.count == Self.tagLength && ciphertext.count == plaintext.count)
-        let sealed = culvert_aes_gcm_seal(
-            self.context, Self.bytes(nonce), Self.bytes(aad), aad.count, Self.bytes(plaintext), plaintext.count,
-            ciphertext.baseAddress?.assumingMemoryBound(to: UInt8.self), tag.baseAddress?.assumingMemoryBound(to: UInt8.self)
-        )
+        self.beginSealing(nonce: nonce, authenticating: aad)
+        self.sealPiece(plaintext, into: ciphertext)
+        self.endSealing(tag: tag)
+    }
+
+    /// Starts sealing a message under `nonce`, authenticating `aad`; its pieces follow with ``sealPiece(_:into:)``
+    /// in order, then ``endSealing(tag:)``. The result is the same as sealing the pieces joined.
+    func beginSealing(nonce: UnsafeRawBufferPointer, authenticating aad: UnsafeRawBufferPointer) {
+        precondition(nonce.count == Self.nonceLength)
         // Sealing fails only for lengths over 2 GiB, which no SEALED frame has.
+        precondition(culvert_aes_gcm_seal_begin(self.context, Self.bytes(nonce), Self.bytes(aad), aad.count) == 1, "AES-256-GCM sealing failed")
+    }
+
+    /// Encrypts the next piece of the message into `ciphertext` (as long).
+    func sealPiece(_ plaintext: UnsafeRawBufferPointer, into ciphertext: UnsafeMutableRawBufferPointer) {
+        precondition(ciphertext.count == plaintext.count)
+        let sealed = culvert_aes_gcm_seal_update(
+            self.context, Self.bytes(plaintext), plaintext.count, ciphertext.baseAddress?.assumingMemoryBound(to: UInt8.self)
+        )
         precondition(sealed == 1, "AES-256-GCM sealing failed")
+    }
+
+    /// Completes the message and writes its tag to `tag`.
+    func endSealing(tag: UnsafeMutableRawBufferPointer) {
+        precondition(tag.count == Self.tagLength)
+        precondition(culvert_aes_gcm_seal_end(self.context, tag.baseAddress?.assumingMemoryBound(to: UInt8.self)) == 1, "AES-256-GCM sealing failed")
     }
 
     /// Decrypts `ciphertext` into `plaintext` (as long); false when `tag` does not verify (then `plaintext` holds

@@ -28,6 +28,11 @@ public struct SessionCipher {
     private let opening: AESGCMContext
     /// The last payload opened: its storage takes the next one once the frames read from it are let go of.
     private var lastOpened = ByteBuffer()
+    /// The last message sealed by ``sealMessage(_:)``: its storage takes the next one once the transport has let
+    /// go of it.
+    private var lastSealed = ByteBuffer()
+    /// Where parts too long for one SEALED frame are joined to be cut between frames (kept for its storage).
+    private var joined = ByteBuffer()
     /// SEALED frames sealed so far: the next one's nonce.
     public private(set) var sealedCount: UInt64 = 0
     /// SEALED frames opened so far: the nonce the next one must have been sealed with.
@@ -41,26 +46,60 @@ public struct SessionCipher {
 
     /// Appends one SEALED frame holding `plaintext` (whole encoded frames) to `buffer`.
     public mutating func seal(_ plaintext: ByteBuffer, into buffer: inout ByteBuffer) {
+        self.seal(pieces: CollectionOfOne(plaintext), into: &buffer)
+    }
+
+    /// Appends one SEALED frame holding `pieces` in order (together, whole encoded frames) to `buffer`: the frame
+    /// that sealing them joined would give, made in one pass over them without joining them first.
+    public mutating func seal<Pieces: Collection<ByteBuffer>>(pieces: Pieces, into buffer: inout ByteBuffer) {
         precondition(self.sealedCount < UInt64.max, "a session attachment sealed 2^64 frames")
-        let length = plaintext.readableBytes
+        let length = pieces.reduce(0) { $0 + $1.readableBytes }
         let payloadLength = length + Self.tagLength
         buffer.reserveCapacity(minimumWritableBytes: FrameEncoder.headerLength + payloadLength)
         Self.withHeader(payloadLength: payloadLength) { header in
             buffer.writeBytes(header)
             Self.withNonce(self.sealedCount) { nonce in
-                plaintext.withUnsafeReadableBytes { input in
-                    _ = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: payloadLength) { output in
-                        self.sealing.seal(
-                            nonce: nonce, authenticating: header, input,
-                            into: UnsafeMutableRawBufferPointer(rebasing: output[..<length]),
-                            tag: UnsafeMutableRawBufferPointer(rebasing: output[length..<payloadLength])
-                        )
-                        return payloadLength
+                _ = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: payloadLength) { output in
+                    self.sealing.beginSealing(nonce: nonce, authenticating: header)
+                    var offset = 0
+                    for piece in pieces {
+                        piece.withUnsafeReadableBytes { input in
+                            self.sealing.sealPiece(input, into: UnsafeMutableRawBufferPointer(rebasing: output[offset..<offset + input.count]))
+                            offset += input.count
+                        }
                     }
+                    self.sealing.endSealing(tag: UnsafeMutableRawBufferPointer(rebasing: output[length..<payloadLength]))
+                    return payloadLength
                 }
             }
         }
         self.sealedCount += 1
+    }
+
+    /// The next transport message: `parts` in order (together, whole encoded frames; a batch's headers and the
+    /// payloads written after them) in SEALED frames as ``sealFrames(_:into:)`` cuts them. Parts that fit in one
+    /// SEALED frame, as a batch does, are sealed as they lie; longer ones are joined first. The message is written
+    /// into the storage of the one sealed before it, once the transport has let go of that.
+    public mutating func sealMessage<Parts: Collection<ByteBuffer>>(_ parts: Parts) -> ByteBuffer {
+        let length = parts.reduce(0) { $0 + $1.readableBytes }
+        let sealedFrames = length / Self.maximumPlaintextLength + 1
+        // `clear(minimumCapacity:)` allocates only while the transport still holds the last message.
+        var sealed = self.lastSealed
+        self.lastSealed = ByteBuffer()
+        sealed.clear(minimumCapacity: length + sealedFrames * (FrameEncoder.headerLength + Self.tagLength))
+        if length == 0 {
+            // Nothing to seal: an empty message, as an unsealed one would be.
+        } else if length <= Self.maximumPlaintextLength {
+            self.seal(pieces: parts, into: &sealed)
+        } else if parts.count == 1 {
+            self.sealFrames(parts.first!, into: &sealed)
+        } else {
+            self.joined.clear(minimumCapacity: length)
+            for part in parts { self.joined.writeImmutableBuffer(part) }
+            self.sealFrames(self.joined, into: &sealed)
+        }
+        self.lastSealed = sealed
+        return sealed
     }
 
     /// Appends `frames` (whole encoded frames) to `buffer` as SEALED frames of at most ``maximumPlaintextLength``
