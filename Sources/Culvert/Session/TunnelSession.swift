@@ -37,21 +37,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     private var cipher: SessionCipher?
     /// Reads the frames a SEALED frame holds.
     private var sealedFrameDecoder: FrameDecoder
-    /// The batch of frames for the next transport message.
-    private var outbound: ByteBuffer
-    /// Where the reliable frames of the unsent batch lie in `outbound`. They are handed to the replay buffer (as
-    /// slices) only when the batch is sent: a slice taken earlier would make every later write into `outbound`
-    /// copy the whole buffer.
-    private var unsentReliableFrames: [(start: Int, length: Int, payload: ByteBuffer?)] = []
-    /// DATA payloads of the unsent batch that go out as they are, right after their header in `outbound`, instead
-    /// of being copied behind it: where each goes (the index in `outbound` after its header) and the payload.
-    private var gatheredPayloads: [(index: Int, payload: ByteBuffer)] = []
-    /// Bytes of `gatheredPayloads`.
-    private var gatheredBytes = 0
-    /// The parts of the message being sent (kept for its storage).
-    private var messageParts: [ByteBuffer] = []
-    /// The batch sent before the current one is filled: reused for the next one once nothing else holds it.
-    private var previousBatch: ByteBuffer?
+    /// The frames for the next transport message.
+    private var batch = OutboundBatch()
     /// A read of the transport is under way: what it queues goes out at its read-complete (as nio-http2 flushes at
     /// `channelReadComplete`). Stream sockets' reads queue a flush for the end of the loop tick instead, so that
     /// many streams reading at once share one transport message.
@@ -160,7 +147,6 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         )
         self.frameReader = Self.makeFrameReader(configuration)
         self.sealedFrameDecoder = FrameDecoder(maximumPayloadLength: Self.maximumPayloadLength(configuration))
-        self.outbound = ByteBufferAllocator().buffer(capacity: Self.smallBatchCapacity)
         self.establishedPromise = transport.eventLoop.makePromise()
         self.endedPromise = transport.eventLoop.makePromise()
     }
@@ -396,7 +382,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         guard !self.finished, let goAway = self.machine.refuse(code, message) else { return }
         self.timers.removeValue(forKey: .handshake)?.cancel()
         self.countIfGoAway(goAway)
-        self.encoder.encode(goAway, into: &self.outbound)
+        self.batch.append(goAway)
         self.flushNow()
         self.eventLoop.scheduleTask(in: .seconds(2)) { [self] in self.end(.refused(code, message)) }
     }
@@ -435,7 +421,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         self.unflushedStreams.removeAll(keepingCapacity: true)
         self.flushAtReadComplete = false
         let ack = self.machine.readEstablished { (due: $0.sequencer.ackDueNow, waiting: $0.sequencer.hasUnacknowledged) }
-        if self.outbound.readableBytes > 0 || ack?.due == true {
+        if !self.batch.isEmpty || ack?.due == true {
             self.flushNow()
         } else if ack?.waiting == true && self.ackTimer == nil {
             self.ackTimer = self.eventLoop.scheduleTask(in: self.configuration.ackDelay) { [self] in
@@ -629,12 +615,9 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         case .protocolFailure(let goAway, let reason):
             if case .protocolViolation(_, let message) = reason { self.logger.error("protocol error: \(message); ending the session") }
             // The batch is dropped whole: its headers, and the payloads that would have gone out after them.
-            self.outbound.clear()
-            self.unsentReliableFrames.removeAll()
-            self.gatheredPayloads.removeAll()
-            self.gatheredBytes = 0
+            self.batch.discard()
             self.countIfGoAway(goAway)
-            self.encoder.encode(goAway, into: &self.outbound)
+            self.batch.append(goAway)
             self.flushNow()
             self.finish(SessionError(reason))
         }
@@ -1033,19 +1016,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     }
 
     func enqueue(_ frame: Frame) {
-        let start = self.outbound.writerIndex
-        if case .data(let streamID, let flags, let payload) = frame, payload.readableBytes >= Self.gatheredPayloadMinimum {
-            self.encoder.encodeDataHeader(streamID: streamID, flags: flags, payloadLength: payload.readableBytes, into: &self.outbound)
-            self.gatheredPayloads.append((self.outbound.writerIndex, payload))
-            self.gatheredBytes += payload.readableBytes
-            self.unsentReliableFrames.append((start, self.outbound.writerIndex - start, payload))
-        } else {
-            self.encoder.encode(frame, into: &self.outbound)
-            if frame.type.isReliable {
-                self.unsentReliableFrames.append((start, self.outbound.writerIndex - start, nil))
-            }
-        }
-        if self.outbound.readableBytes + self.gatheredBytes >= self.configuration.maximumBatchSize {
+        self.batch.append(frame)
+        if self.batch.byteCount >= self.configuration.maximumBatchSize {
             self.flushNow()
         } else if !self.flushAtReadComplete {
             self.scheduleFlush()
@@ -1066,67 +1038,24 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         if !self.finished,
             let ack = self.machine.withEstablished({ $0.sequencer.hasUnacknowledged ? $0.sequencer.makeAck() : nil }) ?? nil
         {
-            self.encoder.encode(ack, into: &self.outbound)
+            self.batch.append(ack)
         }
-        guard self.outbound.readableBytes > 0 else { return }
-        if !self.unsentReliableFrames.isEmpty {
-            let batch = self.outbound
-            self.machine.withEstablished { established in
-                for (start, length, payload) in self.unsentReliableFrames {
-                    let encoded = batch.getSlice(at: start, length: length)!
-                    if let payload {
-                        established.sequencer.recordSent(header: encoded, payload: payload)
-                    } else {
-                        established.sequencer.recordSent(encoded)
-                    }
-                }
-            }
-            self.unsentReliableFrames.removeAll(keepingCapacity: true)
+        guard !self.batch.isEmpty else { return }
+        if self.batch.hasUnrecordedReliableFrames {
+            self.machine.withEstablished { self.batch.recordReliableFrames(in: &$0.sequencer) }
         }
-        // What the batch buffer itself held (gathered payloads were not in it) sizes the next one.
-        let sent = self.outbound.readableBytes
-        if self.gatheredPayloads.isEmpty {
-            self.send(self.outbound, on: transport)
+        // Taken before it is sent: sending can close the transport, and what that sets off may queue frames again.
+        let parts = self.batch.takeMessage()
+        if parts.count == 1 {
+            self.send(parts[0], on: transport)
+        } else if self.cipher != nil {
+            // Sealed as they lie, in one pass: the sealed message is the only copy.
+            transport.send(self.cipher!.sealMessage(parts))
         } else {
-            // Headers and small frames from the batch, each large payload as it came from its socket.
-            var cursor = self.outbound.readerIndex
-            for (index, payload) in self.gatheredPayloads {
-                self.messageParts.append(self.outbound.getSlice(at: cursor, length: index - cursor)!)
-                self.messageParts.append(payload)
-                cursor = index
-            }
-            if cursor < self.outbound.writerIndex {
-                self.messageParts.append(self.outbound.getSlice(at: cursor, length: self.outbound.writerIndex - cursor)!)
-            }
-            if self.cipher != nil {
-                // Sealed as they lie, in one pass: the sealed message is the only copy.
-                transport.send(self.cipher!.sealMessage(self.messageParts))
-            } else {
-                transport.send(parts: self.messageParts)
-            }
-            self.messageParts.removeAll(keepingCapacity: true)
-            self.gatheredPayloads.removeAll(keepingCapacity: true)
-            self.gatheredBytes = 0
+            transport.send(parts: parts)
         }
         self.statistics.transportMessagesSent += 1
-        // The next batch goes into the one sent before this, if the socket and the replay buffer (until its frames
-        // are acknowledged) have let go of it: `clear(minimumCapacity:)` allocates only while something still holds
-        // it. In interactive traffic the peer's answer acknowledges a batch before the next is sent, so a session
-        // sends without allocating; in bulk the buffers are still held and new ones are allocated, as before.
-        var next = self.previousBatch ?? ByteBuffer()
-        self.previousBatch = self.outbound
-        next.clear(minimumCapacity: sent > Self.smallBatchCapacity ? Self.largeBatchCapacity : Self.smallBatchCapacity)
-        self.outbound = next
     }
-
-    /// DATA payloads this long or longer are written after their header as they are (a gathered write); shorter
-    /// ones are copied into the batch, which costs less than another part of the message.
-    static let gatheredPayloadMinimum = 2048
-    /// A batch buffer after a small batch (interactive traffic): grows if it must.
-    private static let smallBatchCapacity = 2048
-    /// After a large one (bulk): room for two full DATA frames, below malloc's mmap threshold so that it is reused
-    /// cheaply.
-    private static let largeBatchCapacity = 66 * 1024
 
     /// Sends a handshake frame at once, ahead of the stream frames waiting in the batch (during a resumption the
     /// batch holds frames for after it).
