@@ -1,4 +1,5 @@
 import Crypto
+import CulvertTools
 import Foundation
 import NIOCore
 import NIOPosix
@@ -102,7 +103,7 @@ enum RawConnection {
 
 enum SHA256Digest {
     static func of(_ bytes: [UInt8]) -> [UInt8] { Array(SHA256.hash(data: bytes)) }
-    static func hex(_ bytes: [UInt8]) -> String { Self.of(bytes).map { String(format: "%02x", $0) }.joined() }
+    static func hex(_ bytes: [UInt8]) -> String { TransferClient.hex(Self.of(bytes)) }
 }
 
 /// Succeeds `reached` once `expected` bytes have been read; fails it if the connection closes first.
