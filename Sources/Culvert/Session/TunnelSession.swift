@@ -35,8 +35,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     /// Seals what this side sends and opens what it receives on the current transport, once its handshake is done
     /// (nil before, while detached, and with end-to-end protection off).
     private var cipher: SessionCipher?
-    /// Reads the frames a SEALED frame holds.
-    private var sealedFrameDecoder: FrameDecoder
+    /// Opens the SEALED frames off the transport and reads the frames each holds.
+    private var sealedFrames: SealedFrameReader
     /// The frames for the next transport message.
     private var batch = OutboundBatch()
     /// A read of the transport is under way: what it queues goes out at its read-complete (as nio-http2 flushes at
@@ -146,7 +146,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             now: transport.eventLoop.now
         )
         self.frameReader = Self.makeFrameReader(configuration)
-        self.sealedFrameDecoder = FrameDecoder(maximumPayloadLength: Self.maximumPayloadLength(configuration))
+        self.sealedFrames = SealedFrameReader(maximumPayloadLength: Self.maximumPayloadLength(configuration))
         self.establishedPromise = transport.eventLoop.makePromise()
         self.endedPromise = transport.eventLoop.makePromise()
     }
@@ -510,28 +510,14 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             self.handle(frame)
             return
         }
-        guard case .sealed(let payload) = frame else {
-            self.integrityFailed("an unsealed \(frame.type) frame arrived after the handshake: something on the path injected it")
-            return
-        }
-        var plaintext: ByteBuffer
         do {
-            plaintext = try self.cipher!.open(payload)
-        } catch {
-            self.integrityFailed(error.description)
-            return
-        }
-        do {
-            while !self.finished, self.cipher != nil, let inner = try self.sealedFrameDecoder.decode(buffer: &plaintext) {
-                if case .sealed = inner {
-                    self.integrityFailed("a sealed frame holds another")
-                    return
-                }
+            try self.sealedFrames.open(frame, with: &self.cipher!)
+            // Handling a frame can end the session or detach it (which drops the cipher): then the rest is not read.
+            while !self.finished, self.cipher != nil, let inner = try self.sealedFrames.next() {
                 self.handle(inner)
             }
-            if !self.finished, self.cipher != nil, plaintext.readableBytes > 0 {
-                self.integrityFailed("a sealed frame ends inside a frame")
-            }
+        } catch let violation as SealingViolation {
+            self.integrityFailed(violation.description)
         } catch let error as FrameDecodingError {
             self.perform(self.machine.decodingFailed(error.goAwayCode, error.description))
         } catch {
