@@ -24,25 +24,14 @@ final class AESGCMContext {
         culvert_aes_gcm_free(self.context)
     }
 
-    /// Encrypts `plaintext` into `ciphertext` (as long) and writes the tag to `tag`.
-    func seal(
-        nonce: UnsafeRawBufferPointer,
-        authenticating aad: UnsafeRawBufferPointer,
-        _ plaintext: UnsafeRawBufferPointer,
-        into ciphertext: UnsafeMutableRawBufferPointer,
-        tag: UnsafeMutableRawBufferPointer
-    ) {
-        self.beginSealing(nonce: nonce, authenticating: aad)
-        self.sealPiece(plaintext, into: ciphertext)
-        self.endSealing(tag: tag)
-    }
-
     /// Starts sealing a message under `nonce`, authenticating `aad`; its pieces follow with ``sealPiece(_:into:)``
     /// in order, then ``endSealing(tag:)``. The result is the same as sealing the pieces joined.
     func beginSealing(nonce: UnsafeRawBufferPointer, authenticating aad: UnsafeRawBufferPointer) {
         precondition(nonce.count == Self.nonceLength)
         // Sealing fails only for lengths over 2 GiB, which no SEALED frame has.
-        precondition(culvert_aes_gcm_seal_begin(self.context, Self.bytes(nonce), Self.bytes(aad), aad.count) == 1, "AES-256-GCM sealing failed")
+        // The call stays outside the precondition, whose condition an -Ounchecked build need not evaluate.
+        let begun = culvert_aes_gcm_seal_begin(self.context, Self.bytes(nonce), Self.bytes(aad), aad.count)
+        precondition(begun == 1, "AES-256-GCM sealing failed")
     }
 
     /// Encrypts the next piece of the message into `ciphertext` (as long).
@@ -57,7 +46,8 @@ final class AESGCMContext {
     /// Completes the message and writes its tag to `tag`.
     func endSealing(tag: UnsafeMutableRawBufferPointer) {
         precondition(tag.count == Self.tagLength)
-        precondition(culvert_aes_gcm_seal_end(self.context, tag.baseAddress?.assumingMemoryBound(to: UInt8.self)) == 1, "AES-256-GCM sealing failed")
+        let ended = culvert_aes_gcm_seal_end(self.context, tag.baseAddress?.assumingMemoryBound(to: UInt8.self))
+        precondition(ended == 1, "AES-256-GCM sealing failed")
     }
 
     /// Decrypts `ciphertext` into `plaintext` (as long); false when `tag` does not verify (then `plaintext` holds
