@@ -50,21 +50,17 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
     private var postBodyBytes: Int { min(self.settings.maximumPostBodyBytes, self.bodyByteLimit ?? .max) }
 
     private var upLog = OutboundByteLog()
-    private var downCursor = InboundByteCursor()
     private let relay = TransportDelegateRelay()
     private var closed: Bool { self.relay.isClosed }
     private var wasWritable = true
 
-    // Downstream state.
+    // Downstream: what to do next is ``HTTPDownstreamStateMachine``'s; the connection, timers and decoders are here.
+    private var down: HTTPDownstreamStateMachine
     private var downChannel: HTTPClientChannel?
-    private var downInFlight = false
-    private var downGeneration = 0
-    private var downFailures = 0
+    /// The GET's timeout, or the wait before the next one after a failure.
     private var downTimer: Scheduled<Void>?
     private var downDecoder: NIOSingleStepByteToMessageProcessor<HTTPTransportRecordDecoder>?
     private var downText: Base64LineDecoder?
-    private var downAckSent: UInt64 = 0
-    private var downAckNeeded = false
     private var downAckTimer: Scheduled<Void>?
 
     // Upstream state.
@@ -113,6 +109,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         self.logger[metadataKey: "transport"] = "\(kind)"
         self.upMode = kind == .chunked ? .stream : .batch
         self.downMode = kind == .chunked ? .stream : .poll
+        self.down = HTTPDownstreamStateMachine(streaming: kind == .chunked, settings: options.http)
         self.bodyShapeMemory = options.bodyShapeMemory
         let learnt = options.bodyShapeMemory?.learnt
         self.bodyShape = learnt?.shape ?? options.http.bodyShapes.first ?? .binary
@@ -124,7 +121,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
 
     /// Starts the downstream requests (messages that arrive before ``start(delegate:)`` wait for it).
     func begin() {
-        self.issueDown()
+        self.perform(self.down.begin())
     }
 
     func start(delegate: any TransportConnectionDelegate) {
@@ -174,38 +171,59 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
 
     // MARK: Downstream
 
-    private func issueDown() {
-        guard !self.closed, !self.downInFlight else { return }
-        self.downInFlight = true
-        self.downGeneration += 1
-        let generation = self.downGeneration
-        self.withChannel(\.downChannel) { [self] channel in
-            guard generation == self.downGeneration, !self.closed else { return }
-            let received = self.downCursor.received
-            self.downAckSent = max(self.downAckSent, received)
-            self.downDecoder = self.makeDecoder()
-            self.downText = self.bodyShape.makeDecoder()
-            let limit = self.bodyByteLimit.map { "&r=\($0)" } ?? ""
-            let head = self.requestHead(.GET, endpoint: "down", offset: received, query: "m=\(self.downMode.rawValue)&a=\(received)\(limit)")
-            let timeout = self.downMode == .poll ? self.settings.pollResponseTimeout : self.settings.requestTimeout
-            self.downTimer = self.eventLoop.scheduleTask(in: timeout) { [self] in
-                guard generation == self.downGeneration else { return }
-                self.downFailed(TransportError.timedOut(self.kind, phase: "downstream request", seconds: timeout.seconds))
+    /// Carries out what the downstream machine decided.
+    private func perform(_ action: HTTPDownstreamStateMachine.Action) {
+        switch action {
+        case .none:
+            break
+        case .connect(let request):
+            self.connectDown(request)
+        case .reconnect(let request):
+            self.dropDownConnection()
+            self.connectDown(request)
+        case .send(let request, let offset, let timeout):
+            self.sendDown(request, offset: offset, timeout: timeout)
+        case .cancelTimeout:
+            self.downTimer?.cancel()
+        case .retry(let delay, let failures, let error):
+            self.dropDownConnection()
+            self.logger.debug("downstream request failed (\(error)); retry \(failures) in \(delay.roundedText)")
+            self.downTimer = self.eventLoop.assumeIsolated().scheduleTask(in: delay) { [self] in
+                self.perform(self.down.retryDue())
             }
-            channel.send(head, body: nil, end: true) { [self] event in
-                guard generation == self.downGeneration else { return }
-                self.downEvent(event)
-            }
-        } onFailure: { [self] error in
-            guard generation == self.downGeneration else { return }
-            self.downFailed(error)
+        case .fail(let error):
+            self.closeNow(error: error)
         }
     }
 
-    private func downEvent(_ event: HTTPClientChannel.Event) {
+    private func connectDown(_ request: UInt64) {
+        self.downTimer?.cancel()
+        self.withChannel(\.downChannel) { [self] _ in
+            self.perform(self.down.connectionReady(request))
+        } onFailure: { [self] error in
+            self.downFailed(request, error)
+        }
+    }
+
+    private func sendDown(_ request: UInt64, offset: UInt64, timeout: TimeAmount) {
+        guard let channel = self.downChannel else { return }
+        self.downDecoder = self.makeDecoder()
+        self.downText = self.bodyShape.makeDecoder()
+        let limit = self.bodyByteLimit.map { "&r=\($0)" } ?? ""
+        let head = self.requestHead(.GET, endpoint: "down", offset: offset, query: "m=\(self.downMode.rawValue)&a=\(offset)\(limit)")
+        self.downTimer = self.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
+            self.downFailed(request, TransportError.timedOut(self.kind, phase: "downstream request", seconds: timeout.seconds))
+        }
+        channel.send(head, body: nil, end: true) { [self] event in
+            self.downEvent(event, of: request)
+        }
+    }
+
+    private func downEvent(_ event: HTTPClientChannel.Event, of request: UInt64) {
+        guard self.down.isCurrent(request) else { return }
         switch event {
         case .head(let head):
-            if self.downMode == .stream { self.downTimer?.cancel() }
+            self.perform(self.down.responseHead(request))
             if self.refusedByContentRules(head, method: "GET") { return }
             if head.status != .ok { self.refused(head, method: "GET") }
         case .body(let body):
@@ -220,30 +238,22 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
             self.handleRecords(records)
         case .end:
             self.downTimer?.cancel()
-            self.downInFlight = false
-            self.downFailures = 0
-            self.issueDown()
+            self.perform(self.down.responseEnded(request))
         case .failed(let error):
-            self.downFailed(error)
+            self.downFailed(request, error)
         }
     }
 
-    private func downFailed(_ error: any Error) {
-        if self.staleConnection(self.downChannel) {
-            self.abandonDownload()
-            self.issueDown()
-            return
-        }
-        self.abandonDownload()
-        self.downFailures += 1
-        self.retry(after: self.downFailures, error: error, direction: "downstream") { [self] in self.issueDown() }
+    /// GET `request` failed; whether only because its connection was stale is asked of the connection only while the
+    /// GET is the current one (the question closes the connection when it was).
+    private func downFailed(_ request: UInt64, _ error: any Error) {
+        guard self.down.isCurrent(request) else { return }
+        self.perform(self.down.requestFailed(request, error: error, staleConnection: self.staleConnection(self.downChannel)))
     }
 
-    /// Drops the GET in flight (whatever still comes of it is ignored) and the connection it was on.
-    private func abandonDownload() {
+    /// Drops the connection of the GET in flight, and its timeout.
+    private func dropDownConnection() {
         self.downTimer?.cancel()
-        self.downGeneration += 1
-        self.downInFlight = false
         self.downChannel?.close()
         self.downChannel = nil
     }
@@ -256,11 +266,10 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
             guard !self.closed else { return }
             switch record {
             case .data(let offset, let payload):
-                switch self.downCursor.accept(offset: offset, payload: payload) {
+                // Progress (the machine counts failures in a row again): a request cut after this still got somewhere.
+                switch self.down.accept(offset: offset, payload: payload) {
                 case .deliver(let bytes):
                     delivered = true
-                    // Progress: a request cut after this still counts as having got somewhere.
-                    self.downFailures = 0
                     self.relay.deliver(bytes, from: self)
                 case .duplicate:
                     break
@@ -275,9 +284,20 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
                 return
             }
         }
-        if delivered {
-            self.relay.readComplete(from: self)
-            if self.downMode == .stream { self.scheduleDownstreamAck() }
+        guard delivered else { return }
+        self.relay.readComplete(from: self)
+        switch self.down.deliveredRead() {
+        case .none:
+            break
+        case .acknowledgeNow:
+            self.downAckTimer?.cancel()
+            self.downAckTimer = nil
+            self.pumpUp()
+        case .armTimer:
+            self.downAckTimer = self.eventLoop.assumeIsolated().scheduleTask(in: HTTPDownstreamStateMachine.acknowledgementDelay) { [self] in
+                self.downAckTimer = nil
+                if self.down.acknowledgementTimerFired() { self.pumpUp() }
+            }
         }
     }
 
@@ -297,30 +317,12 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         }
     }
 
-    /// A streaming download needs acknowledgements upstream, or the server's send window fills.
-    private func scheduleDownstreamAck() {
-        let pending = self.downCursor.received - self.downAckSent
-        if pending >= 256 * 1024 {
-            self.downAckTimer?.cancel()
-            self.downAckTimer = nil
-            self.downAckNeeded = true
-            self.pumpUp()
-        } else if self.downAckTimer == nil && pending > 0 {
-            self.downAckTimer = self.eventLoop.scheduleTask(in: .milliseconds(20)) { [self] in
-                self.downAckTimer = nil
-                guard self.downCursor.received > self.downAckSent else { return }
-                self.downAckNeeded = true
-                self.pumpUp()
-            }
-        }
-    }
-
     // MARK: Upstream
 
     private func pumpUp() {
         guard !self.closed else { return }
         let hasData = self.upSentUpTo < self.upLog.produced
-        guard hasData || self.downAckNeeded else { return }
+        guard hasData || self.down.acknowledgementDue else { return }
         switch self.upMode {
         case .stream:
             if self.upStreamWritable {
@@ -376,11 +378,9 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
     private func writeStream() {
         guard self.upStreamWritable, let channel = self.upChannel else { return }
         var wrote = false
-        if self.downAckNeeded {
-            self.downAckNeeded = false
-            self.downAckSent = self.downCursor.received
+        if self.down.acknowledgementDue {
             let ack = self.bodyShape.wire(
-                HTTPTransportRecord.acknowledge(self.downAckSent).encoded(allocator: channel.channel.allocator),
+                HTTPTransportRecord.acknowledge(self.down.takeAcknowledgement().offset).encoded(allocator: channel.channel.allocator),
                 allocator: channel.channel.allocator
             )
             self.upRequestWireBytes += ack.readableBytes
@@ -475,11 +475,12 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         self.withChannel(\.upChannel) { [self] channel in
             guard generation == self.upGeneration, !self.closed else { return }
             var body = channel.channel.allocator.buffer(capacity: 1024)
-            self.downAckNeeded = false
-            self.downAckTimer?.cancel()
-            self.downAckTimer = nil
-            self.downAckSent = self.downCursor.received
-            HTTPTransportRecord.acknowledge(self.downAckSent).write(to: &body)
+            let acknowledgement = self.down.takeAcknowledgement()
+            if acknowledgement.timerWasArmed {
+                self.downAckTimer?.cancel()
+                self.downAckTimer = nil
+            }
+            HTTPTransportRecord.acknowledge(acknowledgement.offset).write(to: &body)
             let budget = self.bodyShape.recordBytes(inWireBytes: self.postBodyBytes) - 64
             let firstOffset = self.upSentUpTo
             for piece in self.upLog.pieces(from: self.upSentUpTo, limit: budget) {
@@ -651,9 +652,8 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         }
         self.bodyShapeMemory?.remember(.init(shape: self.bodyShape, byteLimit: self.bodyByteLimit))
         // Every request in flight was made in the old shape: make them again in the new one.
-        self.abandonDownload()
         self.abandonUpload()
-        self.issueDown()
+        self.perform(self.down.restart())
         self.pumpUp()
         self.onUpstreamModeChange?()
         return true
@@ -714,7 +714,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         // still be on its way and is cut by the close: this one carries, ahead of the close, what the server has
         // not confirmed and an ACK of what came down, so the peer's last word and ours both arrive.
         var body = ByteBufferAllocator().buffer(capacity: 256)
-        HTTPTransportRecord.acknowledge(self.downCursor.received).write(to: &body)
+        HTTPTransportRecord.acknowledge(self.down.cursor.received).write(to: &body)
         let firstOffset = self.upLog.acknowledged
         for piece in self.upLog.pieces(from: firstOffset, limit: self.bodyShape.recordBytes(inWireBytes: self.postBodyBytes) - 64) {
             HTTPTransportRecord.data(offset: piece.offset, payload: piece.bytes).write(to: &body)
@@ -741,7 +741,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
     private func closeNow(error: (any Error)?) {
         guard !self.closed else { return }
         let delegateWaits = self.relay.markClosed(error: error)
-        self.downGeneration += 1
+        self.down.close()
         self.upGeneration += 1
         for timer in [self.downTimer, self.downAckTimer, self.upTimer, self.ackWatchdog] { timer?.cancel() }
         for timer in self.retryTimers { timer.cancel() }
