@@ -11,13 +11,12 @@ import NIOHTTP1
 /// A streaming POST whose bytes are not acknowledged within ``HTTPTransportClientSettings/upstreamAckTimeout``
 /// means the path buffers request bodies: upstream then switches to short POSTs, from the last acknowledgement.
 ///
+/// What each direction does next is decided by a pure machine (``HTTPUpstreamStateMachine``,
+/// ``HTTPDownstreamStateMachine``); this class carries out their actions: the HTTP connections, timers, record
+/// encoding in the body shape of the moment, and the content rules shared by both directions.
+///
 /// Confined to ``eventLoop``.
 final class HTTPClientTransportConnection: TransportConnection, UpstreamModeReporting, @unchecked Sendable {
-    enum UpMode: String {
-        case stream
-        case batch
-    }
-
     enum DownMode: String {
         case stream
         case poll
@@ -32,11 +31,9 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
     private let connectTimeout: TimeAmount
     private let maximumRecordPayload: Int
     private var logger: Logger
-    private(set) var upMode: UpMode
-    var upstreamUsesShortRequests: Bool { self.kind == .chunked && self.upMode == .batch }
+    var upMode: HTTPUpstreamStateMachine.Mode { self.up.mode }
+    var upstreamUsesShortRequests: Bool { self.kind == .chunked && self.up.mode == .batch }
     var onUpstreamModeChange: (() -> Void)?
-    /// Streaming POSTs cut in a row before this side ended them.
-    private var upStreamCuts = 0
     let downMode: DownMode
     /// The shape of the bodies now; the next of ``HTTPTransportClientSettings/bodyShapes`` once the path refuses it.
     private(set) var bodyShape: HTTPBodyShape
@@ -49,7 +46,6 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
     /// The largest POST body on the wire now.
     private var postBodyBytes: Int { min(self.settings.maximumPostBodyBytes, self.bodyByteLimit ?? .max) }
 
-    private var upLog = OutboundByteLog()
     private let relay = TransportDelegateRelay()
     private var closed: Bool { self.relay.isClosed }
     private var wasWritable = true
@@ -63,24 +59,14 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
     private var downText: Base64LineDecoder?
     private var downAckTimer: Scheduled<Void>?
 
-    // Upstream state.
+    // Upstream: what to do next is ``HTTPUpstreamStateMachine``'s; the connection, timers and decoders are here.
+    private var up: HTTPUpstreamStateMachine
     private var upChannel: HTTPClientChannel?
-    /// A POST is open or awaits its response.
-    private var upInFlight = false
-    /// The streaming POST's body is open and ready for records.
-    private var upStreamWritable = false
-    private var upGeneration = 0
-    private var upFailures = 0
-    private var upSentUpTo: UInt64 = 0
-    private var upRequestBytes = 0
-    /// Bytes of the streaming POST's body on the wire (record headers and any base64 included), for ``bodyByteLimit``.
-    private var upRequestWireBytes = 0
+    /// The POST's maximum age or its timeout, or the wait before the next one after a failure.
     private var upTimer: Scheduled<Void>?
     private var upDecoder: NIOSingleStepByteToMessageProcessor<HTTPTransportRecordDecoder>?
     private var upText: Base64LineDecoder?
     private var ackWatchdog: Scheduled<Void>?
-    private var ackAtWatchdogStart: UInt64 = 0
-    private var retryTimers: [Scheduled<Void>] = []
     /// Cleared when the path turns out to close connections after each response (tinyproxy does, without
     /// saying so): from then on every request gets a fresh connection instead of failing on a stale one.
     private var reuseConnections = true
@@ -107,7 +93,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         self.peerDescription = route.proxy.map { "\(route.endpoint) via \($0)" } ?? route.endpoint.description
         self.logger = options.logger
         self.logger[metadataKey: "transport"] = "\(kind)"
-        self.upMode = kind == .chunked ? .stream : .batch
+        self.up = HTTPUpstreamStateMachine(streaming: kind == .chunked, settings: options.http)
         self.downMode = kind == .chunked ? .stream : .poll
         self.down = HTTPDownstreamStateMachine(streaming: kind == .chunked, settings: options.http)
         self.bodyShapeMemory = options.bodyShapeMemory
@@ -117,7 +103,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         self.upChannel = firstChannel
     }
 
-    var isWritable: Bool { self.upLog.unacknowledgedBytes < self.settings.sendWindowBytes }
+    var isWritable: Bool { self.up.isWritable }
 
     /// Starts the downstream requests (messages that arrive before ``start(delegate:)`` wait for it).
     func begin() {
@@ -131,8 +117,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
 
     func send(_ message: ByteBuffer) {
         guard !self.closed else { return }
-        self.upLog.append(message)
-        self.pumpUp()
+        self.perform(self.up.append(message, acknowledgementDue: self.down.acknowledgementDue))
         self.updateWritability()
     }
 
@@ -147,7 +132,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
     func sessionAuthenticated(key: [UInt8]) {
         self.eventLoop.preconditionInEventLoop()
         self.signer = HTTPRequestSigner(sessionKey: key, connectionID: self.id)
-        self.endStream()
+        self.perform(self.up.endStream())
     }
 
     /// A request head for `endpoint`: the connection named in a header, not the URL (access logs keep URLs),
@@ -302,10 +287,8 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
     }
 
     private func applyUpstreamAcknowledgement(_ offset: UInt64) {
-        switch self.upLog.acknowledge(offset) {
+        switch self.up.acknowledge(offset) {
         case .advanced:
-            self.upFailures = 0
-            if self.upSentUpTo < offset { self.upSentUpTo = offset }
             self.ackWatchdog?.cancel()
             self.ackWatchdog = nil
             self.armAckWatchdog()
@@ -319,19 +302,54 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
 
     // MARK: Upstream
 
+    /// Sends what waits upstream, and any ACK the download owes.
     private func pumpUp() {
-        guard !self.closed else { return }
-        let hasData = self.upSentUpTo < self.upLog.produced
-        guard hasData || self.down.acknowledgementDue else { return }
-        switch self.upMode {
-        case .stream:
-            if self.upStreamWritable {
-                self.writeStream()
-            } else if !self.upInFlight {
-                self.openStream()
+        self.perform(self.up.pump(acknowledgementDue: self.down.acknowledgementDue))
+    }
+
+    /// Carries out what the upstream machine decided.
+    private func perform(_ action: HTTPUpstreamStateMachine.Action) {
+        switch action {
+        case .none:
+            break
+        case .connect(let request):
+            self.upTimer?.cancel()
+            self.withChannel(\.upChannel) { [self] _ in
+                self.perform(self.up.connectionReady(request))
+            } onFailure: { [self] error in
+                self.upFailed(request, error)
             }
-        case .batch:
-            if !self.upInFlight { self.sendBatch() }
+        case .openStream(let request, let offset, let maxAge):
+            self.openStream(request, offset: offset, maxAge: maxAge)
+        case .writeStream:
+            self.writeStream()
+        case .sendBatch(let request, let offset, let timeout):
+            self.sendBatch(request, offset: offset, timeout: timeout)
+        case .endStream(let request, let timeout):
+            self.upTimer?.cancel()
+            self.upChannel?.endBody()
+            self.upTimer = self.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
+                self.upFailed(request, TransportError.timedOut(self.kind, phase: "upstream request", seconds: timeout.seconds))
+            }
+        case .reconnect:
+            self.dropUpConnection()
+            self.pumpUp()
+        case .switchToBatches(let reason):
+            self.logger.warning("upstream: \(reason); switching upstream to short POSTs")
+            self.dropUpConnection()
+            self.ackWatchdog?.cancel()
+            self.ackWatchdog = nil
+            self.up.switchToBatches()
+            self.pumpUp()
+            self.onUpstreamModeChange?()
+        case .retry(let delay, let failures, let error):
+            self.dropUpConnection()
+            self.logger.debug("upstream request failed (\(error)); retry \(failures) in \(delay.roundedText)")
+            self.upTimer = self.eventLoop.assumeIsolated().scheduleTask(in: delay) { [self] in
+                self.perform(self.up.retryDue(acknowledgementDue: self.down.acknowledgementDue))
+            }
+        case .fail(let error):
+            self.closeNow(error: error)
         }
     }
 
@@ -347,43 +365,30 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         return self.requestHead(.POST, endpoint: "up", offset: offset, query: "o=\(offset)", headers: headers)
     }
 
-    private func openStream() {
-        self.upInFlight = true
-        self.upGeneration += 1
-        let generation = self.upGeneration
-        self.withChannel(\.upChannel) { [self] channel in
-            guard generation == self.upGeneration, !self.closed else { return }
-            self.upSentUpTo = self.upLog.acknowledged
-            self.upRequestBytes = 0
-            self.upRequestWireBytes = 0
-            self.upDecoder = self.makeDecoder()
-            self.upText = self.bodyShape.makeDecoder()
-            channel.send(self.uploadHead(streaming: true, contentLength: 0, offset: self.upSentUpTo), body: nil, end: false) { [self] event in
-                guard generation == self.upGeneration else { return }
-                self.upEvent(event)
-            }
-            self.upStreamWritable = true
-            let maxAge = self.settings.streamRequestMaxAge
-            self.upTimer = self.eventLoop.scheduleTask(in: maxAge) { [self] in
-                guard generation == self.upGeneration else { return }
-                self.endStream()
-            }
-            self.writeStream()
-        } onFailure: { [self] error in
-            guard generation == self.upGeneration else { return }
-            self.upFailed(error)
+    private func openStream(_ request: UInt64, offset: UInt64, maxAge: TimeAmount) {
+        guard let channel = self.upChannel else { return }
+        self.upDecoder = self.makeDecoder()
+        self.upText = self.bodyShape.makeDecoder()
+        channel.send(self.uploadHead(streaming: true, contentLength: 0, offset: offset), body: nil, end: false) { [self] event in
+            self.upEvent(event, of: request)
         }
+        self.upTimer = self.eventLoop.assumeIsolated().scheduleTask(in: maxAge) { [self] in
+            self.perform(self.up.streamAged(request))
+        }
+        self.writeStream()
     }
 
+    /// Writes what is unsent, and any ACK due, into the open streaming body.
     private func writeStream() {
-        guard self.upStreamWritable, let channel = self.upChannel else { return }
+        guard case .streaming = self.up.state, let channel = self.upChannel else { return }
+        let allocator = channel.channel.allocator
         var wrote = false
         if self.down.acknowledgementDue {
             let ack = self.bodyShape.wire(
-                HTTPTransportRecord.acknowledge(self.down.takeAcknowledgement().offset).encoded(allocator: channel.channel.allocator),
-                allocator: channel.channel.allocator
+                HTTPTransportRecord.acknowledge(self.down.takeAcknowledgement().offset).encoded(allocator: allocator),
+                allocator: allocator
             )
-            self.upRequestWireBytes += ack.readableBytes
+            self.up.wroteToStream(wireBytes: ack.readableBytes)
             channel.writeBody(ack)
             wrote = true
         }
@@ -391,129 +396,80 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         var full = false
         // Small bodies (``bodyByteLimit``): a piece that would take the body past it waits for the next POST.
         let wireLimit = self.bodyByteLimit ?? .max
-        let pieces = self.upLog.pieces(
-            from: self.upSentUpTo, limit: self.bodyByteLimit.map { self.bodyShape.recordBytes(inWireBytes: $0) } ?? .max
-        )
+        let pieces = self.up.unsentPieces(limit: self.bodyByteLimit.map { self.bodyShape.recordBytes(inWireBytes: $0) } ?? .max)
         for piece in pieces {
-            var header = channel.channel.allocator.buffer(capacity: HTTPTransportRecord.dataHeaderLength)
+            var header = allocator.buffer(capacity: HTTPTransportRecord.dataHeaderLength)
             HTTPTransportRecord.writeDataHeader(offset: piece.offset, length: piece.bytes.readableBytes, to: &header)
-            let wireHeader = self.bodyShape.wire(header, allocator: channel.channel.allocator)
-            let wirePayload = self.bodyShape.wire(piece.bytes, allocator: channel.channel.allocator)
+            let wireHeader = self.bodyShape.wire(header, allocator: allocator)
+            let wirePayload = self.bodyShape.wire(piece.bytes, allocator: allocator)
             let length = wireHeader.readableBytes + wirePayload.readableBytes
-            if wroteData && self.upRequestWireBytes + length > wireLimit {
+            if wroteData && self.up.streamWireBytes + length > wireLimit {
                 full = true
                 break
             }
             channel.writeBody(wireHeader)
             channel.writeBody(wirePayload)
-            self.upRequestBytes += piece.bytes.readableBytes
-            self.upRequestWireBytes += length
-            self.upSentUpTo = piece.offset + UInt64(piece.bytes.readableBytes)
+            self.up.wroteToStream(
+                wireBytes: length, payloadBytes: piece.bytes.readableBytes, endingAt: piece.offset + UInt64(piece.bytes.readableBytes)
+            )
             wroteData = true
         }
-        // What did not fit goes in the next POST, begun as soon as this one is answered.
-        if self.upSentUpTo < self.upLog.produced { full = true }
         if wrote || wroteData { channel.flush() }
         if wroteData { self.armAckWatchdog() }
-        if full || self.upRequestBytes >= self.settings.streamRequestLimitBytes || self.upRequestWireBytes >= wireLimit {
-            self.endStream()
-        }
-    }
-
-    /// Ends the streaming POST; the next begins when its response has come.
-    private func endStream() {
-        guard self.upStreamWritable, let channel = self.upChannel else { return }
-        self.upStreamWritable = false
-        self.upTimer?.cancel()
-        channel.endBody()
-        self.upTimer = self.eventLoop.scheduleTask(in: self.settings.requestTimeout) { [self, generation = self.upGeneration] in
-            guard generation == self.upGeneration else { return }
-            self.upFailed(TransportError.timedOut(self.kind, phase: "upstream request", seconds: self.settings.requestTimeout.seconds))
-        }
+        // What did not fit goes in the next POST, begun as soon as this one is answered.
+        self.perform(self.up.streamWriteFinished(full: full, wireLimit: wireLimit))
     }
 
     private func armAckWatchdog() {
-        guard self.upMode == .stream, self.ackWatchdog == nil, self.upLog.unacknowledgedBytes > 0 else { return }
-        self.ackAtWatchdogStart = self.upLog.acknowledged
-        let timeout = self.settings.upstreamAckTimeout
-        self.ackWatchdog = self.eventLoop.scheduleTask(in: timeout) { [self] in
+        guard self.up.armWatchdog() else { return }
+        self.ackWatchdog = self.eventLoop.assumeIsolated().scheduleTask(in: self.settings.upstreamAckTimeout) { [self] in
             self.ackWatchdog = nil
-            guard self.upMode == .stream, !self.closed, self.upLog.unacknowledgedBytes > 0 else { return }
-            if self.upLog.acknowledged == self.ackAtWatchdogStart {
-                self.switchToBatches(
-                    because: "no acknowledgement within \(timeout.roundedText) while the streaming POST was open; the path buffers request bodies"
-                )
-            } else {
-                self.armAckWatchdog()
-            }
+            if let reason = self.up.watchdogFired() { self.perform(.switchToBatches(reason: reason)) }
         }
     }
 
-    /// The path holds, refuses or cuts streaming request bodies: send upstream as short POSTs from now on.
-    private func switchToBatches(because reason: String) {
-        self.logger.warning("upstream: \(reason); switching upstream to short POSTs")
-        self.upMode = .batch
-        self.abandonUpload()
-        self.pumpUp()
-        self.onUpstreamModeChange?()
-    }
-
-    private func abandonUpload() {
-        self.upGeneration += 1
+    /// Drops the POST in flight's connection and its timer (whatever still comes of the POST is ignored).
+    private func dropUpConnection() {
         self.upTimer?.cancel()
-        self.upInFlight = false
-        self.upStreamWritable = false
         self.upChannel?.close()
         self.upChannel = nil
-        self.upSentUpTo = self.upLog.acknowledged
     }
 
-    private func sendBatch() {
-        self.upInFlight = true
-        self.upGeneration += 1
-        let generation = self.upGeneration
-        self.withChannel(\.upChannel) { [self] channel in
-            guard generation == self.upGeneration, !self.closed else { return }
-            var body = channel.channel.allocator.buffer(capacity: 1024)
-            let acknowledgement = self.down.takeAcknowledgement()
-            if acknowledgement.timerWasArmed {
-                self.downAckTimer?.cancel()
-                self.downAckTimer = nil
-            }
-            HTTPTransportRecord.acknowledge(acknowledgement.offset).write(to: &body)
-            let budget = self.bodyShape.recordBytes(inWireBytes: self.postBodyBytes) - 64
-            let firstOffset = self.upSentUpTo
-            for piece in self.upLog.pieces(from: self.upSentUpTo, limit: budget) {
-                HTTPTransportRecord.data(offset: piece.offset, payload: piece.bytes).write(to: &body)
-                self.upSentUpTo = piece.offset + UInt64(piece.bytes.readableBytes)
-            }
-            self.upDecoder = self.makeDecoder()
-            self.upText = self.bodyShape.makeDecoder()
-            body = self.bodyShape.wire(body, allocator: channel.channel.allocator)
-            self.upTimer = self.eventLoop.scheduleTask(in: self.settings.requestTimeout) { [self] in
-                guard generation == self.upGeneration else { return }
-                self.upFailed(TransportError.timedOut(self.kind, phase: "upstream request", seconds: self.settings.requestTimeout.seconds))
-            }
-            channel.send(self.uploadHead(streaming: false, contentLength: body.readableBytes, offset: firstOffset), body: body, end: true) { [self] event in
-                guard generation == self.upGeneration else { return }
-                self.upEvent(event)
-            }
-        } onFailure: { [self] error in
-            guard generation == self.upGeneration else { return }
-            self.upFailed(error)
+    private func sendBatch(_ request: UInt64, offset firstOffset: UInt64, timeout: TimeAmount) {
+        guard let channel = self.upChannel else { return }
+        var body = channel.channel.allocator.buffer(capacity: 1024)
+        let acknowledgement = self.down.takeAcknowledgement()
+        if acknowledgement.timerWasArmed {
+            self.downAckTimer?.cancel()
+            self.downAckTimer = nil
+        }
+        HTTPTransportRecord.acknowledge(acknowledgement.offset).write(to: &body)
+        let budget = self.bodyShape.recordBytes(inWireBytes: self.postBodyBytes) - 64
+        for piece in self.up.unsentPieces(limit: budget) {
+            HTTPTransportRecord.data(offset: piece.offset, payload: piece.bytes).write(to: &body)
+            self.up.sentBatch(upTo: piece.offset + UInt64(piece.bytes.readableBytes))
+        }
+        self.upDecoder = self.makeDecoder()
+        self.upText = self.bodyShape.makeDecoder()
+        body = self.bodyShape.wire(body, allocator: channel.channel.allocator)
+        self.upTimer = self.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
+            self.upFailed(request, TransportError.timedOut(self.kind, phase: "upstream request", seconds: timeout.seconds))
+        }
+        channel.send(self.uploadHead(streaming: false, contentLength: body.readableBytes, offset: firstOffset), body: body, end: true) { [self] event in
+            self.upEvent(event, of: request)
         }
     }
 
-    private func upEvent(_ event: HTTPClientChannel.Event) {
+    private func upEvent(_ event: HTTPClientChannel.Event, of request: UInt64) {
+        guard self.up.isCurrent(request) else { return }
         switch event {
         case .head(let head):
-            if head.status != .ok && self.upMode == .stream && self.route.proxyError(for: head, method: "POST") == nil
-                && [400, 411, 413].contains(head.status.code)
-            {
-                // A path that refuses streaming request bodies (411 Length Required, 413 from a body limit that
-                // a long POST reaches, 400 from chunked refused): short POSTs can still get through.
-                self.switchToBatches(because: "the streaming POST was answered \(head.status.code) \(head.status.reasonPhrase)")
-                return
+            if head.status != .ok && self.route.proxyError(for: head, method: "POST") == nil && [400, 411, 413].contains(head.status.code) {
+                let action = self.up.streamingRefused(request, status: head.status)
+                if case .switchToBatches = action {
+                    self.perform(action)
+                    return
+                }
             }
             if self.refusedByContentRules(head, method: "POST") { return }
             if head.status != .ok { self.refused(head, method: "POST") }
@@ -529,40 +485,17 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
             self.handleRecords(records)
         case .end:
             self.upTimer?.cancel()
-            if self.upMode == .stream && !self.upStreamWritable { self.upStreamCuts = 0 }
-            self.upInFlight = false
-            self.upStreamWritable = false
-            self.upFailures = 0
-            self.pumpUp()
+            self.perform(self.up.responseEnded(request, acknowledgementDue: self.down.acknowledgementDue))
         case .failed(let error):
-            self.upFailed(error)
+            self.upFailed(request, error)
         }
     }
 
-    private func upFailed(_ error: any Error) {
-        if self.staleConnection(self.upChannel) {
-            self.abandonUpload()
-            self.pumpUp()
-            return
-        }
-        if self.upMode == .stream && self.upStreamWritable {
-            // Cut while its body was still open: some proxies cut request bodies that trickle for too long.
-            self.upStreamCuts += 1
-            if self.upStreamCuts >= 2 {
-                self.switchToBatches(
-                    because: "the streaming POST was cut before it ended \(self.upStreamCuts) times in a row (\(error)); the path cuts long request bodies"
-                )
-                return
-            }
-        }
-        self.abandonUpload()
-        self.upFailures += 1
-        // Held back until the retry, so that send() does not start a request in between.
-        self.upInFlight = true
-        self.retry(after: self.upFailures, error: error, direction: "upstream") { [self] in
-            self.upInFlight = false
-            self.pumpUp()
-        }
+    /// POST `request` failed; whether only because its connection was stale is asked of the connection only while the
+    /// POST is the current one (the question closes the connection when it was).
+    private func upFailed(_ request: UInt64, _ error: any Error) {
+        guard self.up.isCurrent(request) else { return }
+        self.perform(self.up.requestFailed(request, error: error, staleConnection: self.staleConnection(self.upChannel)))
     }
 
     // MARK: Shared
@@ -652,7 +585,8 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         }
         self.bodyShapeMemory?.remember(.init(shape: self.bodyShape, byteLimit: self.bodyByteLimit))
         // Every request in flight was made in the old shape: make them again in the new one.
-        self.abandonUpload()
+        self.dropUpConnection()
+        self.up.abandon()
         self.perform(self.down.restart())
         self.pumpUp()
         self.onUpstreamModeChange?()
@@ -676,22 +610,6 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         }
     }
 
-    private func retry(after failures: Int, error: any Error, direction: String, _ action: @escaping () -> Void) {
-        guard !self.closed else { return }
-        guard failures <= self.settings.maximumRetries else {
-            self.closeNow(error: error)
-            return
-        }
-        let delay = TimeAmount.milliseconds(Int64(100 << min(failures - 1, 8)))
-        self.logger.debug("\(direction) request failed (\(error)); retry \(failures) in \(delay.roundedText)")
-        let task = self.eventLoop.assumeIsolated().scheduleTask(in: delay) { [self] in
-            guard !self.closed else { return }
-            action()
-        }
-        self.retryTimers.append(task)
-        if self.retryTimers.count > 16 { self.retryTimers.removeFirst(8) }
-    }
-
     private func updateWritability() {
         let writable = self.isWritable
         guard writable != self.wasWritable else { return }
@@ -701,7 +619,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
 
     /// Tells the server the connection ends, best effort: in the open streaming POST, or in a last short POST.
     private func sendCloseRecord() {
-        if self.upStreamWritable, let channel = self.upChannel {
+        if case .streaming = self.up.state, let channel = self.upChannel {
             channel.writeBody(self.bodyShape.wire(HTTPTransportRecord.close.encoded(), allocator: channel.channel.allocator))
             channel.endBody()
             self.upChannel = nil
@@ -715,8 +633,8 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         // not confirmed and an ACK of what came down, so the peer's last word and ours both arrive.
         var body = ByteBufferAllocator().buffer(capacity: 256)
         HTTPTransportRecord.acknowledge(self.down.cursor.received).write(to: &body)
-        let firstOffset = self.upLog.acknowledged
-        for piece in self.upLog.pieces(from: firstOffset, limit: self.bodyShape.recordBytes(inWireBytes: self.postBodyBytes) - 64) {
+        let firstOffset = self.up.log.acknowledged
+        for piece in self.up.log.pieces(from: firstOffset, limit: self.bodyShape.recordBytes(inWireBytes: self.postBodyBytes) - 64) {
             HTTPTransportRecord.data(offset: piece.offset, payload: piece.bytes).write(to: &body)
         }
         HTTPTransportRecord.close.write(to: &body)
@@ -742,15 +660,12 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         guard !self.closed else { return }
         let delegateWaits = self.relay.markClosed(error: error)
         self.down.close()
-        self.upGeneration += 1
+        self.up.close()
         for timer in [self.downTimer, self.downAckTimer, self.upTimer, self.ackWatchdog] { timer?.cancel() }
-        for timer in self.retryTimers { timer.cancel() }
-        self.retryTimers = []
         self.downChannel?.close()
         self.downChannel = nil
         self.upChannel?.close()
         self.upChannel = nil
-        self.upLog = OutboundByteLog()
         if delegateWaits {
             self.eventLoop.execute { [self] in self.relay.reportClose(for: self) }
         }

@@ -41,9 +41,7 @@ struct HTTPDownstreamStateMachine {
     }
 
     let streaming: Bool
-    private let maximumRetries: Int
-    private let requestTimeout: TimeAmount
-    private let pollResponseTimeout: TimeAmount
+    private let settings: HTTPTransportClientSettings
 
     private(set) var state: State = .idle
     private var lastRequest: UInt64 = 0
@@ -65,14 +63,7 @@ struct HTTPDownstreamStateMachine {
 
     init(streaming: Bool, settings: HTTPTransportClientSettings) {
         self.streaming = streaming
-        self.maximumRetries = settings.maximumRetries
-        self.requestTimeout = settings.requestTimeout
-        self.pollResponseTimeout = settings.pollResponseTimeout
-    }
-
-    /// The wait before retry number `failures`: 100 ms, doubling, at most 25.6 s.
-    static func retryDelay(afterFailures failures: Int) -> TimeAmount {
-        .milliseconds(Int64(100 << min(max(failures, 1) - 1, 8)))
+        self.settings = settings
     }
 
     // MARK: Requests
@@ -105,7 +96,7 @@ struct HTTPDownstreamStateMachine {
         guard self.isCurrent(request) else { return .none }
         let offset = self.cursor.received
         self.acknowledgedToServer = max(self.acknowledgedToServer, offset)
-        return .send(request: request, offset: offset, timeout: self.streaming ? self.requestTimeout : self.pollResponseTimeout)
+        return .send(request: request, offset: offset, timeout: self.streaming ? self.settings.requestTimeout : self.settings.pollResponseTimeout)
     }
 
     /// Whether events of GET `request` still count: it is the one in flight.
@@ -135,12 +126,12 @@ struct HTTPDownstreamStateMachine {
         guard self.isCurrent(request) else { return .none }
         if staleConnection { return .reconnect(request: self.nextRequest()) }
         self.failures += 1
-        guard self.failures <= self.maximumRetries else {
+        guard self.failures <= self.settings.maximumRetries else {
             self.state = .closed
             return .fail(error)
         }
         self.state = .waitingToRetry
-        return .retry(after: Self.retryDelay(afterFailures: self.failures), failures: self.failures, error: error)
+        return .retry(after: self.settings.retryDelay(afterFailures: self.failures), failures: self.failures, error: error)
     }
 
     /// The transport connection closed: every event from now on is ignored.

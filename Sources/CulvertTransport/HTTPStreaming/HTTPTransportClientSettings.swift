@@ -50,3 +50,10 @@ public struct HTTPTransportClientSettings: Sendable {
         self.bodyShapes = bodyShapes.isEmpty ? HTTPBodyShape.fallbackOrder : bodyShapes
     }
 }
+
+extension HTTPTransportClientSettings {
+    /// The wait before retry number `failures` of a failed request: 100 ms, doubling, at most 25.6 s.
+    func retryDelay(afterFailures failures: Int) -> TimeAmount {
+        .milliseconds(Int64(100 << min(max(failures, 1) - 1, 8)))
+    }
+}
