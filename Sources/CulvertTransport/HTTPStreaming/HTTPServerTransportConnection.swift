@@ -6,36 +6,13 @@ import NIOHTTP1
 /// that name it by its id. Downstream bytes go out on the current GET (streamed as chunks, or as one polling
 /// response), upstream bytes arrive in POST bodies; offsets and acknowledgements make every byte arrive once.
 ///
+/// What happens next is decided by the pure ``HTTPServerConnectionStateMachine``; this class carries it out: it
+/// writes the responses (records in the shape each request asked for), keeps the timers (with the loop's clock, so
+/// that tests on `EmbeddedEventLoop` move time), admits requests by their signatures and tells the session.
+///
 /// Confined to ``eventLoop``; request handlers on other loops hop to it.
 final class HTTPServerTransportConnection: TransportConnection, @unchecked Sendable {
-    enum DownMode: String {
-        /// One long chunked response, written as data is produced.
-        case stream
-        /// A held GET answered as soon as there is data (or the hold time passes).
-        case poll
-    }
-
-    private struct DownResponder {
-        let channel: any Channel
-        let mode: DownMode
-        /// The shape the request asked for (`Accept`).
-        let shape: HTTPBodyShape
-        /// Payload bytes this response carries at most (a streaming one then ends, and the client asks again).
-        let payloadLimit: Int
-        /// Bytes its body may have on the wire when the client asked for small answers (`r=`), and has.
-        let wireLimit: Int
-        var wireBytesWritten = 0
-        /// Offset of the next byte to write on this response.
-        var nextOffset: UInt64
-        var bytesWritten = 0
-        var timer: Scheduled<Void>?
-        var headSent = false
-        /// An HTTP/1.0 request (e.g. from nginx's default `proxy_http_version 1.0`): a streaming answer cannot be
-        /// chunked, so its body runs to the end of the connection.
-        var closeDelimited = false
-        /// Admitted before the session was authenticated (unsigned): ended once it is.
-        var signed: Bool
-    }
+    typealias DownMode = HTTPServerConnectionStateMachine.DownMode
 
     /// How a request on this connection is let in.
     enum Admission: Equatable {
@@ -59,25 +36,18 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
     let eventLoop: any EventLoop
     let peerDescription: String
     private let settings: HTTPTransportServerSettings
-    private var down = OutboundByteLog()
-    private var up = InboundByteCursor()
-    private var responder: DownResponder?
+    private var machine: HTTPServerConnectionStateMachine
+    /// The TCP connection of the GET held now (``HTTPServerConnectionStateMachine/response``), and its timer.
+    private var responseChannel: (id: UInt64, channel: any Channel, timer: Scheduled<Void>?)?
     private let relay = TransportDelegateRelay()
     private var closed: Bool { self.relay.isClosed }
-    private var lastActivity = NIODeadline.now()
-    private var openUploads = 0
     private var idleTask: RepeatedTask?
-    private var ackWriteScheduled = false
-    private var ackWritten: UInt64 = 0
     private var wasWritable = true
     /// Set once the session is authenticated (on eventLoop).
-    private(set) var isAuthenticated = false
-    /// The downstream offset where the handshake ended: all an unsigned request may ever read.
-    private var handshakeEnd: UInt64 = 0
+    var isAuthenticated: Bool { self.machine.isAuthenticated }
     /// The TCP connections carrying uploads now, closed with this connection so that none outlives it.
     private var uploadChannels: [ObjectIdentifier: any Channel] = [:]
-    /// After a close with downstream bytes the client has not fetched (a GOAWAY, say), the id stays known until
-    /// this ends, so that the client's next GET still gets them and the close record.
+    /// While the machine lingers after a close, the id stays known until this ends.
     private var lingerTask: Scheduled<Void>?
     /// Read and written by request handlers on any loop.
     private let verifier = NIOLockedValueBox<Verifier?>(nil)
@@ -98,11 +68,12 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
         self.eventLoop = eventLoop
         self.peerDescription = peerDescription
         self.settings = settings
+        self.machine = HTTPServerConnectionStateMachine(settings: settings, now: eventLoop.now)
         let tick = TimeAmount.nanoseconds(max(settings.idleTimeout.nanoseconds / 4, 10_000_000))
         self.idleTask = eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { [self] _ in self.checkIdle() }
     }
 
-    var isWritable: Bool { self.down.unacknowledgedBytes < self.settings.sendWindowBytes }
+    var isWritable: Bool { self.machine.isWritable }
 
     func start(delegate: any TransportConnectionDelegate) {
         self.eventLoop.preconditionInEventLoop()
@@ -111,8 +82,7 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
 
     func send(_ message: ByteBuffer) {
         guard !self.closed else { return }
-        self.down.append(message)
-        self.pumpDown()
+        self.perform(self.machine.send(message))
         self.updateWritability()
     }
 
@@ -126,9 +96,7 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
         self.eventLoop.preconditionInEventLoop()
         let signer = HTTPRequestSigner(sessionKey: key, connectionID: self.id)
         self.verifier.withLockedValue { $0 = Verifier(signer: signer) }
-        self.isAuthenticated = true
-        self.handshakeEnd = self.down.produced
-        if let responder = self.responder, !responder.signed { self.finishResponder(responder) }
+        self.perform(self.machine.sessionAuthenticated())
     }
 
     /// How a request may go on: a signature must verify (with a counter not seen before) once the session is
@@ -153,194 +121,160 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
         channel: any Channel, version: HTTPVersion, mode: DownMode, acknowledged: UInt64, signed: Bool, shape: HTTPBodyShape,
         byteLimit: Int? = nil
     ) {
-        self.lastActivity = .now()
-        guard !self.closed else {
-            self.answerAfterClose(channel: channel, acknowledged: acknowledged, shape: shape)
-            return
-        }
-        guard signed || !self.isAuthenticated else {
-            self.answerUnsigned(channel: channel, version: version, from: acknowledged, shape: shape)
-            return
-        }
-        guard self.applyAcknowledgement(acknowledged) else { return }
-        // A newer request replaces an older one (the client gave up on it): answer the old one empty.
-        if let old = self.responder { self.finishResponder(old) }
-        let wireLimit = min(mode == .stream ? self.settings.streamResponseLimitBytes : self.settings.maximumPollResponseBytes, byteLimit ?? .max)
-        var responder = DownResponder(
-            channel: channel, mode: mode, shape: shape, payloadLimit: max(1, shape.recordBytes(inWireBytes: wireLimit) - 64),
-            wireLimit: byteLimit ?? .max, nextOffset: self.down.acknowledged, signed: signed
+        let answer = self.machine.downRequest(
+            mode: mode, http10: version.major == 1 && version.minor == 0, acknowledged: acknowledged, signed: signed, shape: shape,
+            byteLimit: byteLimit, now: self.eventLoop.now
         )
-        switch mode {
-        case .stream:
-            responder.timer = self.eventLoop.scheduleTask(in: self.settings.streamResponseMaxAge) { [self] in
-                if let current = self.responder, current.channel === channel { self.finishResponder(current) }
-            }
-            var headers = Self.responseHeaders(shape: shape)
-            if version.major == 1 && version.minor == 0 {
-                responder.closeDelimited = true
-                headers.add(name: "Connection", value: "close")
-            } else {
-                headers.add(name: "Transfer-Encoding", value: "chunked")
-            }
-            channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: version, status: .ok, headers: headers)), promise: nil)
-            responder.headSent = true
-            // The ack of upstream bytes so far lets the client see at once that the stream gets through.
-            let ack = shape.wire(HTTPTransportRecord.acknowledge(self.up.received).encoded(), allocator: channel.allocator)
-            channel.write(HTTPServerResponsePart.body(.byteBuffer(ack)), promise: nil)
-            self.ackWritten = self.up.received
-            channel.flush()
-        case .poll:
-            responder.timer = self.eventLoop.scheduleTask(in: self.settings.pollHoldTime) { [self] in
-                if let current = self.responder, current.channel === channel { self.finishResponder(current) }
-            }
+        switch answer {
+        case .complete(let records, let forget):
+            Self.respondEmpty(channel: channel, records: records, shape: shape)
+            if forget { self.forget() }
+        case .forbidden:
+            HTTPTransportRequestHandler.writeError(channel: channel, version: version, status: .forbidden,
+                                                   "the request is not signed with the session's key")
+        case .violation(let reason):
+            self.closeNow(error: TransportError.protocolViolation("\(self.kind): \(reason)"), sendCloseRecord: true)
+        case .hold(let response, let replacing, let acknowledging):
+            self.updateWritability()
+            self.perform(replacing)
+            self.hold(response, on: channel, version: version, acknowledging: acknowledging)
+            self.perform(self.machine.pump())
         }
-        self.responder = responder
-        self.pumpDown()
+    }
+
+    /// Makes `response` the current one on `channel`: a streaming one gets its head and an ACK of the upstream bytes so
+    /// far (which lets the client see at once that the stream gets through); each ends at its timer.
+    private func hold(_ response: HTTPServerConnectionStateMachine.Response, on channel: any Channel, version: HTTPVersion, acknowledging: UInt64) {
+        let timeout = response.mode == .stream ? self.settings.streamResponseMaxAge : self.settings.pollHoldTime
+        let timer = self.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
+            self.perform(self.machine.responseTimerFired(response.id))
+        }
+        self.responseChannel = (response.id, channel, timer)
+        guard response.mode == .stream else { return }
+        var headers = Self.responseHeaders(shape: response.shape)
+        if response.closeDelimited {
+            headers.add(name: "Connection", value: "close")
+        } else {
+            headers.add(name: "Transfer-Encoding", value: "chunked")
+        }
+        channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: version, status: .ok, headers: headers)), promise: nil)
+        let ack = response.shape.wire(HTTPTransportRecord.acknowledge(acknowledging).encoded(), allocator: channel.allocator)
+        channel.write(HTTPServerResponsePart.body(.byteBuffer(ack)), promise: nil)
+        channel.flush()
     }
 
     /// The TCP connection of a GET closed: stop writing to it.
     func downChannelClosed(_ channel: any Channel) {
-        guard let responder = self.responder, responder.channel === channel else { return }
-        responder.timer?.cancel()
-        self.responder = nil
+        guard let held = self.responseChannel, held.channel === channel else { return }
+        held.timer?.cancel()
+        self.responseChannel = nil
+        _ = self.machine.responseConnectionClosed(held.id)
     }
 
     func uploadStarted(channel: any Channel) {
-        self.lastActivity = .now()
-        self.openUploads += 1
-        if self.closed {
-            channel.close(promise: nil)
-        } else {
+        if self.machine.uploadStarted(now: self.eventLoop.now) {
             self.uploadChannels[ObjectIdentifier(channel)] = channel
+        } else {
+            channel.close(promise: nil)
         }
     }
 
     /// Records from a POST body; `signed` says how the POST was admitted.
     func uploadRecords(_ records: [HTTPTransportRecord], signed: Bool) {
-        self.lastActivity = .now()
-        guard !self.closed else { return }
         var delivered = false
-        for record in records {
-            // An upload admitted before the session was authenticated carries nothing after it (the client ends
-            // it and signs the next one): whatever else arrives on it is not the client's.
-            guard signed || !self.isAuthenticated else { break }
-            switch record {
-            case .data(let offset, let payload):
-                switch self.up.accept(offset: offset, payload: payload) {
-                case .deliver(let bytes):
-                    delivered = true
-                    self.relay.deliver(bytes, from: self)
-                case .duplicate:
-                    break
-                case .gap:
-                    self.closeNow(error: TransportError.protocolViolation("\(self.kind): upstream bytes skipped an offset"),
-                                  sendCloseRecord: true)
-                    return
-                }
-            case .acknowledge(let offset):
-                guard self.applyAcknowledgement(offset) else { return }
+        reading: for record in records {
+            switch self.machine.uploadRecord(record, signed: signed, now: self.eventLoop.now) {
+            case .none:
+                self.updateWritability()
+            case .deliver(let bytes):
+                delivered = true
+                self.relay.deliver(bytes, from: self)
+            case .stop:
+                break reading
+            case .violation(let reason):
+                self.closeNow(error: TransportError.protocolViolation("\(self.kind): \(reason)"), sendCloseRecord: true)
+                return
             case .close:
                 self.closeNow(error: nil, sendCloseRecord: false)
                 return
             }
         }
-        if delivered {
-            self.relay.readComplete(from: self)
-            self.scheduleAckWrite()
+        guard delivered else { return }
+        self.relay.readComplete(from: self)
+        // The ACK goes out a moment later, on a fresh stack, gathering whatever else this read delivers.
+        guard self.machine.scheduleAcknowledgement() else { return }
+        self.eventLoop.assumeIsolated().execute { [self] in
+            guard let offset = self.machine.acknowledgementToWrite(), let held = self.responseChannel,
+                let response = self.machine.response, response.id == held.id
+            else { return }
+            let ack = response.shape.wire(HTTPTransportRecord.acknowledge(offset).encoded(), allocator: held.channel.allocator)
+            held.channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(ack)), promise: nil)
         }
     }
 
     /// A POST body ended (or its TCP connection closed); returns the upstream acknowledgement for its response.
     func uploadFinished(channel: any Channel) -> UInt64 {
-        self.lastActivity = .now()
-        self.openUploads -= 1
         self.uploadChannels.removeValue(forKey: ObjectIdentifier(channel))
-        return self.up.received
+        return self.machine.uploadFinished(now: self.eventLoop.now)
     }
 
     // MARK: Downstream
 
-    private func pumpDown() {
-        guard var responder = self.responder, !self.closed else { return }
-        guard responder.nextOffset < self.down.produced else { return }
-        switch responder.mode {
-        case .stream:
-            let pieces = self.down.pieces(from: responder.nextOffset, limit: responder.payloadLimit - responder.bytesWritten)
-            var full = false
-            for piece in pieces {
-                var header = responder.channel.allocator.buffer(capacity: HTTPTransportRecord.dataHeaderLength)
-                HTTPTransportRecord.writeDataHeader(offset: piece.offset, length: piece.bytes.readableBytes, to: &header)
-                let allocator = responder.channel.allocator
-                let wireHeader = responder.shape.wire(header, allocator: allocator)
-                let wirePayload = responder.shape.wire(piece.bytes, allocator: allocator)
-                let length = wireHeader.readableBytes + wirePayload.readableBytes
-                // Small answers: a piece that would take the body past the client's limit goes in the next one.
-                if responder.wireBytesWritten > 0 && responder.wireBytesWritten + length > responder.wireLimit {
-                    full = true
-                    break
-                }
-                responder.channel.write(HTTPServerResponsePart.body(.byteBuffer(wireHeader)), promise: nil)
-                responder.channel.write(HTTPServerResponsePart.body(.byteBuffer(wirePayload)), promise: nil)
-                responder.bytesWritten += piece.bytes.readableBytes
-                responder.wireBytesWritten += length
-                responder.nextOffset = piece.offset + UInt64(piece.bytes.readableBytes)
-            }
-            responder.channel.flush()
-            self.responder = responder
-            if full || responder.bytesWritten >= responder.payloadLimit || responder.wireBytesWritten >= responder.wireLimit {
-                self.finishResponder(responder)
-            }
-        case .poll:
-            self.finishResponder(responder)
+    /// Carries out what the machine decided about the current response.
+    private func perform(_ action: HTTPServerConnectionStateMachine.DownAction) {
+        switch action {
+        case .none:
+            break
+        case .writeStream:
+            self.writeStream()
+        case .finish(let response, let ending):
+            guard let held = self.responseChannel, held.id == response.id else { return }
+            held.timer?.cancel()
+            self.responseChannel = nil
+            Self.end(held.channel, as: ending, shape: response.shape)
         }
     }
 
-    /// Ends the current response: a polling one carries whatever is there to send.
-    private func finishResponder(_ responder: DownResponder) {
-        responder.timer?.cancel()
-        if let current = self.responder, current.channel === responder.channel { self.responder = nil }
-        var records: [HTTPTransportRecord] = []
-        if !responder.headSent {
-            records.append(.acknowledge(self.up.received))
-            for piece in self.down.pieces(from: responder.nextOffset, limit: responder.payloadLimit) {
-                records.append(.data(offset: piece.offset, payload: piece.bytes))
+    /// Writes what is unsent into the streaming response, ending it at its limits.
+    private func writeStream() {
+        guard let held = self.responseChannel, let response = self.machine.response, response.id == held.id else { return }
+        let channel = held.channel
+        let allocator = channel.allocator
+        var full = false
+        for piece in self.machine.unsentPieces() {
+            var header = allocator.buffer(capacity: HTTPTransportRecord.dataHeaderLength)
+            HTTPTransportRecord.writeDataHeader(offset: piece.offset, length: piece.bytes.readableBytes, to: &header)
+            let wireHeader = response.shape.wire(header, allocator: allocator)
+            let wirePayload = response.shape.wire(piece.bytes, allocator: allocator)
+            let length = wireHeader.readableBytes + wirePayload.readableBytes
+            // Small answers: a piece that would take the body past the client's limit goes in the next one.
+            let written = self.machine.responseWireBytes
+            if written > 0 && written + length > response.wireLimit {
+                full = true
+                break
             }
-            if self.closed { records.append(.close) }
-            Self.respondEmpty(channel: responder.channel, records: records, shape: responder.shape)
-        } else {
-            if self.closed {
-                let close = responder.shape.wire(HTTPTransportRecord.close.encoded(), allocator: responder.channel.allocator)
-                responder.channel.write(HTTPServerResponsePart.body(.byteBuffer(close)), promise: nil)
+            channel.write(HTTPServerResponsePart.body(.byteBuffer(wireHeader)), promise: nil)
+            channel.write(HTTPServerResponsePart.body(.byteBuffer(wirePayload)), promise: nil)
+            self.machine.wroteToResponse(
+                wireBytes: length, payloadBytes: piece.bytes.readableBytes, endingAt: piece.offset + UInt64(piece.bytes.readableBytes)
+            )
+        }
+        channel.flush()
+        self.perform(self.machine.streamWriteFinished(full: full))
+    }
+
+    /// Ends a response on `channel` as `ending` says.
+    private static func end(_ channel: any Channel, as ending: HTTPServerConnectionStateMachine.Ending, shape: HTTPBodyShape) {
+        switch ending {
+        case .complete(let records):
+            Self.respondEmpty(channel: channel, records: records, shape: shape)
+        case .endStream(let closeRecord, let closeConnection):
+            if closeRecord {
+                let close = shape.wire(HTTPTransportRecord.close.encoded(), allocator: channel.allocator)
+                channel.write(HTTPServerResponsePart.body(.byteBuffer(close)), promise: nil)
             }
-            let channel = responder.channel
             let ended = channel.writeAndFlush(HTTPServerResponsePart.end(nil))
-            if responder.closeDelimited { ended.whenComplete { _ in channel.close(promise: nil) } }
-        }
-    }
-
-    private func scheduleAckWrite() {
-        guard !self.ackWriteScheduled, let responder = self.responder, responder.mode == .stream else { return }
-        self.ackWriteScheduled = true
-        self.eventLoop.execute { [self] in
-            self.ackWriteScheduled = false
-            guard let responder = self.responder, responder.mode == .stream, self.ackWritten < self.up.received else { return }
-            self.ackWritten = self.up.received
-            let ack = responder.shape.wire(HTTPTransportRecord.acknowledge(self.up.received).encoded(), allocator: responder.channel.allocator)
-            responder.channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(ack)), promise: nil)
-        }
-    }
-
-    private func applyAcknowledgement(_ offset: UInt64) -> Bool {
-        switch self.down.acknowledge(offset) {
-        case .advanced:
-            self.updateWritability()
-            return true
-        case .unchanged:
-            return true
-        case .beyondProduced:
-            self.closeNow(error: TransportError.protocolViolation("\(self.kind): the client acknowledged bytes never sent"),
-                          sendCloseRecord: true)
-            return false
+            if closeConnection { ended.whenComplete { _ in channel.close(promise: nil) } }
         }
     }
 
@@ -354,34 +288,34 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
     // MARK: Closing
 
     private func checkIdle() {
-        guard !self.closed, self.responder == nil, self.openUploads == 0 else { return }
-        if NIODeadline.now() - self.lastActivity >= self.settings.idleTimeout {
-            self.closeNow(error: TransportError.timedOut(self.kind, phase: "next request", seconds: self.settings.idleTimeout.seconds),
-                          sendCloseRecord: false)
-        }
+        guard self.machine.isIdle(now: self.eventLoop.now) else { return }
+        self.closeNow(error: TransportError.timedOut(self.kind, phase: "next request", seconds: self.settings.idleTimeout.seconds),
+                      sendCloseRecord: false)
     }
 
     private func closeNow(error: (any Error)?, sendCloseRecord: Bool) {
-        guard !self.closed else { return }
+        guard let closing = self.machine.close(sendCloseRecord: sendCloseRecord) else { return }
         let delegateWaits = self.relay.markClosed(error: error)
         self.idleTask?.cancel()
         self.idleTask = nil
-        let hadResponder = self.responder != nil
-        if let responder = self.responder {
-            if sendCloseRecord {
-                self.finishResponder(responder)
+        if let held = self.responseChannel {
+            held.timer?.cancel()
+            self.responseChannel = nil
+            if let response = closing.response, response.id == held.id, let ending = closing.ending {
+                Self.end(held.channel, as: ending, shape: response.shape)
             } else {
-                responder.timer?.cancel()
-                self.responder = nil
-                responder.channel.close(promise: nil)
+                held.channel.close(promise: nil)
             }
         }
         for channel in self.uploadChannels.values { channel.close(promise: nil) }
         self.uploadChannels = [:]
-        if sendCloseRecord && !hadResponder && self.down.unacknowledgedBytes > 0 {
+        if closing.lingers {
             // What the session sent last (a GOAWAY that refuses a resumption, say) has not been fetched: keep it,
             // and the id, for the client's next GET.
-            self.lingerTask = self.eventLoop.scheduleTask(in: self.settings.pollHoldTime) { [self] in self.forget() }
+            self.lingerTask = self.eventLoop.assumeIsolated().scheduleTask(in: self.settings.pollHoldTime) { [self] in
+                self.machine.forget()
+                self.forget()
+            }
         } else {
             self.forget()
         }
@@ -391,44 +325,12 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
         }
     }
 
-    /// An unsigned GET after the session was authenticated: the client's own when it asked before it had the key
-    /// (the WELCOME was still on its way), so it gets the rest of the handshake, never a byte after it; from anyone
-    /// else, nothing.
-    private func answerUnsigned(channel: any Channel, version: HTTPVersion, from offset: UInt64, shape: HTTPBodyShape) {
-        let start = max(offset, self.down.acknowledged)
-        guard start < self.handshakeEnd else {
-            HTTPTransportRequestHandler.writeError(channel: channel, version: version, status: .forbidden,
-                                                   "the request is not signed with the session's key")
-            return
-        }
-        let records = self.down.pieces(from: start, limit: Int(self.handshakeEnd - start)).map {
-            HTTPTransportRecord.data(offset: $0.offset, payload: $0.bytes)
-        }
-        Self.respondEmpty(channel: channel, records: records, shape: shape)
-    }
-
-    /// Frees what a closed connection kept and lets the registry forget its id.
+    /// Lets the registry forget the id, once the machine let go of what the connection kept.
     private func forget() {
         self.lingerTask?.cancel()
         self.lingerTask = nil
-        self.down = OutboundByteLog()
         self.onClose?()
         self.onClose = nil
-    }
-
-    /// A GET on a closed connection: what the client has not received yet, then the close record.
-    private func answerAfterClose(channel: any Channel, acknowledged: UInt64, shape: HTTPBodyShape) {
-        var records: [HTTPTransportRecord] = []
-        if self.lingerTask != nil {
-            _ = self.down.acknowledge(acknowledged)
-            let limit = shape.recordBytes(inWireBytes: self.settings.maximumPollResponseBytes)
-            for piece in self.down.pieces(from: self.down.acknowledged, limit: limit) {
-                records.append(.data(offset: piece.offset, payload: piece.bytes))
-            }
-        }
-        records.append(.close)
-        Self.respondEmpty(channel: channel, records: records, shape: shape)
-        self.forget()
     }
 
     // MARK: Responses
