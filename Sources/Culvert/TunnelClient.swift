@@ -331,9 +331,9 @@ public final class TunnelClient: StreamOpening, Sendable {
         let bodyShapeMemory = BodyShapeMemory(learnt: configuration.transportOptions.bodyShapeMemory?.learnt)
         options.bodyShapeMemory = bodyShapeMemory
         let dialer = ClientTransports.make(configuration.transport, options: options)
-        let connection: any TransportConnection
+        let connection: NIOLoopBound<any TransportConnection>
         do {
-            connection = try await dialer.connect(to: configuration.server, on: eventLoop).get()
+            connection = try await dialer.connectBound(to: configuration.server, on: eventLoop).get()
         } catch let error as TransportError {
             throw SessionError.transport(error)
         }
@@ -343,7 +343,7 @@ public final class TunnelClient: StreamOpening, Sendable {
         let session = try await eventLoop.submit {
             let session = TunnelSession(
                 role: .client,
-                transport: connection,
+                transport: connection.value,
                 configuration: configuration.session,
                 logger: finalLogger
             )

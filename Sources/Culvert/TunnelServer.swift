@@ -164,6 +164,7 @@ public final class TunnelServer: Sendable {
             ) { connection in
                 var sessionLogger = logger
                 sessionLogger[metadataKey: "peer"] = "\(connection.peerDescription)"
+                let transportKind = connection.kind
                 let session = TunnelSession(
                     role: .server,
                     transport: connection,
@@ -258,7 +259,7 @@ public final class TunnelServer: Sendable {
                             session: session, key: outcome.sessionKey, capabilities: outcome.capabilities, sessionIDString: outcome.sessionIDString
                         )
                     }
-                    session.logger.info("session established over \(connection.kind)\(outcome.user.map { " for user \($0)" } ?? "")")
+                    session.logger.info("session established over \(transportKind)\(outcome.user.map { " for user \($0)" } ?? "")")
                 }
                 session.ended.whenSuccess { reason in
                     sessions.withLockedValue { _ = $0.removeValue(forKey: key) }

@@ -57,6 +57,21 @@ public protocol ClientTransport: Sendable {
     func connect(to endpoint: ServerEndpoint, on eventLoop: any EventLoop) -> EventLoopFuture<any TransportConnection>
 }
 
+extension ClientTransport {
+    /// ``connect(to:on:)``, the connection boxed for code that waits for it off its loop (an async task) and hands
+    /// it back there: a connection is confined to its loop and not `Sendable`; the box is, and opens only on that loop.
+    public func connectBound(to endpoint: ServerEndpoint, on eventLoop: any EventLoop) -> EventLoopFuture<NIOLoopBound<any TransportConnection>> {
+        let bound = eventLoop.makePromise(of: NIOLoopBound<any TransportConnection>.self)
+        // Boxed where the connection lives: the dial runs on its loop, and its result is read there.
+        eventLoop.execute {
+            self.connect(to: endpoint, on: eventLoop).assumeIsolated().whenComplete { result in
+                bound.completeWith(result.map { NIOLoopBound($0, eventLoop: $0.eventLoop) })
+            }
+        }
+        return bound.futureResult
+    }
+}
+
 /// The dialer for each transport kind.
 public enum ClientTransports {
     /// The dialer for `kind`.

@@ -23,8 +23,8 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
         case idle
         /// A request whose answer waits for its end.
         case pending(HTTPRequestHead)
-        case upload(HTTPServerTransportConnection, HTTPRequestHead, signed: Bool)
-        case download(HTTPServerTransportConnection)
+        case upload(HTTPServerConnectionHandle, HTTPRequestHead, signed: Bool)
+        case download(HTTPServerConnectionHandle)
         /// A request being answered with an error; its body is ignored.
         case discarding
     }
@@ -135,7 +135,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
         switch self.state {
         case .download(let connection):
             let channel = context.channel
-            connection.eventLoop.execute { connection.downChannelClosed(channel) }
+            connection.onLoop { $0.downChannelClosed(channel) }
         case .upload(let connection, _, _):
             self.abandonUpload(connection, channel: context.channel)
         case .idle, .pending, .discarding:
@@ -146,9 +146,9 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
     }
 
     /// The upload on `channel` ends without an answer (its connection closed, or it is refused).
-    private func abandonUpload(_ connection: HTTPServerTransportConnection, channel: any Channel) {
+    private func abandonUpload(_ connection: HTTPServerConnectionHandle, channel: any Channel) {
         connection.pendingUploads.withLockedValue { $0 -= 1 }
-        connection.eventLoop.execute { _ = connection.uploadFinished(channel: channel) }
+        connection.onLoop { _ = $0.uploadFinished(channel: channel) }
         self.decoder = nil
         self.textDecoder = nil
     }
@@ -178,7 +178,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
             let shape = HTTPBodyShape.requested(by: head)
             // A client behind a proxy that limits reply sizes asks for small responses (at least 1 KiB).
             let byteLimit = query["r"].flatMap { Int($0) }.map { max($0, 1024) }
-            connection.eventLoop.execute {
+            connection.onLoop { connection in
                 connection.downRequest(
                     channel: channel, version: version, mode: mode, acknowledged: acknowledged, signed: signed, shape: shape,
                     byteLimit: byteLimit
@@ -219,7 +219,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
                 self.unsignedBodyBudget = self.settings.unauthenticatedBodyBytes
             }
             let channel = context.channel
-            connection.eventLoop.execute { connection.uploadStarted(channel: channel) }
+            connection.onLoop { $0.uploadStarted(channel: channel) }
         default:
             self.state = .pending(head)
         }
@@ -227,7 +227,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
 
     /// Whether the request may go on (and signed or not); answers 403 and returns nil when it may not.
     private func admit(
-        context: ChannelHandlerContext, head: HTTPRequestHead, connection: HTTPServerTransportConnection,
+        context: ChannelHandlerContext, head: HTTPRequestHead, connection: HTTPServerConnectionHandle,
         endpoint: String, offset: UInt64
     ) -> Bool? {
         let signature = head.headers[HTTPRequestSigner.headerName].first
@@ -242,7 +242,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
         }
     }
 
-    private func lookup(context: ChannelHandlerContext, head: HTTPRequestHead, query: HTTPQuery) -> HTTPServerTransportConnection? {
+    private func lookup(context: ChannelHandlerContext, head: HTTPRequestHead, query: HTTPQuery) -> HTTPServerConnectionHandle? {
         let id = head.headers[HTTPRequestSigner.connectionHeaderName].first ?? query["c"]
         guard let id, let connection = self.registry.connection(id: id) else {
             self.respondError(context: context, head: head, status: .notFound, "unknown or expired connection")
@@ -252,7 +252,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
     }
 
     private func decodeUpload(
-        context: ChannelHandlerContext, connection: HTTPServerTransportConnection, body: ByteBuffer, signed: Bool
+        context: ChannelHandlerContext, connection: HTTPServerConnectionHandle, body: ByteBuffer, signed: Bool
     ) {
         var records: [HTTPTransportRecord] = []
         do {
@@ -265,7 +265,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
         }
         if !records.isEmpty {
             let decoded = records
-            connection.eventLoop.execute { connection.uploadRecords(decoded, signed: signed) }
+            connection.onLoop { $0.uploadRecords(decoded, signed: signed) }
         }
     }
 
@@ -289,7 +289,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
             self.textDecoder = nil
             let channel = context.channel
             let shape = self.uploadShape
-            connection.eventLoop.execute {
+            connection.onLoop { connection in
                 let acknowledged = connection.uploadFinished(channel: channel)
                 if truncated {
                     Self.writeError(channel: channel, version: head.version, status: .badRequest, "the body ended inside a record")

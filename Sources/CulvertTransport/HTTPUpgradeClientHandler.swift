@@ -116,7 +116,7 @@ final class HTTPUpgradeClientHandler: ChannelInboundHandler, RemovableChannelHan
             let decoderRemoved = context.eventLoop.makePromise(of: Void.self)
             pipeline.removeHandler(decoder, promise: decoderRemoved)
             let upgradePromise = self.upgradePromise
-            decoderRemoved.futureResult.whenComplete { _ in upgradePromise.succeed(connection) }
+            decoderRemoved.futureResult.assumeIsolated().whenComplete { _ in upgradePromise.assumeIsolated().succeed(connection) }
         } catch {
             self.upgradePromise.fail(TransportError.handshakeFailed(self.kind, "pipeline change failed: \(error)"))
             context.close(promise: nil)

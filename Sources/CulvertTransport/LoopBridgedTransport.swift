@@ -4,12 +4,13 @@ public import NIOCore
 /// delegate callback hops loops, in order. Used when a resumed session adopts a connection the server accepted on
 /// a different loop than the session's.
 public final class LoopBridgedTransport: TransportConnection, TransportConnectionDelegate, @unchecked Sendable {
-    // @unchecked: `relay` and `writable` are confined to `eventLoop`; `inner` is only touched on its own loop.
+    // @unchecked: the one type whose job is to cross loops. `relay` and `writable` are confined to `eventLoop` (the
+    // session's); `inner` is boxed to its own loop, where every call to it runs.
     public let eventLoop: any EventLoop
     public let kind: TransportKind
     public let peerDescription: String
-    public var peerAddress: SocketAddress? { self.inner.peerAddress }
-    private let inner: any TransportConnection
+    public let peerAddress: SocketAddress?
+    private let inner: NIOLoopBound<any TransportConnection>
     private let relay = TransportDelegateRelay()
     private var writable = true
 
@@ -17,7 +18,8 @@ public final class LoopBridgedTransport: TransportConnection, TransportConnectio
     /// once, so that nothing `inner` receives from now on is lost.
     public init(_ inner: any TransportConnection, to eventLoop: any EventLoop) {
         inner.eventLoop.preconditionInEventLoop()
-        self.inner = inner
+        self.inner = NIOLoopBound(inner, eventLoop: inner.eventLoop)
+        self.peerAddress = inner.peerAddress
         self.eventLoop = eventLoop
         self.kind = inner.kind
         self.peerDescription = inner.peerDescription
@@ -34,22 +36,22 @@ public final class LoopBridgedTransport: TransportConnection, TransportConnectio
 
     public func send(_ message: ByteBuffer) {
         let inner = self.inner
-        inner.eventLoop.execute { inner.send(message) }
+        inner.eventLoop.execute { inner.value.send(message) }
     }
 
     public func send(parts: [ByteBuffer]) {
         let inner = self.inner
-        inner.eventLoop.execute { inner.send(parts: parts) }
+        inner.eventLoop.execute { inner.value.send(parts: parts) }
     }
 
     public func close() {
         let inner = self.inner
-        inner.eventLoop.execute { inner.close() }
+        inner.eventLoop.execute { inner.value.close() }
     }
 
     public func sessionAuthenticated(key: [UInt8]) {
         let inner = self.inner
-        inner.eventLoop.execute { inner.sessionAuthenticated(key: key) }
+        inner.eventLoop.execute { inner.value.sessionAuthenticated(key: key) }
     }
 
     // MARK: TransportConnectionDelegate (on inner's loop)

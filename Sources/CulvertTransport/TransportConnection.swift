@@ -5,7 +5,7 @@ public import NIOCore
 /// The session above it treats the messages as one byte stream, so a transport may split or join messages as
 /// suits it. Implementations are confined to ``eventLoop``: every method must be called on it, and every delegate
 /// callback arrives on it.
-public protocol TransportConnection: AnyObject, Sendable {
+public protocol TransportConnection: AnyObject {
     /// The loop this connection lives on.
     var eventLoop: any EventLoop { get }
     /// Which transport carries it.

@@ -168,7 +168,7 @@ enum ForgedResumption {
     static func attempt(serverPort: Int, sessionID: [UInt8], group: any EventLoopGroup) async throws -> String {
         let eventLoop = group.next()
         let connection = try await ClientTransports.make(.websocket, options: TransportOptions(logger: TunnelHarness.logger))
-            .connect(to: ServerEndpoint(host: "127.0.0.1", port: serverPort), on: eventLoop).get()
+            .connectBound(to: ServerEndpoint(host: "127.0.0.1", port: serverPort), on: eventLoop).get()
         let outcome = eventLoop.makePromise(of: String.self)
         try await eventLoop.submit {
             let driver = HandshakeDriver(
@@ -176,7 +176,7 @@ enum ForgedResumption {
                     role: .resumingClient(sessionID: sessionID, sessionKey: Array(repeating: 9, count: 32), received: 0),
                     capabilities: [.sealed], maximumDataPayload: 32768
                 ),
-                connection: connection, outcome: outcome
+                connection: connection.value, outcome: outcome
             )
             driver.start()
         }.get()

@@ -59,9 +59,9 @@ import Testing
         var sessions: [WeakSession] = []
         for _ in 0..<100 {
             let eventLoop = self.group.next()
-            let connection = try await ClientTransports.make(.websocket, options: options).connect(to: endpoint, on: eventLoop).get()
+            let connection = try await ClientTransports.make(.websocket, options: options).connectBound(to: endpoint, on: eventLoop).get()
             let session = try await eventLoop.submit {
-                let session = TunnelSession(role: .client, transport: connection, configuration: SessionConfiguration(token: "wrong"),
+                let session = TunnelSession(role: .client, transport: connection.value, configuration: SessionConfiguration(token: "wrong"),
                                             logger: TunnelHarness.logger)
                 session.start()
                 return session
@@ -293,9 +293,9 @@ import Testing
     private static func handshakeError(endpoint: ServerEndpoint, token: String, options: TransportOptions, group: any EventLoopGroup) async -> String {
         let eventLoop = group.next()
         do {
-            let connection = try await ClientTransports.make(.websocket, options: options).connect(to: endpoint, on: eventLoop).get()
+            let connection = try await ClientTransports.make(.websocket, options: options).connectBound(to: endpoint, on: eventLoop).get()
             let session = try await eventLoop.submit {
-                let session = TunnelSession(role: .client, transport: connection, configuration: SessionConfiguration(token: token),
+                let session = TunnelSession(role: .client, transport: connection.value, configuration: SessionConfiguration(token: token),
                                             logger: TunnelHarness.logger)
                 session.start()
                 return session

@@ -124,10 +124,10 @@ public enum TransportNegotiator {
             // Each probe is a session of its own: its requests keep its own cookies (a balancer's stickiness).
             var probeOptions = options
             probeOptions.cookies = SessionCookieJar()
-            let connection = try await ClientTransports.make(kind, options: probeOptions).connect(to: server, on: eventLoop).get()
+            let connection = try await ClientTransports.make(kind, options: probeOptions).connectBound(to: server, on: eventLoop).get()
             transportEstablished = true
             if case .refused(let reason) = await gate.enter() {
-                eventLoop.execute { connection.close() }
+                eventLoop.execute { connection.value.close() }
                 return ProbeResult(failed: kind, .authentication, reason, since: start)
             }
             holdsGate = true
@@ -135,7 +135,7 @@ public enum TransportNegotiator {
             let tunnel = try await eventLoop.submit {
                 var probeSession = session
                 probeSession.isProbe = true
-                let tunnel = TunnelSession(role: .client, transport: connection, configuration: probeSession, logger: logger)
+                let tunnel = TunnelSession(role: .client, transport: connection.value, configuration: probeSession, logger: logger)
                 tunnel.start()
                 return tunnel
             }.get()
@@ -153,7 +153,7 @@ public enum TransportNegotiator {
             holdsGate = false
             let handshake = NIODeadline.now() - handshakeStart
             let (shortRequests, bodyShape, bodyLimit) = try await eventLoop.submit {
-                (connection.upstreamUsesShortRequests, connection.bodyShape, connection.bodyByteLimit)
+                (connection.value.upstreamUsesShortRequests, connection.value.bodyShape, connection.value.bodyByteLimit)
             }.get()
             _ = try? await tunnel.shutdown(gracePeriod: .zero).get()
             if let delivery, let held = Self.heldBack(try await delivery.get().verdict) {

@@ -688,13 +688,16 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     private func handOver(_ outcome: HandshakeStateMachine.Outcome, welcome: Frame?) {
         guard let transport = self.transport, let target = self.resumeTarget else { return }
         self.transport = nil
-        // The connection may live on another loop than the session: bridge it (this also makes the bridge its
-        // delegate at once, so nothing it receives from now on reaches this session).
-        let adopted: any TransportConnection =
-            target.session.eventLoop === transport.eventLoop
-            ? transport : LoopBridgedTransport(transport, to: target.session.eventLoop)
         let session = target.session
-        session.eventLoop.execute { session.adopt(adopted, outcome: outcome, welcome: welcome) }
+        if session.eventLoop === transport.eventLoop {
+            // On this loop already (the connection's, so this session's too): adopted from a fresh stack.
+            session.eventLoop.assumeIsolated().execute { session.adopt(transport, outcome: outcome, welcome: welcome) }
+        } else {
+            // The connection lives on another loop than the session: bridge it (this also makes the bridge its
+            // delegate at once, so nothing it receives from now on reaches this session).
+            let bridge = LoopBridgedTransport(transport, to: session.eventLoop)
+            session.eventLoop.execute { session.adopt(bridge, outcome: outcome, welcome: welcome) }
+        }
         self.finish(.handedOver)
     }
 

@@ -70,7 +70,7 @@ public struct HTTPClientTransport: ClientTransport {
                     firstChannel: channel
                 )
                 connection.begin()
-                promise.succeed(connection)
+                promise.assumeIsolated().succeed(connection)
             case .failed(let error):
                 promise.fail(TransportError.handshakeFailed(kind, "the connection closed before the server answered open (\(error))\(route.endpoint.usesTLS ? "" : "; a server with TLS needs an https:// URL")"))
             }

@@ -16,7 +16,7 @@ import NIOHTTP1
 /// encoding in the body shape of the moment, and the content rules shared by both directions.
 ///
 /// Confined to ``eventLoop``.
-final class HTTPClientTransportConnection: TransportConnection, UpstreamModeReporting, @unchecked Sendable {
+final class HTTPClientTransportConnection: TransportConnection, UpstreamModeReporting {
     enum DownMode: String {
         case stream
         case poll
@@ -667,7 +667,7 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         self.upChannel?.close()
         self.upChannel = nil
         if delegateWaits {
-            self.eventLoop.execute { [self] in self.relay.reportClose(for: self) }
+            self.eventLoop.assumeIsolated().execute { [self] in self.relay.reportClose(for: self) }
         }
     }
 }

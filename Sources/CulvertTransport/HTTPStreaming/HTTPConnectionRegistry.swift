@@ -4,7 +4,7 @@ import NIOCore
 /// The server's chunked and polling connections by id. Ids are 128 random bits in hex, issued by the server, so
 /// that a request can name its connection but nobody can guess one.
 final class HTTPConnectionRegistry: Sendable {
-    private let connections = NIOLockedValueBox<[String: HTTPServerTransportConnection]>([:])
+    private let connections = NIOLockedValueBox<[String: HTTPServerConnectionHandle]>([:])
     let settings: HTTPTransportServerSettings
 
     init(settings: HTTPTransportServerSettings) {
@@ -13,7 +13,7 @@ final class HTTPConnectionRegistry: Sendable {
 
     var count: Int { self.connections.withLockedValue { $0.count } }
 
-    /// Creates a connection on `eventLoop` and registers it; it unregisters itself when it closes.
+    /// Creates a connection on `eventLoop` (call there) and registers its handle; it unregisters itself when it closes.
     func create(kind: TransportKind, eventLoop: any EventLoop, peerDescription: String, peerAddress: SocketAddress?) -> HTTPServerTransportConnection {
         var generator = SystemRandomNumberGenerator()
         let id = (0..<2).map { _ in
@@ -27,11 +27,12 @@ final class HTTPConnectionRegistry: Sendable {
         connection.onClose = { [weak self] in
             _ = self?.connections.withLockedValue { $0.removeValue(forKey: id) }
         }
-        self.connections.withLockedValue { $0[id] = connection }
+        self.connections.withLockedValue { $0[id] = HTTPServerConnectionHandle(connection) }
         return connection
     }
 
-    func connection(id: String) -> HTTPServerTransportConnection? {
+    /// The handle of the connection named `id`, if it is known.
+    func connection(id: String) -> HTTPServerConnectionHandle? {
         self.connections.withLockedValue { $0[id] }
     }
 }

@@ -1,4 +1,3 @@
-import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 
@@ -10,26 +9,9 @@ import NIOHTTP1
 /// writes the responses (records in the shape each request asked for), keeps the timers (with the loop's clock, so
 /// that tests on `EmbeddedEventLoop` move time), admits requests by their signatures and tells the session.
 ///
-/// Confined to ``eventLoop``; request handlers on other loops hop to it.
-final class HTTPServerTransportConnection: TransportConnection, @unchecked Sendable {
+/// Confined to ``eventLoop``: request handlers on other loops reach it through its ``HTTPServerConnectionHandle``.
+final class HTTPServerTransportConnection: TransportConnection {
     typealias DownMode = HTTPServerConnectionStateMachine.DownMode
-
-    /// How a request on this connection is let in.
-    enum Admission: Equatable {
-        /// Unsigned: taken with the limits for strangers; once the session is authenticated such a request gets
-        /// nothing that came after the handshake (it may be the client's own, sent before it had the key).
-        case unsigned
-        /// Signed with the session's key.
-        case signed
-        /// Refused: the request carries a signature that does not verify, or one used before.
-        case refused(String)
-    }
-
-    /// The signer and the counters seen, once the session is authenticated.
-    private struct Verifier {
-        let signer: HTTPRequestSigner
-        var window = RequestCounterWindow()
-    }
 
     let id: String
     let kind: TransportKind
@@ -41,7 +23,9 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
     private var responseChannel: (id: UInt64, channel: any Channel, timer: Scheduled<Void>?)?
     private let relay = TransportDelegateRelay()
     private var closed: Bool { self.relay.isClosed }
-    private var idleTask: RepeatedTask?
+    /// The next look at whether the connection is idle, every quarter of the idle timeout (at least every 10 ms).
+    private var idleTask: Scheduled<Void>?
+    private let idleCheckInterval: TimeAmount
     private var wasWritable = true
     /// Set once the session is authenticated (on eventLoop).
     var isAuthenticated: Bool { self.machine.isAuthenticated }
@@ -49,14 +33,12 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
     private var uploadChannels: [ObjectIdentifier: any Channel] = [:]
     /// While the machine lingers after a close, the id stays known until this ends.
     private var lingerTask: Scheduled<Void>?
-    /// Read and written by request handlers on any loop.
-    private let verifier = NIOLockedValueBox<Verifier?>(nil)
+    /// The admission of requests, shared with the handle that request handlers on any loop hold.
+    let admission = HTTPServerConnectionHandle.Admission()
     /// Called once, on close, so the registry forgets the id.
     var onClose: (() -> Void)?
 
     let peerAddress: SocketAddress?
-    /// Upstream POSTs being received now, counted by the request handlers (on any loop).
-    let pendingUploads = NIOLockedValueBox(0)
 
     init(
         id: String, kind: TransportKind, eventLoop: any EventLoop, peerDescription: String, peerAddress: SocketAddress?,
@@ -69,8 +51,8 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
         self.peerDescription = peerDescription
         self.settings = settings
         self.machine = HTTPServerConnectionStateMachine(settings: settings, now: eventLoop.now)
-        let tick = TimeAmount.nanoseconds(max(settings.idleTimeout.nanoseconds / 4, 10_000_000))
-        self.idleTask = eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { [self] _ in self.checkIdle() }
+        self.idleCheckInterval = .nanoseconds(max(settings.idleTimeout.nanoseconds / 4, 10_000_000))
+        self.scheduleIdleCheck()
     }
 
     var isWritable: Bool { self.machine.isWritable }
@@ -94,24 +76,8 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
     /// the client's next one is signed.
     func sessionAuthenticated(key: [UInt8]) {
         self.eventLoop.preconditionInEventLoop()
-        let signer = HTTPRequestSigner(sessionKey: key, connectionID: self.id)
-        self.verifier.withLockedValue { $0 = Verifier(signer: signer) }
+        self.admission.requireSignatures(by: HTTPRequestSigner(sessionKey: key, connectionID: self.id))
         self.perform(self.machine.sessionAuthenticated())
-    }
-
-    /// How a request may go on: a signature must verify (with a counter not seen before) once the session is
-    /// authenticated; an unsigned request goes on as a stranger's. Called by request handlers on any loop.
-    func admit(method: String, endpoint: String, offset: UInt64, signature: String?) -> Admission {
-        self.verifier.withLockedValue { verifier in
-            guard let signature else { return .unsigned }
-            guard var current = verifier else { return .unsigned }
-            guard let counter = current.signer.verify(signature, method: method, endpoint: endpoint, offset: offset) else {
-                return .refused("the request's signature does not verify with the session's key")
-            }
-            guard current.window.accept(counter) else { return .refused("the request's signature was used before") }
-            verifier = current
-            return .signed
-        }
     }
 
     // MARK: Requests (called on eventLoop by HTTPTransportRequestHandler)
@@ -287,6 +253,13 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
 
     // MARK: Closing
 
+    private func scheduleIdleCheck() {
+        self.idleTask = self.eventLoop.assumeIsolated().scheduleTask(in: self.idleCheckInterval) { [self] in
+            self.checkIdle()
+            if !self.closed { self.scheduleIdleCheck() }
+        }
+    }
+
     private func checkIdle() {
         guard self.machine.isIdle(now: self.eventLoop.now) else { return }
         self.closeNow(error: TransportError.timedOut(self.kind, phase: "next request", seconds: self.settings.idleTimeout.seconds),
@@ -321,7 +294,7 @@ final class HTTPServerTransportConnection: TransportConnection, @unchecked Senda
         }
         if delegateWaits {
             // Reported from a fresh stack: close() may be called from inside a delegate callback.
-            self.eventLoop.execute { [self] in self.relay.reportClose(for: self) }
+            self.eventLoop.assumeIsolated().execute { [self] in self.relay.reportClose(for: self) }
         }
     }
 
