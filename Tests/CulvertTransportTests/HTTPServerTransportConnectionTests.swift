@@ -13,10 +13,12 @@ struct HTTPServerTransportConnectionTests {
         var received: [ByteBuffer] = []
         var closed = false
         var closeError: (any Error)?
+        /// Called when the connection's writability changes (the session sends what waited, say).
+        var onWritabilityChange: ((any TransportConnection) -> Void)?
 
         func transport(_ transport: any TransportConnection, didReceive message: ByteBuffer) { self.received.append(message) }
         func transportDidReadComplete(_ transport: any TransportConnection) {}
-        func transportWritabilityChanged(_ transport: any TransportConnection) {}
+        func transportWritabilityChanged(_ transport: any TransportConnection) { self.onWritabilityChange?(transport) }
         func transportDidClose(_ transport: any TransportConnection, error: (any Error)?) {
             self.closed = true
             self.closeError = error
@@ -126,6 +128,33 @@ struct HTTPServerTransportConnectionTests {
         loop.run()
         #expect(try self.records(self.written(down).body) == [.acknowledge(3)])
         #expect(connection.uploadFinished(channel: up) == 3)
+        connection.close()
+        loop.run()
+    }
+
+    /// A poll whose acknowledgement opens the send window is answered with what the session sends at that moment:
+    /// the bytes go on the new poll, not into a response that was already let go of.
+    @Test func bytesSentWhenAPollOpensTheWindowAnswerThatPoll() throws {
+        let settings = HTTPTransportServerSettings(pollHoldTime: .seconds(25), sendWindowBytes: 4)
+        let (connection, delegate, loop) = self.connection(kind: .polling, settings: settings)
+        let first = EmbeddedChannel(loop: loop)
+        let second = EmbeddedChannel(loop: loop)
+        defer {
+            _ = try? first.finish()
+            _ = try? second.finish()
+        }
+        connection.send(ByteBuffer(string: "full"))
+        #expect(!connection.isWritable)
+        connection.downRequest(channel: first, version: .http1_1, mode: .poll, acknowledged: 0, signed: true, shape: .binary)
+        #expect(try self.records(self.written(first).body) == [.acknowledge(0), .data(offset: 0, payload: ByteBuffer(string: "full"))])
+
+        delegate.onWritabilityChange = { transport in
+            if transport.isWritable { transport.send(ByteBuffer(string: "more")) }
+        }
+        connection.downRequest(channel: second, version: .http1_1, mode: .poll, acknowledged: 4, signed: true, shape: .binary)
+        let answer = try self.written(second)
+        #expect(answer.ends == 1, "the poll that opened the window was not answered at once")
+        #expect(try self.records(answer.body) == [.acknowledge(0), .data(offset: 4, payload: ByteBuffer(string: "more"))])
         connection.close()
         loop.run()
     }

@@ -101,10 +101,12 @@ final class HTTPServerTransportConnection: TransportConnection {
         case .violation(let reason):
             self.closeNow(error: TransportError.protocolViolation("\(self.kind): \(reason)"), sendCloseRecord: true)
         case .hold(let response, let replacing, let acknowledging):
-            self.updateWritability()
+            // Nothing calls out (to the session) until the new response is held here as it is in the machine: what
+            // the session sends is then written on it, not on a channel the machine no longer knows.
             self.perform(replacing)
             self.hold(response, on: channel, version: version, acknowledging: acknowledging)
             self.perform(self.machine.pump())
+            self.updateWritability()
         }
     }
 
