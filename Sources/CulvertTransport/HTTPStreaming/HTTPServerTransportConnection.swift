@@ -150,8 +150,9 @@ final class HTTPServerTransportConnection: TransportConnection {
     /// Records from a POST body; `signed` says how the POST was admitted.
     func uploadRecords(_ records: [HTTPTransportRecord], signed: Bool) {
         var delivered = false
+        let now = self.eventLoop.now
         reading: for record in records {
-            switch self.machine.uploadRecord(record, signed: signed, now: self.eventLoop.now) {
+            switch self.machine.uploadRecord(record, signed: signed, now: now) {
             case .none:
                 self.updateWritability()
             case .deliver(let bytes):
