@@ -199,18 +199,31 @@ import Testing
         for (index, failure) in intact {
             #expect(failure == nil, "\(kind) client \(index) on \(transports[index % transports.count]): \(failure ?? "")")
         }
-        #expect(draining.activeSessions == 0)
+        #expect(draining.activeSessions == 0, "after shutdown returned: \(Self.describe(draining))")
         #expect(drainedSessions >= 1)
         print("\(kind): \(clientCount) clients × \(byteCount >> 10) KiB echoed through 3 servers, one drained mid-run, in \(elapsed)")
 
         // The next round goes through the two servers left, on sessions of their own.
         for (index, port) in ports.enumerated() {
             let transfer = try await TransferClient.echoTransfer(host: "127.0.0.1", port: port, byteCount: 64 << 10, seed: UInt64(index), group: group)
-            #expect(transfer.digestsMatch, "\(kind) client \(index) after the drain")
+            #expect(
+                transfer.digestsMatch,
+                "\(kind) client \(index) on \(transports[index % transports.count]) after the drain: \(Self.describe(clients[index])); servers: \(balanced.servers.map(Self.describe))"
+            )
         }
-        #expect(draining.activeSessions == 0)
-        #expect(clients.allSatisfy { $0.isConnected })
+        #expect(draining.activeSessions == 0, "\(Self.describe(draining))")
+        #expect(clients.allSatisfy { $0.isConnected }, "\(clients.map(Self.describe))")
         for client in clients { await client.shutdown(gracePeriod: .zero) }
         await balanced.stop()
+    }
+
+    /// What a failed expectation needs to know of a client: its sessions and whether it is connected.
+    static func describe(_ client: TunnelClient) -> String {
+        "\(client.sessionsStarted) sessions started, \(client.isConnected ? "connected" : "not connected")"
+    }
+
+    /// What a failed expectation needs to know of a server: its sessions and its chunked and polling connections.
+    static func describe(_ server: TunnelServer) -> String {
+        "\(server.activeSessions) sessions (\(server.sessionsWaitingForClient) waiting for their client), \(server.httpConnectionCount) HTTP connections"
     }
 }
