@@ -3,7 +3,7 @@ public import NIOCore
 /// A ``TransportConnection`` over a channel whose pipeline already turns the wire into `ByteBuffer` messages; it
 /// is the last handler of that pipeline.
 public final class ChannelTransportConnection: TransportConnection, ChannelInboundHandler {
-    // @unchecked: all state is touched only on `eventLoop` (see `TransportConnection`).
+    // All state is touched only on `eventLoop` (see `TransportConnection`).
     public typealias InboundIn = ByteBuffer
     public typealias OutboundOut = ByteBuffer
 
