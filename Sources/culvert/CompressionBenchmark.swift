@@ -55,7 +55,7 @@ struct CompressionBenchmark {
                     let seconds = try await LoadGenerator.upload(port: port, byteCount: bytes, corpus: corpus, group: group)
                     best = max(best, Double(bytes) / 1_048_576 / seconds)
                 }
-                let stats = client.session.statistics
+                let stats = try await client.session.snapshot().statistics
                 let ratio = Double(stats.bytesSent) / Double(max(1, stats.payloadBytesOnWireSent))
                 if !compress { uncompressedRate = best }
                 let relative = compress ? String(format: "%.2f×", best / uncompressedRate) : "-"

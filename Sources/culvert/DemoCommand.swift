@@ -117,7 +117,8 @@ struct DemoCommand: AsyncParsableCommand {
         let received = results.reduce(0) { $0 + $1.bytesReceived }
         let allMatch = results.allSatisfy(\.digestsMatch)
         let mibPerSecond = Double(sent) / 1_048_576 / seconds
-        print("  transport       \(client.session.transportKind.map { "\($0)" } ?? "?") (one session; the server accepted \(server.acceptedConnections) TCP connections in all)")
+        let transportKind = try? await client.session.snapshot().transportKind
+        print("  transport       \(transportKind.map { "\($0)" } ?? "?") (one session; the server accepted \(server.acceptedConnections) TCP connections in all)")
         print("  sent            \(formatMiB(sent)) up, \(formatMiB(received)) back, in \(String(format: "%.2f", seconds)) s")
         print("  throughput      \(String(format: "%.1f", mibPerSecond)) MiB/s each way")
         for (index, result) in results.enumerated() {

@@ -55,11 +55,12 @@ struct ResumeBenchmark {
                 gaps.append(Double((flowing - cutAt).nanoseconds) / 1e6)
             }
             gaps.sort()
+            let resumptions = try await client.session.snapshot().resumptions
             print(
                 transport.rawValue.padding(toLength: 13, withPad: " ", startingAt: 0)
                     + String(format: "%-12.1f", gaps[gaps.count / 2])
                     + String(format: "%-9.1f", gaps.last!)
-                    + "\(client.session.resumptions)"
+                    + "\(resumptions)"
             )
             pinger.stop()
             await client.shutdown(gracePeriod: .zero)

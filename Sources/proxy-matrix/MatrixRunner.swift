@@ -102,9 +102,11 @@ struct MatrixRunner: Sendable {
             guard try await self.transfer(through: client, bytes: self.bytes) else {
                 return .fails(.other, detail: "the transfer arrived damaged", seconds: Self.seconds(since: start))
             }
-            let session = client.session
-            let (short, shape) = try await session.eventLoop.submit { (session.upstreamUsesShortRequests, session.bodyShape) }.get()
-            return .works(upstream: kind == .polling || short ? .shortRequests : .stream, textBodies: shape == .text)
+            let snapshot = try await client.session.snapshot()
+            return .works(
+                upstream: kind == .polling || snapshot.upstreamUsesShortRequests ? .shortRequests : .stream,
+                textBodies: snapshot.bodyShape == .text
+            )
         } catch {
             return .fails(
                 ProbeFailure.classify(error, kind: kind, transportEstablished: false), detail: "\(error)",
@@ -126,15 +128,15 @@ struct MatrixRunner: Sendable {
         let carried = (try? await self.transfer(through: client, bytes: 1 << 20)) ?? false
         let idle = SetupResult.Idle(
             transport: client.currentTransport, heldSeconds: heldSeconds, carriedDataAfter: carried,
-            resumptions: Self.reconnects(client) - reconnectsBefore
+            resumptions: await Self.reconnects(client) - reconnectsBefore
         )
         await client.shutdown(gracePeriod: .zero)
         return idle
     }
 
     /// Connections the client has had to replace so far: resumptions (a transport switch is one too) and new sessions.
-    static func reconnects(_ client: TunnelClient) -> Int {
-        client.session.resumptions + client.sessionsStarted - 1
+    static func reconnects(_ client: TunnelClient) async -> Int {
+        ((try? await client.session.snapshot().resumptions) ?? 0) + client.sessionsStarted - 1
     }
 
     private static func seconds(since start: ContinuousClock.Instant) -> Double {

@@ -96,7 +96,7 @@ struct ProxyMatrixCommand: AsyncParsableCommand {
             }
             started.add(proxy)
             let (result, idleClient) = await runner.run(setup, proxy: proxy, version: version)
-            if let idleClient { idleTunnels.append((results.count, idleClient, .now, MatrixRunner.reconnects(idleClient))) }
+            if let idleClient { idleTunnels.append((results.count, idleClient, .now, await MatrixRunner.reconnects(idleClient))) }
             results.append(result)
         }
 

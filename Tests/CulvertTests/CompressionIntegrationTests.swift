@@ -10,12 +10,12 @@ import Testing
     /// Text goes through intact and at least 3:1 smaller on the wire.
     @Test func textIsCompressedAtLeastThreeToOne() async throws {
         try await TunnelHarness.withEchoTunnel(compress: true) { client, port in
-            #expect(client.session.compressionEnabled)
+            #expect(try await client.session.snapshot().compressionEnabled)
             let result = try await TransferClient.echoTransfer(
                 host: "127.0.0.1", port: port, byteCount: 2 << 20, content: .text, group: self.group
             )
             #expect(result.digestsMatch)
-            let stats = client.session.statistics
+            let stats = try await client.session.snapshot().statistics
             #expect(stats.compressedFramesSent > 0)
             #expect(
                 stats.payloadBytesOnWireSent * 3 <= stats.bytesSent,
@@ -31,7 +31,7 @@ import Testing
                 host: "127.0.0.1", port: port, byteCount: 2 << 20, content: .random, group: self.group
             )
             #expect(result.digestsMatch)
-            let stats = client.session.statistics
+            let stats = try await client.session.snapshot().statistics
             #expect(
                 stats.rawFramesSent > 4 * stats.compressedFramesSent,
                 "\(stats.compressedFramesSent) compressed, \(stats.rawFramesSent) raw"
@@ -63,12 +63,12 @@ import Testing
     /// A server started without compression turns the client's request down: the session runs uncompressed.
     @Test func serverThatRefusesCompressionGivesAnUncompressedSession() async throws {
         try await TunnelHarness.withEchoTunnel(compress: true, serverCompression: false) { client, port in
-            #expect(!client.session.compressionEnabled)
+            #expect(!(try await client.session.snapshot()).compressionEnabled)
             let result = try await TransferClient.echoTransfer(
                 host: "127.0.0.1", port: port, byteCount: 1024 * 1024, content: .text, group: self.group
             )
             #expect(result.digestsMatch)
-            #expect(client.session.statistics.compressedFramesSent == 0)
+            #expect(try await client.session.snapshot().statistics.compressedFramesSent == 0)
         }
     }
 }

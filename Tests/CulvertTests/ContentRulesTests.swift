@@ -51,7 +51,7 @@ import Testing
         #expect(transfer.digestsMatch)
         #expect(transfer.bytesReceived == 1 << 20)
         let session = client.session
-        #expect(try await session.eventLoop.submit { session.bodyShape }.get() == .text)
+        #expect(try await session.snapshot().bodyShape == .text)
 
         // The session resumes on a polling connection: it starts in text, which the session learnt, so squid
         // refuses nothing more.
@@ -67,7 +67,7 @@ import Testing
             host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 256 << 10, seed: 5, group: group
         )
         #expect(again.digestsMatch)
-        #expect(try await session.eventLoop.submit { session.bodyShape }.get() == .text)
+        #expect(try await session.snapshot().bodyShape == .text)
         #expect(denials() == refusedBefore, "the resumed connection had its bodies refused again")
         await client.shutdown(gracePeriod: .zero)
         await server.shutdown(gracePeriod: .zero)
@@ -102,13 +102,11 @@ import Testing
         #expect(transfer.digestsMatch)
         #expect(transfer.bytesReceived == 256 << 10)
         let session = client.session
-        let (shape, limit, short) = try await session.eventLoop.submit {
-            (session.bodyShape, session.bodyByteLimit, session.upstreamUsesShortRequests)
-        }.get()
-        #expect(shape == .text)
-        #expect(limit == 4096)
-        #expect(!short, "a streaming POST went past its limit and was refused")
-        #expect(session.resumptions == 0)
+        let snapshot = try await session.snapshot()
+        #expect(snapshot.bodyShape == .text)
+        #expect(snapshot.bodyByteLimit == 4096)
+        #expect(!snapshot.upstreamUsesShortRequests, "a streaming POST went past its limit and was refused")
+        #expect(snapshot.resumptions == 0)
         await client.shutdown(gracePeriod: .zero)
         await server.shutdown(gracePeriod: .zero)
         try await proxy.close()

@@ -140,14 +140,15 @@ import Testing
             if faultCase.faults.contains(.limitResponseBodies(bytes: 128 * 1024)) && transport == .polling {
                 // Its 1 MiB responses were refused as binary and as text: it went on in small text bodies.
                 let session = client.session
-                let (shape, limit) = try await session.eventLoop.submit { (session.bodyShape, session.bodyByteLimit) }.get()
+                let snapshot = try await session.snapshot()
+                let (shape, limit) = (snapshot.bodyShape, snapshot.bodyByteLimit)
                 #expect(shape == .text)
                 #expect(limit == 64 * 1024)
             }
             if faultCase.faults.contains(.limitRequestBodies(bytes: 1024 * 1024)) && transport == .chunked {
                 // 4 MiB in one streaming POST reaches the 1 MiB limit: the 413 moved upstream to short POSTs.
                 let session = client.session
-                #expect(try await session.eventLoop.submit { session.upstreamUsesShortRequests }.get())
+                #expect(try await session.snapshot().upstreamUsesShortRequests)
             }
             await client.shutdown(gracePeriod: .zero)
         }
@@ -217,7 +218,7 @@ import Testing
             host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: 1024 * 1024, seed: 5, group: group
         )
         #expect(transfer.digestsMatch)
-        #expect(client.session.resumptions == 0)
+        #expect(try await client.session.snapshot().resumptions == 0)
         #expect(client.sessionsStarted == 1)
         await client.shutdown(gracePeriod: .zero)
         await server.shutdown(gracePeriod: .zero)

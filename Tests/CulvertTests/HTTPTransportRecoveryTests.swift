@@ -27,7 +27,7 @@ import Testing
         let result = try await TransferClient.echoTransfer(
             host: "127.0.0.1", port: client.listenerAddresses[0].port!, byteCount: byteCount, seed: 11, group: self.group
         )
-        #expect(client.session.statistics.streamsReset == 0)
+        #expect(try await client.session.snapshot().statistics.streamsReset == 0)
         await client.shutdown(gracePeriod: .zero)
         await server.shutdown(gracePeriod: .zero)
         try await echo.close()

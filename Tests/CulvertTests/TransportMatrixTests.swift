@@ -18,7 +18,7 @@ import Testing
         try await path.withProxy { proxy in
             let echo = try await EchoServer.start(group: self.group)
             let harness = try await TunnelHarness.start(targets: [echo.port], transport: path.transport, proxy: proxy)
-            #expect(harness.client.session.transportKind == path.transport)
+            #expect(try await harness.client.session.snapshot().transportKind == path.transport)
             let result = try await TransferClient.echoTransfer(
                 host: "127.0.0.1", port: harness.localPort(), byteCount: 4 << 20, seed: 7, group: self.group
             )
@@ -57,7 +57,7 @@ import Testing
             if path.transport == .websocket || path.transport == .connect {
                 #expect(harness.server.acceptedConnections == 1)
             }
-            #expect(harness.client.session.statistics.streamsOpened == 100)
+            #expect(try await harness.client.session.snapshot().statistics.streamsOpened == 100)
             await harness.stop()
             for echo in echoes { try await echo.close() }
         }
@@ -94,7 +94,7 @@ import Testing
             )
             #expect(result.digestsMatch)
             #expect(result.bytesReceived == 4 << 20)
-            #expect(harness.client.session.streamCount == 1)  // the stalled one is still open, not reset
+            #expect(try await harness.client.session.snapshot().streamCount == 1)  // the stalled one is still open, not reset
             try await stalled.close()
             await harness.stop()
             try await echo.close()

@@ -150,8 +150,7 @@ struct ListenerTunnel {
 
     /// Streams the client's session opened so far (read on its loop).
     func streamsOpened() async throws -> Int {
-        let session = self.client.session
-        return try await session.eventLoop.submit { session.statistics.streamsOpened }.get()
+        try await self.client.session.snapshot().statistics.streamsOpened
     }
 
     func stop() async {
@@ -160,9 +159,9 @@ struct ListenerTunnel {
 }
 
 extension TunnelSession {
-    /// Evaluates `condition` on the session's loop, where its state lives (false if the loop is gone).
-    func onLoop(_ condition: @escaping @Sendable (TunnelSession) -> Bool) async -> Bool {
-        (try? await self.eventLoop.submit { condition(self) }.get()) ?? false
+    /// Evaluates `condition` on what the session reports now, read on its loop (false if the loop is gone).
+    func onLoop(_ condition: @escaping @Sendable (SessionSnapshot) -> Bool) async -> Bool {
+        (try? await self.snapshot()).map(condition) ?? false
     }
 }
 

@@ -89,13 +89,12 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     /// Server: the session this connection's HELLO asked to resume, while its proof is checked.
     private var resumeTarget: ResumableSession?
 
-    /// The session's counters so far.
-    public private(set) var statistics = SessionStatistics()
+    /// The session's counters so far. On its loop; other threads read ``snapshot()``.
+    private(set) var statistics = SessionStatistics()
     /// The session id, once established (hex).
-    public private(set) var sessionIDString = ""
-    /// The named user the client authenticated as, once established; nil for the shared token. Read on the
-    /// session's event loop.
-    public private(set) var user: String?
+    private(set) var sessionIDString = ""
+    /// The named user the client authenticated as, once established; nil for the shared token.
+    private(set) var user: String?
     /// Client: the cookies of the session's HTTP requests (a balancer's stickiness), sent again on every connection
     /// it resumes on.
     var cookies: SessionCookieJar?
@@ -115,24 +114,35 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     /// Succeeds, with the reason, when the session has ended.
     public var ended: EventLoopFuture<SessionError> { self.endedPromise.futureResult }
     /// The transport that carries the session.
-    public var transportKind: TransportKind? { self.transport?.kind }
-    /// Whether the current transport sends upstream in short requests because the path holds or cuts streaming
-    /// request bodies (the chunked transport's fallback).
-    public var upstreamUsesShortRequests: Bool { self.transport?.upstreamUsesShortRequests ?? false }
-    /// The shape of the current chunked or polling transport's bodies, and their size limit once the path refused
-    /// larger ones (nil for the other transports).
-    public var bodyShape: HTTPBodyShape? { self.transport?.bodyShape }
-    public var bodyByteLimit: Int? { self.transport?.bodyByteLimit }
+    var transportKind: TransportKind? { self.transport?.kind }
     /// Streams currently open.
-    public var streamCount: Int { self.streams.count }
+    var streamCount: Int { self.streams.count }
     /// The transport was lost; the session waits to be resumed.
-    public var isDetached: Bool { self.machine.isDetached }
+    var isDetached: Bool { self.machine.isDetached }
     /// Whether a stream could be opened on it now (it is not going away or ended).
     var acceptsNewStreamsNow: Bool { self.machine.acceptsNewStreams && !self.finished }
     /// Times the session was resumed on a new transport connection.
-    public var resumptions: Int { self.machine.resumptions }
+    var resumptions: Int { self.machine.resumptions }
     /// Both sides agreed on compression in the handshake.
-    public var compressionEnabled: Bool { self.machine.compressionEnabled }
+    var compressionEnabled: Bool { self.machine.compressionEnabled }
+
+    /// What the session reports now, read on its loop: how owners and tests on other threads see it (its live
+    /// state is its loop's alone). Throws only when the loop has shut down.
+    public func snapshot() async throws -> SessionSnapshot {
+        try await self.eventLoop.submit { self.currentSnapshot }.get()
+    }
+
+    /// What ``snapshot()`` reads. On the session's loop.
+    var currentSnapshot: SessionSnapshot {
+        self.eventLoop.preconditionInEventLoop()
+        return SessionSnapshot(
+            statistics: self.statistics, resumptions: self.resumptions, transportKind: self.transportKind,
+            streamCount: self.streamCount, isDetached: self.isDetached, compressionEnabled: self.compressionEnabled,
+            sessionIDString: self.sessionIDString, user: self.user, roundTrip: self.roundTrip,
+            upstreamUsesShortRequests: self.transport?.upstreamUsesShortRequests ?? false,
+            bodyShape: self.transport?.bodyShape, bodyByteLimit: self.transport?.bodyByteLimit
+        )
+    }
 
     init(role: Role, transport: any TransportConnection, configuration: SessionConfiguration, logger: Logger) {
         self.role = role
@@ -1166,7 +1176,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     }
 
     /// The last round trip measured on this session (by ``measureRoundTrip()``, or else by keepalive). On its loop.
-    public var roundTrip: TimeAmount? { self.machine.roundTrip }
+    var roundTrip: TimeAmount? { self.machine.roundTrip }
 
     // MARK: Metrics
 
