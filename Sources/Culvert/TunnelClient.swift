@@ -571,6 +571,7 @@ public final class TunnelClient: StreamOpening, Sendable {
             options.cookies = session.cookies
             options.bodyShapeMemory = session.bodyShapeMemory
             options.extraHeaders.append((TransportOptions.resumptionHeaderName, "1"))
+            options.placement = SessionPlacement.tag(sessionID: session.sessionID)
             ClientTransports.make(transport, options: options)
                 .connect(to: configuration.server, on: self.eventLoop)
                 .whenComplete { [self] result in

@@ -68,7 +68,8 @@ public final class TunnelServer: Sendable {
     /// The allowlists and users in force; ``updateAccessRules(_:)`` replaces them.
     public let accessControl: AccessControl
     private let metrics: TunnelMetrics?
-    private let sessions: NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>
+    /// Every session, by identity (each read on its own loop).
+    let sessions: NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>
     private let memoryTrimming = NIOLockedValueBox<RepeatedTask?>(nil)
     /// Set when ``shutdown(gracePeriod:)`` begins: HELLOs that would start a new session are refused from then on
     /// (read once per HELLO).
@@ -148,13 +149,17 @@ public final class TunnelServer: Sendable {
             allowlist: { user in access.rules.reverseAllowlist(for: user) }, group: group, udpTimeout: configuration.udpTimeout
         )
         let throttle = NIOLockedValueBox(AuthenticationThrottle(limit: configuration.authenticationFailuresPerMinute, window: .seconds(60)))
-        let transportConfiguration = TransportServer.Configuration(
+        // The loop of each session a client may resume, by placement tag: a chunked or polling connection that
+        // resumes one is made there.
+        let placements = NIOLockedValueBox<[String: any EventLoop]>([:])
+        var transportConfiguration = TransportServer.Configuration(
             host: configuration.listenHost,
             port: configuration.listenPort,
             pathPrefix: configuration.pathPrefix,
             http: configuration.http,
             tls: configuration.tls
         )
+        transportConfiguration.placement = { tag in placements.withLockedValue { $0[tag] } }
         let listenAddress = "\(configuration.listenHost):\(configuration.listenPort)"
         let transportServer: TransportServer
         do {
@@ -259,6 +264,7 @@ public final class TunnelServer: Sendable {
                             session: session, key: outcome.sessionKey, capabilities: outcome.capabilities, sessionIDString: outcome.sessionIDString
                         )
                     }
+                    placements.withLockedValue { $0[SessionPlacement.tag(sessionID: outcome.sessionID)] = session.eventLoop }
                     session.logger.info("session established over \(transportKind)\(outcome.user.map { " for user \($0)" } ?? "")")
                 }
                 session.ended.whenSuccess { reason in
@@ -277,8 +283,13 @@ public final class TunnelServer: Sendable {
                         session.logger.warning("\(address) failed to authenticate \(throttle.withLockedValue { $0.limit }) times within a minute: refusing it for a while")
                     }
                     if case .refused = reason { return }
-                    resumable.withLockedValue { table in
-                        if let id = table.first(where: { $0.value.session === session })?.key { table.removeValue(forKey: id) }
+                    let forgotten: [UInt8]? = resumable.withLockedValue { table in
+                        guard let id = table.first(where: { $0.value.session === session })?.key else { return nil }
+                        table.removeValue(forKey: id)
+                        return id
+                    }
+                    if let id = forgotten {
+                        placements.withLockedValue { _ = $0.removeValue(forKey: SessionPlacement.tag(sessionID: id)) }
                     }
                     if case .handedOver = reason { return }
                     if reason.isAuthenticationFailure {

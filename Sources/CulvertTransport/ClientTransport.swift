@@ -7,6 +7,9 @@ public struct TransportOptions: Sendable {
     /// through (and refuses a HELLO on them that starts a new session), so a session whose connection dropped
     /// while its streams finish comes back to finish them.
     public static let resumptionHeaderName = "Culvert-Resume"
+    /// The header on the `open` of a chunked or polling connection that resumes a session: its placement tag, so
+    /// that the server makes the connection on the loop of that session (see ``placement``).
+    public static let placementHeaderName = "Culvert-Placement"
 
     /// Extra headers on every HTTP request (e.g. for a reverse proxy's routing or auth).
     public var extraHeaders: [(String, String)]
@@ -30,6 +33,9 @@ public struct TransportOptions: Sendable {
     /// The session's chunked and polling connections start where an earlier one settled after the path refused its
     /// bodies; nil: each connection starts at the first shape.
     public var bodyShapeMemory: BodyShapeMemory?
+    /// The placement tag of the session this connection resumes (derived from its id, not the id itself), sent on
+    /// a chunked or polling `open`; nil: a new session's connection, or another transport.
+    public var placement: String?
 
     public init(
         extraHeaders: [(String, String)] = [],

@@ -307,6 +307,17 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
         }
     }
 
+    /// The answer to `open`: the new connection's id, as a line of text.
+    private static func writeOpenAnswer(channel: any Channel, version: HTTPVersion, id: String) {
+        var headers = HTTPServerTransportConnection.responseHeaders()
+        headers.replaceOrAdd(name: "Content-Type", value: "text/plain; charset=utf-8")
+        let body = id + "\n"
+        headers.add(name: "Content-Length", value: String(body.utf8.count))
+        channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: version, status: .ok, headers: headers)), promise: nil)
+        channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: body))), promise: nil)
+        channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: nil)
+    }
+
     /// Answers requests that carry no transport: `open`, `probe`, the endpoint's own page, 426 and 404.
     private func answer(context: ChannelHandlerContext, head: HTTPRequestHead) {
         let path = head.pathWithoutQuery
@@ -318,17 +329,28 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
                 return
             }
             let peer = context.channel.remoteAddress.map(\.displayText) ?? "unknown peer"
-            let connection = self.registry.create(
-                kind: kind, eventLoop: context.eventLoop, peerDescription: peer, peerAddress: context.channel.remoteAddress
-            )
-            self.onConnection(connection)
-            var headers = HTTPServerTransportConnection.responseHeaders()
-            headers.replaceOrAdd(name: "Content-Type", value: "text/plain; charset=utf-8")
-            let body = connection.id + "\n"
-            headers.add(name: "Content-Length", value: String(body.utf8.count))
-            context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
-            context.write(self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
-            context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+            let (registry, onConnection, channel, version) = (self.registry, self.onConnection, context.channel, head.version)
+            let placed = head.headers.first(name: TransportOptions.placementHeaderName).flatMap { registry.placement?($0) }
+            if let loop = placed, loop !== context.eventLoop {
+                // The connection of a resumption is made on its session's loop; the answer waits for it (the
+                // pipeline handler holds a pipelined next request until this one is answered).
+                loop.submit {
+                    let connection = registry.create(kind: kind, eventLoop: loop, peerDescription: peer, peerAddress: channel.remoteAddress)
+                    onConnection(connection)
+                    return connection.id
+                }.whenComplete { result in
+                    switch result {
+                    case .success(let id):
+                        Self.writeOpenAnswer(channel: channel, version: version, id: id)
+                    case .failure:
+                        Self.writeError(channel: channel, version: version, status: .serviceUnavailable, "the server is shutting down")
+                    }
+                }
+                return
+            }
+            let connection = registry.create(kind: kind, eventLoop: context.eventLoop, peerDescription: peer, peerAddress: channel.remoteAddress)
+            onConnection(connection)
+            Self.writeOpenAnswer(channel: channel, version: version, id: connection.id)
         } else if path == self.pathPrefix + "/probe" && head.method == .GET {
             let query = HTTPQuery(uri: head.uri)
             let count = min(max(query["n"].flatMap { Int($0) } ?? 8, 1), 32)

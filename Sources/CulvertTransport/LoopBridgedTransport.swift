@@ -1,8 +1,9 @@
 public import NIOCore
 
 /// Presents a ``TransportConnection`` that lives on one event loop to a session on another: every call and every
-/// delegate callback hops loops, in order. Used when a resumed session adopts a connection the server accepted on
-/// a different loop than the session's.
+/// delegate callback hops loops, in order. Used when a resumed session adopts a WebSocket or CONNECT connection
+/// whose socket another loop than the session's took (NIO cannot move a channel between loops); a chunked or polling
+/// connection that resumes a session is made on that session's loop instead (``TransportOptions/placement``).
 public final class LoopBridgedTransport: TransportConnection, TransportConnectionDelegate, @unchecked Sendable {
     // @unchecked: the one type whose job is to cross loops. `relay` and `writable` are confined to `eventLoop` (the
     // session's); `inner` is boxed to its own loop, where every call to it runs.

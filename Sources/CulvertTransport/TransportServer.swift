@@ -19,6 +19,10 @@ public final class TransportServer: Sendable {
         public var http: HTTPTransportServerSettings
         /// When set, the listener serves HTTPS and WSS (every transport inside TLS) instead of plain HTTP.
         public var tls: ServerTLS?
+        /// The loop of the session a chunked or polling `open` names in ``TransportOptions/placementHeaderName``
+        /// (nil: not a session the server has). The connection is made there, so that the session it resumes
+        /// adopts it without a hop between loops for every message.
+        public var placement: (@Sendable (String) -> (any EventLoop)?)?
 
         public init(host: String, port: Int, pathPrefix: String = ServerEndpoint.defaultPathPrefix,
                     maximumMessageSize: Int = 16 * 1024 * 1024, http: HTTPTransportServerSettings = .init(),
@@ -63,7 +67,7 @@ public final class TransportServer: Sendable {
         onConnection: @escaping @Sendable (any TransportConnection) -> Void
     ) -> EventLoopFuture<TransportServer> {
         let counter = NIOLockedValueBox(0)
-        let registry = HTTPConnectionRegistry(settings: configuration.http)
+        let registry = HTTPConnectionRegistry(settings: configuration.http, placement: configuration.placement)
         let draining = DrainingRequestFilter.Gate(pathPrefix: configuration.pathPrefix)
         return ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)

@@ -29,7 +29,8 @@ struct TunnelHarness {
         allow: [String],
         mux: MuxConfiguration = MuxConfiguration(),
         compression: Bool = true,
-        http: HTTPTransportServerSettings = .init()
+        http: HTTPTransportServerSettings = .init(),
+        group: any EventLoopGroup = Self.group
     ) async throws -> TunnelServer {
         try await TunnelServer.start(
             configuration: .init(
@@ -44,7 +45,7 @@ struct TunnelHarness {
                 allowlist: Allowlist(entries: try allow.map { try Allowlist.Entry(parsing: $0) }),
                 http: http
             ),
-            group: Self.group,
+            group: group,
             logger: Self.logger
         )
     }

@@ -703,8 +703,9 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             // On this loop already (the connection's, so this session's too): adopted from a fresh stack.
             session.eventLoop.assumeIsolated().execute { session.adopt(transport, outcome: outcome, welcome: welcome) }
         } else {
-            // The connection lives on another loop than the session: bridge it (this also makes the bridge its
-            // delegate at once, so nothing it receives from now on reaches this session).
+            // The connection lives on another loop than the session (a WebSocket or CONNECT socket another loop
+            // took): bridge it (this also makes the bridge its delegate at once, so nothing it receives from now on
+            // reaches this session).
             let bridge = LoopBridgedTransport(transport, to: session.eventLoop)
             session.eventLoop.execute { session.adopt(bridge, outcome: outcome, welcome: welcome) }
         }

@@ -6,9 +6,12 @@ import NIOCore
 final class HTTPConnectionRegistry: Sendable {
     private let connections = NIOLockedValueBox<[String: HTTPServerConnectionHandle]>([:])
     let settings: HTTPTransportServerSettings
+    /// The loop of the session a placement tag names (see ``TransportServer/Configuration/placement``).
+    let placement: (@Sendable (String) -> (any EventLoop)?)?
 
-    init(settings: HTTPTransportServerSettings) {
+    init(settings: HTTPTransportServerSettings, placement: (@Sendable (String) -> (any EventLoop)?)? = nil) {
         self.settings = settings
+        self.placement = placement
     }
 
     var count: Int { self.connections.withLockedValue { $0.count } }
