@@ -598,7 +598,11 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         if let proxyError = self.route.proxyError(for: head, method: method) {
             self.closeNow(error: proxyError)
         } else if head.status == .notFound {
-            self.closeNow(error: TransportError.connectionExpired(self.kind))
+            if method == "POST" && self.down.hasRequestInFlight {
+                self.awaitTheServersLastWords()
+            } else {
+                self.closeNow(error: TransportError.connectionExpired(self.kind))
+            }
         } else if head.status == .payloadTooLarge {
             self.closeNow(error: TransportError.unexpectedStatus(
                 self.kind, status: 413, reason: head.status.reasonPhrase,
@@ -609,6 +613,21 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
                 hint: "the server or a proxy in the path refused a \(method)"))
         }
     }
+
+    /// A POST found the connection forgotten while a GET is in flight: the server ended it, and what it said last
+    /// (the GOAWAY that says why, then the close record) may be in that GET's answer, which is the better reason
+    /// than "expired". Upstream stops; the GET goes on, and the connection is closed as expired only if it brings
+    /// no close within the time a poll's answer takes to come back.
+    private func awaitTheServersLastWords() {
+        self.dropUpConnection()
+        self.up.close()
+        self.upTimer = self.eventLoop.assumeIsolated().scheduleTask(in: Self.lastWordsTimeout) { [self] in
+            self.closeNow(error: TransportError.connectionExpired(self.kind))
+        }
+    }
+
+    /// How long a connection the server forgot waits for the answer to its GET in flight.
+    static let lastWordsTimeout = TimeAmount.seconds(2)
 
     private func updateWritability() {
         let writable = self.isWritable

@@ -99,6 +99,12 @@ struct HTTPDownstreamStateMachine {
         return .send(request: request, offset: offset, timeout: self.streaming ? self.settings.requestTimeout : self.settings.pollResponseTimeout)
     }
 
+    /// Whether a GET is on its way (being connected, or its answer awaited or arriving).
+    var hasRequestInFlight: Bool {
+        if case .requesting = self.state { return true }
+        return false
+    }
+
     /// Whether events of GET `request` still count: it is the one in flight.
     func isCurrent(_ request: UInt64) -> Bool {
         if case .requesting(request, _) = self.state { return true }
