@@ -13,18 +13,7 @@ import Testing
     @Test func aPOSTThatFindsTheConnectionForgottenWaitsForTheLastWordsInTheGETInFlight() async throws {
         let group = MultiThreadedEventLoopGroup.singleton
         let server = try await ForgettingServer.start(group: group)
-        let loop = group.next()
-        let transport = HTTPClientTransport(kind: .polling, options: TransportOptions())
-        let connection = try await transport.connectBound(to: ServerEndpoint(host: "127.0.0.1", port: server.port), on: loop).get()
-        let (received, error) = try await loop.flatSubmit {
-            let recorder = CloseRecorder(promise: loop.makePromise())
-            connection.value.start(delegate: recorder)
-            // Sent once the GET is held, so the POST's 404 comes while it is in flight.
-            server.getHeld.futureResult.hop(to: loop).assumeIsolated().whenSuccess {
-                connection.value.send(ByteBuffer(string: "hello"))
-            }
-            return recorder.promise.futureResult
-        }.get()
+        let (received, error) = try await Self.sendAndAwaitTheClose(to: server, group: group)
         #expect(received == "the session ended: no token given")
         #expect(error == nil, "closed with \(error ?? "")")
         try await server.close()
@@ -34,10 +23,19 @@ import Testing
     @Test func aForgottenConnectionWhoseGETBringsNothingClosesAsExpired() async throws {
         let group = MultiThreadedEventLoopGroup.singleton
         let server = try await ForgettingServer.start(group: group, answersTheHeldGET: false)
+        let (received, error) = try await Self.sendAndAwaitTheClose(to: server, group: group)
+        #expect(received == "")
+        #expect(error?.contains("the server no longer knows this connection") == true, "closed with \(error ?? "no error")")
+        try await server.close()
+    }
+
+    /// Opens a polling connection to `server`, sends a message once its GET is held (so that the POST's 404 comes
+    /// while the GET is in flight), and returns what the connection delivered and the error it closed with.
+    static func sendAndAwaitTheClose(to server: ForgettingServer, group: any EventLoopGroup) async throws -> (String, String?) {
         let loop = group.next()
         let transport = HTTPClientTransport(kind: .polling, options: TransportOptions())
         let connection = try await transport.connectBound(to: ServerEndpoint(host: "127.0.0.1", port: server.port), on: loop).get()
-        let (received, error) = try await loop.flatSubmit {
+        return try await loop.flatSubmit {
             let recorder = CloseRecorder(promise: loop.makePromise())
             connection.value.start(delegate: recorder)
             server.getHeld.futureResult.hop(to: loop).assumeIsolated().whenSuccess {
@@ -45,9 +43,6 @@ import Testing
             }
             return recorder.promise.futureResult
         }.get()
-        #expect(received == "")
-        #expect(error?.contains("the server no longer knows this connection") == true, "closed with \(error ?? "no error")")
-        try await server.close()
     }
 
     /// Records what a transport delivers and how it closes.
