@@ -72,7 +72,7 @@ public final class TunnelClient: StreamOpening, Sendable {
 
     private struct State {
         /// The session that carries new streams; nil until the first one is established.
-        var session: TunnelSession?
+        var session: SessionHandle?
         var backoff: ReconnectBackoff
         /// The transport new connections use: the configured one until ``TunnelClient/switchTransport(to:)``.
         var transport: TransportKind
@@ -85,7 +85,7 @@ public final class TunnelClient: StreamOpening, Sendable {
         /// Since when the client has had no working connection to the server (nil while it has one).
         var disconnectedSince: NIODeadline?
         /// Sessions the server sent GOAWAY on, kept until their open streams have finished.
-        var draining: [TunnelSession] = []
+        var draining: [SessionHandle] = []
         /// Stream bytes moved by the sessions that have ended, so that the live status's totals never go back.
         var bytesOfEndedSessions = (sent: 0, received: 0)
         /// Whether `session` has ended and its bytes are in `bytesOfEndedSessions` (until the next one replaces it).
@@ -125,7 +125,7 @@ public final class TunnelClient: StreamOpening, Sendable {
 
     /// The session that carries the streams now (a new one after the server refused to resume the last). Only for
     /// a client that ``connect(configuration:group:logger:)`` returned (it has a session from then on).
-    public var session: TunnelSession {
+    public var session: SessionHandle {
         guard let session = self.state.withLockedValue({ $0.session }) else {
             preconditionFailure("TunnelClient.session read before the first session was established")
         }
@@ -134,7 +134,7 @@ public final class TunnelClient: StreamOpening, Sendable {
     /// Brings the metrics up to date for a scrape: the session reports the bytes it moved since it last did.
     public func collectMetrics() async {
         guard let session = self.state.withLockedValue({ $0.session }) else { return }
-        _ = try? await session.eventLoop.submit { session.reportTraffic() }.get()
+        _ = try? await session.submit { $0.reportTraffic() }.get()
     }
 
     /// A sample for a live status line: the current session's and the draining sessions' streams and bytes, read on
@@ -150,8 +150,8 @@ public final class TunnelClient: StreamOpening, Sendable {
             bytesReceived: ended.received, sessions: 0
         )
         for session in [current].compactMap({ $0 }) + draining {
-            let isCurrent = session === current
-            let sample = try? await session.eventLoop.submit {
+            let isCurrent = session == current
+            let sample = try? await session.submit { session in
                 if isCurrent && measuringRoundTrip { session.measureRoundTrip() }
                 return (session.streamCount, session.statistics, isCurrent ? session.roundTrip : nil)
             }.get()
@@ -292,7 +292,7 @@ public final class TunnelClient: StreamOpening, Sendable {
     }
 
     /// Makes `session` the one that carries new streams (and follows it), unless the client is stopping.
-    private func install(_ session: TunnelSession, over kind: TransportKind) async throws {
+    private func install(_ session: SessionHandle, over kind: TransportKind) async throws {
         let (stopping, first) = self.state.withLockedValue { state in
             if !state.stopping {
                 state.session = session
@@ -310,7 +310,7 @@ public final class TunnelClient: StreamOpening, Sendable {
         } else {
             self.logger.info("new session established to \(self.configuration.server) over \(kind)")
         }
-        try await self.eventLoop.submit {
+        try await session.submit { session in
             self.watch(session)
             self.requestReverseListeners(on: session)
             self.releaseWaitingConnections(to: session)
@@ -322,7 +322,7 @@ public final class TunnelClient: StreamOpening, Sendable {
         configuration: Configuration,
         eventLoop: any EventLoop,
         logger: Logger
-    ) async throws -> TunnelSession {
+    ) async throws -> SessionHandle {
         // The session's cookies live as long as it does: every connection it resumes on sends them again.
         var options = configuration.transportOptions
         let cookies = SessionCookieJar()
@@ -357,7 +357,7 @@ public final class TunnelClient: StreamOpening, Sendable {
                 )
             }
             session.start()
-            return session
+            return SessionHandle(session)
         }.get()
         _ = try await session.established.get()
         return session
@@ -405,7 +405,7 @@ public final class TunnelClient: StreamOpening, Sendable {
         session.onStreamRemoved = { [self] in self.changes.notify() }
         session.onDetached = { [self] session, reason in
             // A session the server drains resumes too, to finish its streams; only the current one's drop counts.
-            let current = self.state.withLockedValue { $0.session === session }
+            let current = self.state.withLockedValue { $0.session?.refers(to: session) == true }
             if current && !reason.isPlannedTransportMove {
                 self.noteDrop(reason)
                 self.state.withLockedValue { state in state.disconnectedSince = state.disconnectedSince ?? .now() }
@@ -416,7 +416,7 @@ public final class TunnelClient: StreamOpening, Sendable {
         session.onResumed = { [self] session in
             self.state.withLockedValue { state in
                 state.backoff.connected(now: .now())
-                if state.session === session { state.disconnectedSince = nil }
+                if state.session?.refers(to: session) == true { state.disconnectedSince = nil }
             }
             self.changes.notify()
         }
@@ -426,13 +426,13 @@ public final class TunnelClient: StreamOpening, Sendable {
             self.logger.info("the tunnel connection dropped just after the handshake; resuming")
             self.scheduleResume(of: session)
         }
-        session.ended.whenSuccess { [self] reason in
+        session.ended.assumeIsolated().whenSuccess { [self] reason in
             let statistics = session.statistics
             let (stopping, current) = self.state.withLockedValue { state in
-                defer { state.draining.removeAll { $0 === session } }
+                defer { state.draining.removeAll { $0.refers(to: session) } }
                 state.bytesOfEndedSessions.sent += statistics.bytesSent
                 state.bytesOfEndedSessions.received += statistics.bytesReceived
-                let current = state.session === session
+                let current = state.session?.refers(to: session) == true
                 if current { state.currentSessionEnded = true }
                 return (state.stopping, current)
             }
@@ -467,9 +467,9 @@ public final class TunnelClient: StreamOpening, Sendable {
     /// server the address reaches now), so that no stream is refused in between.
     private func peerGoingAway(_ session: TunnelSession) {
         let wasCurrent = self.state.withLockedValue { state in
-            guard state.session === session, !state.stopping else { return false }
+            guard state.session?.refers(to: session) == true, !state.stopping else { return false }
             state.session = nil
-            state.draining.append(session)
+            state.draining.append(SessionHandle(session))
             // No session carries new streams until the next one is established.
             state.disconnectedSince = state.disconnectedSince ?? .now()
             return true
@@ -542,9 +542,11 @@ public final class TunnelClient: StreamOpening, Sendable {
             self.logger.error("giving up: no connection to the server for \(limit?.roundedText ?? "ever") (the retry time): \(error)")
         }
         self.state.withLockedValue { $0.stopping = true }
+        // Called on the session's loop: its handle goes to the task.
+        let handle = session.map(SessionHandle.init)
         Task {
             await self.closeListeners(because: "\(error)")
-            if let session { session.eventLoop.execute { session.close(error) } }
+            handle?.close(error)
             self.finish(error)
         }
     }
@@ -564,7 +566,7 @@ public final class TunnelClient: StreamOpening, Sendable {
             self.logger.info("reconnecting in \(delay.roundedText) to resume the session")
         }
         let configuration = self.configuration
-        self.eventLoop.scheduleTask(in: delay) { [self] in
+        self.eventLoop.assumeIsolated().scheduleTask(in: delay) { [self] in
             guard !self.state.withLockedValue({ $0.stopping }), session.isDetached else { return }
             let transport = self.state.withLockedValue { $0.transport }
             var options = configuration.transportOptions
@@ -574,6 +576,7 @@ public final class TunnelClient: StreamOpening, Sendable {
             options.placement = SessionPlacement.tag(sessionID: session.sessionID)
             ClientTransports.make(transport, options: options)
                 .connect(to: configuration.server, on: self.eventLoop)
+                .assumeIsolated()
                 .whenComplete { [self] result in
                     switch result {
                     case .success(let connection):
@@ -615,7 +618,7 @@ public final class TunnelClient: StreamOpening, Sendable {
         }
         self.changes.notify()
         guard let session = current else { return }
-        session.eventLoop.execute {
+        session.execute { session in
             guard session.transportKind != kind else { return }
             session.logger.info("moving the session to the \(kind) transport")
             session.dropTransport()
@@ -626,7 +629,7 @@ public final class TunnelClient: StreamOpening, Sendable {
     /// session is established it waits for it (up to ``maximumWaitingConnections`` connections).
     func carry(_ channel: any Channel, to target: TargetAddress, completion: @escaping (StreamOpenResult) -> Void) {
         if let session = self.state.withLockedValue({ $0.session }) {
-            session.carry(channel, to: target, completion: completion)
+            session.session.carry(channel, to: target, completion: completion)
             return
         }
         guard self.waiting.value.count < Self.maximumWaitingConnections else {

@@ -69,7 +69,7 @@ public final class TunnelServer: Sendable {
     public let accessControl: AccessControl
     private let metrics: TunnelMetrics?
     /// Every session, by identity (each read on its own loop).
-    let sessions: NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>
+    let sessions: NIOLockedValueBox<[ObjectIdentifier: SessionHandle]>
     private let memoryTrimming = NIOLockedValueBox<RepeatedTask?>(nil)
     /// Set when ``shutdown(gracePeriod:)`` begins: HELLOs that would start a new session are refused from then on
     /// (read once per HELLO).
@@ -95,7 +95,7 @@ public final class TunnelServer: Sendable {
     public let changes: StateChangeSignal
 
     private init(
-        transportServer: TransportServer, sessions: NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>, changes: StateChangeSignal,
+        transportServer: TransportServer, sessions: NIOLockedValueBox<[ObjectIdentifier: SessionHandle]>, changes: StateChangeSignal,
         accessControl: AccessControl, metrics: TunnelMetrics?, drains: NIOLockedValueBox<Bool>,
         waitingForClient: NIOLockedValueBox<Set<ObjectIdentifier>>, throttle: NIOLockedValueBox<AuthenticationThrottle>
     ) {
@@ -115,7 +115,7 @@ public final class TunnelServer: Sendable {
         group: any EventLoopGroup,
         logger: Logger
     ) async throws -> TunnelServer {
-        let sessions = NIOLockedValueBox<[ObjectIdentifier: TunnelSession]>([:])
+        let sessions = NIOLockedValueBox<[ObjectIdentifier: SessionHandle]>([:])
         let changes = StateChangeSignal()
         // Established sessions by id, for resumption.
         let resumable = NIOLockedValueBox<[[UInt8]: ResumableSession]>([:])
@@ -186,9 +186,10 @@ public final class TunnelServer: Sendable {
                     return found
                 }
                 let key = ObjectIdentifier(session)
+                let handle = SessionHandle(session)
                 let address = connection.peerAddress?.ipAddress ?? "unknown"
                 let sessionCount = sessions.withLockedValue { table in
-                    table[key] = session
+                    table[key] = handle
                     return table.count
                 }
                 changes.notify()
@@ -221,7 +222,8 @@ public final class TunnelServer: Sendable {
                 }
                 // Whether the session was established, and as which named user (whose session count it holds).
                 let wasEstablished = NIOLockedValueBox<(Bool, user: String?, probe: Bool)>((false, nil, false))
-                session.established.whenSuccess { outcome in
+                // The session's own futures, on its loop (this runs there too).
+                session.established.assumeIsolated().whenSuccess { outcome in
                     // A probe took no session of its user's, carries nothing and ends at once: it gets no target,
                     // no reverse listener, cannot be resumed, and is closed if its client forgets to.
                     if outcome.isProbe {
@@ -229,7 +231,7 @@ public final class TunnelServer: Sendable {
                         session.connector = nil
                         session.onListenRequested = nil
                         attempt.finish(failed: false)
-                        session.eventLoop.scheduleTask(in: configuration.session.handshakeTimeout) { session.close() }
+                        session.eventLoop.assumeIsolated().scheduleTask(in: configuration.session.handshakeTimeout) { session.close() }
                         return
                     }
                     wasEstablished.withLockedValue { $0 = (true, outcome.user, false) }
@@ -246,7 +248,7 @@ public final class TunnelServer: Sendable {
                         // for the client knocking (the same one, restarted, most often).
                         guard let user else { return }
                         access.sessionDetached(user: user, id: key) {
-                            session.eventLoop.execute {
+                            handle.execute { session in
                                 guard session.isDetached else { return }
                                 session.logger.info("user \(user) is at its session limit and a client knocks: ending this session, which waits for its client")
                                 session.close(.replaced(user: user))
@@ -261,13 +263,13 @@ public final class TunnelServer: Sendable {
                     attempt.finish(failed: false)
                     resumable.withLockedValue {
                         $0[outcome.sessionID] = ResumableSession(
-                            session: session, key: outcome.sessionKey, capabilities: outcome.capabilities, sessionIDString: outcome.sessionIDString
+                            session: handle, key: outcome.sessionKey, capabilities: outcome.capabilities, sessionIDString: outcome.sessionIDString
                         )
                     }
                     placements.withLockedValue { $0[SessionPlacement.tag(sessionID: outcome.sessionID)] = session.eventLoop }
                     session.logger.info("session established over \(transportKind)\(outcome.user.map { " for user \($0)" } ?? "")")
                 }
-                session.ended.whenSuccess { reason in
+                session.ended.assumeIsolated().whenSuccess { reason in
                     sessions.withLockedValue { _ = $0.removeValue(forKey: key) }
                     waitingForClient.withLockedValue { _ = $0.remove(key) }
                     if let user = wasEstablished.withLockedValue({ $0.user }) {
@@ -284,7 +286,7 @@ public final class TunnelServer: Sendable {
                     }
                     if case .refused = reason { return }
                     let forgotten: [UInt8]? = resumable.withLockedValue { table in
-                        guard let id = table.first(where: { $0.value.session === session })?.key else { return nil }
+                        guard let id = table.first(where: { $0.value.session == handle })?.key else { return nil }
                         table.removeValue(forKey: id)
                         return id
                     }
@@ -330,7 +332,7 @@ public final class TunnelServer: Sendable {
         let sessions = self.sessions.withLockedValue { Array($0.values) }
         var memory = 0
         for session in sessions {
-            memory += (try? await session.eventLoop.submit { session.reportTraffic() }.get()) ?? 0
+            memory += (try? await session.submit { $0.reportTraffic() }.get()) ?? 0
         }
         metrics.sessionMemory(bytes: memory)
     }
@@ -378,7 +380,7 @@ public final class TunnelServer: Sendable {
         }
         // All sessions drain at once, so shutdown takes one grace period, not one per session.
         let deadline = NIODeadline.now() + gracePeriod
-        var shutDown = Set(sessions.map(ObjectIdentifier.init))
+        var shutDown = Set(sessions.map(\.id))
         let endings = sessions.map { $0.shutdown(gracePeriod: gracePeriod) }
         for ending in endings { _ = try? await ending.get() }
         if keepsListening { try? await self.transportServer.close().get() }

@@ -21,15 +21,15 @@ import Testing
         let client = try await TunnelHarness.connectClient(serverPort: server.localAddress!.port!, targets: [echo.port])
         let held = try await RawConnection.echoAndStayOpen(port: client.listenerAddresses[0].port!, byteCount: 1024, group: self.group)
         let victim = client.session
-        let victimID = try await victim.eventLoop.submit { victim.sessionID }.get()
+        let victimID = try await victim.submit { $0.sessionID }.get()
 
         let outcome = try await ForgedResumption.attempt(
             serverPort: server.localAddress!.port!, sessionID: victimID, group: self.group
         )
         #expect(outcome.contains("resumption refused"), "the forged resumption ended with: \(outcome)")
 
-        let (transportKind, streams, resumptions) = try await victim.eventLoop.submit {
-            (victim.transportKind, victim.streamCount, victim.resumptions)
+        let (transportKind, streams, resumptions) = try await victim.submit {
+            ($0.transportKind, $0.streamCount, $0.resumptions)
         }.get()
         #expect(transportKind == .websocket)
         #expect(streams == 1)
@@ -56,7 +56,7 @@ import Testing
         // connecting: the session was between two connections. The attack needs a live one, not the first.)
         let connectionID = NIOLockedValueBox<String?>(nil)
         let carried = await client.changes.wait(timeout: .seconds(20)) {
-            let id = try? await session.eventLoop.submit { (session.transport as? HTTPClientTransportConnection)?.id }.get()
+            let id = try? await session.submit { ($0.transport as? HTTPClientTransportConnection)?.id }.get()
             connectionID.withLockedValue { $0 = id ?? nil }
             return client.isConnected && id != nil
         }

@@ -193,7 +193,7 @@ import Testing
     }
 
     /// Why `session` ended; fails if it has not ended `within` that time (an unaltered session goes on).
-    static func end(of session: TunnelSession, within limit: TimeAmount) async throws -> SessionError {
+    static func end(of session: SessionHandle, within limit: TimeAmount) async throws -> SessionError {
         let bounded = session.eventLoop.makePromise(of: SessionError.self)
         let timeout = session.eventLoop.scheduleTask(in: limit) {
             bounded.fail(RawConnection.Failure(description: "the session did not end within \(limit)"))

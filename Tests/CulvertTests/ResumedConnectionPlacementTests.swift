@@ -33,7 +33,7 @@ import Testing
             let sessions = server.sessions.withLockedValue { Array($0.values) }
             #expect(sessions.count == 1, "\(sessions.count) sessions")
             for session in sessions {
-                let carriedBy = try await session.eventLoop.submit { session.transport.map { "\(type(of: $0))" } }.get()
+                let carriedBy = try await session.submit { $0.transport.map { "\(type(of: $0))" } }.get()
                 #expect(carriedBy == "HTTPServerTransportConnection", "after move \(move) to \(kind) the session is carried by \(carriedBy ?? "nothing")")
             }
         }

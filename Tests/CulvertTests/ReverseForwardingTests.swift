@@ -135,12 +135,12 @@ import Testing
         }
         let session = client.session
         let deadline = NIODeadline.now() + .seconds(10)
-        while try await !session.eventLoop.submit({ session.isDetached }).get(), NIODeadline.now() < deadline {
+        while try await !session.submit({ $0.isDetached }).get(), NIODeadline.now() < deadline {
             try await Task.sleep(for: .milliseconds(10))
         }
         relay.setRefusing(false)
         let result = try await transfer.value
-        let resumed = try await session.eventLoop.submit { session.resumptions }.get()
+        let resumed = try await session.submit { $0.resumptions }.get()
         await TunnelHarness(server: server, client: client).stop()
         try await relay.close()
         try await echo.close()

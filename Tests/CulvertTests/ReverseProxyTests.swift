@@ -45,8 +45,8 @@ import Testing
             )
             #expect(result.digestsMatch)
             #expect(result.bytesReceived == 4 << 20)
-            let modes = try await client.session.eventLoop.submit {
-                let connection = client.session.transport as? HTTPClientTransportConnection
+            let modes = try await client.session.submit { session in
+                let connection = session.transport as? HTTPClientTransportConnection
                 return (connection?.upMode, connection?.downMode)
             }.get()
             #expect(modes.0 == .batch)

@@ -60,14 +60,15 @@ import Testing
         for _ in 0..<100 {
             let eventLoop = self.group.next()
             let connection = try await ClientTransports.make(.websocket, options: options).connectBound(to: endpoint, on: eventLoop).get()
-            let session = try await eventLoop.submit {
+            // Only a weak reference leaves the loop, so that nothing here keeps the session alive.
+            let (established, weak) = try await eventLoop.submit {
                 let session = TunnelSession(role: .client, transport: connection.value, configuration: SessionConfiguration(token: "wrong"),
                                             logger: TunnelHarness.logger)
                 session.start()
-                return session
+                return (session.established, WeakSession(session))
             }.get()
-            _ = try? await session.established.get()
-            sessions.append(WeakSession(session))
+            _ = try? await established.get()
+            sessions.append(weak)
         }
         for _ in 0..<100 where sessions.contains(where: { $0.session != nil }) { try await Task.sleep(for: .milliseconds(20)) }
         #expect(sessions.filter { $0.session != nil }.count == 0)
@@ -298,7 +299,7 @@ import Testing
                 let session = TunnelSession(role: .client, transport: connection.value, configuration: SessionConfiguration(token: token),
                                             logger: TunnelHarness.logger)
                 session.start()
-                return session
+                return SessionHandle(session)
             }.get()
             defer { session.close() }
             _ = try await session.established.get()
@@ -447,7 +448,7 @@ import Testing
             // Refused at OPEN (not connected and then cut by the HTTP listener's answer to the bytes).
             let session = client.session
             #expect(await client.changes.wait(timeout: .seconds(10)) { await session.onLoop { $0.statistics.streamsRefused > 0 } })
-            #expect(try await session.eventLoop.submit { session.statistics.streamsRefused }.get() == 1, "\(host)")
+            #expect(try await session.submit { $0.statistics.streamsRefused }.get() == 1, "\(host)")
             #expect(server.activeSessions == 1)
             await client.shutdown(gracePeriod: .zero)
         }
@@ -481,7 +482,8 @@ import Testing
     }
 }
 
-private struct WeakSession {
+/// A weak reference to a session, read off its loop only to see whether it is gone (nothing of it is touched).
+private struct WeakSession: @unchecked Sendable {
     weak var session: TunnelSession?
     init(_ session: TunnelSession) { self.session = session }
 }

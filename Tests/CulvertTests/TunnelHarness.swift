@@ -159,7 +159,7 @@ struct ListenerTunnel {
     }
 }
 
-extension TunnelSession {
+extension SessionHandle {
     /// Evaluates `condition` on what the session reports now, read on its loop (false if the loop is gone).
     func onLoop(_ condition: @escaping @Sendable (SessionSnapshot) -> Bool) async -> Bool {
         (try? await self.snapshot()).map(condition) ?? false

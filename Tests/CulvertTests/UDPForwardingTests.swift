@@ -89,7 +89,7 @@ import Testing
             }
             return await group.reduce(into: [String]()) { $0.append($1) }
         }
-        let streams = try await tunnel.client.session.eventLoop.submit { tunnel.client.session.statistics.streamsOpened }.get()
+        let streams = try await tunnel.client.session.submit { $0.statistics.streamsOpened }.get()
         await tunnel.stop()
         #expect(answers == Array(repeating: "10.1.2.3\n", count: 12))
         #expect(streams == 12)
@@ -121,12 +121,12 @@ import Testing
         let first = try await UDPExchange.send([[1, 2, 3]], to: tunnel.localPort())
         // The flow idles out 1 s after its last datagram: its stream ends (awaited, with a deadline of 10 s).
         let deadline = NIODeadline.now() + .seconds(10)
-        while try await session.eventLoop.submit({ session.streamCount }).get() > 0, NIODeadline.now() < deadline {
+        while try await session.submit({ $0.streamCount }).get() > 0, NIODeadline.now() < deadline {
             try await Task.sleep(for: .milliseconds(20))
         }
-        let streamsAfterIdle = try await session.eventLoop.submit { session.streamCount }.get()
+        let streamsAfterIdle = try await session.submit { $0.streamCount }.get()
         let second = try await UDPExchange.send([[4, 5]], to: tunnel.localPort())
-        let opened = try await session.eventLoop.submit { session.statistics.streamsOpened }.get()
+        let opened = try await session.submit { $0.statistics.streamsOpened }.get()
         await tunnel.stop()
         try await echo.close()
         #expect(first == [[1, 2, 3]] && second == [[4, 5]])
@@ -139,7 +139,7 @@ import Testing
         defer { dns.stop() }
         let tunnel = try await Self.start(allow: ["127.0.0.1:1"], forwards: [Self.udp(dns.port)])
         let answer = Self.dig(port: tunnel.localPort(), ["+short", "+time=1", "www.culvert.test"])
-        let refused = try await tunnel.client.session.eventLoop.submit { tunnel.client.session.statistics.streamsRefused }.get()
+        let refused = try await tunnel.client.session.submit { $0.statistics.streamsRefused }.get()
         await tunnel.stop()
         #expect(!answer.contains("10.1.2.3"))
         #expect(refused >= 1)

@@ -18,7 +18,7 @@ struct ReverseListenerHost: Sendable {
 
     /// A bound reverse listener, by its requested address, and the session it belongs to.
     private struct Holder {
-        let session: TunnelSession
+        let session: SessionHandle
         let channel: any Channel
     }
 
@@ -39,8 +39,9 @@ struct ReverseListenerHost: Sendable {
         self.udpTimeout = udpTimeout
     }
 
-    /// Answers `session`'s LISTEN requests from now on.
+    /// Answers `session`'s LISTEN requests from now on. On the session's loop.
     func serve(_ session: TunnelSession) {
+        let logger = session.logger
         let listeners = NIOLockedValueBox<(channels: [any Channel], ended: Bool)>(([], false))
         session.ended.whenComplete { _ in
             let channels = listeners.withLockedValue { state in
@@ -49,7 +50,7 @@ struct ReverseListenerHost: Sendable {
                 return state.channels
             }
             for channel in channels { channel.close(promise: nil) }
-            if !channels.isEmpty { session.logger.info("closed the session's \(channels.count) reverse listener\(channels.count == 1 ? "" : "s")") }
+            if !channels.isEmpty { logger.info("closed the session's \(channels.count) reverse listener\(channels.count == 1 ? "" : "s")") }
         }
         let allowlistForUser = self.allowlist
         session.onListenRequested = { session, requestID, address in
@@ -68,33 +69,39 @@ struct ReverseListenerHost: Sendable {
                 session.answerListen(requestID, .failure(StreamOpenFailure(.other, "the session has its maximum of \(Self.maximumPerSession) reverse listeners")))
                 return
             }
-            self.takeOver(address, for: session) { refusal in
+            let handle = SessionHandle(session)
+            self.takeOver(address, for: handle) { refusal in
                 if let refusal {
-                    session.answerListen(requestID, .failure(refusal))
+                    handle.session.answerListen(requestID, .failure(refusal))
                     return
                 }
-                self.bind(address, requestID: requestID, for: session, listeners: listeners)
+                self.bind(address, requestID: requestID, for: handle, listeners: listeners)
             }
         }
     }
 
     /// Frees `address` for `session` when a detached session holds it, and says (on `session`'s loop) whether it may
     /// go on: nil, or why not.
-    private func takeOver(_ address: TargetAddress, for session: TunnelSession, then next: @escaping @Sendable (StreamOpenFailure?) -> Void) {
-        guard address.port != 0, let holder = self.holders.withLockedValue({ $0[Self.key(address)] }), holder.session !== session else {
+    private func takeOver(_ address: TargetAddress, for session: SessionHandle, then next: @escaping @Sendable (StreamOpenFailure?) -> Void) {
+        guard address.port != 0, let holder = self.holders.withLockedValue({ $0[Self.key(address)] }), holder.session != session else {
             next(nil)
             return
         }
-        holder.session.eventLoop.submit { holder.session.releasesReverseListeners }.whenComplete { result in
+        holder.session.submit { holder in
+            let releases = holder.releasesReverseListeners
+            if releases {
+                holder.logger.info("handing reverse listener \(address) to a new session: this one is detached (its client is gone) or ending")
+            }
+            return releases
+        }.whenComplete { result in
             let releases = (try? result.get()) ?? true
             guard releases else {
-                session.eventLoop.execute {
+                session.execute { session in
                     session.logger.warning("refused a reverse listener on \(address): another session holds it")
                     next(StreamOpenFailure(.other, "\(address) on the server is already a reverse listener of another session"))
                 }
                 return
             }
-            holder.session.logger.info("handing reverse listener \(address) to a new session: this one is detached (its client is gone) or ending")
             holder.channel.close().whenComplete { _ in session.eventLoop.execute { next(nil) } }
         }
     }
@@ -104,14 +111,14 @@ struct ReverseListenerHost: Sendable {
     }
 
     private func bind(
-        _ address: TargetAddress, requestID: UInt32, for session: TunnelSession,
+        _ address: TargetAddress, requestID: UInt32, for session: SessionHandle,
         listeners: NIOLockedValueBox<(channels: [any Channel], ended: Bool)>
     ) {
         let holders = self.holders
             let bound: EventLoopFuture<any Channel>
         if address.transport == .udp {
             let listen = ListenAddress(host: address.host, port: address.port)
-            let (loop, timeout, logger) = (session.eventLoop, self.udpTimeout, session.logger)
+            let (loop, timeout, logger) = (session.eventLoop, self.udpTimeout, session.session.logger)
             let promise = loop.makePromise(of: (any Channel).self)
             promise.completeWithTask {
                 try await DatagramFlowListener.bind(listen, target: address, loop: loop, tunnel: session, idleTimeout: timeout, logger: logger)
@@ -121,11 +128,13 @@ struct ReverseListenerHost: Sendable {
             bound = ServerBootstrap.streamListener(group: self.group, streamLoop: session.eventLoop)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // On the session's loop (the listener's streams live there).
+                    let logger = session.session.logger
                     session.carry(channel, to: address) { result in
                         switch result {
                         case .opened: break
-                        case .refused(_, let message): session.logger.info("reverse connection on \(address) refused by the client: \(message)")
-                        case .unavailable(let reason): session.logger.info("reverse connection on \(address) not carried: \(reason)")
+                        case .refused(_, let message): logger.info("reverse connection on \(address) refused by the client: \(message)")
+                        case .unavailable(let reason): logger.info("reverse connection on \(address) not carried: \(reason)")
                         }
                     }
                 }
@@ -134,7 +143,7 @@ struct ReverseListenerHost: Sendable {
         }
         bound
             .whenComplete { result in
-                session.eventLoop.execute {
+                session.execute { tunnel in
                     switch result {
                     case .success(let channel):
                         let kept = listeners.withLockedValue { state in
@@ -153,12 +162,12 @@ struct ReverseListenerHost: Sendable {
                             }
                         }
                         let port = channel.localAddress?.port ?? address.port
-                        session.logger.info("reverse listener on \(channel.localAddress.map(\.displayText) ?? "\(address)") for the client's -R")
-                        session.answerListen(requestID, .success(port))
+                        tunnel.logger.info("reverse listener on \(channel.localAddress.map(\.displayText) ?? "\(address)") for the client's -R")
+                        tunnel.answerListen(requestID, .success(port))
                     case .failure(let error):
                         let reason = describeBindError(error)
-                        session.logger.warning("cannot open a reverse listener on \(address): \(reason)")
-                        session.answerListen(requestID, .failure(StreamOpenFailure(.other, "the server cannot listen on \(address): \(reason)")))
+                        tunnel.logger.warning("cannot open a reverse listener on \(address): \(reason)")
+                        tunnel.answerListen(requestID, .failure(StreamOpenFailure(.other, "the server cannot listen on \(address): \(reason)")))
                     }
                 }
             }

@@ -137,11 +137,11 @@ public enum TransportNegotiator {
                 probeSession.isProbe = true
                 let tunnel = TunnelSession(role: .client, transport: connection.value, configuration: probeSession, logger: logger)
                 tunnel.start()
-                return tunnel
+                return SessionHandle(tunnel)
             }.get()
             // A held-back delivery probe answers sooner than the handshake's timeout: end the probe then.
             delivery?.whenSuccess { outcome in
-                if Self.heldBack(outcome.verdict) != nil { eventLoop.execute { tunnel.close() } }
+                if Self.heldBack(outcome.verdict) != nil { tunnel.close() }
             }
             do {
                 _ = try await tunnel.established.get()

@@ -4,7 +4,7 @@ import CulvertCore
 /// key, capabilities and id, so that the connection checking a resumption (on any loop) reads nothing of the
 /// session itself.
 struct ResumableSession: Sendable {
-    let session: TunnelSession
+    let session: SessionHandle
     let key: [UInt8]
     let capabilities: Capabilities
     /// The session id in hex, for logs.

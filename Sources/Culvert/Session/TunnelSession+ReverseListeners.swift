@@ -2,8 +2,12 @@ import CulvertCore
 import NIOCore
 
 /// A server session carries its reverse listeners' connections as streams to the client, as a client does its
-/// listeners'.
-extension TunnelSession: StreamOpening {}
+/// listeners'. Their channels live on the session's loop, where `carry` is called.
+extension SessionHandle: StreamOpening {
+    func carry(_ channel: any Channel, to target: TargetAddress, completion: @escaping (StreamOpenResult) -> Void) {
+        self.session.carry(channel, to: target, completion: completion)
+    }
+}
 
 extension TunnelSession {
     /// Server: whether this session's reverse listeners may go to a new session that asks for their ports: it is

@@ -12,9 +12,9 @@ public import NIOCore
 /// each read (as nio-http2 does), zlib per stream, timers. A session and all its stream sockets live on one event
 /// loop, so the data path takes no locks and makes no thread hops. Every method must be called on ``eventLoop``;
 /// the public properties are for reading on it.
-public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendable {
-    // @unchecked: every mutable property is confined to `eventLoop`; owners on other threads reach the session only
-    // through `eventLoop.execute` / `submit` (shutdown, close) and its futures.
+public final class TunnelSession: TransportConnectionDelegate {
+    // Not Sendable: everything of it is confined to `eventLoop`, and owners on other threads hold a
+    // ``SessionHandle``, which runs what touches the session there.
 
     public enum Role: Sendable {
         case client
@@ -52,7 +52,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     private var waitingForRoom: [StreamChannelHandler] = []
     private var timers: [SessionStateMachine.Timer: Scheduled<Void>] = [:]
     private var ackTimer: Scheduled<Void>?
-    private var keepaliveTask: RepeatedTask?
+    private var keepaliveTask: Scheduled<Void>?
     /// The session's resources (sockets, timers, callbacks) have been released.
     private var finished = false
     /// Going away with no stream left, the session waits for the peer to acknowledge what it sent before it closes
@@ -126,13 +126,8 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     /// Both sides agreed on compression in the handshake.
     var compressionEnabled: Bool { self.machine.compressionEnabled }
 
-    /// What the session reports now, read on its loop: how owners and tests on other threads see it (its live
-    /// state is its loop's alone). Throws only when the loop has shut down.
-    public func snapshot() async throws -> SessionSnapshot {
-        try await self.eventLoop.submit { self.currentSnapshot }.get()
-    }
-
-    /// What ``snapshot()`` reads. On the session's loop.
+    /// What ``SessionHandle/snapshot()`` reads: how owners and tests on other threads see the session (its live
+    /// state is its loop's alone). On the session's loop.
     var currentSnapshot: SessionSnapshot {
         self.eventLoop.preconditionInEventLoop()
         return SessionSnapshot(
@@ -207,10 +202,16 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         if case .client = self.role { self.flushNow() }
         self.schedule(.handshake, in: self.configuration.handshakeTimeout)
         let shortest = min(self.configuration.keepaliveInterval, self.configuration.keepaliveTimeout)
-        let tick = TimeAmount.nanoseconds(max(100_000_000, shortest.nanoseconds / 4))
-        self.keepaliveTask = self.eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { [self] _ in
-            guard !self.finished, self.transport != nil else { return }
-            self.perform(self.machine.keepaliveTick(now: self.eventLoop.now))
+        self.scheduleKeepaliveTick(in: .nanoseconds(max(100_000_000, shortest.nanoseconds / 4)))
+    }
+
+    /// Tells the machine the time every `tick`, for keepalive, until the session ends. (NIO's repeated task takes
+    /// only a `Sendable` closure; this one stays on the loop.)
+    private func scheduleKeepaliveTick(in tick: TimeAmount) {
+        self.keepaliveTask = self.eventLoop.assumeIsolated().scheduleTask(in: tick) { [self] in
+            guard !self.finished else { return }
+            if self.transport != nil { self.perform(self.machine.keepaliveTick(now: self.eventLoop.now)) }
+            if !self.finished { self.scheduleKeepaliveTick(in: tick) }
         }
     }
 
@@ -261,7 +262,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
             self.targetFailed(id, StreamOpenFailure(.other, "this side does not open targets"))
             return
         }
-        connector.connect(to: target, on: self.eventLoop, logger: self.logger).whenComplete { [self] result in
+        connector.connect(to: target, on: self.eventLoop, logger: self.logger).hop(to: self.eventLoop).assumeIsolated().whenComplete { [self] result in
             switch result {
             case .success(let channel):
                 self.targetConnected(id, channel: channel, target: target)
@@ -372,14 +373,15 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     // MARK: Shutdown
 
     /// Ends the session gracefully: GOAWAY, no new streams, open streams finish; after `gracePeriod` whatever is
-    /// left is closed. A session that carries no streams now (handshaking, detached) ends at once.
+    /// left is closed. A session that carries no streams now (handshaking, detached) ends at once. On its loop
+    /// (elsewhere: ``SessionHandle/shutdown(gracePeriod:)``); it acts from a fresh stack.
     public func shutdown(gracePeriod: TimeAmount) -> EventLoopFuture<SessionError> {
-        self.eventLoop.execute { [self] in
+        self.eventLoop.assumeIsolated().execute { [self] in
             guard !self.finished else { return }
             self.perform(self.machine.shutdown())
             guard !self.finished else { return }
             self.endIfDrained()
-            self.eventLoop.scheduleTask(in: gracePeriod) { [self] in self.end(.shutdown) }
+            self.eventLoop.assumeIsolated().scheduleTask(in: gracePeriod) { [self] in self.end(.shutdown) }
         }
         return self.ended
     }
@@ -394,12 +396,12 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         self.countIfGoAway(goAway)
         self.batch.append(goAway)
         self.flushNow()
-        self.eventLoop.scheduleTask(in: .seconds(2)) { [self] in self.end(.refused(code, message)) }
+        self.eventLoop.assumeIsolated().scheduleTask(in: .seconds(2)) { [self] in self.end(.refused(code, message)) }
     }
 
-    /// Ends the session at once.
+    /// Ends the session, from a fresh stack. On its loop (elsewhere: ``SessionHandle/close(_:)``).
     public func close(_ reason: SessionError = .shutdown) {
-        self.eventLoop.execute { [self] in self.end(reason) }
+        self.eventLoop.assumeIsolated().execute { [self] in self.end(reason) }
     }
 
     // MARK: TransportConnectionDelegate
@@ -434,7 +436,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         if !self.batch.isEmpty || ack?.due == true {
             self.flushNow()
         } else if ack?.waiting == true && self.ackTimer == nil {
-            self.ackTimer = self.eventLoop.scheduleTask(in: self.configuration.ackDelay) { [self] in
+            self.ackTimer = self.eventLoop.assumeIsolated().scheduleTask(in: self.configuration.ackDelay) { [self] in
                 self.ackTimer = nil
                 self.flushNow()
             }
@@ -701,13 +703,13 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         let session = target.session
         if session.eventLoop === transport.eventLoop {
             // On this loop already (the connection's, so this session's too): adopted from a fresh stack.
-            session.eventLoop.assumeIsolated().execute { session.adopt(transport, outcome: outcome, welcome: welcome) }
+            session.eventLoop.assumeIsolated().execute { session.session.adopt(transport, outcome: outcome, welcome: welcome) }
         } else {
             // The connection lives on another loop than the session (a WebSocket or CONNECT socket another loop
             // took): bridge it (this also makes the bridge its delegate at once, so nothing it receives from now on
             // reaches this session).
             let bridge = LoopBridgedTransport(transport, to: session.eventLoop)
-            session.eventLoop.execute { session.adopt(bridge, outcome: outcome, welcome: welcome) }
+            session.execute { $0.adopt(bridge, outcome: outcome, welcome: welcome) }
         }
         self.finish(.handedOver)
     }
@@ -735,7 +737,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         }
         if let expiry {
             self.timers[.detachedExpiry]?.cancel()
-            self.timers[.detachedExpiry] = self.eventLoop.scheduleTask(deadline: expiry) { [self] in
+            self.timers[.detachedExpiry] = self.eventLoop.assumeIsolated().scheduleTask(deadline: expiry) { [self] in
                 self.logger.info("not resumed within \(self.configuration.detachedGracePeriod.roundedText): closing its \(self.streams.count) streams")
                 self.perform(self.machine.timerFired(.detachedExpiry, now: self.eventLoop.now))
             }
@@ -746,7 +748,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
 
     private func schedule(_ timer: SessionStateMachine.Timer, in delay: TimeAmount) {
         self.timers[timer]?.cancel()
-        self.timers[timer] = self.eventLoop.scheduleTask(in: delay) { [self] in
+        self.timers[timer] = self.eventLoop.assumeIsolated().scheduleTask(in: delay) { [self] in
             self.perform(self.machine.timerFired(timer, now: self.eventLoop.now))
         }
     }
@@ -1029,7 +1031,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
     private func scheduleFlush() {
         guard !self.flushScheduled else { return }
         self.flushScheduled = true
-        self.eventLoop.execute { [self] in self.flushNow() }
+        self.eventLoop.assumeIsolated().execute { [self] in self.flushNow() }
     }
 
     private func flushNow() {
@@ -1108,7 +1110,7 @@ public final class TunnelSession: TransportConnectionDelegate, @unchecked Sendab
         if unacknowledged > 0 {
             guard !self.endsWhenAcknowledged else { return }
             self.endsWhenAcknowledged = true
-            self.eventLoop.scheduleTask(in: self.configuration.keepaliveTimeout) { [self] in
+            self.eventLoop.assumeIsolated().scheduleTask(in: self.configuration.keepaliveTimeout) { [self] in
                 if !self.finished {
                     self.logger.info("the peer acknowledged not all of the last \(unacknowledged) bytes within \(self.configuration.keepaliveTimeout.roundedText): ending the session")
                 }
