@@ -134,10 +134,7 @@ import Testing
             try await TransferClient.echoTransfer(host: "127.0.0.1", port: port, byteCount: 256 * 1024, group: TunnelHarness.group)
         }
         let session = client.session
-        let deadline = NIODeadline.now() + .seconds(10)
-        while try await !session.submit({ $0.isDetached }).get(), NIODeadline.now() < deadline {
-            try await Task.sleep(for: .milliseconds(10))
-        }
+        #expect(await client.changes.wait(timeout: .seconds(10)) { await session.onLoop { $0.isDetached } })
         relay.setRefusing(false)
         let result = try await transfer.value
         let resumed = try await session.submit { $0.resumptions }.get()

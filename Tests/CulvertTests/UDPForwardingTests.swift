@@ -120,10 +120,7 @@ import Testing
         let session = tunnel.client.session
         let first = try await UDPExchange.send([[1, 2, 3]], to: tunnel.localPort())
         // The flow idles out 1 s after its last datagram: its stream ends (awaited, with a deadline of 10 s).
-        let deadline = NIODeadline.now() + .seconds(10)
-        while try await session.submit({ $0.streamCount }).get() > 0, NIODeadline.now() < deadline {
-            try await Task.sleep(for: .milliseconds(20))
-        }
+        _ = await tunnel.client.changes.wait(timeout: .seconds(10)) { await session.onLoop { $0.streamCount == 0 } }
         let streamsAfterIdle = try await session.submit { $0.streamCount }.get()
         let second = try await UDPExchange.send([[4, 5]], to: tunnel.localPort())
         let opened = try await session.submit { $0.statistics.streamsOpened }.get()
