@@ -241,7 +241,7 @@ public struct SessionStateMachine: Sendable {
 
     public var sessionID: [UInt8]? { self.established?.sessionID }
     public var sessionKey: [UInt8]? { self.established?.sessionKey }
-    public var compressionEnabled: Bool { self.established?.capabilities.contains(.compression) ?? false }
+    @inlinable public var compressionEnabled: Bool { self.readEstablished { $0.capabilities.contains(.compression) } ?? false }
 
     private var established: Established? {
         switch self.state {
@@ -253,25 +253,37 @@ public struct SessionStateMachine: Sendable {
     /// Runs `body` on the established state in place, whatever the transport is doing; nil when there is none.
     public mutating func withEstablished<Result>(_ body: (inout Established) throws -> Result) rethrows -> Result? {
         switch self.state {
+        case .handshaking, .resumingAnother, .refusing, .ended, .modifying:
+            return nil
+        case .established, .goingAway, .detached, .resuming:
+            break
+        }
+        // Taken out (the state is `.modifying` meanwhile) rather than bound in place: binding a payload of
+        // `self.state` copies it, retaining everything the session holds, and the write back releases it all again.
+        switch self.takeState() {
         case .established(var e):
-            self.state = .modifying
             defer { self.state = .established(e) }
             return try body(&e)
         case .goingAway(var e):
-            self.state = .modifying
             defer { self.state = .goingAway(e) }
             return try body(&e)
         case .detached(var e, let expiry):
-            self.state = .modifying
             defer { self.state = .detached(e, expiry: expiry) }
             return try body(&e)
         case .resuming(var e, let handshake, let deadline):
-            self.state = .modifying
             defer { self.state = .resuming(e, handshake, deadline: deadline) }
             return try body(&e)
-        case .handshaking, .resumingAnother, .refusing, .ended, .modifying:
+        case let other:
+            self.state = other
             return nil
         }
+    }
+
+    /// The state, moved out: `.modifying` is left in its place until the caller puts one back.
+    private mutating func takeState() -> State {
+        var taken = State.modifying
+        swap(&taken, &self.state)
+        return taken
     }
 
     /// Reads the established state; nil when there is none.
@@ -296,17 +308,20 @@ public struct SessionStateMachine: Sendable {
     /// `now` is read only when the frame moves the session between states (never for a frame of an established
     /// session), so the data path reads no clock.
     public mutating func receive(_ frame: Frame, now: @autoclosure () -> NIODeadline) -> Action {
-        switch self.state {
-        case .established(var e):
-            self.state = .modifying
+        // The data path: the established state taken out, not copied (see `withEstablished`).
+        if case .established = self.state, case .established(var e) = self.takeState() {
             let action = self.receiveEstablished(frame, &e, goingAway: false, now: now)
             if case .modifying = self.state { self.state = .established(e) }
             return action
-        case .goingAway(var e):
-            self.state = .modifying
+        }
+        if case .goingAway = self.state, case .goingAway(var e) = self.takeState() {
             let action = self.receiveEstablished(frame, &e, goingAway: true, now: now)
             if case .modifying = self.state { self.state = .goingAway(e) }
             return action
+        }
+        switch self.state {
+        case .established, .goingAway:
+            preconditionFailure("handled above")
         case .handshaking(var handshake, let deadline):
             if case .server = self.role, case .hello(let hello) = frame {
                 if !hello.resumeSessionID.isEmpty { return .lookUpResumption(hello.resumeSessionID) }
