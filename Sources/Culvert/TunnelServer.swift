@@ -160,6 +160,7 @@ public final class TunnelServer: Sendable {
             tls: configuration.tls
         )
         transportConfiguration.placement = { tag in placements.withLockedValue { $0[tag] } }
+        transportConfiguration.onHTTPConnectionForgotten = { changes.notify() }
         let listenAddress = "\(configuration.listenHost):\(configuration.listenPort)"
         let transportServer: TransportServer
         do {
@@ -383,7 +384,15 @@ public final class TunnelServer: Sendable {
         var shutDown = Set(sessions.map(\.id))
         let endings = sessions.map { $0.shutdown(gracePeriod: gracePeriod) }
         for ending in endings { _ = try? await ending.get() }
-        if keepsListening { try? await self.transportServer.close().get() }
+        if keepsListening {
+            // What the ended sessions said last (the GOAWAY, the close record) may wait in their chunked and polling
+            // connections for the clients' next requests: the port stays open for those, within the grace period.
+            let remaining = deadline - NIODeadline.now()
+            if remaining > .zero {
+                _ = await self.changes.wait(timeout: .nanoseconds(remaining.nanoseconds)) { self.transportServer.httpConnectionCount == 0 }
+            }
+            try? await self.transportServer.close().get()
+        }
         // Connections the open listener took meanwhile (a resumption, a HELLO being refused) end within the same
         // grace period: shutdown returns with no session left.
         while true {

@@ -23,6 +23,8 @@ public final class TransportServer: Sendable {
         /// (nil: not a session the server has). The connection is made there, so that the session it resumes
         /// adopts it without a hop between loops for every message.
         public var placement: (@Sendable (String) -> (any EventLoop)?)?
+        /// Called when a chunked or polling connection is forgotten (``httpConnectionCount`` went down).
+        public var onHTTPConnectionForgotten: (@Sendable () -> Void)?
 
         public init(host: String, port: Int, pathPrefix: String = ServerEndpoint.defaultPathPrefix,
                     maximumMessageSize: Int = 16 * 1024 * 1024, http: HTTPTransportServerSettings = .init(),
@@ -67,7 +69,9 @@ public final class TransportServer: Sendable {
         onConnection: @escaping @Sendable (any TransportConnection) -> Void
     ) -> EventLoopFuture<TransportServer> {
         let counter = NIOLockedValueBox(0)
-        let registry = HTTPConnectionRegistry(settings: configuration.http, placement: configuration.placement)
+        let registry = HTTPConnectionRegistry(
+            settings: configuration.http, placement: configuration.placement, onForget: configuration.onHTTPConnectionForgotten
+        )
         let draining = DrainingRequestFilter.Gate(pathPrefix: configuration.pathPrefix)
         return ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)

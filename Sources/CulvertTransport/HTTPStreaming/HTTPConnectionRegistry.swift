@@ -8,10 +8,16 @@ final class HTTPConnectionRegistry: Sendable {
     let settings: HTTPTransportServerSettings
     /// The loop of the session a placement tag names (see ``TransportServer/Configuration/placement``).
     let placement: (@Sendable (String) -> (any EventLoop)?)?
+    /// Told after a connection is forgotten.
+    let onForget: (@Sendable () -> Void)?
 
-    init(settings: HTTPTransportServerSettings, placement: (@Sendable (String) -> (any EventLoop)?)? = nil) {
+    init(
+        settings: HTTPTransportServerSettings, placement: (@Sendable (String) -> (any EventLoop)?)? = nil,
+        onForget: (@Sendable () -> Void)? = nil
+    ) {
         self.settings = settings
         self.placement = placement
+        self.onForget = onForget
     }
 
     var count: Int { self.connections.withLockedValue { $0.count } }
@@ -29,6 +35,7 @@ final class HTTPConnectionRegistry: Sendable {
         )
         connection.onClose = { [weak self] in
             _ = self?.connections.withLockedValue { $0.removeValue(forKey: id) }
+            self?.onForget?()
         }
         self.connections.withLockedValue { $0[id] = HTTPServerConnectionHandle(connection) }
         return connection
