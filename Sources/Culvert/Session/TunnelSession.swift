@@ -11,7 +11,7 @@ public import NIOCore
 /// machine's; this class does the I/O it asks for: batching frames into transport messages, flushing at the end of
 /// each read (as nio-http2 does), zlib per stream, timers. A session and all its stream sockets live on one event
 /// loop, so the data path takes no locks and makes no thread hops. Every method must be called on ``eventLoop``;
-/// the public properties are for reading on it.
+/// code on other threads goes through a ``SessionHandle``.
 public final class TunnelSession: TransportConnectionDelegate {
     // Not Sendable: everything of it is confined to `eventLoop`, and owners on other threads hold a
     // ``SessionHandle``, which runs what touches the session there.
@@ -89,7 +89,7 @@ public final class TunnelSession: TransportConnectionDelegate {
     /// Server: the session this connection's HELLO asked to resume, while its proof is checked.
     private var resumeTarget: ResumableSession?
 
-    /// The session's counters so far. On its loop; other threads read ``snapshot()``.
+    /// The session's counters so far. On its loop; other threads read ``SessionHandle/snapshot()``.
     private(set) var statistics = SessionStatistics()
     /// The session id, once established (hex).
     private(set) var sessionIDString = ""
