@@ -23,10 +23,7 @@ public final class SessionCookieJar: Sendable {
 
     public static func randomAffinity() -> String {
         var generator = SystemRandomNumberGenerator()
-        return (0..<16).map { _ in
-            let byte = UInt8.random(in: 0...255, using: &generator)
-            return (byte < 16 ? "0" : "") + String(byte, radix: 16)
-        }.joined()
+        return (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }.lowercaseHex
     }
 
     /// Keeps the cookies a response sets (RFC 6265 §5.2, simplified as above).

@@ -35,7 +35,7 @@ struct DemoCommand: AsyncParsableCommand {
         let logger = try self.loggingOptions.makeLogger(label: "culvert.demo", defaultLevel: .warning)
         guard self.mib > 0, self.streams > 0 else { throw ValidationError("--mib and --streams must be positive") }
         let group = MultiThreadedEventLoopGroup.singleton
-        let token = (0..<16).map { _ in String(UInt8.random(in: 0...255), radix: 16) }.joined()
+        let token = HandshakeStateMachine.systemRandomBytes(16).lowercaseHex
 
         let echo = try await EchoServer.start(group: group)
         let server = try await TunnelServer.start(

@@ -22,7 +22,7 @@ struct HashTokenCommand: ParsableCommand {
     func run() throws {
         let token: String
         if self.generate {
-            token = HandshakeStateMachine.systemRandomBytes(32).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+            token = HandshakeStateMachine.systemRandomBytes(32).lowercaseHex
             print("token = \"\(token)\"")
         } else if let given = try self.tokenOptions.resolve() {
             token = given

@@ -1,4 +1,5 @@
 import Crypto
+import CulvertCore
 
 /// The tag a client sends on the `open` of a chunked or polling connection that resumes a session, so that the
 /// server makes that connection on the session's loop: 16 hex digits of SHA-256 over a label and the session id.
@@ -9,9 +10,6 @@ enum SessionPlacement {
         var hash = SHA256()
         hash.update(data: Array("culvert v1 placement".utf8))
         hash.update(data: sessionID)
-        return hash.finalize().prefix(8).map { byte in
-            let hex = String(byte, radix: 16)
-            return byte < 16 ? "0" + hex : hex
-        }.joined()
+        return hash.finalize().prefix(8).lowercaseHex
     }
 }

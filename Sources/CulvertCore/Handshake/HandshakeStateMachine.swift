@@ -40,7 +40,7 @@ public struct HandshakeStateMachine: Sendable {
 
         /// The session id in lower-case hex, as logs show it.
         public var sessionIDString: String {
-            self.sessionID.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+            self.sessionID.lowercaseHex
         }
     }
 

@@ -43,7 +43,7 @@ public struct TokenVerifier: Hashable, Sendable {
 
     /// `culvert-v1:` and the two keys in lower-case hex: what a users file's `token-hash` holds.
     public var hashText: String {
-        Self.hashPrefix + (self.storedKey + self.serverKey).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+        Self.hashPrefix + (self.storedKey + self.serverKey).lowercaseHex
     }
 
     /// Whether `proof` is the client's proof over `transcript`, and if so the client key it carries (which the

@@ -29,16 +29,9 @@ public struct DigestAuthentication: Hashable, Sendable {
         func hash(_ text: String) -> String {
             let bytes = Array(text.utf8)
             switch self {
-            case .md5, .md5Session: return Self.hex(Insecure.MD5.hash(data: bytes))
-            case .sha256, .sha256Session: return Self.hex(SHA256.hash(data: bytes))
+            case .md5, .md5Session: return Insecure.MD5.hash(data: bytes).lowercaseHex
+            case .sha256, .sha256Session: return SHA256.hash(data: bytes).lowercaseHex
             }
-        }
-
-        private static func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {
-            digest.map { byte in
-                let text = String(byte, radix: 16)
-                return byte < 16 ? "0" + text : text
-            }.joined()
         }
     }
 

@@ -117,9 +117,6 @@ public final class ProxyAuthenticator: Sendable, CustomStringConvertible {
 
     /// 16 random bytes as hex: the `cnonce` of every answer to one nonce.
     private static func makeClientNonce() -> String {
-        (0..<16).map { _ in
-            let byte = UInt8.random(in: 0...255)
-            return (byte < 16 ? "0" : "") + String(byte, radix: 16)
-        }.joined()
+        (0..<16).map { _ in UInt8.random(in: 0...255) }.lowercaseHex
     }
 }
