@@ -64,6 +64,41 @@ import Testing
         #expect(self.sent(client.measureRoundTrip(now: self.start + .seconds(2))) != nil)
     }
 
+    /// The data path changes the stream tables in place: sending DATA, receiving it and crediting it leave each
+    /// side's table where it was. A table shared with a copy of the machine (what a payload bound where it lies
+    /// makes) would be copied whole on each change, costing time and memory in proportion to the open streams per
+    /// frame; the check sees that too.
+    @Test func theDataPathChangesTheStreamTablesInPlace() throws {
+        var (client, server) = try self.establishedPair()
+        var ids: [StreamID] = []
+        for _ in 0..<8 {
+            let (id, open) = try unwrap(try client.withEstablished { try $0.mux.openStream(to: self.target) })
+            guard case .stream(.openRequested) = server.receive(open, now: self.start) else { throw Failure("no open request") }
+            let openOK = try unwrap(server.withEstablished { $0.mux.acceptSucceeded(id) } ?? nil)
+            guard case .stream(.opened) = client.receive(openOK, now: self.start) else { throw Failure("not opened") }
+            ids.append(id)
+        }
+        let clientTable = try unwrap(client.streamTableAddress)
+        let serverTable = try unwrap(server.streamTableAddress)
+        for round in 0..<3 {
+            for id in ids {
+                #expect(client.sendableBytes(id) > 0)
+                let data = try unwrap(client.withEstablished { $0.mux.sendData(id, payload: ByteBuffer(string: "x")) })
+                guard case .stream(.deliver) = server.receive(data, now: self.start) else { throw Failure("not delivered") }
+                _ = server.withEstablished { $0.mux.consumed(id, bytes: 1) }
+                _ = client.creditIfSessionHasRoom(id, replayLimit: 1 << 20)
+                _ = client.acknowledgementState()
+            }
+            #expect(client.streamTableAddress == clientTable, "round \(round): the client's table was copied")
+            #expect(server.streamTableAddress == serverTable, "round \(round): the server's table was copied")
+        }
+        // The check can tell: with a copy of the machine holding the table, the next change copies it.
+        let held = client
+        _ = client.withEstablished { $0.mux.sendData(ids[0], payload: ByteBuffer(string: "x")) }
+        #expect(client.streamTableAddress != clientTable)
+        #expect(held.streamTableAddress == clientTable)
+    }
+
     /// A wrong token ends the server's machine with GOAWAY(authenticationFailed) to send.
     @Test func wrongTokenEndsWithAGoAway() throws {
         var client = SessionStateMachine(role: .client, settings: self.settings(token: "wrong"), now: self.start)

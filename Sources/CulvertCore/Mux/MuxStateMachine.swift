@@ -22,6 +22,8 @@ public struct MuxStateMachine: Sendable {
     public let configuration: MuxConfiguration
     private let role: Role
     private var streams: [StreamID: StreamState] = [:]
+    /// Where the stream table's storage lies: the same address after a change means the table changed in place.
+    package var streamTableAddress: UInt { withUnsafeBytes(of: self.streams) { $0.load(as: UInt.self) } }
     private var nextLocalStreamID: StreamID
     private var highestPeerStreamID: StreamID = 0
     private var committedReceiveMemory = 0

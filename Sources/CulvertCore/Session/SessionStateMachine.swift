@@ -252,38 +252,87 @@ public struct SessionStateMachine: Sendable {
 
     /// Runs `body` on the established state in place, whatever the transport is doing; nil when there is none.
     public mutating func withEstablished<Result>(_ body: (inout Established) throws -> Result) rethrows -> Result? {
+        guard case (var e, let place)? = self.takeEstablished() else { return nil }
+        defer { self.put(e, back: place) }
+        return try body(&e)
+    }
+
+    /// Where an established state taken out by ``takeEstablished()`` goes back: the case it came from, with that
+    /// case's other data.
+    private enum EstablishedPlace {
+        case established
+        case goingAway
+        case detached(expiry: NIODeadline?)
+        case resuming(HandshakeStateMachine, deadline: NIODeadline)
+    }
+
+    /// The established state moved out of `state` (which is `.modifying` until ``put(_:back:)``), so that the
+    /// caller holds its only reference: a payload bound where it lies, or bound from a `switch` over the taken
+    /// state (whose subject lives until the switch ends), is a second one, and the stream table and the replay
+    /// buffer are then copied whole on their next change.
+    private mutating func takeEstablished() -> (Established, EstablishedPlace)? {
         switch self.state {
         case .handshaking, .resumingAnother, .refusing, .ended, .modifying:
             return nil
         case .established, .goingAway, .detached, .resuming:
             break
         }
-        // Taken out (the state is `.modifying` meanwhile) rather than bound in place: binding a payload of
-        // `self.state` copies it, retaining everything the session holds, and the write back releases it all again.
         switch self.takeState() {
-        case .established(var e):
-            defer { self.state = .established(e) }
-            return try body(&e)
-        case .goingAway(var e):
-            defer { self.state = .goingAway(e) }
-            return try body(&e)
-        case .detached(var e, let expiry):
-            defer { self.state = .detached(e, expiry: expiry) }
-            return try body(&e)
-        case .resuming(var e, let handshake, let deadline):
-            defer { self.state = .resuming(e, handshake, deadline: deadline) }
-            return try body(&e)
-        case let other:
-            self.state = other
-            return nil
+        case .established(let e): return (e, .established)
+        case .goingAway(let e): return (e, .goingAway)
+        case .detached(let e, let expiry): return (e, .detached(expiry: expiry))
+        case .resuming(let e, let handshake, let deadline): return (e, .resuming(handshake, deadline: deadline))
+        case .handshaking, .resumingAnother, .refusing, .ended, .modifying: preconditionFailure("checked above")
         }
     }
+
+    private mutating func put(_ e: Established, back place: EstablishedPlace) {
+        switch place {
+        case .established: self.state = .established(e)
+        case .goingAway: self.state = .goingAway(e)
+        case .detached(let expiry): self.state = .detached(e, expiry: expiry)
+        case .resuming(let handshake, let deadline): self.state = .resuming(e, handshake, deadline: deadline)
+        }
+    }
+
+    /// Where the established state's stream table lies in memory (nil with none). Tests check that the data path
+    /// changes the table in place: a copy would cost time and memory in proportion to the open streams, per frame.
+    package var streamTableAddress: UInt? { self.readEstablished { $0.mux.streamTableAddress } }
 
     /// The state, moved out: `.modifying` is left in its place until the caller puts one back.
     private mutating func takeState() -> State {
         var taken = State.modifying
         swap(&taken, &self.state)
         return taken
+    }
+
+    // MARK: The data path's queries, in place
+
+    // These are `mutating` only so that a driver holding the machine in a class's stored property reaches the state
+    // in place: a non-mutating call there first copies the whole machine (retaining everything it holds, and
+    // releasing it after), because the call could reach the class and change the property meanwhile.
+
+    /// How many bytes stream `id` may send now: its credit and the session's (0 with no established state).
+    public mutating func sendableBytes(_ id: StreamID) -> Int {
+        self.withEstablished { $0.mux.sendableBytes(id) } ?? 0
+    }
+
+    /// Stream `id`'s credit when the session has room for what the stream would read: it carries streams, and less
+    /// than `replayLimit` bytes wait for the peer's acknowledgement. Nil when the session has no room.
+    public mutating func creditIfSessionHasRoom(_ id: StreamID, replayLimit: Int) -> Int? {
+        guard self.isCarryingStreams else { return nil }
+        return self.withEstablished { $0.sequencer.replayBytes < replayLimit ? $0.mux.sendableBytes(id) : nil } ?? nil
+    }
+
+    /// Whether an acknowledgement of what was received is due now, and whether any is waiting at all; nil with no
+    /// established state.
+    public mutating func acknowledgementState() -> (due: Bool, waiting: Bool)? {
+        self.withEstablished { (due: $0.sequencer.ackDueNow, waiting: $0.sequencer.hasUnacknowledged) }
+    }
+
+    /// ``compressionEnabled``, in place.
+    public mutating func compressesData() -> Bool {
+        self.withEstablished { $0.capabilities.contains(.compression) } ?? false
     }
 
     /// Reads the established state; nil when there is none.
@@ -309,14 +358,14 @@ public struct SessionStateMachine: Sendable {
     /// session), so the data path reads no clock.
     public mutating func receive(_ frame: Frame, now: @autoclosure () -> NIODeadline) -> Action {
         // The data path: the established state taken out, not copied (see `withEstablished`).
-        if case .established = self.state, case .established(var e) = self.takeState() {
+        if case .established = self.state, case (var e, let place)? = self.takeEstablished() {
             let action = self.receiveEstablished(frame, &e, goingAway: false, now: now)
-            if case .modifying = self.state { self.state = .established(e) }
+            if case .modifying = self.state { self.put(e, back: place) }
             return action
         }
-        if case .goingAway = self.state, case .goingAway(var e) = self.takeState() {
+        if case .goingAway = self.state, case (var e, let place)? = self.takeEstablished() {
             let action = self.receiveEstablished(frame, &e, goingAway: true, now: now)
-            if case .modifying = self.state { self.state = .goingAway(e) }
+            if case .modifying = self.state { self.put(e, back: place) }
             return action
         }
         switch self.state {
