@@ -15,6 +15,11 @@ public import NIOCore
 public final class TunnelSession: TransportConnectionDelegate {
     // Not Sendable: everything of it is confined to `eventLoop`, and owners on other threads hold a
     // ``SessionHandle``, which runs what touches the session there.
+    //
+    // Three files: this one (the handshake, the transport's events, the machine's actions, output, ending),
+    // TunnelSession+Streams (opening streams, their sockets' events, stream frames) and TunnelSession+Resumption
+    // (detach, resume, adopt, hand over). Members without `private` are shared with those two files; nothing
+    // outside the session touches them.
 
     public enum Role: Sendable {
         case client
@@ -26,15 +31,15 @@ public final class TunnelSession: TransportConnectionDelegate {
     public let configuration: SessionConfiguration
     private(set) var logger: Logger
 
-    private var machine: SessionStateMachine
-    private(set) var transport: (any TransportConnection)?
+    var machine: SessionStateMachine
+    var transport: (any TransportConnection)?
     /// The error the current transport closed with, when it said one.
     private var transportCloseError: TransportError?
-    private var frameReader: FrameReader
+    var frameReader: FrameReader
     private let encoder = FrameEncoder()
     /// Seals what this side sends and opens what it receives on the current transport, once its handshake is done
     /// (nil before, while detached, and with end-to-end protection off).
-    private var cipher: SessionCipher?
+    var cipher: SessionCipher?
     /// Opens the SEALED frames off the transport and reads the frames each holds.
     private var sealedFrames: SealedFrameReader
     /// The frames for the next transport message.
@@ -42,19 +47,19 @@ public final class TunnelSession: TransportConnectionDelegate {
     /// A read of the transport is under way: what it queues goes out at its read-complete (as nio-http2 flushes at
     /// `channelReadComplete`). Stream sockets' reads queue a flush for the end of the loop tick instead, so that
     /// many streams reading at once share one transport message.
-    private var flushAtReadComplete = false
+    var flushAtReadComplete = false
     private var flushScheduled = false
-    private var streams: [StreamID: StreamChannelHandler] = [:]
+    var streams: [StreamID: StreamChannelHandler] = [:]
     /// Streams written to in this read, flushed together at its end.
-    private var unflushedStreams: [StreamChannelHandler] = []
+    var unflushedStreams: [StreamChannelHandler] = []
     /// Streams that stopped reading because the session could not send (transport full, replay buffer full,
     /// detached): read again when that changes. Streams short of their own credit are woken by their WINDOW.
-    private var waitingForRoom: [StreamChannelHandler] = []
-    private var timers: [SessionStateMachine.Timer: Scheduled<Void>] = [:]
+    var waitingForRoom: [StreamChannelHandler] = []
+    var timers: [SessionStateMachine.Timer: Scheduled<Void>] = [:]
     private var ackTimer: Scheduled<Void>?
     private var keepaliveTask: Scheduled<Void>?
     /// The session's resources (sockets, timers, callbacks) have been released.
-    private var finished = false
+    var finished = false
     /// Going away with no stream left, the session waits for the peer to acknowledge what it sent before it closes
     /// the transport (see ``endIfDrained()``).
     private var endsWhenAcknowledged = false
@@ -87,10 +92,10 @@ public final class TunnelSession: TransportConnectionDelegate {
     /// connection to that session, so a stranger who saw its id cannot touch it.
     var resumeLookup: (([UInt8]) -> ResumableSession?)?
     /// Server: the session this connection's HELLO asked to resume, while its proof is checked.
-    private var resumeTarget: ResumableSession?
+    var resumeTarget: ResumableSession?
 
     /// The session's counters so far. On its loop; other threads read ``SessionHandle/snapshot()``.
-    private(set) var statistics = SessionStatistics()
+    var statistics = SessionStatistics()
     /// The session id, once established (hex).
     private(set) var sessionIDString = ""
     /// The named user the client authenticated as, once established; nil for the shared token.
@@ -101,12 +106,12 @@ public final class TunnelSession: TransportConnectionDelegate {
     /// The body shape its chunked and polling connections settled on, for the ones it resumes on (a client's).
     var bodyShapeMemory: BodyShapeMemory?
     /// The transport this session is counted under in `culvert_sessions_open`, once established (metrics only).
-    private var metricsTransport: TransportKind?
+    var metricsTransport: TransportKind?
     /// Stream bytes already reported to the metrics, each way.
     private var reportedBytes = (sent: 0, received: 0)
     /// When the transport was lost: a resumption reports how long data stopped.
-    private var detachedAt: NIODeadline?
-    private var metrics: TunnelMetrics? { self.configuration.metrics }
+    var detachedAt: NIODeadline?
+    var metrics: TunnelMetrics? { self.configuration.metrics }
     /// The session id, once established (empty before).
     var sessionID: [UInt8] { self.machine.sessionID ?? [] }
     /// Succeeds when the handshake completes; fails with ``SessionError`` when it does not.
@@ -177,7 +182,7 @@ public final class TunnelSession: TransportConnectionDelegate {
         return settings
     }
 
-    private static func makeFrameReader(_ configuration: SessionConfiguration) -> FrameReader {
+    static func makeFrameReader(_ configuration: SessionConfiguration) -> FrameReader {
         FrameReader(maximumPayloadLength: Self.maximumPayloadLength(configuration))
     }
 
@@ -213,161 +218,6 @@ public final class TunnelSession: TransportConnectionDelegate {
             if self.transport != nil { self.perform(self.machine.keepaliveTick(now: self.eventLoop.now)) }
             if !self.finished { self.scheduleKeepaliveTick(in: tick) }
         }
-    }
-
-    // MARK: Streams opened by this side (listeners)
-
-    /// Carries `channel`, a connection a listener accepted (on this loop), as a new stream to `target`.
-    /// `completion` learns whether the peer opened the target, so that the listener can answer its own client.
-    /// When the session cannot take a stream now, it closes the channel and says why.
-    func carry(_ channel: any Channel, to target: TargetAddress, completion: @escaping (StreamOpenResult) -> Void) {
-        self.eventLoop.preconditionInEventLoop()
-        let opened: (StreamID, Frame)?
-        do {
-            opened = self.machine.acceptsNewStreams && !self.finished
-                ? try self.machine.withEstablished { try $0.mux.openStream(to: target) } : nil
-        } catch {
-            self.logger.warning("refusing local connection for \(target): \(error)")
-            channel.close(promise: nil)
-            completion(.unavailable("\(error)"))
-            return
-        }
-        guard let (id, frame) = opened else {
-            self.logger.warning("refusing local connection for \(target): the tunnel session is not accepting streams")
-            channel.close(promise: nil)
-            completion(.unavailable("the tunnel session is not accepting streams"))
-            return
-        }
-        let handler = StreamChannelHandler(id: id, target: target, session: self)
-        handler.openCompletion = completion
-        do {
-            try channel.pipeline.syncOperations.addHandler(handler)
-        } catch {
-            channel.close(promise: nil)
-            self.enqueueIfAny(self.machine.withEstablished { $0.mux.localReset(id, code: .cancelled, message: "the local connection closed") } ?? nil)
-            completion(.unavailable("the local connection closed"))
-            return
-        }
-        self.streams[id] = handler
-        self.metrics?.streamsOpen(1)
-        self.statistics.streamsOpened += 1
-        self.logger.debug("stream \(id): opening to \(target)")
-        self.enqueue(frame)
-    }
-
-    // MARK: Streams opened by the peer (connectors)
-
-    private func openRequested(_ id: StreamID, target: TargetAddress) {
-        guard let connector = self.connector else {
-            self.targetFailed(id, StreamOpenFailure(.other, "this side does not open targets"))
-            return
-        }
-        connector.connect(to: target, on: self.eventLoop, logger: self.logger).hop(to: self.eventLoop).assumeIsolated().whenComplete { [self] result in
-            switch result {
-            case .success(let channel):
-                self.targetConnected(id, channel: channel, target: target)
-            case .failure(let failure as StreamOpenFailure):
-                self.targetFailed(id, failure)
-            case .failure(let error):
-                self.targetFailed(id, StreamOpenFailure(.other, "cannot connect to \(target): \(error)"))
-            }
-        }
-    }
-
-    /// The target of stream `id` is connected on `channel` (on this session's loop).
-    private func targetConnected(_ id: StreamID, channel: any Channel, target: TargetAddress) {
-        guard !self.finished, let frame = self.machine.withEstablished({ $0.mux.acceptSucceeded(id) }) ?? nil else {
-            // The stream was reset (or the session ended) while connecting.
-            channel.close(promise: nil)
-            return
-        }
-        let handler = StreamChannelHandler(id: id, target: target, session: self)
-        do {
-            try channel.pipeline.syncOperations.addHandler(handler)
-        } catch {
-            channel.close(promise: nil)
-            self.enqueueIfAny(self.machine.withEstablished { $0.mux.localReset(id, code: .cancelled, message: "the target closed") } ?? nil)
-            return
-        }
-        self.streams[id] = handler
-        if let metrics = self.metrics {
-            metrics.streamsOpen(1)
-            metrics.streamOpened(outcome: .ok)
-        }
-        self.statistics.streamsOpened += 1
-        self.logger.debug("stream \(id): connected to \(target)")
-        self.enqueue(frame)
-        self.readIfAllowed(handler)
-    }
-
-    private func targetFailed(_ id: StreamID, _ failure: StreamOpenFailure) {
-        guard !self.finished,
-            let frame = self.machine.withEstablished({ $0.mux.acceptFailed(id, reason: failure.reason, message: failure.message) }) ?? nil
-        else { return }
-        self.logger.info("stream \(id): \(failure.message)")
-        self.metrics?.streamOpened(outcome: failure.reason == .notAllowed ? .refused : .targetFailed)
-        self.statistics.streamsRefused += 1
-        self.enqueue(frame)
-    }
-
-    // MARK: Events from stream sockets
-
-    func localRead(_ stream: StreamChannelHandler, _ buffer: ByteBuffer) {
-        if stream.pendingSend == nil {
-            stream.pendingSend = buffer
-        } else {
-            var incoming = buffer
-            stream.pendingSend!.writeBuffer(&incoming)
-        }
-        self.pump(stream)
-    }
-
-    /// What the read queued goes out with the next flush of this loop tick (queued by ``enqueue(_:)``), not now:
-    /// streams that read in the same tick share one transport message.
-    func localReadComplete(_ stream: StreamChannelHandler) {
-        if self.streams[stream.id] === stream { self.readIfAllowed(stream) }
-    }
-
-    /// The socket can take writes again: credit the peer for what it held.
-    func localWritable(_ stream: StreamChannelHandler) {
-        guard stream.uncreditedBytes > 0, self.streams[stream.id] === stream else { return }
-        let bytes = stream.uncreditedBytes
-        stream.uncreditedBytes = 0
-        self.credit(stream, bytes: bytes)
-    }
-
-    func localInputClosed(_ stream: StreamChannelHandler) {
-        self.logger.trace("stream \(stream.id): local EOF")
-        guard self.streams[stream.id] === stream else { return }
-        stream.finPending = true
-        if stream.pendingSend == nil { self.sendFin(stream) }
-    }
-
-    /// The socket closed. A clean EOF after this side shut the socket's output closes the channel without an
-    /// `inputClosed` event, so that case is a FIN; anything else before the stream finished is an abort.
-    func localClosed(_ stream: StreamChannelHandler, afterError: Bool) {
-        guard self.streams[stream.id] === stream else { return }
-        if !afterError && stream.outputShutRequested {
-            self.localInputClosed(stream)
-            return
-        }
-        self.removeStream(stream, result: .unavailable("the local connection closed"))
-        // A socket that failed (a TCP reset, above all) is carried as RST `connection reset`, so that the other side
-        // resets its socket too: a truncated transfer must never reach an application as a clean end.
-        let (code, message): (ResetCode, String) =
-            afterError
-            ? (.connectionReset, self.role == .server ? "the target reset the connection" : "the local connection was reset")
-            : (.cancelled, "the local connection closed")
-        if let frame = self.machine.withEstablished({ $0.mux.localReset(stream.id, code: code, message: message) }) ?? nil {
-            self.logger.debug("stream \(stream.id): \(message) before the stream finished; resetting")
-            self.statistics.streamsReset += 1
-            self.enqueue(frame)
-        }
-    }
-
-    /// Whether `stream` may read its socket now (asked by its handler for every read).
-    func mayReadLocally(_ stream: StreamChannelHandler) -> Bool {
-        self.streams[stream.id] === stream && self.canRead(stream)
     }
 
     // MARK: Shutdown
@@ -432,7 +282,7 @@ public final class TunnelSession: TransportConnectionDelegate {
         for stream in self.unflushedStreams where stream.needsFlush { stream.flush() }
         self.unflushedStreams.removeAll(keepingCapacity: true)
         self.flushAtReadComplete = false
-        let ack = self.machine.readEstablished { (due: $0.sequencer.ackDueNow, waiting: $0.sequencer.hasUnacknowledged) }
+        let ack = self.machine.acknowledgementState()
         if !self.batch.isEmpty || ack?.due == true {
             self.flushNow()
         } else if ack?.waiting == true && self.ackTimer == nil {
@@ -453,63 +303,6 @@ public final class TunnelSession: TransportConnectionDelegate {
         let reason = error.map { "\($0)" } ?? "closed by the peer or a proxy in between"
         self.transportCloseError = error as? TransportError
         self.perform(self.machine.transportLost(.transportClosed(reason), now: self.eventLoop.now))
-    }
-
-    // MARK: Resumption
-
-    /// Closes the transport on purpose (to move the session to another one): the session detaches as if the
-    /// connection had dropped, and is resumed on the next.
-    func dropTransport() {
-        self.eventLoop.preconditionInEventLoop()
-        guard self.transport != nil, !self.finished else { return }
-        self.perform(self.machine.transportLost(.transportClosed(SessionError.plannedTransportMoveReason), now: self.eventLoop.now))
-    }
-
-    /// Client: resumes the detached session on `transport` (dialled on this session's loop).
-    func resume(on transport: any TransportConnection) {
-        self.eventLoop.preconditionInEventLoop()
-        // The HELLO is made before the transport delivers anything: a refusal already waiting on the new
-        // connection (a GOAWAY the server sent the moment it saw it) must meet a handshake that has started.
-        guard !self.finished, let hello = self.machine.resume(now: self.eventLoop.now) else {
-            transport.close()
-            return
-        }
-        self.attach(transport)
-        self.schedule(.handshake, in: self.configuration.handshakeTimeout)
-        guard !self.finished, self.machine.isResuming, self.transport === transport else { return }
-        self.sendAhead(hello)
-    }
-
-    /// Server: takes over `transport`, on which a client has just proven (with this session's key) that it
-    /// resumes this session. A connection the session still holds (the client saw it fail first) is closed, the
-    /// WELCOME goes out with what this side has received, then what the client missed.
-    func adopt(_ transport: any TransportConnection, outcome: HandshakeStateMachine.Outcome, welcome: Frame?) {
-        self.eventLoop.preconditionInEventLoop()
-        guard !self.finished else {
-            transport.close()
-            return
-        }
-        if let old = self.transport {
-            self.transport = nil
-            old.close()
-        }
-        self.attach(transport)
-        guard !self.finished, self.transport === transport else { return }
-        self.perform(self.machine.adopt(outcome, welcome: welcome, now: self.eventLoop.now))
-    }
-
-    /// Makes `transport` the session's and starts it (what it had read is delivered now).
-    private func attach(_ transport: any TransportConnection) {
-        self.transport = transport
-        self.cipher = nil
-        self.frameReader = Self.makeFrameReader(self.configuration)
-        self.followUpstreamMode(of: transport)
-        transport.start(delegate: self)
-    }
-
-    /// Passes a change of `transport`'s upstream mode on to ``onUpstreamModeChange``.
-    private func followUpstreamMode(of transport: any TransportConnection) {
-        (transport as? any UpstreamModeReporting)?.onUpstreamModeChange = { [weak self] in self?.onUpstreamModeChange?() }
     }
 
     // MARK: Performing the state machine's actions
@@ -553,7 +346,7 @@ public final class TunnelSession: TransportConnectionDelegate {
         }
     }
 
-    private func perform(_ action: SessionStateMachine.Action) {
+    func perform(_ action: SessionStateMachine.Action) {
         switch action {
         case .none, .lookUpResumption:
             break
@@ -661,359 +454,16 @@ public final class TunnelSession: TransportConnectionDelegate {
         self.establishedPromise.succeed(outcome)
     }
 
-    /// The resumption handshake finished: send the peer what it missed, then what waited, and carry on.
-    private func didResume(_ outcome: HandshakeStateMachine.Outcome, reply: Frame?, replay: [ByteBuffer]) {
-        guard let transport = self.transport else { return }
-        if self.role == .client { transport.sessionAuthenticated(key: outcome.sessionKey) }
-        self.timers.removeValue(forKey: .handshake)?.cancel()
-        self.timers.removeValue(forKey: .detachedExpiry)?.cancel()
-        if let reply { self.sendAhead(reply) }
-        // New keys for this connection: the frames sent again are sealed afresh.
-        self.startSealing(outcome)
-        var batch = ByteBufferAllocator().buffer(capacity: replay.reduce(0) { $0 + $1.readableBytes })
-        for frame in replay { batch.writeImmutableBuffer(frame) }
-        if batch.readableBytes > 0 { self.send(batch, on: transport) }
-        if let goAway = self.machine.goAwayAfterResumption {
-            self.countIfGoAway(goAway)
-            self.enqueue(goAway)
-        }
-        self.logger.info("session resumed over \(transport.kind) (\(replay.count) frames sent again)")
-        if let metrics = self.metrics {
-            self.reportTraffic()
-            if let counted = self.metricsTransport, counted != transport.kind {
-                metrics.sessionsOpen(-1, transport: counted, user: self.user)
-                metrics.sessionsOpen(1, transport: transport.kind, user: self.user)
-                self.metricsTransport = transport.kind
-            }
-            metrics.resumed(transport: transport.kind, afterNanoseconds: self.detachedAt.map { (NIODeadline.now() - $0).nanoseconds } ?? 0)
-        }
-        self.detachedAt = nil
-        self.flushNow()
-        if self.role == .server { transport.sessionAuthenticated(key: outcome.sessionKey) }
-        self.resumeReads()
-        self.onResumed?(self)
-        // Going away, its last streams may have finished while it was detached.
-        self.endIfDrained()
-    }
-
-    /// Server: hands this connection to the session it proved to resume (on that session's loop) and ends.
-    private func handOver(_ outcome: HandshakeStateMachine.Outcome, welcome: Frame?) {
-        guard let transport = self.transport, let target = self.resumeTarget else { return }
-        self.transport = nil
-        let session = target.session
-        if session.eventLoop === transport.eventLoop {
-            // On this loop already (the connection's, so this session's too): adopted from a fresh stack.
-            session.eventLoop.assumeIsolated().execute { session.session.adopt(transport, outcome: outcome, welcome: welcome) }
-        } else {
-            // The connection lives on another loop than the session (a WebSocket or CONNECT socket another loop
-            // took): bridge it (this also makes the bridge its delegate at once, so nothing it receives from now on
-            // reaches this session).
-            let bridge = LoopBridgedTransport(transport, to: session.eventLoop)
-            session.execute { $0.adopt(bridge, outcome: outcome, welcome: welcome) }
-        }
-        self.finish(.handedOver)
-    }
-
-    /// The transport is gone: the session waits for a new one, streams open. The old connection is closed.
-    private func didDetach(_ reason: SessionError, expiry: NIODeadline?) {
-        if self.metrics != nil {
-            self.reportTraffic()
-            self.detachedAt = .now()
-        }
-        let old = self.transport
-        self.transport = nil
-        self.cipher = nil
-        self.flushAtReadComplete = false
-        self.frameReader = Self.makeFrameReader(self.configuration)
-        self.timers.removeValue(forKey: .handshake)?.cancel()
-        if case .keepaliveTimeout = reason { self.logger.error("no keepalive answer; declaring the tunnel connection dead") }
-        if case .handshake(.refusedByPeer(_, let message)) = reason {
-            self.logger.warning("the server cannot resume the session now (\(message)); trying again")
-        }
-        if reason.isPlannedTransportMove {
-            self.logger.info("resuming the session on the new transport; its \(self.streams.count) stream\(self.streams.count == 1 ? "" : "s") stay open")
-        } else {
-            self.logger.info("tunnel connection lost (\(reason)); streams stay open while the session waits to be resumed")
-        }
-        if let expiry {
-            self.timers[.detachedExpiry]?.cancel()
-            self.timers[.detachedExpiry] = self.eventLoop.assumeIsolated().scheduleTask(deadline: expiry) { [self] in
-                self.logger.info("not resumed within \(self.configuration.detachedGracePeriod.roundedText): closing its \(self.streams.count) streams")
-                self.perform(self.machine.timerFired(.detachedExpiry, now: self.eventLoop.now))
-            }
-        }
-        self.onDetached?(self, reason)
-        old?.close()
-    }
-
-    private func schedule(_ timer: SessionStateMachine.Timer, in delay: TimeAmount) {
+    func schedule(_ timer: SessionStateMachine.Timer, in delay: TimeAmount) {
         self.timers[timer]?.cancel()
         self.timers[timer] = self.eventLoop.assumeIsolated().scheduleTask(in: delay) { [self] in
             self.perform(self.machine.timerFired(timer, now: self.eventLoop.now))
         }
     }
 
-    // MARK: Stream frames
-
-    private func handleStreamAction(_ action: MuxInboundAction) {
-        switch action {
-        case .deliver(let id, let flags, let payload):
-            guard let stream = self.streams[id] else { return }
-            if flags.contains(.compressed) {
-                self.deliverCompressed(stream, payload)
-            } else {
-                self.deliver(stream, payload)
-            }
-        case .creditAvailable(let id):
-            if let stream = self.streams[id] {
-                self.pump(stream)
-                self.readIfAllowed(stream)
-            }
-        case .openRequested(let id, let target):
-            self.openRequested(id, target: target)
-        case .opened(let id):
-            if let stream = self.streams[id] {
-                self.logger.debug("stream \(id): open to \(stream.target)")
-                stream.openCompletion?(.opened)
-                stream.openCompletion = nil
-                self.pump(stream)
-                self.readIfAllowed(stream)
-            }
-        case .openFailed(let id, let reason, let message):
-            self.statistics.streamsRefused += 1
-            if let stream = self.streams[id] {
-                self.logger.warning("server refused target \(stream.target): \(reason): \(message)")
-                self.removeStream(stream, result: .refused(reason, message))
-                stream.close(abort: false)
-            }
-        case .remoteFinished(let id, let complete):
-            self.logger.trace("stream \(id): FIN received, complete: \(complete)")
-            guard let stream = self.streams[id] else { return }
-            if complete {
-                self.finishStream(stream)
-            } else {
-                stream.outputShutRequested = true
-                stream.shutOutputAfterWrites()
-            }
-        case .reset(let id, let code, let message):
-            self.statistics.streamsReset += 1
-            if let stream = self.streams[id] {
-                self.logger.debug("stream \(id) to \(stream.target) reset by peer: \(code) \(message)")
-                self.removeStream(stream, result: .refused(.other, message))
-                stream.close(abort: true)
-            }
-        case .reply(let reply, let closeStream, let reason):
-            self.logger.warning("\(reason)")
-            self.enqueue(reply)
-            if let id = closeStream, let stream = self.streams[id] {
-                self.statistics.streamsReset += 1
-                self.removeStream(stream, result: .unavailable(reason))
-                stream.close(abort: true)
-            }
-        case .ignore(let reason):
-            self.logger.trace("\(reason)")
-        case .sessionError(let code, let message):
-            self.perform(self.machine.decodingFailed(code, message))
-        }
-    }
-
-    /// Writes a DATA payload to the stream's socket, and credits the peer at once while the socket takes writes
-    /// (what a relay does): a socket that stops taking them holds its credit until it drains.
-    private func deliver(_ stream: StreamChannelHandler, _ payload: ByteBuffer) {
-        let count = payload.readableBytes
-        self.statistics.bytesReceived += count
-        stream.write(payload)
-        if !stream.needsFlush {
-            stream.needsFlush = true
-            self.unflushedStreams.append(stream)
-        }
-        if stream.isWritable && stream.uncreditedBytes == 0 {
-            self.credit(stream, bytes: count)
-        } else {
-            stream.uncreditedBytes += count
-        }
-    }
-
-    private func credit(_ stream: StreamChannelHandler, bytes: Int) {
-        guard let (frames, complete) = self.machine.withEstablished({ $0.mux.consumed(stream.id, bytes: bytes) }) else { return }
-        for frame in frames { self.enqueue(frame) }
-        if complete { self.finishStream(stream) }
-    }
-
-    /// Inflates a compressed DATA payload with the stream's own context, charges the inflated size against the
-    /// stream's credit, and delivers it. A payload that inflates past the maximum DATA size (a decompression bomb)
-    /// or does not inflate ends this stream only.
-    private func deliverCompressed(_ stream: StreamChannelHandler, _ payload: ByteBuffer) {
-        guard self.machine.compressionEnabled else {
-            self.resetStream(stream, .protocolError, "compressed DATA without negotiated compression")
-            return
-        }
-        let limit = self.configuration.mux.maximumDataPayload
-        var input = payload
-        var output = ByteBufferAllocator().buffer(capacity: limit + 1)
-        do {
-            if stream.decompressor == nil {
-                stream.decompressor = try ZlibDecompressor(algorithm: .deflate, windowSize: 15)
-            }
-            try stream.decompressor!.inflate(from: &input, to: &output)
-        } catch let error as CompressNIOError where error == .bufferOverflow {
-            self.resetStream(stream, .decompressionBomb, "compressed DATA inflates past the \(limit)-byte maximum")
-            return
-        } catch {
-            self.resetStream(stream, .protocolError, "compressed DATA does not inflate: \(error)")
-            return
-        }
-        guard input.readableBytes == 0 else {
-            self.resetStream(stream, .decompressionBomb, "compressed DATA inflates past the \(limit)-byte maximum")
-            return
-        }
-        if let violation = self.machine.withEstablished({ $0.mux.receivedInflated(stream.id, bytes: output.readableBytes) }) ?? nil {
-            self.handleStreamAction(violation)
-            return
-        }
-        self.deliver(stream, output)
-    }
-
-    private func resetStream(_ stream: StreamChannelHandler, _ code: ResetCode, _ message: String) {
-        self.logger.warning("stream \(stream.id): \(message)")
-        self.enqueueIfAny(self.machine.withEstablished { $0.mux.localReset(stream.id, code: code, message: message) } ?? nil)
-        if self.streams[stream.id] === stream {
-            self.statistics.streamsReset += 1
-            self.removeStream(stream, result: .unavailable(message))
-            stream.close(abort: true)
-        }
-    }
-
-    /// Forgets `stream`; a listener still waiting for its opening hears `result`.
-    private func removeStream(_ stream: StreamChannelHandler, result: StreamOpenResult) {
-        if self.streams.removeValue(forKey: stream.id) != nil { self.metrics?.streamsOpen(-1) }
-        if let completion = stream.openCompletion {
-            stream.openCompletion = nil
-            completion(result)
-        }
-        self.onStreamRemoved?()
-    }
-
-    /// Both directions finished: close the socket once what was written is out, and forget the stream.
-    private func finishStream(_ stream: StreamChannelHandler) {
-        self.removeStream(stream, result: .opened)
-        self.logger.debug("stream \(stream.id) to \(stream.target) finished")
-        stream.closeAfterWrites()
-        self.endIfDrained()
-    }
-
-    // MARK: Sending stream data
-
-    /// Frames as much of the stream's pending bytes as its credit allows; sends FIN once they are all out.
-    private func pump(_ stream: StreamChannelHandler) {
-        while var pending = stream.pendingSend {
-            let sendable = self.machine.readEstablished { $0.mux.sendableBytes(stream.id) } ?? 0
-            guard sendable > 0 else { break }
-            let slice = pending.readSlice(length: min(sendable, pending.readableBytes))!
-            self.statistics.bytesSent += slice.readableBytes
-            stream.pendingSend = pending.readableBytes > 0 ? pending : nil
-            guard let frame = self.makeDataFrame(stream, slice) else { return }
-            self.enqueue(frame)
-        }
-        if stream.finPending && stream.pendingSend == nil { self.sendFin(stream) }
-    }
-
-    /// A DATA frame for `slice`, compressed with the stream's own deflate context when compression is on and pays
-    /// for this stream's data. Once bytes went through the compressor they must go out compressed: the peer's
-    /// inflate context has to see every compressed block, in order.
-    private func makeDataFrame(_ stream: StreamChannelHandler, _ slice: ByteBuffer) -> Frame? {
-        let original = slice.readableBytes
-        if self.machine.compressionEnabled, original > 0, !stream.compressionFailed,
-            stream.compressionPolicy.shouldCompress(bytes: original)
-        {
-            do {
-                if stream.compressor == nil {
-                    let settings = self.configuration.compression
-                    stream.compressor = try ZlibCompressor(
-                        algorithm: .deflate,
-                        configuration: ZlibConfiguration(
-                            windowSize: settings.windowBits,
-                            compressionLevel: settings.level,
-                            memoryLevel: settings.memoryLevel
-                        )
-                    )
-                }
-                var input = slice
-                let compressed = try input.compressStream(with: stream.compressor!, flush: .sync)
-                stream.compressionPolicy.record(original: original, compressed: compressed.readableBytes)
-                self.statistics.compressedFramesSent += 1
-                self.statistics.payloadBytesOnWireSent += compressed.readableBytes
-                return self.machine.withEstablished {
-                    $0.mux.sendData(stream.id, payload: compressed, flags: .compressed, originalBytes: original)
-                }
-            } catch {
-                // zlib failing here (out of memory) leaves the context unusable: stop compressing this stream.
-                self.logger.error("stream \(stream.id): compression failed (\(error)); sending it uncompressed")
-                stream.compressionFailed = true
-                stream.compressor = nil
-            }
-        }
-        self.statistics.rawFramesSent += 1
-        self.statistics.payloadBytesOnWireSent += original
-        return self.machine.withEstablished { $0.mux.sendData(stream.id, payload: slice) }
-    }
-
-    private func logCompressionOutcome() {
-        switch (self.role, self.configuration.compression.enabled, self.machine.compressionEnabled) {
-        case (_, _, true):
-            self.logger.info("compression on: zlib level \(self.configuration.compression.level), one context per stream")
-        case (.client, true, false):
-            self.logger.warning("compression off: the server does not agree to it (started with --no-compress)")
-        case (.server, false, _):
-            self.logger.debug("compression off: this server runs with --no-compress")
-        default:
-            self.logger.debug("compression off: not requested")
-        }
-    }
-
-    private func sendFin(_ stream: StreamChannelHandler) {
-        stream.finPending = false
-        guard let (frame, complete) = self.machine.withEstablished({ $0.mux.localFinished(stream.id) }) ?? nil else { return }
-        self.enqueue(frame)
-        if complete { self.finishStream(stream) }
-    }
-
-    /// Whether `stream` may read its socket now. A stream held back by the session (not by its own credit) is
-    /// remembered, and read again when the session can send.
-    private func canRead(_ stream: StreamChannelHandler) -> Bool {
-        let room =
-            self.machine.isCarryingStreams && (self.transport?.isWritable ?? false)
-            && (self.machine.readEstablished { $0.sequencer.replayBytes < self.configuration.mux.sessionMemoryLimit } ?? false)
-        guard room else {
-            if !stream.awaitsSessionRoom {
-                stream.awaitsSessionRoom = true
-                self.waitingForRoom.append(stream)
-            }
-            return false
-        }
-        guard stream.pendingSend == nil, !stream.finPending else { return false }
-        return (self.machine.readEstablished { $0.mux.sendableBytes(stream.id) } ?? 0) > 0
-    }
-
-    private func readIfAllowed(_ stream: StreamChannelHandler) {
-        if self.canRead(stream) { stream.requestRead() }
-    }
-
-    /// The session can send again: the streams it held back read again (only those: the others are waiting for
-    /// their own credit, so this costs nothing per idle stream).
-    private func resumeReads() {
-        guard !self.waitingForRoom.isEmpty else { return }
-        let waiting = self.waitingForRoom
-        self.waitingForRoom.removeAll(keepingCapacity: true)
-        for stream in waiting {
-            stream.awaitsSessionRoom = false
-            if self.streams[stream.id] === stream { self.readIfAllowed(stream) }
-        }
-    }
-
     // MARK: Output
 
-    private func enqueueIfAny(_ frame: Frame?) {
+    func enqueueIfAny(_ frame: Frame?) {
         if let frame { self.enqueue(frame) }
     }
 
@@ -1034,7 +484,7 @@ public final class TunnelSession: TransportConnectionDelegate {
         self.eventLoop.assumeIsolated().execute { [self] in self.flushNow() }
     }
 
-    private func flushNow() {
+    func flushNow() {
         self.flushScheduled = false
         guard let transport = self.transport, !self.machine.isResuming else { return }
         if !self.finished,
@@ -1061,7 +511,7 @@ public final class TunnelSession: TransportConnectionDelegate {
 
     /// Sends a handshake frame at once, ahead of the stream frames waiting in the batch (during a resumption the
     /// batch holds frames for after it).
-    private func sendAhead(_ frame: Frame) {
+    func sendAhead(_ frame: Frame) {
         guard let transport = self.transport else { return }
         var buffer = ByteBufferAllocator().buffer(capacity: 128)
         self.encoder.encode(frame, into: &buffer)
@@ -1071,7 +521,7 @@ public final class TunnelSession: TransportConnectionDelegate {
     // MARK: End-to-end protection
 
     /// Seals (and opens) this connection's frames from now on with the keys of its handshake, if both sides agreed.
-    private func startSealing(_ outcome: HandshakeStateMachine.Outcome) {
+    func startSealing(_ outcome: HandshakeStateMachine.Outcome) {
         self.cipher = outcome.sealingKeys.map { SessionCipher(keys: $0, isClient: self.role == .client) }
     }
 
@@ -1088,7 +538,7 @@ public final class TunnelSession: TransportConnectionDelegate {
 
     /// Sends one transport message of whole frames: sealed once this connection's handshake is done (in SEALED
     /// frames of at most ``SessionCipher/maximumPlaintextLength`` bytes each, cut between frames), as it is before.
-    private func send(_ message: ByteBuffer, on transport: any TransportConnection) {
+    func send(_ message: ByteBuffer, on transport: any TransportConnection) {
         guard self.cipher != nil else {
             transport.send(message)
             return
@@ -1102,7 +552,7 @@ public final class TunnelSession: TransportConnectionDelegate {
     /// was sent. What was sent may not have reached the peer yet — a chunked or polling connection holds it for the
     /// next response the client asks for — and closing the transport then would lose the streams' last bytes. The
     /// wait is bounded by the keepalive timeout (and a server's drain by its grace period).
-    private func endIfDrained() {
+    func endIfDrained() {
         guard self.machine.isGoingAway && self.streams.isEmpty && !self.finished else { return }
         self.flushNow()
         let unacknowledged = self.machine.readEstablished { $0.sequencer.replayBytes } ?? 0
@@ -1127,7 +577,7 @@ public final class TunnelSession: TransportConnectionDelegate {
     }
 
     /// Releases everything the session holds and reports how it ended.
-    private func finish(_ reason: SessionError) {
+    func finish(_ reason: SessionError) {
         guard !self.finished else { return }
         self.finished = true
         if let metrics = self.metrics {
@@ -1198,7 +648,7 @@ public final class TunnelSession: TransportConnectionDelegate {
         return self.machine.readEstablished { $0.mux.committedMemory } ?? 0
     }
 
-    private func countIfGoAway(_ frame: Frame) {
+    func countIfGoAway(_ frame: Frame) {
         if let metrics = self.metrics, case .goAway(let code, _) = frame { metrics.goAwaySent(code) }
     }
 }
