@@ -49,7 +49,7 @@ final class DrainingRequestFilter: ChannelInboundHandler, RemovableChannelHandle
         switch part {
         case .head(let head):
             if self.gate.isDraining, self.gate.newSessionPaths.contains(head.pathWithoutQuery),
-                !head.headers.contains(name: TransportOptions.resumptionHeaderName)
+                CulvertRequestField.resume.value(in: head.headers) == nil
             {
                 self.refused = head
                 return

@@ -60,8 +60,14 @@ public struct HTTPRoute: Sendable {
         headers.add(name: "Cache-Control", value: "no-store")
         headers.add(name: "User-Agent", value: "culvert/\(CulvertVersion.string)")
         // (`Proxy-Authorization` is added per request by ProxyAuthenticationHandler: Digest's depends on it.)
-        for (name, value) in self.extraHeaders { headers.add(name: name, value: value) }
         if let cookies = self.cookies { headers.add(name: "Cookie", value: cookies.cookieHeader) }
+        for (name, value) in self.extraHeaders {
+            if let field = CulvertRequestField(headerName: name) {
+                field.add(value, to: &headers)
+            } else {
+                headers.add(name: name, value: value)
+            }
+        }
         return headers
     }
 

@@ -230,7 +230,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
         context: ChannelHandlerContext, head: HTTPRequestHead, connection: HTTPServerConnectionHandle,
         endpoint: String, offset: UInt64
     ) -> Bool? {
-        let signature = head.headers[HTTPRequestSigner.headerName].first
+        let signature = CulvertRequestField.auth.value(in: head.headers)
         switch connection.admit(method: head.method.rawValue, endpoint: endpoint, offset: offset, signature: signature) {
         case .unsigned:
             return false
@@ -243,7 +243,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
     }
 
     private func lookup(context: ChannelHandlerContext, head: HTTPRequestHead, query: HTTPQuery) -> HTTPServerConnectionHandle? {
-        let id = head.headers[HTTPRequestSigner.connectionHeaderName].first ?? query["c"]
+        let id = CulvertRequestField.connection.value(in: head.headers) ?? query["c"]
         guard let id, let connection = self.registry.connection(id: id) else {
             self.respondError(context: context, head: head, status: .notFound, "unknown or expired connection")
             return nil
@@ -330,7 +330,7 @@ final class HTTPTransportRequestHandler: ChannelInboundHandler, RemovableChannel
             }
             let peer = context.channel.remoteAddress.map(\.displayText) ?? "unknown peer"
             let (registry, onConnection, channel, version) = (self.registry, self.onConnection, context.channel, head.version)
-            let placed = head.headers.first(name: TransportOptions.placementHeaderName).flatMap { registry.placement?($0) }
+            let placed = CulvertRequestField.placement.value(in: head.headers).flatMap { registry.placement?($0) }
             if let loop = placed, loop !== context.eventLoop {
                 // The connection of a resumption is made on its session's loop; the answer waits for it (the
                 // pipeline handler holds a pipelined next request until this one is answered).

@@ -43,7 +43,7 @@ public struct HTTPClientTransport: ClientTransport {
     ) {
         var headers = route.baseHeaders()
         headers.add(name: "Content-Length", value: "0")
-        if let placement = options.placement { headers.add(name: TransportOptions.placementHeaderName, value: placement) }
+        if let placement = options.placement { CulvertRequestField.placement.add(placement, to: &headers) }
         let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: route.requestTarget("open?t=\(kind)"), headers: headers)
         var responseHead: HTTPResponseHead?
         var body = ByteBuffer()

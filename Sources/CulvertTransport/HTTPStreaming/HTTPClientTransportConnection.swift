@@ -135,18 +135,17 @@ final class HTTPClientTransportConnection: TransportConnection, UpstreamModeRepo
         self.perform(self.up.endStream())
     }
 
-    /// A request head for `endpoint`: the connection named in a header, not the URL (access logs keep URLs),
-    /// the request's number in the URL (no two URLs alike, so no cache can answer one for another), and the
-    /// signature once there is a signer.
+    /// A request head for `endpoint`: the connection named in a header and a cookie, not the URL (access logs keep
+    /// URLs), the request's number in the URL (no two URLs alike, so no cache can answer one for another), and the
+    /// signature once there is a signer (a header and a cookie too: ``CulvertRequestField``).
     private func requestHead(_ method: HTTPMethod, endpoint: String, offset: UInt64, query: String, headers extra: HTTPHeaders = [:]) -> HTTPRequestHead {
         self.requestCounter += 1
         var headers = self.route.baseHeaders()
-        headers.add(name: HTTPRequestSigner.connectionHeaderName, value: self.id)
+        CulvertRequestField.connection.add(self.id, to: &headers)
         headers.add(name: "Accept", value: self.bodyShape.contentType)
         if let signer = self.signer {
-            headers.add(
-                name: HTTPRequestSigner.headerName,
-                value: signer.signature(method: method.rawValue, endpoint: endpoint, offset: offset, counter: self.requestCounter)
+            CulvertRequestField.auth.add(
+                signer.signature(method: method.rawValue, endpoint: endpoint, offset: offset, counter: self.requestCounter), to: &headers
             )
         }
         headers.add(contentsOf: extra)
