@@ -43,14 +43,9 @@ import Testing
         let server = try await TunnelHarness.startServer(allow: ["127.0.0.1:\(echo.port)"])
         let squid = try await self.startSquid()
         defer { squid.stop() }
-        let client = try await TunnelClient.connect(
-            configuration: .init(
-                server: ServerEndpoint(host: "127.0.0.1", port: server.localAddress!.port!), transport: transport,
-                transportOptions: TransportOptions(proxy: ProxyConfiguration(host: "127.0.0.1", port: squid.port), logger: TunnelHarness.logger),
-                session: SessionConfiguration(token: "test-token"),
-                forwards: [ForwardSpec(bindPort: 0, target: .init(host: "127.0.0.1", port: echo.port))]
-            ),
-            group: group, logger: TunnelHarness.logger
+        let client = try await TunnelHarness.connectClient(
+            serverPort: server.localAddress!.port!, targets: [echo.port], transport: transport,
+            proxy: ProxyConfiguration(host: "127.0.0.1", port: squid.port)
         )
         // Enough for many signed requests each way.
         let transfer = try await TransferClient.echoTransfer(

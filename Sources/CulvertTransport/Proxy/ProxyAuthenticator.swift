@@ -52,19 +52,33 @@ public final class ProxyAuthenticator: Sendable, CustomStringConvertible {
     /// The `Proxy-Authorization` value for a request with `method` to `uri` (the request target as sent), or nil
     /// when nothing is to be sent.
     public func authorization(method: String, uri: String) -> String? {
-        self.scheme.withLockedValue { scheme -> String? in
+        // Only the choice and the nonce count are taken under the lock; the hashing is done after, so that the
+        // many requests of chunked and polling connections on other loops do not wait for each other's hashes.
+        enum Answer {
+            case basic
+            case digest(DigestAuthentication, clientNonce: String, count: UInt32)
+        }
+        let answer = self.scheme.withLockedValue { scheme -> Answer? in
             switch scheme {
             case .basic?:
-                return "Basic " + Base64.encode(Array("\(self.username):\(self.password)".utf8))
+                return .basic
             case .digest(let digest, let clientNonce, let count)?:
                 let next = count &+ 1
                 scheme = .digest(digest, clientNonce: clientNonce, count: next)
-                return digest.authorization(
-                    username: self.username, password: self.password, method: method, uri: uri, nonceCount: next, clientNonce: clientNonce
-                )
+                return .digest(digest, clientNonce: clientNonce, count: next)
             case .none?, .ntlm?, nil:
                 return nil
             }
+        }
+        switch answer {
+        case .basic?:
+            return "Basic " + Base64.encode(Array("\(self.username):\(self.password)".utf8))
+        case .digest(let digest, let clientNonce, let count)?:
+            return digest.authorization(
+                username: self.username, password: self.password, method: method, uri: uri, nonceCount: count, clientNonce: clientNonce
+            )
+        case nil:
+            return nil
         }
     }
 
