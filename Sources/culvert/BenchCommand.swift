@@ -347,6 +347,16 @@ struct BenchCommand: AsyncParsableCommand {
                 print("ssh -L: not measured with \(self.idleStreams) idle streams (OpenSSH takes minutes to open that many channels)")
                 continue
             }
+            // A relay holds two descriptors per stream (its client's and its target's); it raises its limit as far
+            // as this process can, so the same raise here says what it will have.
+            let descriptors = RelayCommand.raiseDescriptorLimit()
+            if name == "nio+nio", 2 * self.idleStreams + 64 > descriptors {
+                print(
+                    "nio+nio: not measured with \(self.idleStreams) idle streams (each relay holds two descriptors per stream, "
+                        + "\(2 * self.idleStreams), and may have only \(descriptors) here: raise the hard limit, `ulimit -Hn`)"
+                )
+                continue
+            }
             do {
                 try await self.measureIdleStreams(name: name, idlePort: idlePort, pingPort: pingPort, pids: pids, pings: pings, group: group)
             } catch {

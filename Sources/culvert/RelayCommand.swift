@@ -56,14 +56,17 @@ struct RelayCommand: AsyncParsableCommand {
 
     /// A relay holds two descriptors per connection, so the benchmark's idle streams need more than the usual soft
     /// limit: raised to the hard limit (and beyond, to 65,536, where the process may). A relay that cannot raise it
-    /// still runs, and the benchmark reports the connections it could not open.
-    private static func raiseDescriptorLimit() {
+    /// still runs, and the benchmark reports the connections it could not open. Returns the limit it has then.
+    @discardableResult
+    static func raiseDescriptorLimit() -> Int {
         var limit = rlimit()
-        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 0 }
         let wanted = rlimit(rlim_cur: max(limit.rlim_max, 65_536), rlim_max: max(limit.rlim_max, 65_536))
         if setrlimit(Int32(RLIMIT_NOFILE.rawValue), [wanted]) != 0 {
             limit.rlim_cur = limit.rlim_max
             _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), [limit])
         }
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 0 }
+        return Int(limit.rlim_cur)
     }
 }
