@@ -543,7 +543,7 @@ public final class TunnelSession: TransportConnectionDelegate {
             transport.send(message)
             return
         }
-        transport.send(self.cipher!.sealMessage(CollectionOfOne(message)))
+        transport.send(self.cipher!.sealMessage(message))
     }
 
     // MARK: Ending

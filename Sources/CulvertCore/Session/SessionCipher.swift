@@ -80,7 +80,19 @@ public struct SessionCipher {
     /// payloads written after them) in SEALED frames as ``sealFrames(_:into:)`` cuts them. Parts that fit in one
     /// SEALED frame, as a batch does, are sealed as they lie; longer ones are joined first. The message is written
     /// into the storage of the one sealed before it, once the transport has let go of that.
-    public mutating func sealMessage<Parts: Collection<ByteBuffer>>(_ parts: Parts) -> ByteBuffer {
+    public mutating func sealMessage(_ parts: [ByteBuffer]) -> ByteBuffer {
+        self.sealParts(parts)
+    }
+
+    /// The next transport message holding `message` (whole encoded frames), as ``sealMessage(_:)-([ByteBuffer])``
+    /// makes it.
+    public mutating func sealMessage(_ message: ByteBuffer) -> ByteBuffer {
+        self.sealParts(CollectionOfOne(message))
+    }
+
+    // Generic inside the module only, where each call is specialized for its collection: a public generic is called
+    // unspecialized from the session, and looked up its types' metadata at run time on every message.
+    private mutating func sealParts<Parts: Collection<ByteBuffer>>(_ parts: Parts) -> ByteBuffer {
         let length = parts.reduce(0) { $0 + $1.readableBytes }
         let sealedFrames = length / Self.maximumPlaintextLength + 1
         // `clear(minimumCapacity:)` allocates only while the transport still holds the last message.

@@ -251,7 +251,9 @@ public struct SessionStateMachine: Sendable {
     }
 
     /// Runs `body` on the established state in place, whatever the transport is doing; nil when there is none.
-    public mutating func withEstablished<Result>(_ body: (inout Established) throws -> Result) rethrows -> Result? {
+    /// Inlinable, so that the driver's calls are specialized for their result: unspecialized, each call looked up
+    /// the metadata of its result's type at run time.
+    @inlinable public mutating func withEstablished<Result>(_ body: (inout Established) throws -> Result) rethrows -> Result? {
         guard case (var e, let place)? = self.takeEstablished() else { return nil }
         defer { self.put(e, back: place) }
         return try body(&e)
@@ -259,7 +261,7 @@ public struct SessionStateMachine: Sendable {
 
     /// Where an established state taken out by ``takeEstablished()`` goes back: the case it came from, with that
     /// case's other data.
-    private enum EstablishedPlace {
+    @usableFromInline enum EstablishedPlace {
         case established
         case goingAway
         case detached(expiry: NIODeadline?)
@@ -270,7 +272,7 @@ public struct SessionStateMachine: Sendable {
     /// caller holds its only reference: a payload bound where it lies, or bound from a `switch` over the taken
     /// state (whose subject lives until the switch ends), is a second one, and the stream table and the replay
     /// buffer are then copied whole on their next change.
-    private mutating func takeEstablished() -> (Established, EstablishedPlace)? {
+    @usableFromInline mutating func takeEstablished() -> (Established, EstablishedPlace)? {
         switch self.state {
         case .handshaking, .resumingAnother, .refusing, .ended, .modifying:
             return nil
@@ -286,7 +288,7 @@ public struct SessionStateMachine: Sendable {
         }
     }
 
-    private mutating func put(_ e: Established, back place: EstablishedPlace) {
+    @usableFromInline mutating func put(_ e: Established, back place: EstablishedPlace) {
         switch place {
         case .established: self.state = .established(e)
         case .goingAway: self.state = .goingAway(e)
