@@ -97,17 +97,16 @@ public struct SessionStateMachine: Sendable {
         case resumingAnother(HandshakeStateMachine, deadline: NIODeadline)
         /// Server: refused before its handshake; nothing more is read.
         case refusing
-        case established(Established)
+        /// Stream frames flow (``session`` holds the established session).
+        case established
         /// No new streams; open ones finish.
-        case goingAway(Established)
+        case goingAway
         /// The transport was lost; streams stay open. `expiry` only on the server. A session that was going away
         /// (its mux says so) stays going away through detach and resumption: its streams still finish.
-        case detached(Established, expiry: NIODeadline?)
+        case detached(expiry: NIODeadline?)
         /// Client: the resumption handshake runs on a new transport.
-        case resuming(Established, HandshakeStateMachine, deadline: NIODeadline)
+        case resuming(HandshakeStateMachine, deadline: NIODeadline)
         case ended(SessionEndReason)
-        /// Transient, while an accessor mutates the established state in place (no copy of the stream table).
-        case modifying
     }
 
     /// What the driver must do after a frame or an event.
@@ -156,7 +155,14 @@ public struct SessionStateMachine: Sendable {
     /// Usable from inlinable code so that the queries below are inlined into the driver: called across modules on
     /// a machine held in a class's stored property, each would first copy the whole machine (retaining everything in
     /// it), several times per message.
-    @usableFromInline private(set) var state: State
+    @usableFromInline private(set) var state: State {
+        didSet { if case .ended = self.state { self.session = nil } }
+    }
+    /// The established session, in the states that have one (established, going away, detached, resuming) and nil
+    /// in all others. It is kept beside ``state`` rather than in its cases so that the data path changes it where it
+    /// lies: a payload of an enum case can only be changed by taking it out and putting it back, which moved its
+    /// 389 bytes (and the whole state's) several times per frame, or by binding a copy, which copied the stream table.
+    @usableFromInline var session: Established?
     /// Times the session was resumed on a new transport connection.
     public private(set) var resumptions = 0
 
@@ -214,7 +220,7 @@ public struct SessionStateMachine: Sendable {
     @inlinable public var isGoingAway: Bool {
         switch self.state {
         case .goingAway: true
-        case .detached(let e, _), .resuming(let e, _, _): e.mux.isGoingAway
+        case .detached, .resuming: self.session?.mux.isGoingAway ?? false
         default: false
         }
     }
@@ -234,7 +240,7 @@ public struct SessionStateMachine: Sendable {
     @inlinable public var acceptsNewStreams: Bool {
         switch self.state {
         case .established: true
-        case .detached(let e, _), .resuming(let e, _, _): !e.mux.isGoingAway
+        case .detached, .resuming: !(self.session?.mux.isGoingAway ?? true)
         default: false
         }
     }
@@ -243,70 +249,19 @@ public struct SessionStateMachine: Sendable {
     public var sessionKey: [UInt8]? { self.established?.sessionKey }
     @inlinable public var compressionEnabled: Bool { self.readEstablished { $0.capabilities.contains(.compression) } ?? false }
 
-    private var established: Established? {
-        switch self.state {
-        case .established(let e), .goingAway(let e), .detached(let e, _), .resuming(let e, _, _): e
-        default: nil
-        }
-    }
+    private var established: Established? { self.session }
 
     /// Runs `body` on the established state in place, whatever the transport is doing; nil when there is none.
     /// Inlinable, so that the driver's calls are specialized for their result: unspecialized, each call looked up
     /// the metadata of its result's type at run time.
     @inlinable public mutating func withEstablished<Result>(_ body: (inout Established) throws -> Result) rethrows -> Result? {
-        guard case (var e, let place)? = self.takeEstablished() else { return nil }
-        defer { self.put(e, back: place) }
-        return try body(&e)
-    }
-
-    /// Where an established state taken out by ``takeEstablished()`` goes back: the case it came from, with that
-    /// case's other data.
-    @usableFromInline enum EstablishedPlace {
-        case established
-        case goingAway
-        case detached(expiry: NIODeadline?)
-        case resuming(HandshakeStateMachine, deadline: NIODeadline)
-    }
-
-    /// The established state moved out of `state` (which is `.modifying` until ``put(_:back:)``), so that the
-    /// caller holds its only reference: a payload bound where it lies, or bound from a `switch` over the taken
-    /// state (whose subject lives until the switch ends), is a second one, and the stream table and the replay
-    /// buffer are then copied whole on their next change.
-    @usableFromInline mutating func takeEstablished() -> (Established, EstablishedPlace)? {
-        switch self.state {
-        case .handshaking, .resumingAnother, .refusing, .ended, .modifying:
-            return nil
-        case .established, .goingAway, .detached, .resuming:
-            break
-        }
-        switch self.takeState() {
-        case .established(let e): return (e, .established)
-        case .goingAway(let e): return (e, .goingAway)
-        case .detached(let e, let expiry): return (e, .detached(expiry: expiry))
-        case .resuming(let e, let handshake, let deadline): return (e, .resuming(handshake, deadline: deadline))
-        case .handshaking, .resumingAnother, .refusing, .ended, .modifying: preconditionFailure("checked above")
-        }
-    }
-
-    @usableFromInline mutating func put(_ e: Established, back place: EstablishedPlace) {
-        switch place {
-        case .established: self.state = .established(e)
-        case .goingAway: self.state = .goingAway(e)
-        case .detached(let expiry): self.state = .detached(e, expiry: expiry)
-        case .resuming(let handshake, let deadline): self.state = .resuming(e, handshake, deadline: deadline)
-        }
+        guard self.session != nil else { return nil }
+        return try body(&self.session!)
     }
 
     /// Where the established state's stream table lies in memory (nil with none). Tests check that the data path
     /// changes the table in place: a copy would cost time and memory in proportion to the open streams, per frame.
-    package var streamTableAddress: UInt? { self.readEstablished { $0.mux.streamTableAddress } }
-
-    /// The state, moved out: `.modifying` is left in its place until the caller puts one back.
-    private mutating func takeState() -> State {
-        var taken = State.modifying
-        swap(&taken, &self.state)
-        return taken
-    }
+    package var streamTableAddress: UInt? { self.session?.mux.streamTableAddress }
 
     // MARK: The data path's queries, in place
 
@@ -339,10 +294,8 @@ public struct SessionStateMachine: Sendable {
 
     /// Reads the established state; nil when there is none.
     @inlinable public func readEstablished<Result>(_ body: (Established) -> Result) -> Result? {
-        switch self.state {
-        case .established(let e), .goingAway(let e), .detached(let e, _), .resuming(let e, _, _): body(e)
-        default: nil
-        }
+        guard let e = self.session else { return nil }
+        return body(e)
     }
 
     // MARK: Events
@@ -359,20 +312,11 @@ public struct SessionStateMachine: Sendable {
     /// `now` is read only when the frame moves the session between states (never for a frame of an established
     /// session), so the data path reads no clock.
     public mutating func receive(_ frame: Frame, now: @autoclosure () -> NIODeadline) -> Action {
-        // The data path: the established state taken out, not copied (see `withEstablished`).
-        if case .established = self.state, case (var e, let place)? = self.takeEstablished() {
-            let action = self.receiveEstablished(frame, &e, goingAway: false, now: now)
-            if case .modifying = self.state { self.put(e, back: place) }
-            return action
-        }
-        if case .goingAway = self.state, case (var e, let place)? = self.takeEstablished() {
-            let action = self.receiveEstablished(frame, &e, goingAway: true, now: now)
-            if case .modifying = self.state { self.put(e, back: place) }
-            return action
-        }
         switch self.state {
-        case .established, .goingAway:
-            preconditionFailure("handled above")
+        case .established:
+            return self.receiveEstablished(frame, goingAway: false, now: now)
+        case .goingAway:
+            return self.receiveEstablished(frame, goingAway: true, now: now)
         case .handshaking(var handshake, let deadline):
             if case .server = self.role, case .hello(let hello) = frame {
                 if !hello.resumeSessionID.isEmpty { return .lookUpResumption(hello.resumeSessionID) }
@@ -393,22 +337,22 @@ public struct SessionStateMachine: Sendable {
                 self.state = .ended(.handshake(error))
                 return .end(.handshake(error), reply: reply)
             }
-        case .resuming(let e, var handshake, let deadline):
+        case .resuming(var handshake, let deadline):
             switch handshake.receive(frame) {
             case .send(let reply):
-                self.state = .resuming(e, handshake, deadline: deadline)
+                self.state = .resuming(handshake, deadline: deadline)
                 return .sendAhead(reply)
             case .established(let outcome, let reply):
-                return self.completeResumption(e, outcome, reply: reply, goingAway: e.mux.isGoingAway, now: now())
+                return self.completeResumption(outcome, reply: reply, goingAway: self.session!.mux.isGoingAway, now: now())
             case .fail(.refusedByPeer(let code, let message), _) where code == .overloaded || code == .throttled:
                 // The server is busy, not refusing the session: it keeps it; wait and try again.
-                self.state = .detached(e, expiry: nil)
+                self.state = .detached(expiry: nil)
                 return .detach(.handshake(.refusedByPeer(code, message)), expiry: nil)
             case .fail(let error, let reply):
                 self.state = .ended(.handshake(error))
                 return .end(.handshake(error), reply: reply)
             }
-        case .refusing, .detached, .ended, .modifying:
+        case .refusing, .detached, .ended:
             return .none
         }
     }
@@ -451,10 +395,10 @@ public struct SessionStateMachine: Sendable {
     /// The current transport closed or failed (`reason` says how): an established session detaches, anything else ends.
     public mutating func transportLost(_ reason: SessionEndReason, now: NIODeadline) -> Action {
         switch self.state {
-        case .established(let e) where self.settings.resumption, .goingAway(let e) where self.settings.resumption,
-            .resuming(let e, _, _) where self.settings.resumption:
+        case .established where self.settings.resumption, .goingAway where self.settings.resumption,
+            .resuming where self.settings.resumption:
             let expiry: NIODeadline? = self.role == .server ? now + self.settings.detachedGracePeriod : nil
-            self.state = .detached(e, expiry: expiry)
+            self.state = .detached(expiry: expiry)
             return .detach(reason, expiry: expiry)
         case .ended, .detached:
             return .none
@@ -467,34 +411,33 @@ public struct SessionStateMachine: Sendable {
     /// Client: a new transport connection for the detached session: the resumption's HELLO, to send at once; nil
     /// when the session is not detached (close the connection).
     public mutating func resume(now: NIODeadline) -> Frame? {
-        guard case .detached(let e, _) = self.state else { return nil }
+        guard case .detached = self.state, let e = self.session else { return nil }
         var handshake = HandshakeStateMachine(
             role: .resumingClient(sessionID: e.sessionID, sessionKey: e.sessionKey, received: e.sequencer.received),
             capabilities: e.capabilities.intersection([.compression, .sealed]),
             maximumDataPayload: UInt32(self.settings.mux.maximumDataPayload)
         )
         let hello = handshake.start()
-        self.state = .resuming(e, handshake, deadline: now + self.settings.handshakeTimeout)
+        self.state = .resuming(handshake, deadline: now + self.settings.handshakeTimeout)
         return hello
     }
 
     /// Server: a connection on which a client proved it resumes this session takes over. Returns what to send:
     /// the WELCOME (with what this side has received), then what the peer missed.
     public mutating func adopt(_ outcome: HandshakeStateMachine.Outcome, welcome: Frame?, now: NIODeadline) -> Action {
-        let e: Established
-        let goingAway: Bool
         switch self.state {
-        case .established(let established), .detached(let established, _), .goingAway(let established):
-            (e, goingAway) = (established, established.mux.isGoingAway)
+        case .established, .detached, .goingAway:
+            break
         default:
             return .none
         }
+        guard let e = self.session else { return .none }
         var reply = welcome
         if case .welcome(var body)? = welcome {
             body.received = e.sequencer.received
             reply = .welcome(body)
         }
-        return self.completeResumption(e, outcome, reply: reply, goingAway: goingAway, now: now)
+        return self.completeResumption(outcome, reply: reply, goingAway: e.mux.isGoingAway, now: now)
     }
 
     /// The keepalive timer ticked: maybe ping; a transport whose pong is overdue is dead.
@@ -528,9 +471,9 @@ public struct SessionStateMachine: Sendable {
             let reason = SessionEndReason.handshakeTimedOut(seconds: Double(self.settings.handshakeTimeout.nanoseconds) / 1e9)
             self.state = .ended(reason)
             return .end(reason, reply: nil)
-        case (.handshake, .resuming(_, _, let deadline)) where now >= deadline:
+        case (.handshake, .resuming(_, let deadline)) where now >= deadline:
             return .abandonResumption
-        case (.detachedExpiry, .detached(_, let expiry?)) where now >= expiry:
+        case (.detachedExpiry, .detached(let expiry?)) where now >= expiry:
             let reason = SessionEndReason.detachedExpired(seconds: Double(self.settings.detachedGracePeriod.nanoseconds) / 1e9)
             self.state = .ended(reason)
             return .end(reason, reply: nil)
@@ -543,22 +486,16 @@ public struct SessionStateMachine: Sendable {
     /// ends at once.
     public mutating func shutdown() -> Action {
         switch self.state {
-        case .established(var e):
-            e.mux.beginGoingAway()
-            e.shutDownHere = true
-            self.state = .goingAway(e)
+        case .established:
+            self.session!.mux.beginGoingAway()
+            self.session!.shutDownHere = true
+            self.state = .goingAway
             return .sendNow(Self.shutdownGoAway)
-        case .detached(var e, let expiry):
+        case .detached, .resuming:
             // No transport to say it on: the GOAWAY goes out when the session is resumed, and the open streams
             // have the same grace period to finish as on a connected session.
-            e.mux.beginGoingAway()
-            e.shutDownHere = true
-            self.state = .detached(e, expiry: expiry)
-            return .none
-        case .resuming(var e, let handshake, let deadline):
-            e.mux.beginGoingAway()
-            e.shutDownHere = true
-            self.state = .resuming(e, handshake, deadline: deadline)
+            self.session!.mux.beginGoingAway()
+            self.session!.shutDownHere = true
             return .none
         case .goingAway, .ended:
             return .none
@@ -573,7 +510,7 @@ public struct SessionStateMachine: Sendable {
     /// Right after a resumption: the GOAWAY to say again because this side has shut down (while detached, it could
     /// not say it; before, it may have been lost with the old transport).
     public var goAwayAfterResumption: Frame? {
-        guard case .goingAway(let e) = self.state, e.shutDownHere else { return nil }
+        guard case .goingAway = self.state, self.session?.shutDownHere == true else { return nil }
         return Self.shutdownGoAway
     }
 
@@ -593,12 +530,11 @@ public struct SessionStateMachine: Sendable {
 
     // MARK: Established frames
 
-    private mutating func receiveEstablished(
-        _ frame: Frame, _ e: inout Established, goingAway: Bool, now: () -> NIODeadline
-    ) -> Action {
-        e.keepalive.receivedAnything()
+    /// A frame of an established session (or one going away), changing ``session`` where it lies.
+    private mutating func receiveEstablished(_ frame: Frame, goingAway: Bool, now: () -> NIODeadline) -> Action {
+        self.session!.keepalive.receivedAnything()
         if frame.type.isReliable {
-            e.sequencer.recordReceived(byteCount: frame.wireSize)
+            self.session!.sequencer.recordReceived(byteCount: frame.wireSize)
             switch frame {
             case .listen(let id, let address):
                 guard self.role == .server else { return self.protocolFailure(.protocolError, "LISTEN sent by the server") }
@@ -610,31 +546,31 @@ public struct SessionStateMachine: Sendable {
                 guard self.role == .client else { return self.protocolFailure(.protocolError, "LISTEN_FAIL sent by the client") }
                 return .listenRefused(requestID: id, reason: reason, message: message)
             default:
-                return .stream(e.mux.receive(frame))
+                return .stream(self.session!.mux.receive(frame))
             }
         }
         switch frame {
         case .ack(let received):
             do {
-                try e.sequencer.receiveAck(received)
+                try self.session!.sequencer.receiveAck(received)
             } catch {
                 return self.protocolFailure(.protocolError, error.description)
             }
-            return .acknowledged(mayResumeReads: e.sequencer.replayBytes < e.mux.configuration.sessionMemoryLimit / 2)
+            return .acknowledged(mayResumeReads: self.session!.sequencer.replayBytes < self.session!.mux.configuration.sessionMemoryLimit / 2)
         case .ping(let value):
             return .sendNow(.pong(value))
         case .pong(let value) where KeepaliveStateMachine.isMeasurement(value):
             // The one clock read a pong costs: a measurement comes about once a second, not per message.
-            e.keepalive.receivedMeasurementPong(value, now: now())
+            self.session!.keepalive.receivedMeasurementPong(value, now: now())
             return .none
         case .pong(let value):
-            e.keepalive.receivedPong(value)
+            self.session!.keepalive.receivedPong(value)
             return .none
         case .goAway(let code, let message):
             if code == .normal {
                 guard !goingAway else { return .none }
-                e.mux.beginGoingAway()
-                self.state = .goingAway(e)
+                self.session!.mux.beginGoingAway()
+                self.state = .goingAway
                 return .peerGoingAway
             }
             self.state = .ended(.peerWentAway(code, message))
@@ -656,8 +592,7 @@ public struct SessionStateMachine: Sendable {
             return .sendNow(reply)
         case .established(let outcome, let reply):
             let sequencer = ReliableSequencer()
-            self.state = .established(
-                Established(
+            self.session = Established(
                     mux: MuxStateMachine(
                         role: self.role == .client ? .client : .server,
                         configuration: self.settings.mux,
@@ -669,7 +604,7 @@ public struct SessionStateMachine: Sendable {
                     sessionKey: outcome.sessionKey,
                     capabilities: outcome.capabilities
                 )
-            )
+            self.state = .established
             return .established(outcome, reply: reply)
         case .fail(let error, let reply):
             self.state = .ended(.handshake(error))
@@ -678,13 +613,11 @@ public struct SessionStateMachine: Sendable {
     }
 
     private mutating func completeResumption(
-        _ e: Established, _ outcome: HandshakeStateMachine.Outcome, reply: Frame?, goingAway: Bool, now: NIODeadline
+        _ outcome: HandshakeStateMachine.Outcome, reply: Frame?, goingAway: Bool, now: NIODeadline
     ) -> Action {
-        var e = e
-        self.state = .modifying
         let replay: [ByteBuffer]
         do {
-            replay = try e.sequencer.framesToReplay(peerReceived: outcome.peerReceived)
+            replay = try self.session!.sequencer.framesToReplay(peerReceived: outcome.peerReceived)
         } catch {
             self.state = .ended(.protocolViolation(.protocolError, "resumption: \(error)"))
             return .protocolFailure(
@@ -692,8 +625,8 @@ public struct SessionStateMachine: Sendable {
                 .protocolViolation(.protocolError, "resumption: \(error)")
             )
         }
-        e.keepalive = self.makeKeepalive(now: now)
-        self.state = goingAway ? .goingAway(e) : .established(e)
+        self.session!.keepalive = self.makeKeepalive(now: now)
+        self.state = goingAway ? .goingAway : .established
         self.resumptions += 1
         return .resumed(outcome, reply: reply, replay: replay)
     }
