@@ -1,5 +1,6 @@
 import Crypto
 public import NIOCore
+import NIOConcurrencyHelpers
 import NIOPosix
 
 /// Pushes bytes through a TCP connection to an echo target and reads them back, hashing both directions.
@@ -48,37 +49,46 @@ public enum TransferClient {
                     )
                 }
             }
-        return try await channel.executeThenClose { inbound, outbound in
-            async let sent: (Int, String) = {
-                var random = PatternGenerator(seed: seed)
-                var text = TextGenerator(seed: seed)
+        // How far it got, for the error when the connection fails midway (which side gave up, and when).
+        let progress = NIOLockedValueBox((sent: 0, received: 0))
+        do {
+            return try await channel.executeThenClose { inbound, outbound in
+                async let sent: (Int, String) = {
+                    var random = PatternGenerator(seed: seed)
+                    var text = TextGenerator(seed: seed)
+                    var hasher = SHA256()
+                    var remaining = byteCount
+                    while remaining > 0 {
+                        let count = min(chunkSize, remaining)
+                        let bytes = content == .text ? text.next(count) : random.next(count)
+                        hasher.update(data: bytes)
+                        try await outbound.write(ByteBuffer(bytes: bytes))
+                        remaining -= bytes.count
+                        progress.withLockedValue { $0.sent += bytes.count }
+                    }
+                    outbound.finish()
+                    return (byteCount, hex(hasher.finalize()))
+                }()
                 var hasher = SHA256()
-                var remaining = byteCount
-                while remaining > 0 {
-                    let count = min(chunkSize, remaining)
-                    let bytes = content == .text ? text.next(count) : random.next(count)
-                    hasher.update(data: bytes)
-                    try await outbound.write(ByteBuffer(bytes: bytes))
-                    remaining -= bytes.count
+                var received = 0
+                for try await buffer in inbound {
+                    if received == 0 { onFirstEcho?() }
+                    buffer.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
+                    received += buffer.readableBytes
+                    progress.withLockedValue { $0.received += buffer.readableBytes }
                 }
-                outbound.finish()
-                return (byteCount, hex(hasher.finalize()))
-            }()
-            var hasher = SHA256()
-            var received = 0
-            for try await buffer in inbound {
-                if received == 0 { onFirstEcho?() }
-                buffer.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
-                received += buffer.readableBytes
+                let (sentCount, sentDigest) = try await sent
+                return Result(
+                    bytesSent: sentCount,
+                    bytesReceived: received,
+                    sentDigest: sentDigest,
+                    receivedDigest: hex(hasher.finalize()),
+                    seconds: (ContinuousClock.now - start).seconds
+                )
             }
-            let (sentCount, sentDigest) = try await sent
-            return Result(
-                bytesSent: sentCount,
-                bytesReceived: received,
-                sentDigest: sentDigest,
-                receivedDigest: hex(hasher.finalize()),
-                seconds: (ContinuousClock.now - start).seconds
-            )
+        } catch {
+            let (sent, received) = progress.withLockedValue { $0 }
+            throw TransferFailure(description: "the echo transfer to \(host):\(port) failed after \(sent) of \(byteCount) bytes sent and \(received) received: \(error)")
         }
     }
 
@@ -93,4 +103,9 @@ extension Duration {
         let (seconds, attoseconds) = self.components
         return Double(seconds) + Double(attoseconds) / 1e18
     }
+}
+
+/// An echo transfer that failed midway, with how far it got.
+public struct TransferFailure: Error, CustomStringConvertible {
+    public let description: String
 }
