@@ -20,6 +20,8 @@ struct ProxySetup: Sendable {
         ProxySetup(kind: .squid, file: "squid-forward-content-rules.conf",
                    setting: "+ `req_mime_type` and `rep_mime_type` ACLs denying `application/octet-stream`",
                    idleTimeoutSeconds: 900, idleTimeoutName: "read_timeout 15 min"),
+        ProxySetup(kind: .squid, file: "squid-forward-header-rules.conf", setting: "+ `request_header_access Other deny all`",
+                   idleTimeoutSeconds: 900, idleTimeoutName: "read_timeout 15 min"),
         ProxySetup(kind: .tinyproxy, file: "tinyproxy-forward.conf", setting: "Debian defaults",
                    idleTimeoutSeconds: 600, idleTimeoutName: "Timeout 600"),
         ProxySetup(kind: .tinyproxy, file: "tinyproxy-forward-connectport.conf", setting: "+ `ConnectPort 443`",

@@ -9,14 +9,13 @@ import NIOPosix
 import Testing
 
 /// A real proxy that passes on only the request headers it knows: squid from Debian with its defaults plus
-/// `request_header_access Other deny all`, as some company proxies have it. It strips culvert's own headers (the
+/// `request_header_access Other deny all` (`fixtures/proxies/squid-forward-header-rules.conf`), as some company
+/// proxies have it. It strips culvert's own headers (the
 /// connection id and the signature of chunked and polling requests) and keeps cookies, where the same fields go too
 /// (``CulvertRequestField``): the chunked and polling transports work through it, and `auto` settles on chunked.
 @Suite(.serialized, .timeLimit(.minutes(2))) struct HeaderRulesTests {
-    static let headerRules = ["request_header_access Other deny all"]
-
     func startSquid() async throws -> RealProxy {
-        try await RealProxy.start(.squid, configuration: fixturesDirectory() + "/proxies/squid-forward.conf", extraLines: Self.headerRules)
+        try await RealProxy.start(.squid, configuration: fixturesDirectory() + "/proxies/squid-forward-header-rules.conf")
     }
 
     /// The check that the proxy is what these tests need: a request through it reaches its origin without its
