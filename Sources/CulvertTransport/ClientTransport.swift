@@ -6,10 +6,10 @@ public struct TransportOptions: Sendable {
     /// The header on every request of a transport connection that resumes a session: a draining server lets those
     /// through (and refuses a HELLO on them that starts a new session), so a session whose connection dropped
     /// while its streams finish comes back to finish them.
-    public static let resumptionHeaderName = "Culvert-Resume"
+    public static let resumptionHeaderName = CulvertRequestField.resume.headerName
     /// The header on the `open` of a chunked or polling connection that resumes a session: its placement tag, so
     /// that the server makes the connection on the loop of that session (see ``placement``).
-    public static let placementHeaderName = "Culvert-Placement"
+    public static let placementHeaderName = CulvertRequestField.placement.headerName
 
     /// Extra headers on every HTTP request (e.g. for a reverse proxy's routing or auth).
     public var extraHeaders: [(String, String)]

@@ -341,15 +341,15 @@ struct BenchCommand: AsyncParsableCommand {
         _ paths: [(name: String, idlePort: Int, pingPort: Int, pids: [pid_t])], group: any EventLoopGroup
     ) async {
         let pings = min(self.pings, 2000)
+        // A relay holds two descriptors per stream (its client's and its target's); it raises its limit as far as
+        // this process can, so the same raise here says what it will have.
+        let descriptors = RelayCommand.raiseDescriptorLimit()
         for (name, idlePort, pingPort, pids) in paths {
             // OpenSSH opens forwarded channels one by one, slower with every open one: 10,000 take many minutes.
             if name == "ssh -L" && self.idleStreams > 2000 {
                 print("ssh -L: not measured with \(self.idleStreams) idle streams (OpenSSH takes minutes to open that many channels)")
                 continue
             }
-            // A relay holds two descriptors per stream (its client's and its target's); it raises its limit as far
-            // as this process can, so the same raise here says what it will have.
-            let descriptors = RelayCommand.raiseDescriptorLimit()
             if name == "nio+nio", 2 * self.idleStreams + 64 > descriptors {
                 print(
                     "nio+nio: not measured with \(self.idleStreams) idle streams (each relay holds two descriptors per stream, "

@@ -16,7 +16,7 @@ public import NIOCore
 /// still finish; one that this side shut down says its GOAWAY again once resumed (``goAwayAfterResumption``).
 /// The driver feeds it events (frames, a lost transport, timer firings, the time passed in) and performs the
 /// returned action; it reads no clock and owns no socket. The data path's calls (``receive(_:)`` for DATA, the
-/// ``withEstablished(_:)`` accessors for sending) cost one switch each.
+/// ``withEstablished(_:)`` accessors for sending) cost one switch or one optional check each.
 public struct SessionStateMachine: Sendable {
     public enum Role: Sendable {
         case client

@@ -12,9 +12,9 @@ import NIOCore
 /// `a=` (down) or `o=` (up); COUNTER counts the client's requests on the connection and is never accepted twice.
 /// The session key never crossed the wire, so a path observer who saw every request cannot make a new one.
 public struct HTTPRequestSigner: Sendable {
-    public static let headerName = "Culvert-Auth"
+    public static let headerName = CulvertRequestField.auth.headerName
     /// The header that names the connection (kept out of URLs, which access logs keep).
-    public static let connectionHeaderName = "Culvert-Connection"
+    public static let connectionHeaderName = CulvertRequestField.connection.headerName
 
     private let key: SymmetricKey
     let connectionID: String
