@@ -118,8 +118,7 @@ struct BenchCommand: AsyncParsableCommand {
         var socatListeners: [Int] = []
         func startSocat(to port: Int) throws -> Int {
             let listen = try freePort()
-            processes.add(try ChildProcess.spawn(socat, ["TCP-LISTEN:\(listen),bind=127.0.0.1,fork,reuseaddr,nodelay",
-                                                        "TCP:127.0.0.1:\(port),nodelay"]))
+            _ = try processes.spawn(socat, ["TCP-LISTEN:\(listen),bind=127.0.0.1,fork,reuseaddr,nodelay", "TCP:127.0.0.1:\(port),nodelay"])
             socatListeners.append(listen)
             return listen
         }
@@ -133,8 +132,7 @@ struct BenchCommand: AsyncParsableCommand {
         var chainedRelayPorts: [Int] = []
         func startRelay(to port: Int) async throws -> Int {
             let listen = try freePort()
-            let relay = try ChildProcess.spawn(me, ["relay", "--listen", "\(listen)", "--to", "\(port)"], environment: counted("nio+nio", name: "relay"))
-            processes.add(relay)
+            let relay = try processes.spawn(me, ["relay", "--listen", "\(listen)", "--to", "\(port)"], environment: counted("nio+nio", name: "relay"))
             pids["nio+nio", default: []].append(relay.pid)
             try await waitUntilListening(listen)
             return listen
@@ -143,7 +141,7 @@ struct BenchCommand: AsyncParsableCommand {
         var idleEchoPort: Int?
         if self.idleStreams > 0 {
             let port = try freePort()
-            processes.add(try ChildProcess.spawn(me, ["relay", "--listen", "\(port)", "--echo"]))
+            _ = try processes.spawn(me, ["relay", "--listen", "\(port)", "--echo"])
             try await waitUntilListening(port)
             idleEchoPort = port
         }
@@ -162,8 +160,7 @@ struct BenchCommand: AsyncParsableCommand {
             var serverArguments = ["server", "--listen", "127.0.0.1:\(serverPort)", "--token", token, "--log-level", "error"]
                 + streamLimit + extraArguments
             for port in tunnelTargets { serverArguments += ["--allow", "127.0.0.1:\(port)"] }
-            let server = try ChildProcess.spawn(binary, serverArguments, environment: counted(path, name: "server"))
-            processes.add(server)
+            let server = try processes.spawn(binary, serverArguments, environment: counted(path, name: "server"))
             try await waitUntilListening(serverPort)
             var ports: [Int] = []
             var clientArguments = ["client", "http://127.0.0.1:\(serverPort)", "--token", token, "--transport", kind.rawValue,
@@ -173,8 +170,7 @@ struct BenchCommand: AsyncParsableCommand {
                 ports.append(local)
                 clientArguments += ["-L", "127.0.0.1:\(local):127.0.0.1:\(port)"]
             }
-            let client = try ChildProcess.spawn(binary, clientArguments, environment: counted(path, name: "client"))
-            processes.add(client)
+            let client = try processes.spawn(binary, clientArguments, environment: counted(path, name: "client"))
             pids[path] = [server.pid, client.pid]
             for port in ports { try await waitUntilListening(port) }
             return ports
@@ -207,10 +203,10 @@ struct BenchCommand: AsyncParsableCommand {
             var httptunnelPorts: [Int] = []
             for port in targetPorts {
                 let serverPort = try freePort()
-                processes.add(try ChildProcess.spawn(hts, ["--no-daemon", "--forward-port", "127.0.0.1:\(port)", "127.0.0.1:\(serverPort)"]))
+                _ = try processes.spawn(hts, ["--no-daemon", "--forward-port", "127.0.0.1:\(port)", "127.0.0.1:\(serverPort)"])
                 try await waitUntilListening(serverPort)
                 let local = try freePort()
-                processes.add(try ChildProcess.spawn(htc, ["--no-daemon", "--forward-port", "\(local)", "127.0.0.1:\(serverPort)"]))
+                _ = try processes.spawn(htc, ["--no-daemon", "--forward-port", "\(local)", "127.0.0.1:\(serverPort)"])
                 httptunnelPorts.append(local)
             }
             try await Task.sleep(for: .milliseconds(300))
@@ -456,19 +452,37 @@ func waitUntilListening(_ port: Int) async throws {
     fail("nothing listens on 127.0.0.1:\(port) after 15 s: a benchmark process did not start")
 }
 
-/// The benchmark's child processes, stopped by PID when it ends or is interrupted.
+/// The benchmark's child processes, stopped by PID when it ends or is interrupted. A process spawned while it stops
+/// (a signal came while a path was starting) is stopped at once instead of being left running.
 private final class SpawnedProcesses: Sendable {
-    private let processes = NIOLockedValueBox<[ChildProcess]>([])
+    private let state = NIOLockedValueBox<(processes: [ChildProcess], stopping: Bool)>(([], false))
 
+    /// Spawns a process and keeps it, in one step under the lock, so that ``stopAll()`` stops it whenever it runs.
+    func spawn(_ path: String, _ arguments: [String], environment: [String: String] = [:]) throws -> ChildProcess {
+        let (process, late) = try self.state.withLockedValue { state in
+            let process = try ChildProcess.spawn(path, arguments, environment: environment)
+            if !state.stopping { state.processes.append(process) }
+            return (process, state.stopping)
+        }
+        if late { process.stop() }
+        return process
+    }
+
+    /// Keeps a process spawned elsewhere (ssh -L's); one that comes after ``stopAll()`` is stopped at once.
     func add(_ process: ChildProcess) {
-        self.processes.withLockedValue { $0.append(process) }
+        let late = self.state.withLockedValue { state in
+            if !state.stopping { state.processes.append(process) }
+            return state.stopping
+        }
+        if late { process.stop() }
     }
 
     /// Stops every process, the last started first; safe to call more than once.
     func stopAll() {
-        let all = self.processes.withLockedValue { processes in
-            defer { processes = [] }
-            return processes
+        let all = self.state.withLockedValue { state in
+            state.stopping = true
+            defer { state.processes = [] }
+            return state.processes
         }
         for process in all.reversed() { process.stop() }
     }
