@@ -245,11 +245,9 @@ public struct SessionStateMachine: Sendable {
         }
     }
 
-    public var sessionID: [UInt8]? { self.established?.sessionID }
-    public var sessionKey: [UInt8]? { self.established?.sessionKey }
+    public var sessionID: [UInt8]? { self.session?.sessionID }
+    public var sessionKey: [UInt8]? { self.session?.sessionKey }
     @inlinable public var compressionEnabled: Bool { self.readEstablished { $0.capabilities.contains(.compression) } ?? false }
-
-    private var established: Established? { self.session }
 
     /// Runs `body` on the established state in place, whatever the transport is doing; nil when there is none.
     /// Inlinable, so that the driver's calls are specialized for their result: unspecialized, each call looked up
@@ -461,7 +459,7 @@ public struct SessionStateMachine: Sendable {
     }
 
     /// The last round-trip time measured, or nil before any (or when no session is established).
-    public var roundTrip: TimeAmount? { self.established?.keepalive.roundTrip }
+    public var roundTrip: TimeAmount? { self.session?.keepalive.roundTrip }
 
     /// A timer the driver scheduled fired.
     public mutating func timerFired(_ timer: Timer, now: NIODeadline) -> Action {
